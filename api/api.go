@@ -1,0 +1,116 @@
+// Package api holds the wire types of goldvm's HTTP API, shared by the
+// server, the Go client and the CLI. It has no logic beyond (un)marshalling.
+package api
+
+import (
+	"time"
+)
+
+// Status is the lifecycle state of a VM.
+type Status string
+
+// VM statuses.
+const (
+	StatusCreating Status = "creating"
+	StatusRunning  Status = "running"
+	StatusStopped  Status = "stopped"
+	StatusError    Status = "error"
+	StatusDeleting Status = "deleting"
+)
+
+// IsFinal reports whether creation has ended in this status (successfully or not).
+func (s Status) IsFinal() bool {
+	return s == StatusRunning || s == StatusStopped || s == StatusError
+}
+
+// Phase names the step a VM in StatusCreating is at.
+type Phase string
+
+// Creation phases, in order.
+const (
+	PhasePending     Phase = "pending"
+	PhaseDownloading Phase = "downloading"
+	PhaseVerifying   Phase = "verifying"
+	PhaseUnpacking   Phase = "unpacking"
+	PhaseCloning     Phase = "cloning"
+	PhaseBooting     Phase = "booting"
+	PhaseDiscovering Phase = "discovering"
+)
+
+// Network types.
+const (
+	NetworkNAT      = "nat"
+	NetworkBridged  = "bridged"
+	NetworkHostOnly = "hostonly"
+)
+
+// Checksum types.
+const (
+	ChecksumMD5    = "md5"
+	ChecksumSHA1   = "sha1"
+	ChecksumSHA256 = "sha256"
+	ChecksumSHA512 = "sha512"
+)
+
+// Image names a base image by URL and checksum.
+type Image struct {
+	URL          string `json:"url"`
+	Checksum     string `json:"checksum"`
+	ChecksumType string `json:"checksum_type"`
+}
+
+// Error is the body of every error reply, and the error of a failed VM.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Progress tells how far an image fetch has come.
+type Progress struct {
+	BytesDone  int64 `json:"bytes_done"`
+	BytesTotal int64 `json:"bytes_total,omitempty"` // 0 when the server did not say
+}
+
+// CallbackDelivery records the delivery of the completion callback.
+type CallbackDelivery struct {
+	State       string    `json:"state"` // "pending", "delivered", "failed"
+	Attempts    int       `json:"attempts"`
+	LastError   string    `json:"last_error,omitempty"`
+	LastAttempt time.Time `json:"last_attempt,omitzero"`
+	DeliveredAt time.Time `json:"delivered_at,omitzero"`
+	StatusCode  int       `json:"status_code,omitempty"`
+}
+
+// Callback delivery states.
+const (
+	CallbackPending   = "pending"
+	CallbackDelivered = "delivered"
+	CallbackFailed    = "failed"
+)
+
+// VM is a virtual machine as the API shows it.
+type VM struct {
+	ID               string            `json:"id"`
+	Status           Status            `json:"status"`
+	Phase            Phase             `json:"phase,omitempty"`
+	Backend          string            `json:"backend"`
+	CPUs             int               `json:"cpus"`
+	MemoryMiB        int64             `json:"memory"` // MiB
+	NetworkType      string            `json:"network_type"`
+	Image            Image             `json:"image"`
+	Headless         bool              `json:"headless"`
+	CallbackURL      string            `json:"callback_url,omitempty"`
+	ToolsInitTimeout Duration          `json:"tools_init_timeout"`
+	IPAddress        string            `json:"ip_address,omitempty"`
+	GuestOS          string            `json:"guest_os,omitempty"`
+	Error            *Error            `json:"error,omitempty"`
+	Progress         *Progress         `json:"progress,omitempty"`
+	Callback         *CallbackDelivery `json:"callback,omitempty"`
+	CreatedAt        time.Time         `json:"created_at"`
+	UpdatedAt        time.Time         `json:"updated_at"`
+}
+
+// VMList is the reply of GET /vms.
+type VMList struct {
+	VMs []VM `json:"vms"`
+}

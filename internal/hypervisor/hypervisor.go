@@ -1,0 +1,98 @@
+// Package hypervisor defines the Driver contract that every backend (QEMU,
+// VMware) implements, and the types the VM manager passes to it.
+//
+// Lifecycle, as the VM manager drives it:
+//
+//	Clone -> Start -> Discover            (creation)
+//	State / Watch                         (while it lives, and after a daemon restart)
+//	Destroy                               (delete, or undo of a failed creation)
+//
+// Every method takes the same Spec; a driver keeps all of its per-VM state
+// (overlay, pidfile, sockets, logs) inside Spec.Dir, so that after a restart
+// the daemon can reattach from the record alone. Destroy must be safe on a
+// half-made VM and safe to call twice.
+package hypervisor
+
+import (
+	"context"
+	"errors"
+)
+
+// Spec describes one VM to a driver.
+type Spec struct {
+	// ID is the VM's id, used for names (QEMU -name, vmrun cloneName, tap names).
+	ID string
+	// Dir is the VM's own directory (mode 0700). It exists before Clone is called.
+	// Everything the driver creates for this VM lives here.
+	Dir string
+	// GoldDir is the root of the unpacked, read-only gold image.
+	GoldDir string
+	// CPUs is the number of virtual CPUs.
+	CPUs int
+	// MemoryMiB is the guest RAM in MiB.
+	MemoryMiB int64
+	// Network is one of api.NetworkNAT, api.NetworkBridged, api.NetworkHostOnly.
+	Network string
+	// Headless is false when the caller asked for a GUI window.
+	Headless bool
+}
+
+// GuestInfo is what discovery learns from a booted guest.
+type GuestInfo struct {
+	// IPAddress is the guest's address, reachable from the host where the
+	// network type allows it.
+	IPAddress string
+	// GuestOS is a human-readable OS name, e.g. "Debian GNU/Linux 12 (bookworm)".
+	GuestOS string
+}
+
+// State is the machine state a driver reports.
+type State string
+
+// Machine states.
+const (
+	StateRunning State = "running"
+	StatePaused  State = "paused"
+	// StateStopped means no hypervisor process runs for this VM.
+	StateStopped State = "stopped"
+)
+
+// ErrNotRunning is returned (wrapped) by operations that need a running machine.
+var ErrNotRunning = errors.New("machine is not running")
+
+// Driver is a hypervisor backend.
+type Driver interface {
+	// Name is the backend's name as shown in the API ("qemu", "vmware").
+	Name() string
+	// Clone makes a linked clone of the gold image in spec.Dir. It never copies
+	// the gold disk: its cost does not depend on the image size.
+	Clone(ctx context.Context, spec Spec) error
+	// Start boots the clone. It returns once the hypervisor process is up and
+	// its control channel answers, not when the guest has booted. The process
+	// must outlive the daemon (a restart reattaches to it).
+	Start(ctx context.Context, spec Spec) error
+	// Discover waits until the guest reports its IP address and OS, or ctx ends
+	// (the caller bounds ctx with the VM's tools_init_timeout).
+	Discover(ctx context.Context, spec Spec) (GuestInfo, error)
+	// State reports the machine's state, StateStopped when no process runs.
+	State(ctx context.Context, spec Spec) (State, error)
+	// Destroy stops the machine, gracefully and then by force, and removes
+	// everything it created for the VM. It is safe on a half-made VM and
+	// when called twice. It does not remove spec.Dir itself.
+	Destroy(ctx context.Context, spec Spec) error
+}
+
+// Watcher is implemented by drivers that can tell at once when a machine stops
+// (QEMU: the QMP connection closes). The manager uses it to move a record to
+// "stopped" within seconds of the process dying.
+type Watcher interface {
+	// Watch blocks until the machine stops or ctx ends. It returns a short
+	// reason such as "guest-shutdown" or "process exited", or ctx.Err().
+	Watch(ctx context.Context, spec Spec) (reason string, err error)
+}
+
+// Screenshotter is implemented by drivers that can capture the VM's console.
+type Screenshotter interface {
+	// Screenshot returns a PNG image of the VM's display.
+	Screenshot(ctx context.Context, spec Spec) ([]byte, error)
+}
