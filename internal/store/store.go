@@ -1,0 +1,212 @@
+// Package store keeps goldvm's VM records in an embedded bbolt database.
+//
+// Schema (bucket → key → value):
+//
+//	meta → "schema"   → "1"
+//	vms  → <vm id>    → JSON of Record
+//
+// VM ids sort by creation time (see NewID), so a reverse cursor walk lists
+// the newest first. Every write is one bbolt transaction: fsynced and atomic,
+// so a crash leaves either the old or the new record, never half of one.
+package store
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/errdefs"
+)
+
+const schemaVersion = "1"
+
+var (
+	bucketMeta = []byte("meta")
+	bucketVMs  = []byte("vms")
+)
+
+// Record is a VM as goldvm keeps it: the API view plus what the daemon needs
+// to find its files again after a restart.
+type Record struct {
+	api.VM
+	// Dir is the VM's own directory; every file the driver made lives there.
+	Dir string `json:"dir"`
+	// ImageKey is the gold image the VM's disk depends on, once known.
+	ImageKey string `json:"image_key,omitempty"`
+}
+
+// Store is the VM record database. It is safe for concurrent use.
+type Store struct {
+	db *bolt.DB
+}
+
+// Open opens (creating if needed) the database at path. It fails with a clear
+// error if another goldvm process holds the database.
+func Open(path string) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create store directory: %w", err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("open %s: another goldvm daemon is using this data directory", path)
+		}
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if v := meta.Get([]byte("schema")); v != nil && string(v) != schemaVersion {
+			return fmt.Errorf("store schema %q is not supported (want %s)", v, schemaVersion)
+		}
+		if err := meta.Put([]byte("schema"), []byte(schemaVersion)); err != nil {
+			return err
+		}
+		_, err = tx.CreateBucketIfNotExists(bucketVMs)
+		return err
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("initialise store %s: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// notFound is the error for an unknown VM id.
+func notFound(id string) error {
+	return errdefs.Newf(errdefs.ErrNotFound, "vm-not-found", "no VM with id %q", id)
+}
+
+// Create stores a new record; it fails if the id is taken.
+func (s *Store) Create(r *Record) error {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode record %s: %w", r.ID, err)
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketVMs)
+		if b.Get([]byte(r.ID)) != nil {
+			return fmt.Errorf("record %s already exists", r.ID)
+		}
+		return b.Put([]byte(r.ID), data)
+	})
+}
+
+// Get returns the record with the given id, or an errdefs.ErrNotFound error.
+func (s *Store) Get(id string) (*Record, error) {
+	var r *Record
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketVMs).Get([]byte(id))
+		if v == nil {
+			return notFound(id)
+		}
+		r = new(Record)
+		return json.Unmarshal(v, r)
+	})
+	return r, err
+}
+
+// Update reads the record, lets fn change it and writes it back in one
+// transaction. If fn returns an error nothing is written. UpdatedAt is set.
+func (s *Store) Update(id string, fn func(*Record) error) (*Record, error) {
+	var r *Record
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketVMs)
+		v := b.Get([]byte(id))
+		if v == nil {
+			return notFound(id)
+		}
+		r = new(Record)
+		if err := json.Unmarshal(v, r); err != nil {
+			return fmt.Errorf("decode record %s: %w", id, err)
+		}
+		if err := fn(r); err != nil {
+			return err
+		}
+		r.UpdatedAt = time.Now().UTC()
+		data, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(id), data)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Delete removes a record. Deleting an unknown id returns ErrNotFound.
+func (s *Store) Delete(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketVMs)
+		if b.Get([]byte(id)) == nil {
+			return notFound(id)
+		}
+		return b.Delete([]byte(id))
+	})
+}
+
+// List returns all records, newest first.
+func (s *Store) List() ([]*Record, error) {
+	var out []*Record
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketVMs).Cursor()
+		for k, v := c.Last(); k != nil; k, v = c.Prev() {
+			r := new(Record)
+			if err := json.Unmarshal(v, r); err != nil {
+				return fmt.Errorf("decode record %s: %w", k, err)
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// crockford is the lower-case Crockford base32 alphabet: sortable, no i/l/o/u.
+const crockford = "0123456789abcdefghjkmnpqrstvwxyz"
+
+// NewID returns a new VM id: "vm-" followed by 10 characters of millisecond
+// time and 10 of randomness, so ids sort by creation time.
+func NewID() string {
+	var b strings.Builder
+	b.WriteString("vm-")
+	ms := uint64(time.Now().UnixMilli())
+	for i := 9; i >= 0; i-- {
+		b.WriteByte(crockford[(ms>>(uint(i)*5))&31])
+	}
+	var rnd [10]byte
+	rand.Read(rnd[:])
+	for _, c := range rnd {
+		b.WriteByte(crockford[c&31])
+	}
+	return b.String()
+}
+
+// ValidID reports whether s has the shape of an id made by NewID. Ids are
+// used in paths, so anything else is refused before it reaches the disk.
+func ValidID(s string) bool {
+	if len(s) != 23 || !strings.HasPrefix(s, "vm-") {
+		return false
+	}
+	for _, c := range s[3:] {
+		if !strings.ContainsRune(crockford, c) {
+			return false
+		}
+	}
+	return true
+}
