@@ -1,0 +1,114 @@
+package callback
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/goldvm/goldvm/api"
+)
+
+func fastSender() *Sender {
+	return New(Options{Timeout: 2 * time.Second, MaxAttempts: 4, Backoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond})
+}
+
+func TestDeliver(t *testing.T) {
+	tests := []struct {
+		desc         string
+		statuses     []int // answers in order; the last repeats
+		wantState    string
+		wantAttempts int
+	}{
+		{desc: "accepted at once", statuses: []int{200}, wantState: api.CallbackDelivered, wantAttempts: 1},
+		{desc: "5xx then accepted", statuses: []int{503, 500, 204}, wantState: api.CallbackDelivered, wantAttempts: 3},
+		{desc: "429 is retried", statuses: []int{429, 200}, wantState: api.CallbackDelivered, wantAttempts: 2},
+		{desc: "4xx is final", statuses: []int{404}, wantState: api.CallbackFailed, wantAttempts: 1},
+		{desc: "always 5xx gives up", statuses: []int{502}, wantState: api.CallbackFailed, wantAttempts: 4},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			var n atomic.Int32
+			var mu sync.Mutex
+			var bodies []string
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				i := int(n.Add(1)) - 1
+				b, _ := io.ReadAll(r.Body)
+				mu.Lock()
+				bodies = append(bodies, string(b))
+				mu.Unlock()
+				if ct := r.Header.Get("Content-Type"); ct != "application/json" {
+					t.Errorf("Content-Type = %q, want application/json", ct)
+				}
+				w.WriteHeader(tt.statuses[min(i, len(tt.statuses)-1)])
+			}))
+			defer srv.Close()
+			var records int
+			d := fastSender().Deliver(context.Background(), srv.URL, []byte(`{"id":"x"}`), api.CallbackDelivery{}, func(api.CallbackDelivery) { records++ })
+			if d.State != tt.wantState || d.Attempts != tt.wantAttempts {
+				t.Fatalf("got state %s after %d attempts, want %s after %d", d.State, d.Attempts, tt.wantState, tt.wantAttempts)
+			}
+			if records != tt.wantAttempts {
+				t.Errorf("record called %d times, want %d", records, tt.wantAttempts)
+			}
+			if int(n.Load()) != tt.wantAttempts {
+				t.Errorf("server saw %d requests, want %d", n.Load(), tt.wantAttempts)
+			}
+			for _, b := range bodies {
+				if b != `{"id":"x"}` {
+					t.Errorf("body = %q", b)
+				}
+			}
+		})
+	}
+}
+
+func TestDeliverReceiverDown(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	url := srv.URL
+	srv.Close() // nothing listens there any more
+	d := fastSender().Deliver(context.Background(), url, []byte(`{}`), api.CallbackDelivery{}, func(api.CallbackDelivery) {})
+	if d.State != api.CallbackFailed || d.Attempts != 4 || d.LastError == "" {
+		t.Fatalf("got %+v, want failed after 4 attempts with an error", d)
+	}
+}
+
+func TestDeliverStopsWithContextAndResumes(t *testing.T) {
+	var n atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) == 1 {
+			w.WriteHeader(500)
+			return
+		}
+		w.WriteHeader(200)
+	}))
+	defer srv.Close()
+	s := New(Options{MaxAttempts: 5, Backoff: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	var last api.CallbackDelivery
+	done := make(chan api.CallbackDelivery)
+	go func() {
+		done <- s.Deliver(ctx, srv.URL, []byte(`{}`), api.CallbackDelivery{}, func(d api.CallbackDelivery) { last = d })
+	}()
+	for n.Load() < 1 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	d := <-done
+	if d.State != api.CallbackPending || d.Attempts != 1 {
+		t.Fatalf("after cancel got %+v, want pending after 1 attempt", d)
+	}
+	if last.Attempts != 1 {
+		t.Fatalf("recorded attempts %d, want 1", last.Attempts)
+	}
+	// A restarted daemon resumes from what was recorded.
+	s2 := New(Options{MaxAttempts: 5, Backoff: time.Millisecond})
+	d = s2.Deliver(context.Background(), srv.URL, []byte(`{}`), last, func(api.CallbackDelivery) {})
+	if d.State != api.CallbackDelivered || d.Attempts != 2 {
+		t.Fatalf("resumed delivery got %+v, want delivered after 2 attempts in all", d)
+	}
+}
