@@ -90,27 +90,48 @@ const (
 
 // VM is a virtual machine as the API shows it.
 type VM struct {
-	ID               string            `json:"id"`
-	Status           Status            `json:"status"`
-	Phase            Phase             `json:"phase,omitempty"`
-	Backend          string            `json:"backend"`
-	CPUs             int               `json:"cpus"`
-	MemoryMiB        int64             `json:"memory"` // MiB
-	NetworkType      string            `json:"network_type"`
-	Image            Image             `json:"image"`
-	Headless         bool              `json:"headless"`
-	CallbackURL      string            `json:"callback_url,omitempty"`
-	ToolsInitTimeout Duration          `json:"tools_init_timeout"`
-	IPAddress        string            `json:"ip_address,omitempty"`
-	GuestOS          string            `json:"guest_os,omitempty"`
-	Error            *Error            `json:"error,omitempty"`
-	Progress         *Progress         `json:"progress,omitempty"`
-	Callback         *CallbackDelivery `json:"callback,omitempty"`
-	CreatedAt        time.Time         `json:"created_at"`
-	UpdatedAt        time.Time         `json:"updated_at"`
+	ID               string   `json:"id"`
+	Status           Status   `json:"status"`
+	Phase            Phase    `json:"phase,omitempty"`
+	Backend          string   `json:"backend"`
+	CPUs             int      `json:"cpus"`
+	MemoryMiB        int64    `json:"memory"` // MiB
+	NetworkType      string   `json:"network_type"`
+	Image            Image    `json:"image"`
+	Headless         bool     `json:"headless"`
+	CallbackURL      string   `json:"callback_url,omitempty"`
+	ToolsInitTimeout Duration `json:"tools_init_timeout"`
+	IPAddress        string   `json:"ip_address,omitempty"`
+	GuestOS          string   `json:"guest_os,omitempty"`
+	Error            *Error   `json:"error,omitempty"`
+	// StopReason says why a VM that was running stopped.
+	StopReason string            `json:"stop_reason,omitempty"`
+	Progress   *Progress         `json:"progress,omitempty"`
+	Callback   *CallbackDelivery `json:"callback,omitempty"`
+	CreatedAt  time.Time         `json:"created_at"`
+	UpdatedAt  time.Time         `json:"updated_at"`
 }
 
 // VMList is the reply of GET /vms.
 type VMList struct {
 	VMs []VM `json:"vms"`
+}
+
+// ImageInfo describes a gold image on the host.
+type ImageInfo struct {
+	Key          string    `json:"key"`
+	URL          string    `json:"url"`
+	ChecksumType string    `json:"checksum_type"`
+	Checksum     string    `json:"checksum"`
+	SizeBytes    int64     `json:"size_bytes"`
+	VMs          int       `json:"vms"`
+	State        string    `json:"state"` // "ready" or "fetching"
+	CreatedAt    time.Time `json:"created_at,omitzero"`
+	LastUsed     time.Time `json:"last_used,omitzero"`
+	Error        *Error    `json:"error,omitempty"`
+}
+
+// ImageList is the reply of GET /images.
+type ImageList struct {
+	Images []ImageInfo `json:"images"`
 }
