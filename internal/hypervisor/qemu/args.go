@@ -1,0 +1,103 @@
+package qemu
+
+import (
+	"strconv"
+	"strings"
+)
+
+// netPlan is how a VM's NIC is connected.
+type netPlan struct {
+	Kind       string // api network type: nat, hostonly, bridged
+	User       bool   // user-mode networking (slirp) instead of a tap
+	Tap        string // tap device, when !User
+	Bridge     string // bridge the tap joins
+	Subnet     string // host address/prefix on the bridge (nat, hostonly)
+	DHCP       bool   // goldvm runs dnsmasq on Bridge
+	Masquerade bool   // NAT to the outside
+}
+
+// launchParams is everything buildArgs needs.
+type launchParams struct {
+	ID        string
+	Dir       string
+	CPUs      int
+	MemoryMiB int64
+	Machine   string
+	Accel     []string
+	Display   string // "none", "gtk", "sdl"
+	Sandbox   bool
+	MAC       string
+	Net       netPlan
+}
+
+// optEscape escapes a value for QEMU's comma-separated option syntax.
+func optEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// sockArg is the path QEMU is given for a unix socket in dir. QEMU runs with
+// dir as its working directory, so a relative name works where the absolute
+// path would be longer than sun_path allows.
+func sockArg(dir, name string) string {
+	if abs := p(dir, name); len(abs) < 100 {
+		return abs
+	}
+	return name
+}
+
+// sandboxArg is QEMU's seccomp policy. spawn=deny forbids fork/exec, which is
+// why goldvm does not use -daemonize (QEMU's daemonize forks after the filter
+// is installed and dies of SIGSYS).
+const sandboxArg = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+// buildArgs returns QEMU's argument list (without the binary).
+func buildArgs(lp launchParams) []string {
+	dir := lp.Dir
+	machine := lp.Machine
+	if machine == "" {
+		machine = "q35"
+	}
+	display := lp.Display
+	if display == "" {
+		display = "none"
+	}
+	cpus := lp.CPUs
+	if cpus < 1 {
+		cpus = 1
+	}
+	a := []string{
+		"-name", qemuName(lp.ID),
+		"-machine", machine,
+	}
+	a = append(a, lp.Accel...)
+	a = append(a,
+		"-smp", strconv.Itoa(cpus),
+		"-m", strconv.FormatInt(lp.MemoryMiB, 10),
+		"-nodefaults",
+		"-no-user-config",
+		"-display", display,
+		"-vga", "std",
+		"-serial", "file:"+optEscape(p(dir, fileConsole)),
+		"-drive", "file="+optEscape(p(dir, fileDisk))+",if=virtio,format=qcow2,cache=writeback,discard=unmap",
+	)
+	switch {
+	case lp.Net.User:
+		// The guest gets 10.0.2.15 behind QEMU's own NAT; the host reaches
+		// it only through hostfwd, here SSH on a free loopback port.
+		a = append(a, "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:0-:22")
+	default:
+		a = append(a, "-netdev", "tap,id=n0,ifname="+optEscape(lp.Net.Tap)+",script=no,downscript=no")
+	}
+	a = append(a,
+		"-device", "virtio-net-pci,netdev=n0,mac="+lp.MAC,
+		"-device", "virtio-serial-pci,id=vser0",
+		"-chardev", "socket,id=qga0,path="+optEscape(sockArg(dir, fileQGA))+",server=on,wait=off",
+		"-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+		"-device", "virtio-rng-pci",
+		"-qmp", "unix:"+optEscape(sockArg(dir, fileQMP))+",server=on,wait=off",
+		"-qmp", "unix:"+optEscape(sockArg(dir, fileQMPWatch))+",server=on,wait=off",
+		"-pidfile", p(dir, filePID),
+	)
+	if lp.Sandbox {
+		a = append(a, "-sandbox", sandboxArg)
+	}
+	return a
+}

@@ -1,0 +1,885 @@
+// Package qemu is goldvm's QEMU backend: linked clones as qcow2 overlays on a
+// gold disk, one qemu-system-x86_64 process per VM (KVM where the host really
+// has it, TCG otherwise), QMP for control and the guest agent for discovery.
+//
+// All per-VM state lives in the VM's directory (spec.Dir):
+//
+//	disk.qcow2        the overlay (backing file: the gold disk, never copied)
+//	qemu.pid          QEMU's pid (written by QEMU)
+//	qmp.sock          QMP for short commands (state, powerdown, screendump)
+//	qmp-watch.sock    a second QMP monitor, held open by Watch for events
+//	qga.sock          host end of the guest agent's virtio-serial port
+//	console.log       the guest's serial console
+//	qemu-stderr.log   QEMU's own messages
+//	ssh-port          with user-mode networking: the host port forwarded to guest port 22
+//
+// so a restarted daemon reattaches to a running VM from its record alone.
+// Host-level network state (dnsmasq pid and lease files) lives in
+// Config.RunDir; see network.go for how each network type is built.
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/hypervisor"
+)
+
+var (
+	_ hypervisor.Driver        = (*Driver)(nil)
+	_ hypervisor.Watcher       = (*Driver)(nil)
+	_ hypervisor.Screenshotter = (*Driver)(nil)
+)
+
+// Config configures the QEMU driver. The zero value works.
+type Config struct {
+	// QemuBinary is the emulator, default "qemu-system-x86_64" from PATH.
+	QemuBinary string
+	// QemuImg is the image tool, default "qemu-img" from PATH.
+	QemuImg string
+	// Accel is "auto" (default), "kvm" or "tcg". auto picks KVM only if
+	// /dev/kvm is usable and /proc/cpuinfo shows vmx or svm.
+	Accel string
+	// Machine is QEMU's machine type, default "q35".
+	Machine string
+	// RunDir holds host-level network state (dnsmasq pid, lease and log
+	// files), e.g. <data-dir>/run. Default: <tmp>/goldvm-run.
+	RunDir string
+	// NATBridge and NATSubnet are the bridge for network_type nat and its
+	// host address with prefix; default "goldvm0", "10.213.0.1/24".
+	NATBridge, NATSubnet string
+	// HostOnlyBridge and HostOnlySubnet are the same for hostonly; default
+	// "goldvm1", "10.214.0.1/24".
+	HostOnlyBridge, HostOnlySubnet string
+	// BridgedBridge is an existing host bridge for network_type bridged.
+	// Empty: bridged is refused with code "bridged-not-configured".
+	BridgedBridge string
+	// UserNet makes nat use QEMU user-mode networking even as root (no
+	// bridge, no dnsmasq; the host reaches the guest only via hostfwd).
+	UserNet bool
+	// Sandbox runs QEMU under its seccomp sandbox (-sandbox on,…).
+	Sandbox bool
+	// PowerdownTimeout is how long Destroy waits for the guest to power off
+	// after an ACPI powerdown before it quits QEMU; default 3s.
+	PowerdownTimeout time.Duration
+	// Logger receives the driver's log; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Driver is the QEMU backend. It is safe for concurrent use.
+type Driver struct {
+	cfg      Config
+	log      *slog.Logger
+	accel    accelChoice
+	root     bool
+	ip       string // path of ip(8), "" when absent
+	dnsmasq  string
+	iptables string
+
+	displayOnce sync.Once
+	displays    map[string]bool
+
+	netMu   sync.Mutex
+	locksMu sync.Mutex
+	locks   map[string]*vmLocks
+}
+
+type vmLocks struct {
+	life sync.Mutex // Start, Destroy, Clone
+	qmp  sync.Mutex // one short-lived connection to qmp.sock at a time
+}
+
+// New checks the host and returns a driver. It fails with an
+// errdefs.ErrUnavailable error naming the Debian package when a required
+// program is missing.
+func New(cfg Config) (*Driver, error) {
+	if cfg.QemuBinary == "" {
+		cfg.QemuBinary = "qemu-system-x86_64"
+	}
+	if cfg.QemuImg == "" {
+		cfg.QemuImg = "qemu-img"
+	}
+	if cfg.NATBridge == "" {
+		cfg.NATBridge = "goldvm0"
+	}
+	if cfg.NATSubnet == "" {
+		cfg.NATSubnet = "10.213.0.1/24"
+	}
+	if cfg.HostOnlyBridge == "" {
+		cfg.HostOnlyBridge = "goldvm1"
+	}
+	if cfg.HostOnlySubnet == "" {
+		cfg.HostOnlySubnet = "10.214.0.1/24"
+	}
+	if cfg.Machine == "" {
+		cfg.Machine = "q35"
+	}
+	if cfg.PowerdownTimeout <= 0 {
+		cfg.PowerdownTimeout = 3 * time.Second
+	}
+	if cfg.RunDir == "" {
+		cfg.RunDir = filepath.Join(os.TempDir(), "goldvm-run")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	d := &Driver{cfg: cfg, log: cfg.Logger.With("backend", "qemu"), root: os.Geteuid() == 0, locks: map[string]*vmLocks{}}
+
+	missing := func(prog, pkg string) error {
+		return errdefs.Newf(errdefs.ErrUnavailable, "hypervisor-not-installed",
+			"%s not found: install it with `apt-get install -y --no-install-recommends %s`", prog, pkg)
+	}
+	var err error
+	if d.cfg.QemuBinary, err = lookPath(cfg.QemuBinary); err != nil {
+		return nil, missing(cfg.QemuBinary, "qemu-system-x86")
+	}
+	if d.cfg.QemuImg, err = lookPath(cfg.QemuImg); err != nil {
+		return nil, missing(cfg.QemuImg, "qemu-utils")
+	}
+	if d.bridging() {
+		if d.ip, err = lookPath("ip"); err != nil {
+			return nil, missing("ip", "iproute2")
+		}
+		if d.dnsmasq, err = lookPath("dnsmasq"); err != nil {
+			return nil, missing("dnsmasq", "dnsmasq-base")
+		}
+		if d.iptables, err = lookPath("iptables"); err != nil {
+			d.iptables = ""
+			d.log.Warn("iptables not found (apt-get install iptables): nat guests will not reach beyond the host")
+		}
+		if err := os.MkdirAll(cfg.RunDir, 0o700); err != nil {
+			return nil, fmt.Errorf("run dir: %w", err)
+		}
+	} else if !d.root {
+		d.log.Info("not running as root: nat uses QEMU user-mode networking (guest 10.0.2.15, reachable from the host only through the forwarded SSH port); hostonly and bridged are unavailable")
+	}
+
+	cpuinfo, _ := os.ReadFile("/proc/cpuinfo")
+	d.accel, err = chooseAccel(cfg.Accel, kvmUsable("/dev/kvm"), string(cpuinfo))
+	if err != nil {
+		return nil, errdefs.New(errdefs.ErrInvalid, "invalid-accel", "cannot use the requested accelerator", err)
+	}
+	d.log.Info("accelerator", "accel", d.accel.Name, "why", d.accel.Why)
+
+	if cfg.Sandbox {
+		out, _ := exec.Command(d.cfg.QemuBinary, "-help").CombinedOutput()
+		if !bytes.Contains(out, []byte("\n-sandbox ")) {
+			return nil, errdefs.Newf(errdefs.ErrUnavailable, "sandbox-unsupported",
+				"%s was built without -sandbox (seccomp) support", d.cfg.QemuBinary)
+		}
+	}
+	return d, nil
+}
+
+// Name returns "qemu".
+func (d *Driver) Name() string { return "qemu" }
+
+// Accel returns the accelerator in use, "kvm" or "tcg".
+func (d *Driver) Accel() string { return d.accel.Name }
+
+// Close releases the driver. Running VMs, their taps, bridges and dnsmasq
+// keep running; a new driver reattaches to them.
+func (d *Driver) Close() error { return nil }
+
+func (d *Driver) vmLock(id string) *vmLocks {
+	d.locksMu.Lock()
+	defer d.locksMu.Unlock()
+	l := d.locks[id]
+	if l == nil {
+		l = &vmLocks{}
+		d.locks[id] = l
+	}
+	return l
+}
+
+var idRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+func checkSpec(spec hypervisor.Spec) error {
+	if !idRe.MatchString(spec.ID) {
+		return errdefs.Newf(errdefs.ErrInvalid, "invalid-vm-id", "VM id %q is not usable as a QEMU name", spec.ID)
+	}
+	if !filepath.IsAbs(spec.Dir) {
+		return errdefs.Newf(errdefs.ErrInvalid, "invalid-vm-dir", "VM directory %q is not absolute", spec.Dir)
+	}
+	return nil
+}
+
+// run runs a program and returns its stdout; the error carries stderr.
+func (d *Driver) run(ctx context.Context, bin string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if msg == "" {
+			msg = strings.TrimSpace(stdout.String())
+		}
+		return stdout.Bytes(), fmt.Errorf("%s %s: %w: %s", filepath.Base(bin), strings.Join(args, " "), err, tail(msg, 1000))
+	}
+	return stdout.Bytes(), nil
+}
+
+// tail returns the last n bytes of s.
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
+}
+
+func isLockError(s string) bool {
+	return strings.Contains(s, `Failed to get "write" lock`) || strings.Contains(s, `Failed to get shared "write" lock`) ||
+		strings.Contains(s, "Is another process using the image")
+}
+
+func lockedErr(cause error) error {
+	return errdefs.New(errdefs.ErrConflict, "vm-locked", "the VM's disk is locked by another process", cause)
+}
+
+// Clone makes disk.qcow2 in spec.Dir, a qcow2 overlay whose backing file is
+// the one disk in spec.GoldDir. It costs the same for any image size.
+func (d *Driver) Clone(ctx context.Context, spec hypervisor.Spec) error {
+	if err := checkSpec(spec); err != nil {
+		return err
+	}
+	if _, err := d.plan(spec); err != nil {
+		return err
+	}
+	l := d.vmLock(spec.ID)
+	l.life.Lock()
+	defer l.life.Unlock()
+
+	gold, err := findGoldDisk(spec.GoldDir)
+	if err != nil {
+		return err
+	}
+	info, err := d.qemuImgInfo(ctx, gold.Path, true)
+	if err != nil {
+		return errdefs.New(errdefs.ErrInvalid, "image-bad-disk", "the image's disk is not readable by qemu-img", err)
+	}
+	format := gold.Format
+	if info.Format == "qcow2" || info.Format == "vmdk" || info.Format == "raw" {
+		format = info.Format
+	}
+	disk := p(spec.Dir, fileDisk)
+	if _, err := os.Stat(disk); err == nil {
+		if _, err := d.qemuImgInfo(ctx, disk, false); err != nil && isLockError(err.Error()) {
+			return lockedErr(err)
+		}
+	}
+	tmp := p(spec.Dir, fileDiskTmp)
+	os.Remove(tmp)
+	if _, err := d.run(ctx, d.cfg.QemuImg, "create", "-q", "-f", "qcow2", "-b", gold.Path, "-F", format, tmp); err != nil {
+		os.Remove(tmp)
+		return errdefs.New(errdefs.ErrUnavailable, "clone-failed", "cannot create the linked clone", err)
+	}
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return err
+	}
+	if err := syncFile(tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, disk); err != nil {
+		return fmt.Errorf("clone: %w", err)
+	}
+	syncFile(spec.Dir)
+	d.log.Debug("cloned", "vm", spec.ID, "gold", gold.Path, "format", format)
+	return nil
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+// livePID returns the pid of VM spec's QEMU if it runs.
+func (d *Driver) livePID(spec hypervisor.Spec) (int, bool) {
+	pid, ok := readPID(p(spec.Dir, filePID))
+	if !ok || !isVMProcess(pid, spec.ID) {
+		return 0, false
+	}
+	return pid, true
+}
+
+// availableDisplays lists QEMU's -display backends.
+func (d *Driver) availableDisplays() map[string]bool {
+	d.displayOnce.Do(func() {
+		d.displays = map[string]bool{}
+		out, _ := exec.Command(d.cfg.QemuBinary, "-display", "help").Output()
+		for _, l := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(l); len(f) == 1 {
+				d.displays[f[0]] = true
+			}
+		}
+	})
+	return d.displays
+}
+
+// display picks the -display backend for a VM.
+func (d *Driver) display(spec hypervisor.Spec) string {
+	if spec.Headless {
+		return "none"
+	}
+	if os.Getenv("DISPLAY") == "" && os.Getenv("WAYLAND_DISPLAY") == "" {
+		d.log.Info("GUI requested but there is no DISPLAY; running headless", "vm", spec.ID)
+		return "none"
+	}
+	ds := d.availableDisplays()
+	for _, c := range []string{"gtk", "sdl"} {
+		if ds[c] {
+			return c
+		}
+	}
+	d.log.Info("GUI requested but QEMU has no gtk/sdl display (apt-get install qemu-system-gui); running headless", "vm", spec.ID)
+	return "none"
+}
+
+// Start boots the clone. QEMU is started in its own session (setsid) with
+// no pipe to the daemon, so it outlives the daemon; a restarted daemon finds
+// it again through qemu.pid. goldvm does not use -daemonize because QEMU's
+// seccomp sandbox (spawn=deny) forbids the fork that -daemonize does; Start
+// instead waits until QMP answers query-status, and reports QEMU's stderr if
+// the process exits first. Start on a running VM just checks QMP.
+func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
+	if err := checkSpec(spec); err != nil {
+		return err
+	}
+	np, err := d.plan(spec)
+	if err != nil {
+		return err
+	}
+	l := d.vmLock(spec.ID)
+	l.life.Lock()
+	defer l.life.Unlock()
+
+	if pid, ok := d.livePID(spec); ok {
+		d.log.Debug("already running", "vm", spec.ID, "pid", pid)
+		return d.waitQMP(ctx, spec, pid, nil)
+	}
+	if _, err := os.Stat(p(spec.Dir, fileDisk)); err != nil {
+		return errdefs.New(errdefs.ErrConflict, "vm-disk-missing", "the VM has no disk (Clone it first)", err)
+	}
+	for _, f := range []string{fileQMP, fileQMPWatch, fileQGA, filePID, fileSSHPort} {
+		os.Remove(p(spec.Dir, f))
+	}
+	if err := d.setupNetwork(ctx, spec.ID, np); err != nil {
+		return err
+	}
+	for _, f := range []string{fileConsole} {
+		if fh, err := os.OpenFile(p(spec.Dir, f), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600); err == nil {
+			fh.Close()
+		}
+	}
+	errf, err := os.OpenFile(p(spec.Dir, fileStderr), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	args := buildArgs(launchParams{
+		ID: spec.ID, Dir: spec.Dir, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
+		Machine: d.cfg.Machine, Accel: d.accel.Args, Display: d.display(spec),
+		Sandbox: d.cfg.Sandbox, MAC: macFor(spec.ID), Net: np,
+	})
+	// Not CommandContext: the VM must outlive the request that started it.
+	cmd := exec.Command(d.cfg.QemuBinary, args...)
+	cmd.Dir = spec.Dir
+	cmd.Stdout, cmd.Stderr = errf, errf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	d.log.Debug("starting qemu", "vm", spec.ID, "args", args)
+	err = cmd.Start()
+	errf.Close()
+	if err != nil {
+		return errdefs.New(errdefs.ErrUnavailable, "qemu-start-failed", "cannot run QEMU", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }() // reaps it while this daemon lives
+	if err := d.waitQMP(ctx, spec, cmd.Process.Pid, exited); err != nil {
+		cmd.Process.Kill()
+		return err
+	}
+	for _, f := range []string{fileQMP, fileQMPWatch, fileQGA, filePID} {
+		os.Chmod(p(spec.Dir, f), 0o600)
+	}
+	if np.User {
+		if port, err := d.userNetSSHPort(ctx, spec); err != nil {
+			d.log.Warn("cannot learn the forwarded SSH port", "vm", spec.ID, "err", err)
+		} else {
+			writeFileAtomic(p(spec.Dir, fileSSHPort), []byte(strconv.Itoa(port)+"\n"))
+		}
+	}
+	d.log.Info("started", "vm", spec.ID, "pid", cmd.Process.Pid, "accel", d.accel.Name, "network", np.Kind, "tap", np.Tap, "usernet", np.User)
+	return nil
+}
+
+// startErr turns QEMU's stderr into an error.
+func startErr(dir string, waitErr error) error {
+	b, _ := os.ReadFile(p(dir, fileStderr))
+	msg := strings.TrimSpace(tail(string(b), 2000))
+	cause := fmt.Errorf("qemu exited (%v): %s", waitErr, msg)
+	if isLockError(msg) {
+		return lockedErr(cause)
+	}
+	return errdefs.New(errdefs.ErrUnavailable, "qemu-start-failed", "QEMU exited while starting", cause)
+}
+
+// waitQMP waits until QMP on qmp.sock answers query-status. exited, if not
+// nil, reports the process's exit.
+func (d *Driver) waitQMP(ctx context.Context, spec hypervisor.Spec, pid int, exited <-chan error) error {
+	var last error
+	for {
+		if exited != nil {
+			select {
+			case err := <-exited:
+				return startErr(spec.Dir, err)
+			default:
+			}
+		} else if !isVMProcess(pid, spec.ID) {
+			return errdefs.New(errdefs.ErrUnavailable, "qemu-start-failed", "QEMU exited", hypervisor.ErrNotRunning)
+		}
+		_, err := d.queryStatus(ctx, spec)
+		if err == nil {
+			return nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return errdefs.New(errdefs.ErrUnavailable, "qemu-start-timeout",
+				"QEMU did not answer on QMP in time", fmt.Errorf("%w (last: %v)", ctx.Err(), last))
+		case err := <-exitedOrNil(exited):
+			return startErr(spec.Dir, err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func exitedOrNil(c <-chan error) <-chan error {
+	if c == nil {
+		return nil
+	}
+	return c
+}
+
+// withQMP runs fn on a fresh connection to qmp.sock, one at a time per VM
+// (the socket serves one client at a time).
+func (d *Driver) withQMP(ctx context.Context, spec hypervisor.Spec, fn func(q *qmpConn) error) error {
+	l := d.vmLock(spec.ID)
+	l.qmp.Lock()
+	defer l.qmp.Unlock()
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	q, err := dialQMP(dctx, p(spec.Dir, fileQMP))
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	return fn(q)
+}
+
+func (d *Driver) queryStatus(ctx context.Context, spec hypervisor.Spec) (qmpStatus, error) {
+	var st qmpStatus
+	err := d.withQMP(ctx, spec, func(q *qmpConn) error {
+		ret, err := q.Execute(ctx, "query-status", nil)
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(ret, &st)
+	})
+	return st, err
+}
+
+var usernetFwdRe = regexp.MustCompile(`HOST_FORWARD\]\s+\d+\s+\S+\s+(\d+)\s+\S+\s+22\b`)
+
+// userNetSSHPort asks QEMU which host port hostfwd picked.
+func (d *Driver) userNetSSHPort(ctx context.Context, spec hypervisor.Spec) (int, error) {
+	var out string
+	err := d.withQMP(ctx, spec, func(q *qmpConn) error {
+		ret, err := q.Execute(ctx, "human-monitor-command", map[string]any{"command-line": "info usernet"})
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(ret, &out)
+	})
+	if err != nil {
+		return 0, err
+	}
+	m := usernetFwdRe.FindStringSubmatch(out)
+	if m == nil {
+		return 0, fmt.Errorf("no SSH forward in %q", out)
+	}
+	return strconv.Atoi(m[1])
+}
+
+// SSHForwardPort returns the loopback port forwarded to the guest's port 22
+// for a VM on user-mode networking (recorded at Start in spec.Dir/ssh-port).
+func SSHForwardPort(dir string) (int, error) {
+	b, err := os.ReadFile(p(dir, fileSSHPort))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// State reports running, paused or stopped.
+func (d *Driver) State(ctx context.Context, spec hypervisor.Spec) (hypervisor.State, error) {
+	if err := checkSpec(spec); err != nil {
+		return "", err
+	}
+	if _, ok := d.livePID(spec); !ok {
+		return hypervisor.StateStopped, nil
+	}
+	st, err := d.queryStatus(ctx, spec)
+	if err != nil {
+		if _, ok := d.livePID(spec); !ok {
+			return hypervisor.StateStopped, nil
+		}
+		return "", errdefs.New(errdefs.ErrUnavailable, "qmp-unavailable", "QEMU runs but does not answer on QMP", err)
+	}
+	switch st.Status {
+	case "running":
+		return hypervisor.StateRunning, nil
+	case "shutdown":
+		return hypervisor.StateStopped, nil
+	}
+	return hypervisor.StatePaused, nil
+}
+
+// Discover polls the guest agent until it reports an IPv4 address and the OS
+// name; when the agent has no address yet, the DHCP lease that goldvm's
+// dnsmasq gave the VM's MAC is used. On timeout it returns what it learned so
+// far together with an error with code "discovery-timeout".
+func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor.GuestInfo, error) {
+	var info hypervisor.GuestInfo
+	if err := checkSpec(spec); err != nil {
+		return info, err
+	}
+	np, err := d.plan(spec)
+	if err != nil {
+		return info, err
+	}
+	mac := macFor(spec.ID)
+	var lastErr error
+	attempts := 0
+	for {
+		if _, ok := d.livePID(spec); !ok {
+			return info, errdefs.New(errdefs.ErrConflict, "vm-not-running", "the VM stopped during discovery", hypervisor.ErrNotRunning)
+		}
+		attempts++
+		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		ip, osName, err := queryGuest(actx, p(spec.Dir, fileQGA), mac)
+		cancel()
+		lastErr = err
+		if ip != "" {
+			info.IPAddress = ip
+		}
+		if osName != "" {
+			info.GuestOS = osName
+		}
+		if info.IPAddress == "" && np.DHCP {
+			if f, err := os.Open(d.leaseFile(np.Bridge)); err == nil {
+				info.IPAddress = leaseIP(parseLeases(f), mac)
+				f.Close()
+			}
+		}
+		if info.IPAddress != "" && info.GuestOS != "" {
+			return info, nil
+		}
+		select {
+		case <-ctx.Done():
+			return info, errdefs.New(errdefs.ErrUnavailable, "discovery-timeout",
+				fmt.Sprintf("the guest did not report its address and OS in time (after %d attempts: ip=%q os=%q, last guest agent error: %v)",
+					attempts, info.IPAddress, info.GuestOS, lastErr), ctx.Err())
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// Watch blocks until the VM's QEMU process ends. It holds a connection to the
+// second QMP monitor (qmp-watch.sock) for the SHUTDOWN event's reason and
+// polls the pid every second as a backstop.
+func (d *Driver) Watch(ctx context.Context, spec hypervisor.Spec) (string, error) {
+	if err := checkSpec(spec); err != nil {
+		return "", err
+	}
+	pid, ok := d.livePID(spec)
+	if !ok {
+		return "not running", nil
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var mu sync.Mutex
+	reason := ""
+	eof := make(chan struct{})
+	go func() {
+		// Connect (retrying while QEMU lives) and read events until EOF.
+		for wctx.Err() == nil {
+			dctx, dcancel := context.WithTimeout(wctx, 5*time.Second)
+			q, err := dialQMP(dctx, p(spec.Dir, fileQMPWatch))
+			dcancel()
+			if err != nil {
+				select {
+				case <-wctx.Done():
+					return
+				case <-time.After(time.Second):
+					continue
+				}
+			}
+			stop := context.AfterFunc(wctx, func() { q.Close() })
+			for {
+				select {
+				case ev := <-q.Events():
+					if ev.Event == "SHUTDOWN" {
+						var data struct {
+							Reason string `json:"reason"`
+						}
+						json.Unmarshal(ev.Data, &data)
+						mu.Lock()
+						reason = data.Reason
+						mu.Unlock()
+					}
+					continue
+				case <-q.Done():
+				}
+				break
+			}
+			stop()
+			// Drain events that raced with EOF.
+			for {
+				select {
+				case ev := <-q.Events():
+					if ev.Event == "SHUTDOWN" {
+						var data struct {
+							Reason string `json:"reason"`
+						}
+						json.Unmarshal(ev.Data, &data)
+						mu.Lock()
+						reason = data.Reason
+						mu.Unlock()
+					}
+					continue
+				default:
+				}
+				break
+			}
+			if wctx.Err() == nil {
+				close(eof)
+			}
+			return
+		}
+	}()
+	result := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		if reason != "" {
+			return reason
+		}
+		return "process exited"
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-eof:
+			// QEMU closes QMP only as it exits; wait for the process to go.
+			if waitGone(ctx, pid, spec.ID, 30*time.Second) {
+				return result(), nil
+			}
+			eof = nil
+		case <-tick.C:
+			if !isVMProcess(pid, spec.ID) {
+				return result(), nil
+			}
+		}
+	}
+}
+
+// Screenshot returns a PNG of the VM's display (QMP screendump).
+func (d *Driver) Screenshot(ctx context.Context, spec hypervisor.Spec) ([]byte, error) {
+	if err := checkSpec(spec); err != nil {
+		return nil, err
+	}
+	if _, ok := d.livePID(spec); !ok {
+		return nil, errdefs.New(errdefs.ErrConflict, "vm-not-running", "the VM is not running", hypervisor.ErrNotRunning)
+	}
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	file := p(spec.Dir, "screendump-"+hex.EncodeToString(rnd[:])+".png")
+	defer os.Remove(file)
+	err := d.withQMP(ctx, spec, func(q *qmpConn) error {
+		_, err := q.Execute(ctx, "screendump", map[string]any{"filename": file, "format": "png"})
+		return err
+	})
+	if err != nil {
+		return nil, errdefs.New(errdefs.ErrUnavailable, "screenshot-failed", "QEMU could not take a screenshot", err)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("screenshot: %w", err)
+	}
+	return b, nil
+}
+
+// Destroy powers the VM off (ACPI powerdown, then QMP quit, then SIGKILL),
+// removes its tap and every file it made in spec.Dir. It is idempotent and
+// safe on a half-made VM. If another process holds the overlay locked it
+// fails with code "vm-locked" and removes nothing.
+func (d *Driver) Destroy(ctx context.Context, spec hypervisor.Spec) error {
+	if err := checkSpec(spec); err != nil {
+		return err
+	}
+	l := d.vmLock(spec.ID)
+	l.life.Lock()
+	defer l.life.Unlock()
+
+	if pid, ok := d.livePID(spec); ok {
+		if err := d.stop(ctx, spec, pid); err != nil {
+			return err
+		}
+	}
+	if d.bridging() {
+		if err := d.removeTap(context.WithoutCancel(ctx), tapFor(spec.ID)); err != nil {
+			return errdefs.New(errdefs.ErrUnavailable, "network-cleanup-failed", "cannot remove the VM's tap device", err)
+		}
+	}
+	disk := p(spec.Dir, fileDisk)
+	if _, err := os.Stat(disk); err == nil {
+		if _, err := d.qemuImgInfo(ctx, disk, false); err != nil && isLockError(err.Error()) {
+			return lockedErr(err)
+		}
+	}
+	var errs []error
+	files := []string{fileDisk, fileDiskTmp, fileQMP, fileQMPWatch, fileQGA, filePID, fileConsole, fileStderr, fileSSHPort, fileSSHPort + ".tmp"}
+	shots, _ := filepath.Glob(p(spec.Dir, screendumpGlob))
+	for _, f := range files {
+		shots = append(shots, p(spec.Dir, f))
+	}
+	for _, f := range shots {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("destroy %s: %w", spec.ID, err)
+	}
+	return nil
+}
+
+// stop ends a running QEMU: powerdown, quit, SIGKILL.
+func (d *Driver) stop(ctx context.Context, spec hypervisor.Spec, pid int) error {
+	try := func(cmd string) {
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		err := d.withQMP(cctx, spec, func(q *qmpConn) error {
+			_, err := q.Execute(cctx, cmd, nil)
+			return err
+		})
+		if err != nil {
+			d.log.Debug("qmp during destroy", "vm", spec.ID, "cmd", cmd, "err", err)
+		}
+	}
+	try("system_powerdown")
+	if waitGone(ctx, pid, spec.ID, d.cfg.PowerdownTimeout) {
+		d.log.Info("guest powered off", "vm", spec.ID)
+		return nil
+	}
+	try("quit")
+	if waitGone(ctx, pid, spec.ID, 3*time.Second) {
+		return nil
+	}
+	d.log.Warn("QEMU ignored quit; killing it", "vm", spec.ID, "pid", pid)
+	if err := killPID(pid); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("kill qemu %d: %w", pid, err)
+	}
+	if waitGone(context.WithoutCancel(ctx), pid, spec.ID, 10*time.Second) {
+		return nil
+	}
+	return errdefs.Newf(errdefs.ErrUnavailable, "vm-stop-failed", "QEMU process %d did not exit after SIGKILL", pid)
+}
+
+// Reap kills goldvm QEMU processes whose VM id known reports false, and
+// removes gv* taps whose owner (recorded in the tap's alias) is unknown or,
+// lacking an alias, that no running QEMU uses. Call it at daemon start,
+// before creating VMs, to clean up after a crash.
+func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
+	var errs []error
+	inUse := map[string]bool{}
+	for _, pid := range allPIDs() {
+		args := procArgs(pid)
+		id := qemuVMID(args)
+		if id == "" || procZombie(pid) {
+			continue
+		}
+		if known(id) {
+			for _, a := range args {
+				if i := strings.Index(a, "ifname="); i >= 0 {
+					name, _, _ := strings.Cut(a[i+len("ifname="):], ",")
+					inUse[name] = true
+				}
+			}
+			continue
+		}
+		d.log.Warn("killing stray QEMU", "vm", id, "pid", pid)
+		if err := killPID(pid); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, err)
+			continue
+		}
+		if !waitGone(ctx, pid, id, 10*time.Second) {
+			errs = append(errs, fmt.Errorf("stray qemu %d (vm %s) did not exit", pid, id))
+		}
+	}
+	if d.ip != "" {
+		for _, tap := range goldvmTaps() {
+			owner := tapOwner(tap)
+			stray := (owner != "" && !known(owner)) || (owner == "" && !inUse[tap])
+			if !stray {
+				continue
+			}
+			d.log.Warn("removing stray tap", "tap", tap, "vm", owner)
+			if err := d.removeTap(ctx, tap); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,44 @@
+package qemu
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"path/filepath"
+)
+
+// Files in spec.Dir.
+const (
+	fileDisk       = "disk.qcow2"
+	fileDiskTmp    = "disk.qcow2.tmp"
+	fileQMP        = "qmp.sock"
+	fileQMPWatch   = "qmp-watch.sock"
+	fileQGA        = "qga.sock"
+	filePID        = "qemu.pid"
+	fileConsole    = "console.log"
+	fileStderr     = "qemu-stderr.log"
+	fileSSHPort    = "ssh-port"
+	screendumpGlob = "screendump-*.png"
+)
+
+// qemuName is the -name of a VM's QEMU process, also how we recognise it.
+func qemuName(id string) string { return "goldvm-" + id }
+
+// macFor derives a stable locally administered MAC in QEMU's 52:54:00 range.
+func macFor(id string) string {
+	h := sha256.Sum256([]byte("goldvm-mac:" + id))
+	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", h[0], h[1], h[2])
+}
+
+// tapFor is the tap device name of a VM: "gv" and 12 hex digits of a hash of
+// the id (ids are time-sortable and share prefixes, and IFNAMSIZ is 16). The
+// owner's id is also stored in the device's alias (see tapAlias).
+func tapFor(id string) string {
+	h := sha256.Sum256([]byte("goldvm-tap:" + id))
+	return "gv" + hex.EncodeToString(h[:6])
+}
+
+// tapAliasPrefix precedes the VM id in a tap's ifalias.
+const tapAliasPrefix = "goldvm:"
+
+func p(dir, name string) string { return filepath.Join(dir, name) }

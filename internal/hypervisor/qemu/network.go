@@ -1,0 +1,368 @@
+package qemu
+
+// Host networking for the three network types.
+//
+// As root:
+//   - nat: a bridge (Config.NATBridge, default goldvm0) carrying the host
+//     address Config.NATSubnet (default 10.213.0.1/24), created on first use;
+//     one dnsmasq per bridge serving DHCP only (--port=0: no DNS) with its
+//     pid and lease files in Config.RunDir; IPv4 forwarding and an iptables
+//     MASQUERADE rule for the subnet (plus FORWARD accepts). Each VM gets a
+//     tap "gv<hash of id>" enslaved to the bridge, its ifalias
+//     "goldvm:<id>" naming the owner, and QEMU opens it with
+//     -netdev tap,ifname=…,script=no,downscript=no.
+//   - hostonly: the same on Config.HostOnlyBridge/HostOnlySubnet without
+//     masquerade; dnsmasq hands out no router, and forwarding from the bridge
+//     is dropped.
+//   - bridged: a tap on Config.BridgedBridge, which must already exist; the
+//     guest's address comes from the LAN's DHCP, learned through the guest
+//     agent.
+//
+// Not root (or Config.UserNet): nat uses QEMU's user-mode networking. The
+// guest then has 10.0.2.15 behind QEMU's own NAT and the host cannot reach it
+// except through the hostfwd goldvm adds (guest port 22 on a free loopback
+// port, recorded in the file "ssh-port" in the VM's directory).
+// hostonly and bridged are refused.
+//
+// Every external command takes an argument list; nothing goes through a shell.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/hypervisor"
+)
+
+// SupportsNetwork reports whether this driver can give a VM network type nt
+// on this host, with an errdefs.ErrInvalid error saying why not.
+func (d *Driver) SupportsNetwork(nt string) error {
+	switch nt {
+	case api.NetworkNAT:
+		return nil
+	case api.NetworkHostOnly:
+		if !d.bridging() {
+			return errdefs.Newf(errdefs.ErrInvalid, "network-needs-root",
+				"network_type hostonly needs goldvm to run as root (it creates a bridge and tap devices)")
+		}
+		return nil
+	case api.NetworkBridged:
+		if d.cfg.BridgedBridge == "" {
+			return errdefs.Newf(errdefs.ErrInvalid, "bridged-not-configured",
+				"network_type bridged is not available: no host bridge is configured for it")
+		}
+		if !d.bridging() {
+			return errdefs.Newf(errdefs.ErrInvalid, "network-needs-root",
+				"network_type bridged needs goldvm to run as root (it creates tap devices)")
+		}
+		return nil
+	}
+	return errdefs.Newf(errdefs.ErrInvalid, "invalid-network-type",
+		"unknown network_type %q (want nat, bridged or hostonly)", nt)
+}
+
+// bridging reports whether nat/hostonly use bridges and taps.
+func (d *Driver) bridging() bool { return d.root && !d.cfg.UserNet }
+
+// plan decides how VM spec is connected.
+func (d *Driver) plan(spec hypervisor.Spec) (netPlan, error) {
+	nt := spec.Network
+	if nt == "" {
+		nt = api.NetworkNAT
+	}
+	if err := d.SupportsNetwork(nt); err != nil {
+		return netPlan{}, err
+	}
+	if !d.bridging() {
+		return netPlan{Kind: nt, User: true}, nil
+	}
+	np := netPlan{Kind: nt, Tap: tapFor(spec.ID)}
+	switch nt {
+	case api.NetworkNAT:
+		np.Bridge, np.Subnet, np.DHCP, np.Masquerade = d.cfg.NATBridge, d.cfg.NATSubnet, true, true
+	case api.NetworkHostOnly:
+		np.Bridge, np.Subnet, np.DHCP = d.cfg.HostOnlyBridge, d.cfg.HostOnlySubnet, true
+	case api.NetworkBridged:
+		np.Bridge = d.cfg.BridgedBridge
+	}
+	return np, nil
+}
+
+// leaseFile is dnsmasq's lease file for bridge.
+func (d *Driver) leaseFile(bridge string) string {
+	return filepath.Join(d.cfg.RunDir, "dnsmasq-"+bridge+".leases")
+}
+
+func (d *Driver) dnsmasqPIDFile(bridge string) string {
+	return filepath.Join(d.cfg.RunDir, "dnsmasq-"+bridge+".pid")
+}
+
+func linkExists(name string) bool {
+	_, err := os.Stat("/sys/class/net/" + name)
+	return err == nil
+}
+
+func isBridge(name string) bool {
+	_, err := os.Stat("/sys/class/net/" + name + "/bridge")
+	return err == nil
+}
+
+// setupNetwork makes the host side of np: bridge, DHCP, NAT and the tap.
+func (d *Driver) setupNetwork(ctx context.Context, id string, np netPlan) error {
+	if np.User {
+		return nil
+	}
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	if np.Subnet != "" {
+		if err := d.ensureBridge(ctx, np.Bridge, np.Subnet); err != nil {
+			return err
+		}
+	} else if !isBridge(np.Bridge) {
+		return errdefs.Newf(errdefs.ErrInvalid, "bridged-not-configured",
+			"the host bridge %q for network_type bridged does not exist", np.Bridge)
+	}
+	if np.DHCP {
+		if err := d.ensureDnsmasq(ctx, np.Bridge, np.Subnet, np.Masquerade); err != nil {
+			return err
+		}
+	}
+	if np.Subnet != "" {
+		d.ensureFirewall(ctx, np.Bridge, np.Subnet, np.Masquerade)
+	}
+	return d.ensureTap(ctx, np.Tap, np.Bridge, id)
+}
+
+func netErr(err error) error {
+	return errdefs.New(errdefs.ErrUnavailable, "network-setup-failed", "cannot set up the VM's network", err)
+}
+
+// ensureBridge creates bridge br with host address cidr and brings it up.
+func (d *Driver) ensureBridge(ctx context.Context, br, cidr string) error {
+	if linkExists(br) && !isBridge(br) {
+		return netErr(fmt.Errorf("%s exists and is not a bridge", br))
+	}
+	if !linkExists(br) {
+		if _, err := d.run(ctx, d.ip, "link", "add", "name", br, "type", "bridge"); err != nil && !linkExists(br) {
+			return netErr(err)
+		}
+		d.log.Info("created bridge", "bridge", br, "address", cidr)
+	}
+	if _, err := d.run(ctx, d.ip, "addr", "replace", cidr, "dev", br); err != nil {
+		return netErr(err)
+	}
+	if _, err := d.run(ctx, d.ip, "link", "set", "dev", br, "up"); err != nil {
+		return netErr(err)
+	}
+	return nil
+}
+
+// ensureDnsmasq starts the bridge's dnsmasq unless it runs. It runs as its
+// own daemon and outlives goldvm, like the VMs it serves.
+func (d *Driver) ensureDnsmasq(ctx context.Context, br, cidr string, router bool) error {
+	pidFile := d.dnsmasqPIDFile(br)
+	if pid, ok := readPID(pidFile); ok {
+		if args := procArgs(pid); args != nil && !procZombie(pid) &&
+			strings.Contains(filepath.Base(args[0]), "dnsmasq") && containsArg(args, "--interface="+br) {
+			return nil
+		}
+	}
+	rng, err := dhcpRange(cidr)
+	if err != nil {
+		return netErr(err)
+	}
+	args := []string{
+		"--conf-file=/dev/null",
+		"--pid-file=" + pidFile,
+		"--dhcp-leasefile=" + d.leaseFile(br),
+		"--interface=" + br,
+		"--bind-interfaces",
+		"--except-interface=lo",
+		"--dhcp-range=" + rng,
+		"--dhcp-authoritative",
+		"--no-ping", // else every offer waits ~3 s per address probe
+		"--no-resolv",
+		"--no-hosts",
+		"--port=0", // DHCP only, no DNS
+		"--log-facility=" + filepath.Join(d.cfg.RunDir, "dnsmasq-"+br+".log"),
+	}
+	if !router {
+		args = append(args, "--dhcp-option=3") // hostonly: no default route
+	}
+	if _, err := d.run(ctx, d.dnsmasq, args...); err != nil {
+		return netErr(fmt.Errorf("start dnsmasq on %s: %w", br, err))
+	}
+	// dnsmasq writes its pidfile after forking; wait for it briefly.
+	for i := 0; i < 50; i++ {
+		if _, ok := readPID(pidFile); ok {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	d.log.Info("started dnsmasq", "bridge", br, "range", rng, "leases", d.leaseFile(br))
+	return nil
+}
+
+func containsArg(args []string, a string) bool {
+	for _, x := range args {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+// ensureFirewall enables forwarding and NAT for a nat bridge, and drops
+// forwarding from a hostonly bridge. Failures are logged, not returned: a
+// host without iptables still gets working host<->guest networking.
+func (d *Driver) ensureFirewall(ctx context.Context, br, cidr string, masquerade bool) {
+	pfx, err := netip.ParsePrefix(cidr)
+	if err != nil {
+		return
+	}
+	netw := pfx.Masked().String()
+	if d.iptables == "" {
+		if masquerade {
+			d.log.Warn("iptables not found (apt-get install iptables); guests on the nat bridge cannot reach the outside", "bridge", br)
+		}
+		return
+	}
+	var rules [][]string
+	if masquerade {
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644); err != nil {
+			d.log.Warn("cannot enable IPv4 forwarding", "err", err)
+		}
+		rules = [][]string{
+			{"-t", "nat", "POSTROUTING", "-s", netw, "!", "-d", netw, "-j", "MASQUERADE"},
+			{"-t", "filter", "FORWARD", "-i", br, "-j", "ACCEPT"},
+			{"-t", "filter", "FORWARD", "-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"},
+		}
+	} else {
+		rules = [][]string{{"-t", "filter", "FORWARD", "-i", br, "-j", "DROP"}}
+	}
+	for _, r := range rules {
+		table, chain, spec := r[1], r[2], r[3:]
+		check := append([]string{"-w", "-t", table, "-C", chain}, spec...)
+		if _, err := d.run(ctx, d.iptables, check...); err == nil {
+			continue
+		}
+		op := "-I" // before rules of others (e.g. a FORWARD DROP policy chain)
+		if table == "nat" {
+			op = "-A"
+		}
+		add := append([]string{"-w", "-t", table, op, chain}, spec...)
+		if _, err := d.run(ctx, d.iptables, add...); err != nil {
+			d.log.Warn("iptables rule failed", "rule", strings.Join(add, " "), "err", err)
+		}
+	}
+}
+
+// ensureTap creates VM id's tap on bridge br (idempotent).
+func (d *Driver) ensureTap(ctx context.Context, tap, br, id string) error {
+	if !linkExists(tap) {
+		if _, err := d.run(ctx, d.ip, "tuntap", "add", "dev", tap, "mode", "tap"); err != nil && !linkExists(tap) {
+			return netErr(err)
+		}
+	}
+	for _, args := range [][]string{
+		{"link", "set", "dev", tap, "alias", tapAliasPrefix + id},
+		{"link", "set", "dev", tap, "master", br},
+		{"link", "set", "dev", tap, "up"},
+	} {
+		if _, err := d.run(ctx, d.ip, args...); err != nil {
+			return netErr(err)
+		}
+	}
+	return nil
+}
+
+// removeTap deletes a tap device if it exists.
+func (d *Driver) removeTap(ctx context.Context, tap string) error {
+	if !linkExists(tap) {
+		return nil
+	}
+	if _, err := d.run(ctx, d.ip, "link", "del", "dev", tap); err != nil && linkExists(tap) {
+		return fmt.Errorf("remove tap %s: %w", tap, err)
+	}
+	return nil
+}
+
+// tapOwner returns the VM id recorded in a tap's alias.
+func tapOwner(tap string) string {
+	b, err := os.ReadFile("/sys/class/net/" + tap + "/ifalias")
+	if err != nil {
+		return ""
+	}
+	id, _ := strings.CutPrefix(strings.TrimSpace(string(b)), tapAliasPrefix)
+	if id == strings.TrimSpace(string(b)) {
+		return ""
+	}
+	return id
+}
+
+// goldvmTaps lists tap devices named gv*.
+func goldvmTaps() []string {
+	ents, _ := os.ReadDir("/sys/class/net")
+	var out []string
+	for _, e := range ents {
+		n := e.Name()
+		if !strings.HasPrefix(n, "gv") {
+			continue
+		}
+		if _, err := os.Stat("/sys/class/net/" + n + "/tun_flags"); err != nil {
+			continue
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// StopNetwork stops the dnsmasq instances goldvm started for its bridges and
+// deletes those bridges. It is for tests and uninstallation; the daemon
+// leaves both in place on shutdown (running VMs depend on them).
+func (d *Driver) StopNetwork(ctx context.Context) error {
+	var errs []error
+	for _, br := range []string{d.cfg.NATBridge, d.cfg.HostOnlyBridge} {
+		if pid, ok := readPID(d.dnsmasqPIDFile(br)); ok {
+			if args := procArgs(pid); args != nil && containsArg(args, "--interface="+br) {
+				syscall.Kill(pid, syscall.SIGTERM)
+				for i := 0; i < 100 && procArgs(pid) != nil && !procZombie(pid); i++ {
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+			os.Remove(d.dnsmasqPIDFile(br))
+		}
+		if isBridge(br) {
+			if _, err := d.run(ctx, d.ip, "link", "del", "dev", br); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// lookPath is exec.LookPath that also searches the sbin directories, which
+// are not in every PATH.
+func lookPath(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	if strings.Contains(name, "/") {
+		return "", fmt.Errorf("%s not found", name)
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/local/sbin"} {
+		if fi, err := os.Stat(filepath.Join(dir, name)); err == nil && fi.Mode()&0o111 != 0 {
+			return filepath.Join(dir, name), nil
+		}
+	}
+	return "", fmt.Errorf("%s not found in PATH", name)
+}

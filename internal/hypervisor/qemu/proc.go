@@ -1,0 +1,110 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// readPID reads a pidfile.
+func readPID(path string) (int, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return 0, false
+	}
+	return pid, true
+}
+
+// procArgs returns a process's argument vector, nil if it is gone or a zombie.
+func procArgs(pid int) []string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil || len(b) == 0 {
+		return nil
+	}
+	b = bytes.TrimRight(b, "\x00")
+	return strings.Split(string(b), "\x00")
+}
+
+// procZombie reports whether pid is a zombie (dead, not yet reaped).
+func procZombie(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return true
+	}
+	return b[i+2] == 'Z' || b[i+2] == 'X'
+}
+
+// qemuVMID returns the goldvm VM id of a QEMU argument vector, "" when it is
+// not a goldvm QEMU.
+func qemuVMID(args []string) string {
+	if len(args) == 0 || !strings.Contains(filepath.Base(args[0]), "qemu") {
+		return ""
+	}
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] != "-name" {
+			continue
+		}
+		v := strings.TrimPrefix(args[i+1], "guest=")
+		v, _, _ = strings.Cut(v, ",")
+		if id, ok := strings.CutPrefix(v, "goldvm-"); ok {
+			return id
+		}
+	}
+	return ""
+}
+
+// isVMProcess reports whether pid is the live QEMU of VM id.
+func isVMProcess(pid int, id string) bool {
+	if pid <= 1 {
+		return false
+	}
+	args := procArgs(pid)
+	return args != nil && qemuVMID(args) == id && !procZombie(pid)
+}
+
+// waitGone polls until pid is no longer VM id's QEMU, for at most d or until
+// ctx ends. It reports whether the process is gone.
+func waitGone(ctx context.Context, pid int, id string, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if !isVMProcess(pid, id) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return !isVMProcess(pid, id)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// killPID sends SIGKILL.
+func killPID(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
+
+// allPIDs lists the numeric entries of /proc.
+func allPIDs() []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		if pid, err := strconv.Atoi(e.Name()); err == nil {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
