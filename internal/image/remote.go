@@ -1,0 +1,321 @@
+package image
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// errRestart means the server can no longer continue the byte stream where
+// it broke off (it ignored Range, or the range it sent does not fit): the
+// whole fetch must start again with a fresh hash and a fresh temp dir.
+var errRestart = errors.New("server cannot resume the download")
+
+// errStalled is the cause when no byte arrived within the stall timeout.
+var errStalled = errors.New("download stalled")
+
+// maxBackoff caps the exponential retry backoff.
+const maxBackoff = 30 * time.Second
+
+// resetAfterBytes is how much a connection must deliver before a later
+// failure counts as the first one again (so a long download over a flaky
+// link keeps going, but a server that drops every connection at once does
+// not loop forever).
+const resetAfterBytes = 1 << 20
+
+// retryableError marks a failure worth another attempt (network error, 5xx).
+type retryableError struct{ err error }
+
+func (e *retryableError) Error() string { return e.err.Error() }
+func (e *retryableError) Unwrap() error { return e.err }
+
+// remote is an io.Reader over an HTTP(S) resource that survives dropped
+// connections: when the body breaks off it reconnects with
+// "Range: bytes=<n>-" (and If-Range with the validator of the first answer)
+// and, if the server answers 206 with the matching Content-Range, keeps
+// delivering the same byte stream, so the readers above it (hash,
+// decompressor, tar) never notice. If the server answers 200 to a ranged
+// request the stream cannot continue and Read returns errRestart.
+//
+// Network errors, stalls and 5xx/408/429 answers are retried with
+// exponential backoff; other 4xx answers are final.
+type remote struct {
+	ctx         context.Context
+	client      *http.Client
+	url         string
+	display     string // URL without query or credentials, for messages
+	log         *slog.Logger
+	retries     int
+	backoff     time.Duration
+	stall       time.Duration
+	maxDownload int64
+
+	body      io.ReadCloser
+	cancel    context.CancelFunc
+	timer     *time.Timer
+	stalled   atomic.Bool
+	offset    int64 // bytes delivered so far
+	total     int64 // full size, -1 when unknown
+	validator string
+	failures  int   // consecutive failed attempts
+	connBytes int64 // bytes delivered by the current connection
+	requests  int
+	mu        sync.Mutex // guards cancel against the stall timer
+}
+
+func newRemote(ctx context.Context, rawURL string, o *Options, log *slog.Logger) *remote {
+	return &remote{
+		ctx: ctx, client: o.HTTPClient, url: rawURL, display: displayURL(rawURL), log: log,
+		retries: o.Retries, backoff: o.RetryBackoff, stall: o.StallTimeout,
+		maxDownload: o.MaxDownloadBytes, total: -1,
+	}
+}
+
+// displayURL strips credentials and query from u for logs and messages.
+func displayURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "<invalid url>"
+	}
+	u.User = nil
+	u.RawQuery = ""
+	u.Fragment = ""
+	return u.String()
+}
+
+// Read implements io.Reader.
+func (r *remote) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		for r.body == nil {
+			err := r.connect()
+			if err == nil {
+				break
+			}
+			var re *retryableError
+			if !errors.As(err, &re) {
+				return 0, err
+			}
+			if ferr := r.fail(err); ferr != nil {
+				return 0, ferr
+			}
+		}
+		n, err := r.body.Read(p)
+		if n > 0 {
+			r.offset += int64(n)
+			r.connBytes += int64(n)
+			r.timer.Reset(r.stall)
+			if r.maxDownload > 0 && r.offset > r.maxDownload {
+				r.closeBody()
+				return n, errTooLarge("download exceeds the limit of %d bytes", r.maxDownload)
+			}
+		}
+		if err == nil {
+			return n, nil
+		}
+		if err == io.EOF && (r.total < 0 || r.offset >= r.total) {
+			r.closeBody()
+			return n, io.EOF
+		}
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		stalled := r.stalled.Load()
+		r.closeBody()
+		if cerr := r.ctx.Err(); cerr != nil {
+			return n, cerr
+		}
+		if stalled {
+			err = fmt.Errorf("no data for %s: %w", r.stall, errStalled)
+		}
+		r.log.Warn("image download interrupted; resuming", "url", r.display, "offset", r.offset, "err", err)
+		if ferr := r.fail(&retryableError{err}); ferr != nil {
+			return n, ferr
+		}
+		if n > 0 {
+			return n, nil
+		}
+	}
+}
+
+// fail records a failed attempt and waits the backoff, or returns the final
+// error when the retries are used up or the context ends.
+func (r *remote) fail(err error) error {
+	if r.connBytes >= resetAfterBytes {
+		r.failures = 0
+	}
+	r.connBytes = 0
+	r.failures++
+	if r.failures > r.retries {
+		return errDownload(fmt.Sprintf("downloading %s failed after %d attempts", r.display, r.failures), err)
+	}
+	d := r.backoff << (r.failures - 1)
+	if d > maxBackoff || d <= 0 {
+		d = maxBackoff
+	}
+	r.log.Warn("image download attempt failed; retrying", "url", r.display, "attempt", r.failures, "backoff", d, "err", err)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-r.ctx.Done():
+		return r.ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func (r *remote) closeBody() {
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	if r.body != nil {
+		r.body.Close()
+		r.body = nil
+	}
+	r.mu.Lock()
+	if r.cancel != nil {
+		r.cancel()
+		r.cancel = nil
+	}
+	r.mu.Unlock()
+}
+
+// Close releases the current connection.
+func (r *remote) Close() error {
+	r.closeBody()
+	return nil
+}
+
+// connect issues the GET (ranged when resuming) and checks the answer.
+func (r *remote) connect() error {
+	if err := r.ctx.Err(); err != nil {
+		return err
+	}
+	rctx, cancel := context.WithCancel(r.ctx)
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, r.url, nil)
+	if err != nil {
+		cancel()
+		return errdefs400URL(err)
+	}
+	if r.offset > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", r.offset))
+		if r.validator != "" {
+			req.Header.Set("If-Range", r.validator)
+		}
+	}
+	// Identity encoding: the checksum is over the bytes as served.
+	req.Header.Set("Accept-Encoding", "identity")
+	r.stalled.Store(false)
+	r.mu.Lock()
+	r.cancel = cancel
+	r.mu.Unlock()
+	r.timer = time.AfterFunc(r.stall, func() {
+		r.stalled.Store(true)
+		r.mu.Lock()
+		if r.cancel != nil {
+			r.cancel()
+		}
+		r.mu.Unlock()
+	})
+	r.requests++
+	resp, err := r.client.Do(req)
+	if err != nil {
+		stalled := r.stalled.Load()
+		r.closeBody()
+		if cerr := r.ctx.Err(); cerr != nil {
+			return cerr
+		}
+		if stalled {
+			err = fmt.Errorf("no answer for %s: %w", r.stall, errStalled)
+		}
+		return &retryableError{fmt.Errorf("GET %s: %w", r.display, err)}
+	}
+	r.body = resp.Body
+	statusErr := fmt.Errorf("GET %s: HTTP %s", r.display, resp.Status)
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		if r.offset > 0 {
+			r.closeBody()
+			r.log.Warn("image server ignored Range; restarting download", "url", r.display, "offset", r.offset)
+			return errRestart
+		}
+		r.total = resp.ContentLength
+		r.validator = validatorOf(resp)
+	case resp.StatusCode == http.StatusPartialContent:
+		start, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		if !ok || start != r.offset {
+			r.closeBody()
+			r.log.Warn("image server sent an unusable range; restarting download", "url", r.display,
+				"offset", r.offset, "content_range", resp.Header.Get("Content-Range"))
+			return errRestart
+		}
+		if total >= 0 {
+			r.total = total
+		}
+	case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable && r.offset > 0:
+		r.closeBody()
+		return errRestart
+	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode == http.StatusTooManyRequests:
+		r.closeBody()
+		return &retryableError{statusErr}
+	default:
+		r.closeBody()
+		return errDownload("image server refused the download", statusErr)
+	}
+	if r.maxDownload > 0 && r.total > r.maxDownload {
+		r.closeBody()
+		return errTooLarge("download of %d bytes exceeds the limit of %d bytes", r.total, r.maxDownload)
+	}
+	r.timer.Reset(r.stall)
+	return nil
+}
+
+// validatorOf returns what to send in If-Range: a strong ETag, else
+// Last-Modified, else "".
+func validatorOf(resp *http.Response) string {
+	if et := resp.Header.Get("ETag"); et != "" && !strings.HasPrefix(et, "W/") {
+		return et
+	}
+	return resp.Header.Get("Last-Modified")
+}
+
+// parseContentRange parses "bytes <start>-<end>/<total|*>". total is -1 for "*".
+func parseContentRange(v string) (start, total int64, ok bool) {
+	rest, found := strings.CutPrefix(v, "bytes ")
+	if !found {
+		return 0, 0, false
+	}
+	rng, tot, found := strings.Cut(rest, "/")
+	if !found {
+		return 0, 0, false
+	}
+	s, e, found := strings.Cut(rng, "-")
+	if !found {
+		return 0, 0, false
+	}
+	start, err1 := strconv.ParseInt(s, 10, 64)
+	end, err2 := strconv.ParseInt(e, 10, 64)
+	if err1 != nil || err2 != nil || start < 0 || end < start {
+		return 0, 0, false
+	}
+	total = -1
+	if tot != "*" {
+		t, err := strconv.ParseInt(tot, 10, 64)
+		if err != nil || t <= end {
+			return 0, 0, false
+		}
+		total = t
+	}
+	return start, total, true
+}

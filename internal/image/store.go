@@ -1,0 +1,865 @@
+// Package image is goldvm's content-addressed store of "gold" images.
+//
+// An image is named by its checksum (see Key) and fetched at most once: the
+// HTTP body streams through the hash and, at the same time, through a
+// format detector, a decompressor and a tar reader into a temporary
+// directory, so a download is also its unpacking. Only when the body has
+// been read to its last byte and the checksum matches are the files synced,
+// made read-only and published, by writing a completion marker last and
+// renaming the directory into place. A directory without a valid marker is
+// never served, and NewStore removes it.
+//
+// Layout beneath the store directory:
+//
+//	<key>/files/        the image's files (Gold.Dir), dirs 0555, files 0444
+//	<key>/image.json    completion marker (key, url, size, checksum, file list)
+//	<key>/last-used     last use time, replaced atomically by Touch
+//	.tmp-<key>-<rand>/  a fetch in progress (removed on failure or restart)
+//	.del-<key>-<rand>/  an image being deleted
+//
+// Formats are recognised by content, never by file name: gzip, bzip2, zstd
+// or xz compression (or none) around a tar archive or a bare qcow2 / VMDK
+// disk; zip; and, only when the URL path ends in .img or .raw (optionally
+// with a compression suffix), a raw disk of any content. A zip cannot be
+// unpacked while streaming (its directory is at its end), so it is spooled
+// to a temporary file while being hashed, verified, and then unpacked: its
+// progress has a separate "unpacking" phase.
+package image
+
+import (
+	"context"
+	"crypto/md5"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/goldvm/goldvm/internal/errdefs"
+)
+
+// Progress phases.
+const (
+	PhaseDownloading = "downloading"
+	PhaseVerifying   = "verifying"
+	PhaseUnpacking   = "unpacking"
+)
+
+const (
+	markerName   = "image.json"
+	lastUsedName = "last-used"
+	filesDirName = "files"
+	tmpPrefix    = ".tmp-"
+	delPrefix    = ".del-"
+	spoolName    = "package.spool"
+)
+
+// Spec names an image: where to fetch it and the checksum of the bytes
+// served there.
+type Spec struct {
+	URL          string `json:"url"`
+	Checksum     string `json:"checksum"`      // hex
+	ChecksumType string `json:"checksum_type"` // md5, sha1, sha256 or sha512
+}
+
+var checksumSizes = map[string]int{"md5": md5.Size, "sha1": sha1.Size, "sha256": sha256.Size, "sha512": sha512.Size}
+
+func newHash(kind string) hash.Hash {
+	switch kind {
+	case "md5":
+		return md5.New()
+	case "sha1":
+		return sha1.New()
+	case "sha512":
+		return sha512.New()
+	default:
+		return sha256.New()
+	}
+}
+
+// Key returns the store key of spec: "<checksum type>-<lowercase hex>",
+// e.g. "sha256-9f86d0…". The key depends only on the checksum, not the URL,
+// so the same bytes served from two places are one image. It validates the
+// type and that the checksum is hex of the right length before the key is
+// ever used as a path; failures are errdefs.ErrInvalid with code
+// "invalid-checksum".
+func Key(spec Spec) (string, error) {
+	kind := strings.ToLower(strings.TrimSpace(spec.ChecksumType))
+	size, ok := checksumSizes[kind]
+	if !ok {
+		return "", errInvalidChecksum("checksum_type %q is not one of md5, sha1, sha256, sha512", spec.ChecksumType)
+	}
+	sum := strings.ToLower(strings.TrimSpace(spec.Checksum))
+	if len(sum) != 2*size {
+		return "", errInvalidChecksum("a %s checksum has %d hex digits, got %d", kind, 2*size, len(sum))
+	}
+	if _, err := hex.DecodeString(sum); err != nil {
+		return "", errInvalidChecksum("checksum is not hexadecimal")
+	}
+	return kind + "-" + sum, nil
+}
+
+// parseKey checks that key has the shape Key produces, so it is safe as a
+// path element, and returns its checksum type and hex.
+func parseKey(key string) (kind, sum string, err error) {
+	kind, sum, ok := strings.Cut(key, "-")
+	if !ok {
+		return "", "", errdefs.Newf(errdefs.ErrNotFound, CodeNotFound, "no image %q", key)
+	}
+	k, err := Key(Spec{Checksum: sum, ChecksumType: kind})
+	if err != nil || k != key {
+		return "", "", errdefs.Newf(errdefs.ErrNotFound, CodeNotFound, "no image %q", key)
+	}
+	return kind, sum, nil
+}
+
+// Options configures a Store. Zero values take the defaults.
+type Options struct {
+	// MaxImageBytes limits the unpacked size of one image, declared
+	// (headers) and actual (bytes decompressed). Default 64 GiB.
+	MaxImageBytes int64
+	// MaxDownloadBytes limits the size of the download. Default 64 GiB.
+	MaxDownloadBytes int64
+	// MaxEntries limits the number of archive entries. Default 100000.
+	MaxEntries int
+	// HTTPClient fetches images. Default: a client without an overall
+	// timeout (StallTimeout bounds each read instead).
+	HTTPClient *http.Client
+	// Logger receives cleanup, retry and publish events. Default: discard.
+	Logger *slog.Logger
+	// Retries is how many consecutive failed attempts (network error, stall,
+	// 5xx, 408, 429) are retried; a connection that delivered at least
+	// 1 MiB before failing resets the count. Default 5; negative: none.
+	Retries int
+	// RetryBackoff is the wait before the first retry; it doubles with each
+	// further one, up to 30s. Default 1s.
+	RetryBackoff time.Duration
+	// StallTimeout fails an attempt (and retries it) when no byte arrives
+	// for this long. Default 60s.
+	StallTimeout time.Duration
+	// ProgressInterval is the minimum time between two download progress
+	// reports; a report is also sent every 256 KiB. Default 200ms.
+	ProgressInterval time.Duration
+	// Now returns the current time. Default time.Now.
+	Now func() time.Time
+}
+
+func (o *Options) setDefaults() {
+	if o.MaxImageBytes <= 0 {
+		o.MaxImageBytes = 64 << 30
+	}
+	if o.MaxDownloadBytes <= 0 {
+		o.MaxDownloadBytes = 64 << 30
+	}
+	if o.MaxEntries <= 0 {
+		o.MaxEntries = 100000
+	}
+	if o.HTTPClient == nil {
+		o.HTTPClient = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case o.Retries == 0:
+		o.Retries = 5
+	case o.Retries < 0:
+		o.Retries = 0
+	}
+	if o.RetryBackoff <= 0 {
+		o.RetryBackoff = time.Second
+	}
+	if o.StallTimeout <= 0 {
+		o.StallTimeout = 60 * time.Second
+	}
+	if o.ProgressInterval <= 0 {
+		o.ProgressInterval = 200 * time.Millisecond
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+// Progress tells how far an Ensure has come. BytesTotal is 0 when unknown.
+// Phase is "downloading" (download and, for streamable formats, unpacking
+// at once), "verifying" (the checksum is being compared) or "unpacking"
+// (a zip, after verification).
+type Progress struct {
+	Phase      string
+	BytesDone  int64
+	BytesTotal int64
+}
+
+// Gold is a published, verified, read-only image.
+type Gold struct {
+	// Key is the store key (see Key).
+	Key string
+	// Dir holds the unpacked files; it and everything in it is read-only.
+	Dir string
+	// Size is the logical size of all regular files, in bytes.
+	Size int64
+	// Spec is what the image was fetched from. For an image found in the
+	// store the URL has no credentials or query.
+	Spec Spec
+	// Format describes the package, e.g. "tar.gz", "zip", "qcow2", "raw.xz".
+	Format string
+	// Files lists the regular files, relative to Dir, in archive order.
+	Files []string
+}
+
+// ImageInfo describes a published image for listings.
+type ImageInfo struct {
+	Key          string    `json:"key"`
+	URL          string    `json:"url"` // without credentials or query
+	Checksum     string    `json:"checksum"`
+	ChecksumType string    `json:"checksum_type"`
+	Format       string    `json:"format"`
+	Size         int64     `json:"size"`       // logical bytes of the files
+	DiskBytes    int64     `json:"disk_bytes"` // bytes allocated on disk
+	Created      time.Time `json:"created"`
+	LastUsed     time.Time `json:"last_used"`
+}
+
+// marker is the completion marker, written last into a fetched image.
+type marker struct {
+	Version      int          `json:"version"`
+	Key          string       `json:"key"`
+	URL          string       `json:"url"`
+	Checksum     string       `json:"checksum"`
+	ChecksumType string       `json:"checksum_type"`
+	Format       string       `json:"format"`
+	Size         int64        `json:"size"`
+	Files        []fileRecord `json:"files"`
+	Created      time.Time    `json:"created"`
+}
+
+// Store is the image store. Its methods are safe for concurrent use.
+type Store struct {
+	dir  string
+	opts Options
+	log  *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	flights map[string]*flight
+	closed  bool
+	delMu   sync.Mutex // serialises Delete and Evict
+}
+
+// NewStore opens (creating if needed) the store in dir, normally
+// <data-dir>/images. It first recovers from a crash: every image must have
+// a valid completion marker whose key matches its directory and whose size
+// and file list match the files; images that do not, temp dirs of
+// interrupted fetches and half-deleted images are removed, each logged.
+// Other names in dir are logged and left alone.
+func NewStore(dir string, opts Options) (*Store, error) {
+	opts.setDefaults()
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("image store %s: %w", dir, err)
+	}
+	if err := os.MkdirAll(abs, 0o755); err != nil {
+		return nil, ioErr("creating image store "+abs, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Store{dir: abs, opts: opts, log: opts.Logger.With("component", "image"), ctx: ctx, cancel: cancel,
+		flights: map[string]*flight{}}
+	if err := s.recover(); err != nil {
+		cancel()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Dir returns the store's directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Close cancels fetches in progress and waits for them to clean up.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Store) recover() error {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return ioErr("reading image store", err)
+	}
+	for _, e := range ents {
+		name := e.Name()
+		p := filepath.Join(s.dir, name)
+		switch {
+		case strings.HasPrefix(name, tmpPrefix):
+			s.log.Warn("removing interrupted image fetch", "dir", p)
+			if err := removeTree(p); err != nil {
+				return err
+			}
+		case strings.HasPrefix(name, delPrefix):
+			s.log.Warn("finishing interrupted image delete", "dir", p)
+			if err := removeTree(p); err != nil {
+				return err
+			}
+		case e.IsDir():
+			if _, _, err := parseKey(name); err != nil {
+				s.log.Warn("unknown directory in image store; leaving it", "dir", p)
+				continue
+			}
+			if err := s.check(name); err != nil {
+				s.log.Warn("removing incomplete or damaged image", "key", name, "reason", err)
+				if err := removeTree(p); err != nil {
+					return err
+				}
+			}
+		default:
+			s.log.Warn("unknown file in image store; leaving it", "path", p)
+		}
+	}
+	return syncDir(s.dir)
+}
+
+// check verifies a published image against its marker: the marker parses,
+// names this key, and every file it lists exists with its size and the
+// total size matches.
+func (s *Store) check(key string) error {
+	m, err := s.readMarker(key)
+	if err != nil {
+		return err
+	}
+	files := filepath.Join(s.dir, key, filesDirName)
+	size, _, err := treeSize(files)
+	if err != nil {
+		return err
+	}
+	if size != m.Size {
+		return fmt.Errorf("files hold %d bytes, marker says %d", size, m.Size)
+	}
+	for _, f := range m.Files {
+		fi, err := os.Lstat(filepath.Join(files, filepath.FromSlash(f.Path)))
+		if err != nil {
+			return fmt.Errorf("listed file: %w", err)
+		}
+		if (f.Type == "file" || f.Type == "hardlink") && (!fi.Mode().IsRegular() || fi.Size() != f.Size) {
+			return fmt.Errorf("file %s does not match the marker", f.Path)
+		}
+	}
+	return nil
+}
+
+func (s *Store) readMarker(key string) (*marker, error) {
+	b, err := os.ReadFile(filepath.Join(s.dir, key, markerName))
+	if err != nil {
+		return nil, fmt.Errorf("reading completion marker: %w", err)
+	}
+	var m marker
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("parsing completion marker: %w", err)
+	}
+	if m.Key != key {
+		return nil, fmt.Errorf("completion marker names %q", m.Key)
+	}
+	return &m, nil
+}
+
+func (s *Store) gold(key string, m *marker, spec *Spec) *Gold {
+	g := &Gold{Key: key, Dir: filepath.Join(s.dir, key, filesDirName), Size: m.Size, Format: m.Format,
+		Spec: Spec{URL: m.URL, Checksum: m.Checksum, ChecksumType: m.ChecksumType}}
+	if spec != nil {
+		g.Spec = *spec
+	}
+	for _, f := range m.Files {
+		if f.Type == "file" || f.Type == "hardlink" {
+			g.Files = append(g.Files, f.Path)
+		}
+	}
+	return g
+}
+
+// Get returns the published image key, or an errdefs.ErrNotFound error with
+// code "image-not-found".
+func (s *Store) Get(key string) (*Gold, error) {
+	if _, _, err := parseKey(key); err != nil {
+		return nil, err
+	}
+	m, err := s.readMarker(key)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			s.log.Warn("image has an unreadable marker", "key", key, "err", err)
+		}
+		return nil, errdefs.New(errdefs.ErrNotFound, CodeNotFound, fmt.Sprintf("no image %s", key), err)
+	}
+	return s.gold(key, m, nil), nil
+}
+
+// List describes every published image, sorted by key.
+func (s *Store) List() ([]ImageInfo, error) {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, ioErr("reading image store", err)
+	}
+	var out []ImageInfo
+	for _, e := range ents {
+		key := e.Name()
+		if !e.IsDir() {
+			continue
+		}
+		if _, _, err := parseKey(key); err != nil {
+			continue
+		}
+		m, err := s.readMarker(key)
+		if err != nil {
+			continue
+		}
+		_, disk, err := treeSize(filepath.Join(s.dir, key, filesDirName))
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // deleted meanwhile
+			}
+			return nil, err
+		}
+		out = append(out, ImageInfo{Key: key, URL: m.URL, Checksum: m.Checksum, ChecksumType: m.ChecksumType,
+			Format: m.Format, Size: m.Size, DiskBytes: disk, Created: m.Created, LastUsed: s.lastUsed(key, m.Created)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out, nil
+}
+
+func (s *Store) lastUsed(key string, created time.Time) time.Time {
+	b, err := os.ReadFile(filepath.Join(s.dir, key, lastUsedName))
+	if err != nil {
+		return created
+	}
+	t, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(string(b)))
+	if err != nil {
+		return created
+	}
+	return t
+}
+
+// Touch records that key was used now, in the image's last-used file
+// (replaced atomically). Unknown keys are ignored. Ensure touches too.
+func (s *Store) Touch(key string) {
+	if _, _, err := parseKey(key); err != nil {
+		return
+	}
+	dir := filepath.Join(s.dir, key)
+	if _, err := os.Stat(filepath.Join(dir, markerName)); err != nil {
+		return
+	}
+	if err := writeAtomic(dir, lastUsedName, []byte(s.opts.Now().UTC().Format(time.RFC3339Nano)+"\n")); err != nil {
+		s.log.Warn("cannot record image use", "key", key, "err", err)
+	}
+}
+
+// Delete removes the published image key. inUse (may be nil) tells how many
+// VMs use the image; if any do, Delete fails with errdefs.ErrConflict, code
+// "image-in-use". The caller must make sure inUse counts a VM from the
+// moment it obtained the Gold (or serialise VM creation with Delete).
+func (s *Store) Delete(key string, inUse func(key string) int) error {
+	s.delMu.Lock()
+	defer s.delMu.Unlock()
+	return s.deleteLocked(key, inUse)
+}
+
+func (s *Store) deleteLocked(key string, inUse func(key string) int) error {
+	if _, err := s.Get(key); err != nil {
+		return err
+	}
+	if inUse != nil {
+		if n := inUse(key); n > 0 {
+			return errdefs.Newf(errdefs.ErrConflict, CodeInUse, "image %s is used by %d VM(s)", key, n)
+		}
+	}
+	// Renaming first makes the delete atomic for readers: the key is gone
+	// at once, and NewStore finishes a delete that a crash interrupted.
+	tomb, err := os.MkdirTemp(s.dir, delPrefix+key+"-")
+	if err != nil {
+		return ioErr("deleting image", err)
+	}
+	if err := os.Remove(tomb); err != nil {
+		return ioErr("deleting image", err)
+	}
+	if err := os.Rename(filepath.Join(s.dir, key), tomb); err != nil {
+		return ioErr("deleting image", err)
+	}
+	if err := syncDir(s.dir); err != nil {
+		return err
+	}
+	s.log.Info("deleted image", "key", key)
+	return removeTree(tomb)
+}
+
+// EvictPolicy says which unused images Evict may remove.
+type EvictPolicy struct {
+	// MaxBytes: while all images together take more disk space than this,
+	// remove the least recently used unused one. 0: no size bound.
+	MaxBytes int64
+	// MaxIdle: remove unused images not used for longer than this.
+	// 0: no idle bound.
+	MaxIdle time.Duration
+}
+
+// Evict removes unused images by policy, least recently used first, and
+// returns the removed keys. An image for which inUse returns > 0 is never
+// removed, even if the store stays over MaxBytes.
+func (s *Store) Evict(policy EvictPolicy, inUse func(key string) int) ([]string, error) {
+	s.delMu.Lock()
+	defer s.delMu.Unlock()
+	infos, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(infos, func(i, j int) bool { return infos[i].LastUsed.Before(infos[j].LastUsed) })
+	var total int64
+	for _, in := range infos {
+		total += in.DiskBytes
+	}
+	now := s.opts.Now()
+	var removed []string
+	var errs []error
+	for _, in := range infos {
+		idle := policy.MaxIdle > 0 && now.Sub(in.LastUsed) > policy.MaxIdle
+		over := policy.MaxBytes > 0 && total > policy.MaxBytes
+		if !idle && !over {
+			continue
+		}
+		if inUse != nil && inUse(in.Key) > 0 {
+			continue
+		}
+		if err := s.deleteLocked(in.Key, inUse); err != nil {
+			var e *errdefs.Error
+			if errors.As(err, &e) && (e.Code == CodeInUse || e.Code == CodeNotFound) {
+				continue
+			}
+			errs = append(errs, fmt.Errorf("evicting %s: %w", in.Key, err))
+			continue
+		}
+		total -= in.DiskBytes
+		removed = append(removed, in.Key)
+		s.log.Info("evicted image", "key", in.Key, "idle", idle, "disk_bytes", in.DiskBytes)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// flight is one fetch shared by every Ensure of the same key.
+type flight struct {
+	key    string
+	done   chan struct{}
+	gold   *Gold
+	err    error
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	waiters map[int]func(Progress)
+	nextID  int
+	last    *Progress
+}
+
+func (f *flight) join(progress func(Progress)) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	id := f.nextID
+	f.nextID++
+	f.waiters[id] = progress
+	if f.last != nil && progress != nil {
+		progress(*f.last)
+	}
+	return id
+}
+
+func (f *flight) report(p Progress) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.last = &p
+	for _, w := range f.waiters {
+		if w != nil {
+			w(p)
+		}
+	}
+}
+
+// Ensure returns the image spec names, fetching it if the store does not
+// have it yet. A stored image is returned at once (and touched).
+//
+// Concurrent Ensure calls for the same key share one fetch, and each
+// caller's progress (may be nil) receives every report; progress is called
+// from the fetch goroutine and must not block or call into the Store. A
+// caller whose ctx ends stops waiting and gets ctx's error; the fetch goes
+// on while at least one caller still waits and is cancelled (its temp dir
+// removed) when the last one leaves. A later Ensure starts a new fetch.
+//
+// Errors are *errdefs.Error with the codes of this package (invalid-checksum,
+// invalid-image-url, checksum-mismatch, image-download-failed, image-corrupt,
+// image-unsafe-archive, image-too-large, disk-full, image-unsupported), a
+// context error, or an internal error. On any failure nothing is stored.
+func (s *Store) Ensure(ctx context.Context, spec Spec, progress func(Progress)) (*Gold, error) {
+	key, err := Key(spec)
+	if err != nil {
+		return nil, err
+	}
+	u, err := url.Parse(spec.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, errdefs400URL(err)
+	}
+	if g, err := s.Get(key); err == nil {
+		s.Touch(key)
+		g.Spec = spec
+		return g, nil
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, errors.New("image store is closed")
+	}
+	f := s.flights[key]
+	if f == nil {
+		// A fetch may have published between the check above and the lock.
+		if g, err := s.Get(key); err == nil {
+			s.mu.Unlock()
+			s.Touch(key)
+			g.Spec = spec
+			return g, nil
+		}
+		fctx, cancel := context.WithCancel(s.ctx)
+		f = &flight{key: key, done: make(chan struct{}), cancel: cancel, waiters: map[int]func(Progress){}}
+		s.flights[key] = f
+		s.wg.Add(1)
+		go s.run(fctx, f, spec)
+	}
+	id := f.join(progress)
+	s.mu.Unlock()
+
+	select {
+	case <-f.done:
+		if f.err != nil {
+			return nil, f.err
+		}
+		g := *f.gold
+		g.Spec = spec
+		s.Touch(key)
+		return &g, nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		f.mu.Lock()
+		delete(f.waiters, id)
+		last := len(f.waiters) == 0
+		f.mu.Unlock()
+		if last && s.flights[key] == f {
+			delete(s.flights, key)
+			f.cancel()
+			s.log.Info("image fetch cancelled: no caller waits for it", "key", key)
+		}
+		s.mu.Unlock()
+		return nil, fmt.Errorf("waiting for image %s: %w", key, ctx.Err())
+	}
+}
+
+func (s *Store) run(ctx context.Context, f *flight, spec Spec) {
+	defer s.wg.Done()
+	defer f.cancel()
+	log := s.log.With("key", f.key, "url", displayURL(spec.URL))
+	log.Info("fetching image")
+	g, err := s.fetch(ctx, spec, f.key, f.report, log)
+	if err != nil {
+		log.Warn("image fetch failed", "err", err)
+	} else {
+		log.Info("image published", "size", g.Size, "format", g.Format)
+	}
+	f.gold, f.err = g, err
+	s.mu.Lock()
+	if s.flights[f.key] == f {
+		delete(s.flights, f.key)
+	}
+	s.mu.Unlock()
+	close(f.done)
+}
+
+// fetch runs fetchOnce, starting over when the server cannot resume.
+func (s *Store) fetch(ctx context.Context, spec Spec, key string, report func(Progress), log *slog.Logger) (*Gold, error) {
+	for restarts := 0; ; restarts++ {
+		g, err := s.fetchOnce(ctx, spec, key, report, log)
+		if !errors.Is(err, errRestart) {
+			return g, err
+		}
+		if restarts >= s.opts.Retries {
+			return nil, errDownload("the server cannot resume the download and it keeps failing", err)
+		}
+		log.Warn("restarting image download from the beginning", "restart", restarts+1)
+	}
+}
+
+// fetchOnce downloads, verifies, unpacks and publishes the image in one
+// pass. Two goroutines share the work: one reads the body and hashes it,
+// the other decompresses and writes files, connected by a small buffer
+// queue so that hashing and decompressing run in parallel.
+func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report func(Progress), log *slog.Logger) (g *Gold, err error) {
+	tmp, err := os.MkdirTemp(s.dir, tmpPrefix+key+"-")
+	if err != nil {
+		return nil, ioErr("creating temp dir", err)
+	}
+	defer func() {
+		if err != nil {
+			if rerr := removeTree(tmp); rerr != nil {
+				log.Error("cannot remove temp dir", "dir", tmp, "err", rerr)
+			}
+		}
+	}()
+	files := filepath.Join(tmp, filesDirName)
+	if err := os.Mkdir(files, 0o755); err != nil {
+		return nil, ioErr("creating temp dir", err)
+	}
+	root, err := os.OpenRoot(files)
+	if err != nil {
+		return nil, ioErr("opening temp dir", err)
+	}
+	defer root.Close()
+
+	kind, want, _ := parseKey(key)
+	h := newHash(kind)
+	rem := newRemote(ctx, spec.URL, &s.opts, log)
+	defer rem.Close()
+
+	pipe := newChunkPipe(8, 256<<10)
+	var lastReport time.Time
+	var lastBytes int64
+	prodDone := make(chan struct{})
+	go func() {
+		defer close(prodDone)
+		pipe.produce(rem, h, func(final bool) {
+			now := time.Now()
+			if !final && rem.offset-lastBytes < 256<<10 && now.Sub(lastReport) < s.opts.ProgressInterval {
+				return
+			}
+			lastReport, lastBytes = now, rem.offset
+			report(Progress{Phase: PhaseDownloading, BytesDone: rem.offset, BytesTotal: max(rem.total, 0)})
+		})
+	}()
+
+	x := newExtractor(ctx, root, limits{maxBytes: s.opts.MaxImageBytes, maxEntries: s.opts.MaxEntries})
+	var spool *os.File
+	defer func() {
+		if spool != nil {
+			spool.Close()
+		}
+	}()
+	urlPath := ""
+	if u, perr := url.Parse(spec.URL); perr == nil {
+		urlPath = u.Path
+	}
+	isZip, xerr := x.extractStream(pipe, urlPath, func() (io.Writer, error) {
+		var err error
+		spool, err = os.Create(filepath.Join(tmp, spoolName))
+		if err != nil {
+			return nil, ioErr("creating spool file", err)
+		}
+		return spool, nil
+	})
+	if xerr == nil {
+		// The hash must cover every byte, including what follows the end
+		// of the archive.
+		if _, derr := io.Copy(io.Discard, pipe); derr != nil {
+			xerr = derr
+		}
+	}
+	pipe.abort()
+	<-prodDone
+	if xerr != nil {
+		return nil, xerr
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	report(Progress{Phase: PhaseVerifying, BytesDone: rem.offset, BytesTotal: max(rem.total, 0)})
+	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+		return nil, errdefs.New(errdefs.ErrInvalid, CodeChecksumMismatch,
+			fmt.Sprintf("%s of %s is %s, expected %s", kind, displayURL(spec.URL), got, want), nil)
+	}
+
+	if isZip {
+		fi, err := spool.Stat()
+		if err != nil {
+			return nil, ioErr("spool file", err)
+		}
+		var declared int64
+		lastZip := time.Time{}
+		x.onWrite = func(done int64) {
+			if now := time.Now(); now.Sub(lastZip) >= s.opts.ProgressInterval {
+				lastZip = now
+				report(Progress{Phase: PhaseUnpacking, BytesDone: done, BytesTotal: declared})
+			}
+		}
+		report(Progress{Phase: PhaseUnpacking})
+		if err := x.extractZip(spool, fi.Size()); err != nil {
+			return nil, err
+		}
+		report(Progress{Phase: PhaseUnpacking, BytesDone: x.written, BytesTotal: x.written})
+		spool.Close()
+		spool = nil
+		if err := os.Remove(filepath.Join(tmp, spoolName)); err != nil {
+			return nil, ioErr("removing spool file", err)
+		}
+	}
+	return s.publish(tmp, key, spec, x, log)
+}
+
+// publish syncs and seals the files, writes the marker last and renames
+// the temp dir into place.
+func (s *Store) publish(tmp, key string, spec Spec, x *extractor, log *slog.Logger) (*Gold, error) {
+	files := filepath.Join(tmp, filesDirName)
+	if err := sealTree(files); err != nil {
+		return nil, err
+	}
+	size, _, err := treeSize(files)
+	if err != nil {
+		return nil, err
+	}
+	kind, sum, _ := parseKey(key)
+	m := &marker{Version: 1, Key: key, URL: displayURL(spec.URL), Checksum: sum, ChecksumType: kind,
+		Format: x.format, Size: size, Files: x.records, Created: s.opts.Now().UTC()}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encoding marker: %w", err)
+	}
+	if err := writeSynced(filepath.Join(tmp, markerName), b, 0o444); err != nil {
+		return nil, err
+	}
+	if err := syncDir(tmp); err != nil {
+		return nil, err
+	}
+	dst := filepath.Join(s.dir, key)
+	if err := os.Rename(tmp, dst); err != nil {
+		// Someone published the same key meanwhile: theirs is as good.
+		if g, gerr := s.Get(key); gerr == nil {
+			log.Info("image was published concurrently; discarding this copy")
+			if rerr := removeTree(tmp); rerr != nil {
+				log.Error("cannot remove temp dir", "dir", tmp, "err", rerr)
+			}
+			return g, nil
+		}
+		return nil, ioErr("publishing image", err)
+	}
+	if err := syncDir(s.dir); err != nil {
+		return nil, err
+	}
+	return s.gold(key, m, &spec), nil
+}
