@@ -1,0 +1,175 @@
+// Package client is a Go client for goldvm's HTTP API, used by the CLI and
+// by tests.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/goldvm/goldvm/api"
+)
+
+// Client talks to one goldvm daemon.
+type Client struct {
+	// BaseURL is the daemon's address, e.g. "http://127.0.0.1:12345".
+	BaseURL string
+	// Token is sent as a bearer token when set.
+	Token string
+	// HTTP is the client used; http.DefaultClient when nil.
+	HTTP *http.Client
+}
+
+// New returns a Client for addr, which may be "host:port" or a URL.
+func New(addr, token string) *Client {
+	if !strings.Contains(addr, "://") {
+		addr = "http://" + addr
+	}
+	return &Client{BaseURL: strings.TrimRight(addr, "/"), Token: token}
+}
+
+// APIError is an error reply from the daemon.
+type APIError struct {
+	// Status is the HTTP status code.
+	Status int
+	// Code is the stable error code, e.g. "vm-not-found".
+	Code string
+	// Message explains the error.
+	Message string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("%s: %s (HTTP %d)", e.Code, e.Message, e.Status)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode >= 300 {
+		var body api.Error
+		if json.Unmarshal(data, &body) != nil || body.Code == "" {
+			body.Code, body.Message = "http-error", strings.TrimSpace(string(data))
+		}
+		return &APIError{Status: resp.StatusCode, Code: body.Code, Message: body.Message}
+	}
+	if out != nil && len(data) > 0 {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("decode reply: %w", err)
+		}
+	}
+	return nil
+}
+
+// CreateVM asks for a new VM; the reply is the record in status "creating".
+func (c *Client) CreateVM(ctx context.Context, req api.CreateVMRequest) (*api.VM, error) {
+	var v api.VM
+	if err := c.do(ctx, http.MethodPost, "/vms", req, &v); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// GetVM returns one VM.
+func (c *Client) GetVM(ctx context.Context, id string) (*api.VM, error) {
+	var v api.VM
+	if err := c.do(ctx, http.MethodGet, "/vms/"+url.PathEscape(id), nil, &v); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// ListVMs returns all VMs, newest first.
+func (c *Client) ListVMs(ctx context.Context) ([]api.VM, error) {
+	var l api.VMList
+	if err := c.do(ctx, http.MethodGet, "/vms", nil, &l); err != nil {
+		return nil, err
+	}
+	return l.VMs, nil
+}
+
+// DeleteVM destroys a VM and frees its disk.
+func (c *Client) DeleteVM(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/vms/"+url.PathEscape(id), nil, nil)
+}
+
+// WaitVM polls a VM until its creation has ended (running, stopped or error)
+// or ctx ends. each, when not nil, sees every poll's record.
+func (c *Client) WaitVM(ctx context.Context, id string, each func(*api.VM)) (*api.VM, error) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		v, err := c.GetVM(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if each != nil {
+			each(v)
+		}
+		if v.Status.IsFinal() {
+			return v, nil
+		}
+		select {
+		case <-ctx.Done():
+			return v, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// ListImages returns the gold images on the host.
+func (c *Client) ListImages(ctx context.Context) ([]api.ImageInfo, error) {
+	var l api.ImageList
+	if err := c.do(ctx, http.MethodGet, "/images", nil, &l); err != nil {
+		return nil, err
+	}
+	return l.Images, nil
+}
+
+// PrefetchImage fetches an image into the store before any VM needs it.
+func (c *Client) PrefetchImage(ctx context.Context, img api.Image) (*api.ImageInfo, error) {
+	var info api.ImageInfo
+	if err := c.do(ctx, http.MethodPost, "/images", img, &info); err != nil {
+		return nil, err
+	}
+	return &info, nil
+}
+
+// DeleteImage removes a gold image no VM uses.
+func (c *Client) DeleteImage(ctx context.Context, key string) error {
+	return c.do(ctx, http.MethodDelete, "/images/"+url.PathEscape(key), nil, nil)
+}

@@ -1,0 +1,56 @@
+// Command goldvm is both the goldvm daemon (`goldvm serve`) and its CLI
+// client (`goldvm create|get|ls|rm|images`).
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+const usage = `goldvm hands out virtual machines over an HTTP API.
+
+Usage:
+  goldvm serve  [flags]            run the daemon
+  goldvm create [flags]            create a VM and wait until it runs
+  goldvm get    [flags] ID         show one VM
+  goldvm ls     [flags]            list VMs, newest first
+  goldvm rm     [flags] ID...      delete VMs and free their disks
+  goldvm images [ls|pull|rm] ...   list, pre-fetch or delete gold images
+
+Client commands talk to $GOLDVM_ADDR (default 127.0.0.1:12345) with the bearer
+token $GOLDVM_TOKEN if set; --json prints JSON for scripts.
+Run 'goldvm COMMAND -h' for the flags of a command.
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	args := os.Args[2:]
+	switch os.Args[1] {
+	case "serve":
+		err = runServe(args)
+	case "create":
+		err = runCreate(args)
+	case "get":
+		err = runGet(args)
+	case "ls", "list":
+		err = runList(args)
+	case "rm", "delete":
+		err = runRemove(args)
+	case "images":
+		err = runImages(args)
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "goldvm: unknown command %q\n\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "goldvm:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/callback"
+	"github.com/goldvm/goldvm/internal/hypervisor"
+	"github.com/goldvm/goldvm/internal/hypervisor/qemu"
+	"github.com/goldvm/goldvm/internal/hypervisor/vmware"
+	"github.com/goldvm/goldvm/internal/image"
+	"github.com/goldvm/goldvm/internal/server"
+	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/vm"
+)
+
+// defaultDataDir is /var/lib/goldvm for root, else a per-user directory.
+func defaultDataDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/goldvm"
+	}
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "goldvm")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "share", "goldvm")
+	}
+	return filepath.Join(os.TempDir(), "goldvm")
+}
+
+func envInt(key string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(key)); err == nil {
+		return v
+	}
+	return def
+}
+
+func runServe(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	listen := fs.String("listen", envOr("GOLDVM_LISTEN", "127.0.0.1:12345"), "address to listen on ($GOLDVM_LISTEN)")
+	dataDir := fs.String("data-dir", envOr("GOLDVM_DATA_DIR", defaultDataDir()), "where images, VMs and the database live ($GOLDVM_DATA_DIR)")
+	token := fs.String("token", os.Getenv("GOLDVM_TOKEN"), "bearer token clients must send; required when not listening on loopback ($GOLDVM_TOKEN)")
+	backend := fs.String("backend", envOr("GOLDVM_BACKEND", "qemu"), "hypervisor backend: qemu or vmware ($GOLDVM_BACKEND)")
+	accel := fs.String("accel", envOr("GOLDVM_ACCEL", "auto"), "QEMU acceleration: auto, kvm or tcg ($GOLDVM_ACCEL)")
+	bridge := fs.String("bridge", os.Getenv("GOLDVM_BRIDGE"), "host bridge for network_type=bridged ($GOLDVM_BRIDGE)")
+	vmrun := fs.String("vmrun", os.Getenv("VMRUN_PATH"), "path of vmrun for the vmware backend ($VMRUN_PATH)")
+	maxCPUs := fs.Int("max-cpus", envInt("GOLDVM_MAX_CPUS", 0), "most vCPUs one VM may have (default 64)")
+	maxMemory := fs.String("max-memory", envOr("GOLDVM_MAX_MEMORY", ""), "most memory one VM may have, IEC (e.g. 16gib)")
+	maxImage := fs.String("max-image-size", envOr("GOLDVM_MAX_IMAGE_SIZE", "64gib"), "largest unpacked image accepted, IEC")
+	logLevel := fs.String("log-level", envOr("GOLDVM_LOG_LEVEL", "info"), "debug, info, warn or error")
+	fs.Parse(args)
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log)
+
+	if err := checkListen(*listen, *token); err != nil {
+		return err
+	}
+	limits := vm.Limits{MaxCPUs: *maxCPUs}
+	if *maxMemory != "" {
+		n, err := api.ParseIEC(*maxMemory)
+		if err != nil {
+			return fmt.Errorf("--max-memory: %w", err)
+		}
+		limits.MaxMemoryMiB = n >> 20
+	}
+	maxImageBytes, err := api.ParseIEC(*maxImage)
+	if err != nil {
+		return fmt.Errorf("--max-image-size: %w", err)
+	}
+
+	if err := os.MkdirAll(*dataDir, 0o700); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	db, err := store.Open(filepath.Join(*dataDir, "goldvm.db"))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	images, err := image.NewStore(filepath.Join(*dataDir, "images"), image.Options{MaxImageBytes: maxImageBytes, Logger: log})
+	if err != nil {
+		return fmt.Errorf("image store: %w", err)
+	}
+
+	var driver hypervisor.Driver
+	switch *backend {
+	case "qemu":
+		d, err := qemu.New(qemu.Config{Accel: *accel, RunDir: filepath.Join(*dataDir, "run"), BridgedBridge: *bridge, Sandbox: true, Logger: log})
+		if err != nil {
+			return fmt.Errorf("qemu backend: %w", err)
+		}
+		defer d.Close()
+		driver = d
+		limits.MinMemoryMiB = 80 // measured: smaller guests die while the kernel unpacks
+	case "vmware":
+		d, err := vmware.New(vmware.Config{VmrunPath: *vmrun, Logger: log})
+		if err != nil {
+			return fmt.Errorf("vmware backend: %w", err)
+		}
+		driver = d
+	default:
+		return fmt.Errorf("--backend %q: use qemu or vmware", *backend)
+	}
+
+	mgr := vm.New(vm.Config{
+		VMDir: filepath.Join(*dataDir, "vms"), Store: db, Images: images, Driver: driver,
+		Callbacks: callback.New(callback.Options{}), Limits: limits, Logger: log,
+	})
+	defer mgr.Close()
+	if err := os.MkdirAll(filepath.Join(*dataDir, "vms"), 0o700); err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	err = mgr.Recover(rctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("recover: %w", err)
+	}
+
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           server.New(server.Config{VMs: mgr, Images: images, Token: *token, Logger: log}),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
+		IdleTimeout:       2 * time.Minute,
+	}
+	log.Info("goldvm serving", "listen", ln.Addr().String(), "data_dir", *dataDir, "backend", driver.Name())
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down; VMs keep running and are reattached at next start")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// checkListen refuses to listen beyond loopback without a token.
+func checkListen(addr, token string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--listen %q: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	if token == "" {
+		return fmt.Errorf("--listen %s is not a loopback address: set a bearer token with --token or GOLDVM_TOKEN", addr)
+	}
+	return nil
+}

@@ -1,0 +1,117 @@
+// Package e2e runs goldvm end to end: the real binary, the real QEMU backend
+// booting the test guest that testdata/guest/build.sh makes from Debian
+// packages, real HTTP servers on loopback for images and callbacks.
+//
+// As root, the test binary re-executes itself inside a fresh network
+// namespace (unshare --net), so the bridge, taps and dnsmasq the daemon makes
+// for "nat" live and die with the test, and all test traffic stays on that
+// namespace's loopback and its own guests. Without root it runs in place and
+// the daemon falls back to user-mode networking.
+//
+// Under CI=true nothing here skips: a missing QEMU or guest fails the run.
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+const netnsMarker = "GOLDVM_E2E_IN_NETNS"
+
+var (
+	goldvmBin string // the built goldvm binary
+	guestDisk string // the test guest's qcow2
+	setupErr  error  // why the environment is not usable
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(netnsMarker) == "" && os.Geteuid() == 0 && os.Getenv("GOLDVM_E2E_NO_NETNS") == "" {
+		if _, err := exec.LookPath("unshare"); err == nil {
+			os.Exit(reexecInNetns())
+		}
+	}
+	if os.Getenv(netnsMarker) != "" {
+		if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: bring up lo in the test namespace: %v: %s\n", err, out)
+			os.Exit(1)
+		}
+	}
+	tmp, err := os.MkdirTemp("", "goldvm-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	setupErr = setup(tmp)
+	code := m.Run()
+	os.RemoveAll(tmp)
+	os.Exit(code)
+}
+
+// reexecInNetns runs this same test binary, with the same flags, in a new
+// network namespace and returns its exit code.
+func reexecInNetns() int {
+	cmd := exec.Command("unshare", append([]string{"--net", "--", os.Args[0]}, os.Args[1:]...)...)
+	cmd.Env = append(os.Environ(), netnsMarker+"=1")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		fmt.Fprintln(os.Stderr, "e2e: unshare --net:", err)
+		return 1
+	}
+	return 0
+}
+
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(file))
+}
+
+func setup(tmp string) error {
+	for _, bin := range []string{"qemu-system-x86_64", "qemu-img"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return fmt.Errorf("%s is not installed (apt-get install qemu-system-x86 qemu-utils)", bin)
+		}
+	}
+	goldvmBin = filepath.Join(tmp, "goldvm")
+	build := exec.Command("go", "build", "-o", goldvmBin, "./cmd/goldvm")
+	build.Dir = repoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	guestDisk = os.Getenv("GOLDVM_TEST_GUEST")
+	if guestDisk == "" {
+		var stdout bytes.Buffer
+		cmd := exec.Command("bash", filepath.Join(repoRoot(), "testdata", "guest", "build.sh"))
+		cmd.Stdout, cmd.Stderr = &stdout, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("testdata/guest/build.sh: %w", err)
+		}
+		lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+		guestDisk = strings.TrimSpace(lines[len(lines)-1])
+	}
+	if _, err := os.Stat(guestDisk); err != nil {
+		return fmt.Errorf("test guest: %w", err)
+	}
+	return nil
+}
+
+// requireEnv fails (under CI) or skips (elsewhere) when the environment
+// cannot run end-to-end tests.
+func requireEnv(t *testing.T) {
+	t.Helper()
+	if setupErr == nil {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("end-to-end environment unusable under CI: %v", setupErr)
+	}
+	t.Skipf("end-to-end environment unusable: %v", setupErr)
+}

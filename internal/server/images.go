@@ -1,0 +1,126 @@
+package server
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/image"
+	"github.com/goldvm/goldvm/internal/vm"
+)
+
+// prefetches tracks POST /images fetches still running or failed, so that
+// GET /images can show them next to the published images.
+type prefetches struct {
+	mu    sync.Mutex
+	state map[string]api.ImageInfo
+}
+
+func (p *prefetches) set(info api.ImageInfo) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state == nil {
+		p.state = map[string]api.ImageInfo{}
+	}
+	p.state[info.Key] = info
+}
+
+func (p *prefetches) remove(key string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.state, key)
+}
+
+func (p *prefetches) list() []api.ImageInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]api.ImageInfo, 0, len(p.state))
+	for _, v := range p.state {
+		out = append(out, v)
+	}
+	return out
+}
+
+func imageInfo(i image.ImageInfo, users int) api.ImageInfo {
+	return api.ImageInfo{
+		Key: i.Key, URL: i.URL, ChecksumType: i.ChecksumType, Checksum: i.Checksum,
+		SizeBytes: i.DiskBytes, VMs: users, State: "ready", CreatedAt: i.Created, LastUsed: i.LastUsed,
+	}
+}
+
+func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
+	infos, err := s.images.List()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	out := api.ImageList{Images: []api.ImageInfo{}}
+	ready := map[string]bool{}
+	for _, i := range infos {
+		ready[i.Key] = true
+		out.Images = append(out.Images, imageInfo(i, s.vms.ImageUsers(i.Key)))
+	}
+	for _, p := range s.prefetch.list() {
+		if !ready[p.Key] {
+			out.Images = append(out.Images, p)
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// prefetchImage starts fetching an image before any VM needs it. It answers
+// 200 with the image when it is already there, else 202 and fetches in the
+// background; GET /images shows the fetch as "fetching", then "ready" (or
+// "error" with the reason).
+func (s *Server) prefetchImage(w http.ResponseWriter, r *http.Request) {
+	var img api.Image
+	if err := decodeJSON(w, r, &img); err != nil {
+		writeError(w, err)
+		return
+	}
+	// Validate the image exactly as a create request would.
+	probe := api.CreateVMRequest{CPUs: 1, Memory: 1 << 10, Image: img}
+	v, err := vm.Validate(probe, vm.Limits{})
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	spec := image.Spec{URL: v.Image.URL, Checksum: v.Image.Checksum, ChecksumType: v.Image.ChecksumType}
+	key, err := image.Key(spec)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if g, err := s.images.Get(key); err == nil {
+		writeJSON(w, http.StatusOK, api.ImageInfo{Key: g.Key, URL: g.Spec.URL, ChecksumType: v.Image.ChecksumType, Checksum: v.Image.Checksum, SizeBytes: g.Size, State: "ready"})
+		return
+	}
+	info := api.ImageInfo{Key: key, URL: v.Image.URL, ChecksumType: v.Image.ChecksumType, Checksum: v.Image.Checksum, State: "fetching", CreatedAt: time.Now().UTC()}
+	s.prefetch.set(info)
+	go func() {
+		_, err := s.images.Ensure(context.Background(), spec, nil)
+		if err != nil {
+			code, msg := errdefs.CodeOf(err)
+			info.State, info.Error = "error", &api.Error{Code: code, Message: msg}
+			s.prefetch.set(info)
+			s.log.Error("prefetch failed", "key", key, "err", err)
+			return
+		}
+		s.prefetch.remove(key)
+	}()
+	w.Header().Set("Location", "/images")
+	writeJSON(w, http.StatusAccepted, info)
+}
+
+func (s *Server) deleteImage(w http.ResponseWriter, r *http.Request) {
+	key := r.PathValue("key")
+	s.prefetch.remove(key)
+	if err := s.images.Delete(key, s.vms.ImageUsers); err != nil {
+		writeError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

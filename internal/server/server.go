@@ -1,0 +1,280 @@
+// Package server is goldvm's HTTP API: routes on net/http's pattern mux,
+// JSON in and out, and the one place where error categories become HTTP
+// status codes and stable error codes.
+package server
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/hypervisor"
+	"github.com/goldvm/goldvm/internal/image"
+	"github.com/goldvm/goldvm/internal/vm"
+)
+
+// MaxBodyBytes bounds a request body.
+const MaxBodyBytes = 1 << 20
+
+// Server serves the API.
+type Server struct {
+	vms    *vm.Manager
+	images *image.Store
+	token  string
+	log    *slog.Logger
+	mux    *http.ServeMux
+
+	prefetch prefetches
+}
+
+// Config wires a Server.
+type Config struct {
+	VMs    *vm.Manager
+	Images *image.Store
+	// Token, when set, is required as "Authorization: Bearer <token>".
+	Token  string
+	Logger *slog.Logger
+}
+
+// New returns a Server with its routes.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Server{vms: cfg.VMs, images: cfg.Images, token: cfg.Token, log: cfg.Logger, mux: http.NewServeMux()}
+	s.mux.HandleFunc("POST /vms", s.createVM)
+	s.mux.HandleFunc("GET /vms", s.listVMs)
+	s.mux.HandleFunc("GET /vms/{id}", s.getVM)
+	s.mux.HandleFunc("DELETE /vms/{id}", s.deleteVM)
+	s.mux.HandleFunc("GET /vms/{id}/screenshot", s.screenshot)
+	s.mux.HandleFunc("GET /images", s.listImages)
+	s.mux.HandleFunc("POST /images", s.prefetchImage)
+	s.mux.HandleFunc("DELETE /images/{key}", s.deleteImage)
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "backend": s.vms.DriverName()})
+	})
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, errdefs.Newf(errdefs.ErrNotFound, "not-found", "no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	return s
+}
+
+// ServeHTTP authenticates, logs and routes a request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	if s.token != "" && r.URL.Path != "/healthz" {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="goldvm"`)
+			writeJSON(w, http.StatusUnauthorized, api.Error{Code: "unauthorized", Message: "a valid bearer token is required"})
+			return
+		}
+	}
+	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+	s.mux.ServeHTTP(rec, r)
+	s.log.Debug("http", "method", r.Method, "path", r.URL.Path, "status", rec.status, "dur", time.Since(start))
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// statusOf maps an error to its HTTP status, by category.
+func statusOf(err error) int {
+	switch {
+	case errors.Is(err, errdefs.ErrInvalid):
+		return http.StatusBadRequest
+	case errors.Is(err, errdefs.ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, errdefs.ErrConflict):
+		return http.StatusConflict
+	case errors.Is(err, errdefs.ErrUnsupportedMedia):
+		return http.StatusUnsupportedMediaType
+	case errors.Is(err, errdefs.ErrUnavailable):
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+// writeError sends {"code","message"}; internal details go to the log only.
+func writeError(w http.ResponseWriter, err error) {
+	status := statusOf(err)
+	code, msg := errdefs.CodeOf(err)
+	if status == http.StatusInternalServerError {
+		slog.Error("internal error", "err", err)
+		code, msg = "internal-error", "internal error; see the daemon's log"
+	}
+	writeJSON(w, status, api.Error{Code: code, Message: msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// decodeJSON reads a JSON request body into v, strictly: the media type must
+// be application/json, the body at most MaxBodyBytes, no unknown fields, one
+// value only. Syntax errors name the line and column.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/json" {
+		return errdefs.Newf(errdefs.ErrUnsupportedMedia, "unsupported-media-type",
+			"request body must be application/json (Content-Type was %q)", r.Header.Get("Content-Type"))
+	}
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return errdefs.Newf(errdefs.ErrInvalid, "request-too-large", "request body is larger than %d bytes", MaxBodyBytes)
+		}
+		return errdefs.New(errdefs.ErrInvalid, "invalid-json", "could not read request body", err)
+	}
+	return DecodeStrict(data, v)
+}
+
+// DecodeStrict decodes one JSON value from data into v with the API's rules
+// and error codes: "invalid-json" for malformed JSON (with line and column),
+// "invalid-request" for well-formed JSON with wrong or unknown fields.
+func DecodeStrict(data []byte, v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		if dec.More() {
+			line, col := position(data, int(dec.InputOffset()))
+			return errdefs.Newf(errdefs.ErrInvalid, "invalid-json", "unexpected data after the JSON object at line %d, column %d", line, col)
+		}
+		var extra json.RawMessage
+		if dec.Decode(&extra) != io.EOF {
+			line, col := position(data, int(dec.InputOffset()))
+			return errdefs.Newf(errdefs.ErrInvalid, "invalid-json", "unexpected data after the JSON object at line %d, column %d", line, col)
+		}
+		return nil
+	}
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		// Offset counts the bytes read including the offending one.
+		line, col := position(data, max(int(syn.Offset)-1, 0))
+		return errdefs.Newf(errdefs.ErrInvalid, "invalid-json", "malformed JSON at line %d, column %d: %s", line, col, syn.Error())
+	case errors.Is(err, io.EOF):
+		return errdefs.Newf(errdefs.ErrInvalid, "invalid-json", "request body is empty")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		line, col := position(data, len(data))
+		return errdefs.Newf(errdefs.ErrInvalid, "invalid-json", "malformed JSON: body ends early at line %d, column %d", line, col)
+	case errors.As(err, &typ):
+		field := typ.Field
+		if field == "" {
+			field = "body"
+		}
+		return errdefs.Newf(errdefs.ErrInvalid, "invalid-request", "field %q must be %s, not JSON %s", field, typ.Type, typ.Value)
+	case strings.HasPrefix(err.Error(), "json: unknown field"):
+		return errdefs.Newf(errdefs.ErrInvalid, "invalid-request", "%s", strings.TrimPrefix(err.Error(), "json: "))
+	default:
+		// Errors from our own UnmarshalJSON methods (memory, durations).
+		return errdefs.Newf(errdefs.ErrInvalid, "invalid-request", "%s", strings.TrimPrefix(err.Error(), "json: "))
+	}
+}
+
+// position turns a byte offset into a 1-based line and column.
+func position(data []byte, off int) (line, col int) {
+	off = min(off, len(data))
+	line, col = 1, 1
+	for _, c := range data[:off] {
+		if c == '\n' {
+			line++
+			col = 1
+		} else {
+			col++
+		}
+	}
+	return line, col
+}
+
+func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
+	var req api.CreateVMRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	v, err := s.vms.Create(r.Context(), req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	w.Header().Set("Location", "/vms/"+v.ID)
+	writeJSON(w, http.StatusAccepted, v)
+}
+
+func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
+	vms, err := s.vms.List(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.VMList{VMs: vms})
+}
+
+func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
+	v, err := s.vms.Get(r.Context(), r.PathValue("id"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
+	// A delete, once begun, finishes even if the client goes away.
+	ctx := context.WithoutCancel(r.Context())
+	if err := s.vms.Delete(ctx, r.PathValue("id")); err != nil {
+		writeError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) screenshot(w http.ResponseWriter, r *http.Request) {
+	v, err := s.vms.Get(r.Context(), r.PathValue("id"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	shot, ok := s.vms.Driver().(hypervisor.Screenshotter)
+	if !ok {
+		writeError(w, errdefs.Newf(errdefs.ErrInvalid, "not-supported", "the %s backend cannot take screenshots", s.vms.DriverName()))
+		return
+	}
+	if v.Status != api.StatusRunning {
+		writeError(w, errdefs.Newf(errdefs.ErrConflict, "vm-not-running", "VM %s is %s, not running", v.ID, v.Status))
+		return
+	}
+	png, err := shot.Screenshot(r.Context(), s.vms.Spec(v.ID))
+	if err != nil {
+		writeError(w, fmt.Errorf("screenshot: %w", err))
+		return
+	}
+	w.Header().Set("Content-Type", "image/png")
+	w.Write(png)
+}

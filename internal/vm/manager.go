@@ -1,0 +1,572 @@
+// Package vm orchestrates the life of a VM: a create request becomes a record,
+// then image -> clone -> boot -> discover -> callback, each step persisted so a
+// restarted daemon can resume, reattach or clean up. One Manager owns all
+// in-flight work; there are no package globals.
+package vm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/callback"
+	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/hypervisor"
+	"github.com/goldvm/goldvm/internal/image"
+	"github.com/goldvm/goldvm/internal/store"
+)
+
+// ImageStore is what the manager needs of the gold image store.
+type ImageStore interface {
+	// Ensure returns the gold image, fetching it the first time.
+	Ensure(ctx context.Context, spec image.Spec, progress func(image.Progress)) (*image.Gold, error)
+	// Touch marks an image as just used.
+	Touch(key string)
+}
+
+// NetworkChecker is implemented by drivers that support only some network
+// types on this host (e.g. bridged needs a configured bridge).
+type NetworkChecker interface {
+	SupportsNetwork(networkType string) error
+}
+
+// Reaper is implemented by drivers that can find and remove hypervisor
+// processes and host devices that no record owns (strays after a crash).
+type Reaper interface {
+	Reap(ctx context.Context, known func(id string) bool) error
+}
+
+// Config wires a Manager.
+type Config struct {
+	// VMDir holds one directory per VM.
+	VMDir     string
+	Store     *store.Store
+	Images    ImageStore
+	Driver    hypervisor.Driver
+	Callbacks *callback.Sender
+	Limits    Limits
+	Logger    *slog.Logger
+	// DestroyTimeout bounds a driver's Destroy (default 2m).
+	DestroyTimeout time.Duration
+}
+
+// Manager runs VM creation, deletion, watching and recovery.
+type Manager struct {
+	cfg    Config
+	log    *slog.Logger
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	creates  map[string]*task // in-flight creations, by VM id
+	watchers map[string]*task // running-VM watchers, by VM id
+	idLocks  map[string]*sync.Mutex
+}
+
+// task is one background job that can be cancelled and waited for.
+type task struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// New returns a Manager. Call Recover once before serving requests.
+func New(cfg Config) *Manager {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.DestroyTimeout == 0 {
+		cfg.DestroyTimeout = 2 * time.Minute
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Manager{
+		cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel,
+		creates: map[string]*task{}, watchers: map[string]*task{}, idLocks: map[string]*sync.Mutex{},
+	}
+}
+
+// Close stops all background work and waits for it. VMs keep running, and
+// creations under way stay "creating": the next Recover resumes them.
+func (m *Manager) Close() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+// DriverName is the backend in use.
+func (m *Manager) DriverName() string { return m.cfg.Driver.Name() }
+
+// Driver returns the backend, for optional features (screenshots).
+func (m *Manager) Driver() hypervisor.Driver { return m.cfg.Driver }
+
+func (m *Manager) lockID(id string) func() {
+	m.mu.Lock()
+	l, ok := m.idLocks[id]
+	if !ok {
+		l = new(sync.Mutex)
+		m.idLocks[id] = l
+	}
+	m.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+// spawn runs fn in a tracked goroutine under a child of the manager's context.
+func (m *Manager) spawn(set map[string]*task, id string, fn func(ctx context.Context)) {
+	ctx, cancel := context.WithCancel(m.ctx)
+	t := &task{cancel: cancel, done: make(chan struct{})}
+	m.mu.Lock()
+	set[id] = t
+	m.mu.Unlock()
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer close(t.done)
+		defer cancel()
+		defer func() {
+			m.mu.Lock()
+			if set[id] == t {
+				delete(set, id)
+			}
+			m.mu.Unlock()
+		}()
+		fn(ctx)
+	}()
+}
+
+// stop cancels the task for id in set, if any, and waits for it to end.
+func (m *Manager) stop(set map[string]*task, id string) {
+	m.mu.Lock()
+	t := set[id]
+	m.mu.Unlock()
+	if t != nil {
+		t.cancel()
+		<-t.done
+	}
+}
+
+func (m *Manager) spec(r *store.Record, goldDir string) hypervisor.Spec {
+	return hypervisor.Spec{
+		ID: r.ID, Dir: r.Dir, GoldDir: goldDir, CPUs: r.CPUs, MemoryMiB: r.MemoryMiB,
+		Network: r.NetworkType, Headless: r.Headless,
+	}
+}
+
+// Create validates req, stores a record in status "creating" and starts the
+// creation in the background. It returns the new record at once.
+func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest) (*api.VM, error) {
+	v, err := Validate(req, m.cfg.Limits)
+	if err != nil {
+		return nil, err
+	}
+	if nc, ok := m.cfg.Driver.(NetworkChecker); ok {
+		if err := nc.SupportsNetwork(v.NetworkType); err != nil {
+			return nil, err
+		}
+	}
+	now := time.Now().UTC()
+	id := store.NewID()
+	r := &store.Record{
+		VM: api.VM{
+			ID: id, Status: api.StatusCreating, Phase: api.PhasePending, Backend: m.cfg.Driver.Name(),
+			CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, NetworkType: v.NetworkType, Image: v.Image,
+			Headless: v.Headless, CallbackURL: v.CallbackURL, ToolsInitTimeout: api.Duration(v.ToolsInitTimeout),
+			CreatedAt: now, UpdatedAt: now,
+		},
+		Dir: filepath.Join(m.cfg.VMDir, id),
+	}
+	if r.CallbackURL != "" {
+		r.Callback = &api.CallbackDelivery{State: api.CallbackPending}
+	}
+	if err := m.cfg.Store.Create(r); err != nil {
+		return nil, fmt.Errorf("store new VM: %w", err)
+	}
+	m.log.Info("vm accepted", "vm", id, "request", v.String())
+	m.spawn(m.creates, id, func(ctx context.Context) { m.runCreate(ctx, id) })
+	return &r.VM, nil
+}
+
+// setPhase persists a phase change (and clears progress when it moves on).
+func (m *Manager) setPhase(id string, p api.Phase) error {
+	_, err := m.cfg.Store.Update(id, func(r *store.Record) error {
+		if r.Status != api.StatusCreating {
+			return fmt.Errorf("vm %s is %s, not creating", id, r.Status)
+		}
+		r.Phase = p
+		if p != api.PhaseDownloading && p != api.PhaseVerifying && p != api.PhaseUnpacking {
+			r.Progress = nil
+		}
+		return nil
+	})
+	return err
+}
+
+// runCreate is the creation pipeline of one VM. It ends with the record in
+// "running" or "error", unless ctx ends first (shutdown or delete), in which
+// case the record is left for Recover or Delete.
+func (m *Manager) runCreate(ctx context.Context, id string) {
+	log := m.log.With("vm", id)
+	r, err := m.cfg.Store.Get(id)
+	if err != nil {
+		log.Error("create: record vanished", "err", err)
+		return
+	}
+	info, goldDir, err := m.create(ctx, r)
+	if ctx.Err() != nil {
+		log.Info("create interrupted; left for recovery or delete", "phase", r.Phase)
+		return
+	}
+	if err != nil {
+		code, msg := errdefs.CodeOf(err)
+		log.Error("create failed", "code", code, "err", err)
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.DestroyTimeout)
+		if derr := m.cfg.Driver.Destroy(dctx, m.spec(r, goldDir)); derr != nil {
+			log.Error("undo of failed create", "err", derr)
+		}
+		cancel()
+		_, uerr := m.cfg.Store.Update(id, func(r *store.Record) error {
+			r.Status, r.Phase, r.Progress = api.StatusError, "", nil
+			r.Error = &api.Error{Code: code, Message: msg}
+			return nil
+		})
+		if uerr != nil {
+			log.Error("record failure", "err", uerr)
+		}
+	} else {
+		_, uerr := m.cfg.Store.Update(id, func(r *store.Record) error {
+			r.Status, r.Phase, r.Progress, r.Error = api.StatusRunning, "", nil, nil
+			r.IPAddress, r.GuestOS = info.IPAddress, info.GuestOS
+			return nil
+		})
+		if uerr != nil {
+			log.Error("record success", "err", uerr)
+			return
+		}
+		log.Info("vm running", "ip", info.IPAddress, "guest_os", info.GuestOS)
+		m.startWatch(id)
+	}
+	m.deliverCallback(ctx, id)
+}
+
+// create runs the steps; it returns the gold dir so a failure can be undone.
+func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.GuestInfo, string, error) {
+	id := r.ID
+	if err := m.setPhase(id, api.PhaseDownloading); err != nil {
+		return hypervisor.GuestInfo{}, "", err
+	}
+	var lastWrite time.Time
+	var lastPhase string
+	progress := func(p image.Progress) {
+		// Persist at most twice a second, and on every phase change.
+		if p.Phase == lastPhase && time.Since(lastWrite) < 500*time.Millisecond {
+			return
+		}
+		lastPhase, lastWrite = p.Phase, time.Now()
+		m.cfg.Store.Update(id, func(r *store.Record) error {
+			if r.Status != api.StatusCreating {
+				return errors.New("not creating")
+			}
+			if p.Phase != "" {
+				r.Phase = api.Phase(p.Phase)
+			}
+			r.Progress = &api.Progress{BytesDone: p.BytesDone, BytesTotal: p.BytesTotal}
+			return nil
+		})
+	}
+	gold, err := m.cfg.Images.Ensure(ctx, image.Spec{URL: r.Image.URL, Checksum: r.Image.Checksum, ChecksumType: r.Image.ChecksumType}, progress)
+	if err != nil {
+		return hypervisor.GuestInfo{}, "", err
+	}
+	m.cfg.Images.Touch(gold.Key)
+	if _, err := m.cfg.Store.Update(id, func(r *store.Record) error {
+		r.ImageKey = gold.Key
+		r.Phase, r.Progress = api.PhaseCloning, nil
+		return nil
+	}); err != nil {
+		return hypervisor.GuestInfo{}, gold.Dir, err
+	}
+	spec := m.spec(r, gold.Dir)
+	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
+		return hypervisor.GuestInfo{}, gold.Dir, fmt.Errorf("create VM directory: %w", err)
+	}
+	if err := m.cfg.Driver.Clone(ctx, spec); err != nil {
+		return hypervisor.GuestInfo{}, gold.Dir, err
+	}
+	if err := m.setPhase(id, api.PhaseBooting); err != nil {
+		return hypervisor.GuestInfo{}, gold.Dir, err
+	}
+	if err := m.cfg.Driver.Start(ctx, spec); err != nil {
+		return hypervisor.GuestInfo{}, gold.Dir, err
+	}
+	if err := m.setPhase(id, api.PhaseDiscovering); err != nil {
+		return hypervisor.GuestInfo{}, gold.Dir, err
+	}
+	dctx, cancel := context.WithTimeout(ctx, time.Duration(r.ToolsInitTimeout))
+	defer cancel()
+	info, err := m.cfg.Driver.Discover(dctx, spec)
+	if err != nil && ctx.Err() == nil && dctx.Err() != nil {
+		if code, _ := errdefs.CodeOf(err); code == "internal-error" {
+			err = errdefs.New(errdefs.ErrUnavailable, "discovery-timeout",
+				fmt.Sprintf("the guest did not report its address within tools_init_timeout (%s)", time.Duration(r.ToolsInitTimeout)), err)
+		}
+	}
+	return info, gold.Dir, err
+}
+
+// deliverCallback posts the record to callback_url, persisting each attempt.
+func (m *Manager) deliverCallback(ctx context.Context, id string) {
+	r, err := m.cfg.Store.Get(id)
+	if err != nil || r.CallbackURL == "" || m.cfg.Callbacks == nil {
+		return
+	}
+	if r.Callback != nil && r.Callback.State != api.CallbackPending {
+		return
+	}
+	body := r.VM
+	body.Callback = nil
+	data, err := json.Marshal(body)
+	if err != nil {
+		m.log.Error("encode callback", "vm", id, "err", err)
+		return
+	}
+	prior := api.CallbackDelivery{}
+	if r.Callback != nil {
+		prior = *r.Callback
+	}
+	d := m.cfg.Callbacks.Deliver(ctx, r.CallbackURL, data, prior, func(d api.CallbackDelivery) {
+		m.cfg.Store.Update(id, func(r *store.Record) error {
+			dd := d
+			r.Callback = &dd
+			return nil
+		})
+	})
+	m.log.Info("callback", "vm", id, "state", d.State, "attempts", d.Attempts, "last_error", d.LastError)
+}
+
+// startWatch follows a running VM and marks it stopped when its machine ends.
+func (m *Manager) startWatch(id string) {
+	w, ok := m.cfg.Driver.(hypervisor.Watcher)
+	if !ok {
+		return
+	}
+	m.spawn(m.watchers, id, func(ctx context.Context) {
+		r, err := m.cfg.Store.Get(id)
+		if err != nil {
+			return
+		}
+		reason, err := w.Watch(ctx, m.spec(r, ""))
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			reason = "watch failed: " + err.Error()
+		}
+		m.markStopped(id, reason)
+	})
+}
+
+func (m *Manager) markStopped(id, reason string) {
+	_, err := m.cfg.Store.Update(id, func(r *store.Record) error {
+		if r.Status != api.StatusRunning {
+			return errors.New("not running")
+		}
+		r.Status = api.StatusStopped
+		r.StopReason = reason
+		return nil
+	})
+	if err == nil {
+		m.log.Warn("vm stopped", "vm", id, "reason", reason)
+	}
+}
+
+// Get returns a VM record.
+func (m *Manager) Get(ctx context.Context, id string) (*api.VM, error) {
+	if !store.ValidID(id) {
+		return nil, errdefs.Newf(errdefs.ErrNotFound, "vm-not-found", "no VM with id %q", id)
+	}
+	r, err := m.cfg.Store.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	// Drivers that cannot watch are asked on each read.
+	if _, ok := m.cfg.Driver.(hypervisor.Watcher); !ok && r.Status == api.StatusRunning {
+		if st, err := m.cfg.Driver.State(ctx, m.spec(r, "")); err == nil && st == hypervisor.StateStopped {
+			m.markStopped(id, "machine is no longer running")
+			if r2, err := m.cfg.Store.Get(id); err == nil {
+				r = r2
+			}
+		}
+	}
+	return &r.VM, nil
+}
+
+// List returns all VMs, newest first.
+func (m *Manager) List(ctx context.Context) ([]api.VM, error) {
+	recs, err := m.cfg.Store.List()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.VM, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, r.VM)
+	}
+	return out, nil
+}
+
+// ImageUsers counts the VMs whose disk depends on the gold image key.
+func (m *Manager) ImageUsers(key string) int {
+	recs, err := m.cfg.Store.List()
+	if err != nil {
+		return 1 << 30 // when unsure, treat as in use: never evict blindly
+	}
+	n := 0
+	for _, r := range recs {
+		if r.ImageKey == key && r.Status != api.StatusError {
+			n++
+		}
+	}
+	return n
+}
+
+// Delete stops the VM, removes its files and its record. A creation under way
+// is cancelled first. The record is marked "deleting" before anything is
+// removed, so a daemon killed mid-delete finishes the job on restart.
+func (m *Manager) Delete(ctx context.Context, id string) error {
+	if !store.ValidID(id) {
+		return errdefs.Newf(errdefs.ErrNotFound, "vm-not-found", "no VM with id %q", id)
+	}
+	unlock := m.lockID(id)
+	defer unlock()
+	var prev api.Status
+	r, err := m.cfg.Store.Update(id, func(r *store.Record) error {
+		prev = r.Status
+		r.Status = api.StatusDeleting
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	m.log.Info("deleting vm", "vm", id, "was", prev)
+	m.stop(m.creates, id)
+	m.stop(m.watchers, id)
+	if err := m.destroy(ctx, r); err != nil {
+		// Keep the record, in its previous state, so the caller can retry.
+		m.cfg.Store.Update(id, func(r *store.Record) error { r.Status = prev; return nil })
+		if prev == api.StatusRunning {
+			m.startWatch(id)
+		}
+		return err
+	}
+	return nil
+}
+
+func (m *Manager) destroy(ctx context.Context, r *store.Record) error {
+	dctx, cancel := context.WithTimeout(ctx, m.cfg.DestroyTimeout)
+	defer cancel()
+	if err := m.cfg.Driver.Destroy(dctx, m.spec(r, "")); err != nil {
+		return fmt.Errorf("destroy vm %s: %w", r.ID, err)
+	}
+	if err := os.RemoveAll(r.Dir); err != nil {
+		return fmt.Errorf("remove vm directory: %w", err)
+	}
+	if err := m.cfg.Store.Delete(r.ID); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+		return err
+	}
+	m.log.Info("vm deleted", "vm", r.ID)
+	return nil
+}
+
+// Recover brings the records and the host back in line after a start:
+// creations under way are cleaned and restarted, running VMs are reattached
+// (or marked stopped), deletions are finished, pending callbacks are sent,
+// and directories or processes that no record owns are removed.
+func (m *Manager) Recover(ctx context.Context) error {
+	recs, err := m.cfg.Store.List()
+	if err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	for _, r := range recs {
+		known[r.ID] = true
+		log := m.log.With("vm", r.ID)
+		spec := m.spec(r, "")
+		switch r.Status {
+		case api.StatusCreating:
+			// Whatever was half made is removed; the pipeline starts again
+			// (the image store keeps what it fully fetched).
+			log.Info("recover: restarting interrupted creation", "phase", r.Phase)
+			if err := m.cfg.Driver.Destroy(ctx, spec); err != nil {
+				log.Error("recover: clean half-made vm", "err", err)
+			}
+			id := r.ID
+			m.spawn(m.creates, id, func(ctx context.Context) { m.runCreate(ctx, id) })
+			continue
+		case api.StatusDeleting:
+			log.Info("recover: finishing interrupted delete")
+			if err := m.destroy(ctx, r); err != nil {
+				log.Error("recover: delete", "err", err)
+			}
+			continue
+		case api.StatusRunning, api.StatusStopped:
+			st, err := m.cfg.Driver.State(ctx, spec)
+			if err != nil {
+				log.Error("recover: state", "err", err)
+			}
+			if st == hypervisor.StateRunning || st == hypervisor.StatePaused {
+				if r.Status != api.StatusRunning {
+					m.cfg.Store.Update(r.ID, func(r *store.Record) error { r.Status, r.StopReason = api.StatusRunning, ""; return nil })
+				}
+				log.Info("recover: reattached to running vm")
+				m.startWatch(r.ID)
+			} else if r.Status == api.StatusRunning {
+				m.markStopped(r.ID, "machine was not running when the daemon restarted")
+			}
+		case api.StatusError:
+			// The undo may have been cut short by a crash; Destroy is idempotent.
+			if err := m.cfg.Driver.Destroy(ctx, spec); err != nil {
+				log.Error("recover: clean failed vm", "err", err)
+			}
+		}
+		if r.Callback != nil && r.Callback.State == api.CallbackPending && r.Status.IsFinal() {
+			id := r.ID
+			m.spawn(map[string]*task{}, id, func(ctx context.Context) { m.deliverCallback(ctx, id) })
+		}
+	}
+	// Strays: VM directories and hypervisor processes without a record.
+	entries, err := os.ReadDir(m.cfg.VMDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("read vm directory: %w", err)
+	}
+	for _, e := range entries {
+		if known[e.Name()] {
+			continue
+		}
+		dir := filepath.Join(m.cfg.VMDir, e.Name())
+		m.log.Warn("recover: removing stray vm directory", "dir", dir)
+		if store.ValidID(e.Name()) {
+			m.cfg.Driver.Destroy(ctx, hypervisor.Spec{ID: e.Name(), Dir: dir})
+		}
+		os.RemoveAll(dir)
+	}
+	if rp, ok := m.cfg.Driver.(Reaper); ok {
+		if err := rp.Reap(ctx, func(id string) bool { return known[id] }); err != nil {
+			m.log.Error("recover: reap strays", "err", err)
+		}
+	}
+	return nil
+}
+
+// Spec returns the driver's view of a VM, for optional driver features.
+func (m *Manager) Spec(id string) hypervisor.Spec {
+	r, err := m.cfg.Store.Get(id)
+	if err != nil {
+		return hypervisor.Spec{ID: id}
+	}
+	return m.spec(r, "")
+}

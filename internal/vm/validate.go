@@ -1,0 +1,160 @@
+package vm
+
+import (
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/errdefs"
+)
+
+// Limits bound what one create request may ask for. They stand for the
+// machine definition of this host (max CPUs, max memory).
+type Limits struct {
+	MaxCPUs      int
+	MaxMemoryMiB int64
+	// MinMemoryMiB is the least RAM a guest is given (QEMU guests need ~80 MiB to boot).
+	MinMemoryMiB int64
+	// MaxToolsInitTimeout caps tools_init_timeout.
+	MaxToolsInitTimeout time.Duration
+}
+
+// DefaultLimits are used for zero fields of Limits.
+var DefaultLimits = Limits{MaxCPUs: 64, MaxMemoryMiB: 1 << 20, MinMemoryMiB: 16, MaxToolsInitTimeout: time.Hour}
+
+// DefaultToolsInitTimeout bounds discovery when the request does not say.
+const DefaultToolsInitTimeout = 5 * time.Minute
+
+var checksumHexLen = map[string]int{
+	api.ChecksumMD5:    32,
+	api.ChecksumSHA1:   40,
+	api.ChecksumSHA256: 64,
+	api.ChecksumSHA512: 128,
+}
+
+func invalid(format string, args ...any) error {
+	return errdefs.Newf(errdefs.ErrInvalid, "invalid-request", format, args...)
+}
+
+// Validated is a create request after validation, with defaults applied.
+type Validated struct {
+	CPUs             int
+	MemoryMiB        int64
+	NetworkType      string
+	Image            api.Image
+	Headless         bool
+	CallbackURL      string
+	ToolsInitTimeout time.Duration
+}
+
+// Validate checks a create request field by field and returns it normalised
+// (lower-case checksum, defaults filled in). Errors are errdefs.ErrInvalid
+// with code "invalid-request" and a message naming the field.
+func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
+	if lim.MaxCPUs == 0 {
+		lim.MaxCPUs = DefaultLimits.MaxCPUs
+	}
+	if lim.MaxMemoryMiB == 0 {
+		lim.MaxMemoryMiB = DefaultLimits.MaxMemoryMiB
+	}
+	if lim.MinMemoryMiB == 0 {
+		lim.MinMemoryMiB = DefaultLimits.MinMemoryMiB
+	}
+	if lim.MaxToolsInitTimeout == 0 {
+		lim.MaxToolsInitTimeout = DefaultLimits.MaxToolsInitTimeout
+	}
+	var v Validated
+	if req.CPUs < 1 {
+		return v, invalid("cpus must be at least 1, got %d", req.CPUs)
+	}
+	if req.CPUs > lim.MaxCPUs {
+		return v, invalid("cpus %d is more than this host allows (%d)", req.CPUs, lim.MaxCPUs)
+	}
+	mem := int64(req.Memory)
+	if mem == 0 {
+		return v, invalid(`memory is required: an integer number of MiB or an IEC string such as "1gib"`)
+	}
+	if mem < lim.MinMemoryMiB {
+		return v, invalid("memory %d MiB is less than the minimum of %d MiB", mem, lim.MinMemoryMiB)
+	}
+	if mem > lim.MaxMemoryMiB {
+		return v, invalid("memory %d MiB is more than this host allows (%d MiB)", mem, lim.MaxMemoryMiB)
+	}
+	nt := req.NetworkType
+	if nt == "" {
+		nt = api.NetworkNAT
+	}
+	switch nt {
+	case api.NetworkNAT, api.NetworkBridged, api.NetworkHostOnly:
+	default:
+		return v, invalid("network_type %q is not one of nat, bridged, hostonly", req.NetworkType)
+	}
+	img := req.Image
+	if img.URL == "" {
+		return v, invalid("image.url is required")
+	}
+	u, err := url.Parse(img.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return v, invalid("image.url %q must be an http or https URL", img.URL)
+	}
+	img.ChecksumType = strings.ToLower(img.ChecksumType)
+	want, ok := checksumHexLen[img.ChecksumType]
+	if !ok {
+		return v, invalid("image.checksum_type %q is not one of md5, sha1, sha256, sha512", req.Image.ChecksumType)
+	}
+	img.Checksum = strings.ToLower(strings.TrimSpace(img.Checksum))
+	if _, err := hex.DecodeString(img.Checksum); err != nil || len(img.Checksum) != want {
+		return v, invalid("image.checksum must be %d hex digits for %s, got %q", want, img.ChecksumType, truncate(req.Image.Checksum, 140))
+	}
+	headless := true
+	switch {
+	case req.Headless != nil && req.LaunchGUI != nil:
+		if *req.Headless == *req.LaunchGUI {
+			return v, invalid("headless and launch_gui contradict each other; give one of them")
+		}
+		headless = *req.Headless
+	case req.Headless != nil:
+		headless = *req.Headless
+	case req.LaunchGUI != nil:
+		headless = !*req.LaunchGUI
+	}
+	if req.CallbackURL != "" {
+		cu, err := url.Parse(req.CallbackURL)
+		if err != nil || (cu.Scheme != "http" && cu.Scheme != "https") || cu.Host == "" {
+			return v, invalid("callback_url %q must be an http or https URL", req.CallbackURL)
+		}
+	}
+	timeout := time.Duration(req.ToolsInitTimeout)
+	switch {
+	case timeout == 0:
+		timeout = DefaultToolsInitTimeout
+	case timeout < time.Second:
+		return v, invalid("tools_init_timeout %s is too short (at least 1s)", timeout)
+	case timeout > lim.MaxToolsInitTimeout:
+		return v, invalid("tools_init_timeout %s is more than the maximum %s", timeout, lim.MaxToolsInitTimeout)
+	}
+	return Validated{
+		CPUs:             req.CPUs,
+		MemoryMiB:        mem,
+		NetworkType:      nt,
+		Image:            img,
+		Headless:         headless,
+		CallbackURL:      req.CallbackURL,
+		ToolsInitTimeout: timeout,
+	}, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// String summarises a validated request for logs.
+func (v Validated) String() string {
+	return fmt.Sprintf("%d cpus, %d MiB, %s, %s", v.CPUs, v.MemoryMiB, v.NetworkType, v.Image.URL)
+}

@@ -1,0 +1,111 @@
+package vm
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/errdefs"
+)
+
+func validReq() api.CreateVMRequest {
+	return api.CreateVMRequest{
+		CPUs: 2, Memory: 1024, NetworkType: "nat",
+		Image: api.Image{URL: "http://127.0.0.1:8000/guest.tar.gz", Checksum: strings.Repeat("ab", 32), ChecksumType: "sha256"},
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		desc    string
+		mutate  func(*api.CreateVMRequest)
+		wantErr string
+		check   func(t *testing.T, v Validated)
+	}{
+		{desc: "valid with defaults", mutate: func(*api.CreateVMRequest) {}, check: func(t *testing.T, v Validated) {
+			if !v.Headless || v.ToolsInitTimeout != DefaultToolsInitTimeout || v.NetworkType != "nat" {
+				t.Errorf("got %+v, want headless, default timeout, nat", v)
+			}
+		}},
+		{desc: "network defaults to nat", mutate: func(r *api.CreateVMRequest) { r.NetworkType = "" }, check: func(t *testing.T, v Validated) {
+			if v.NetworkType != "nat" {
+				t.Errorf("network = %q, want nat", v.NetworkType)
+			}
+		}},
+		{desc: "launch_gui inverts headless", mutate: func(r *api.CreateVMRequest) { r.LaunchGUI = ptr(true) }, check: func(t *testing.T, v Validated) {
+			if v.Headless {
+				t.Error("launch_gui=true gave headless")
+			}
+		}},
+		{desc: "checksum is lower-cased", mutate: func(r *api.CreateVMRequest) { r.Image.Checksum = strings.Repeat("AB", 32); r.Image.ChecksumType = "SHA256" }, check: func(t *testing.T, v Validated) {
+			if v.Image.Checksum != strings.Repeat("ab", 32) || v.Image.ChecksumType != "sha256" {
+				t.Errorf("got %+v", v.Image)
+			}
+		}},
+		{desc: "md5", mutate: func(r *api.CreateVMRequest) { r.Image.Checksum = strings.Repeat("0", 32); r.Image.ChecksumType = "md5" }},
+		{desc: "sha1", mutate: func(r *api.CreateVMRequest) { r.Image.Checksum = strings.Repeat("0", 40); r.Image.ChecksumType = "sha1" }},
+		{desc: "sha512", mutate: func(r *api.CreateVMRequest) { r.Image.Checksum = strings.Repeat("0", 128); r.Image.ChecksumType = "sha512" }},
+		{desc: "timeout kept", mutate: func(r *api.CreateVMRequest) { r.ToolsInitTimeout = api.Duration(90 * time.Second) }, check: func(t *testing.T, v Validated) {
+			if v.ToolsInitTimeout != 90*time.Second {
+				t.Errorf("timeout = %v", v.ToolsInitTimeout)
+			}
+		}},
+		{desc: "zero cpus", mutate: func(r *api.CreateVMRequest) { r.CPUs = 0 }, wantErr: "cpus must be at least 1"},
+		{desc: "too many cpus", mutate: func(r *api.CreateVMRequest) { r.CPUs = 65 }, wantErr: "more than this host allows"},
+		{desc: "no memory", mutate: func(r *api.CreateVMRequest) { r.Memory = 0 }, wantErr: "memory is required"},
+		{desc: "tiny memory", mutate: func(r *api.CreateVMRequest) { r.Memory = 8 }, wantErr: "less than the minimum"},
+		{desc: "bad network", mutate: func(r *api.CreateVMRequest) { r.NetworkType = "wifi" }, wantErr: "network_type"},
+		{desc: "no url", mutate: func(r *api.CreateVMRequest) { r.Image.URL = "" }, wantErr: "image.url is required"},
+		{desc: "file url", mutate: func(r *api.CreateVMRequest) { r.Image.URL = "file:///etc/passwd" }, wantErr: "http or https"},
+		{desc: "bad checksum type", mutate: func(r *api.CreateVMRequest) { r.Image.ChecksumType = "crc32" }, wantErr: "checksum_type"},
+		{desc: "short checksum", mutate: func(r *api.CreateVMRequest) { r.Image.Checksum = "abcd" }, wantErr: "64 hex digits"},
+		{desc: "path in checksum", mutate: func(r *api.CreateVMRequest) { r.Image.Checksum = "../../" + strings.Repeat("a", 58) }, wantErr: "hex digits"},
+		{desc: "md5 length for sha256", mutate: func(r *api.CreateVMRequest) { r.Image.Checksum = strings.Repeat("a", 32) }, wantErr: "64 hex digits"},
+		{desc: "contradiction", mutate: func(r *api.CreateVMRequest) { r.Headless = ptr(true); r.LaunchGUI = ptr(true) }, wantErr: "contradict"},
+		{desc: "bad callback", mutate: func(r *api.CreateVMRequest) { r.CallbackURL = "ftp://x" }, wantErr: "callback_url"},
+		{desc: "timeout too short", mutate: func(r *api.CreateVMRequest) { r.ToolsInitTimeout = api.Duration(time.Millisecond) }, wantErr: "too short"},
+		{desc: "timeout too long", mutate: func(r *api.CreateVMRequest) { r.ToolsInitTimeout = api.Duration(2 * time.Hour) }, wantErr: "more than the maximum"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			req := validReq()
+			tt.mutate(&req)
+			v, err := Validate(req, Limits{})
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("got %v, want error containing %q", err, tt.wantErr)
+				}
+				if !errors.Is(err, errdefs.ErrInvalid) {
+					t.Errorf("error %v is not ErrInvalid", err)
+				}
+				if code, _ := errdefs.CodeOf(err); code != "invalid-request" {
+					t.Errorf("code = %q, want invalid-request", code)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected error: %v", err)
+			}
+			if tt.check != nil {
+				tt.check(t, v)
+			}
+		})
+	}
+}
+
+func TestValidateLimits(t *testing.T) {
+	req := validReq()
+	req.Memory = 4096
+	if _, err := Validate(req, Limits{MaxMemoryMiB: 2048}); err == nil || !strings.Contains(err.Error(), "2048 MiB") {
+		t.Fatalf("got %v, want a max memory error", err)
+	}
+	req.CPUs = 8
+	req.Memory = 1024
+	if _, err := Validate(req, Limits{MaxCPUs: 4}); err == nil {
+		t.Fatal("8 cpus accepted with MaxCPUs 4")
+	}
+}
