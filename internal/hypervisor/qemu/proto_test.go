@@ -72,7 +72,7 @@ func fakeQGA(t *testing.T, sock string, stale []string) {
 func TestQGAStaleReplies(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "qga.sock")
 	fakeQGA(t, sock, []string{
-		`{"return": 4242}` + "\n", // an old guest-sync reply
+		`{"return": 4242}` + "\n",                       // an old guest-sync reply
 		`ses": [{"ip-address-type": "ipv4"}]}]}` + "\n", // tail of a half-read reply
 		`{"return": [{"name": "eth9", "ip-addresses": [{"ip-address-type": "ipv4", "ip-address": "192.0.2.1"}]}]}` + "\n",
 		`{"return": {}}` + "\n",
