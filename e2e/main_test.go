@@ -37,9 +37,14 @@ func TestMain(m *testing.M) {
 		}
 	}
 	if os.Getenv(netnsMarker) != "" {
-		if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "e2e: bring up lo in the test namespace: %v: %s\n", err, out)
-			os.Exit(1)
+		for _, args := range [][]string{
+			{"mount", "-t", "sysfs", "sysfs", "/sys"},
+			{"ip", "link", "set", "lo", "up"},
+		} {
+			if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "e2e: %v in the test namespace: %v: %s\n", args, err, out)
+				os.Exit(1)
+			}
 		}
 	}
 	tmp, err := os.MkdirTemp("", "goldvm-e2e-bin-")
@@ -56,7 +61,9 @@ func TestMain(m *testing.M) {
 // reexecInNetns runs this same test binary, with the same flags, in a new
 // network namespace and returns its exit code.
 func reexecInNetns() int {
-	cmd := exec.Command("unshare", append([]string{"--net", "--", os.Args[0]}, os.Args[1:]...)...)
+	// A mount namespace too, so /sys can be remounted to show this
+	// network namespace's devices (as `ip netns exec` does).
+	cmd := exec.Command("unshare", append([]string{"--net", "--mount", "--propagation", "private", "--", os.Args[0]}, os.Args[1:]...)...)
 	cmd.Env = append(os.Environ(), netnsMarker+"=1")
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {

@@ -101,7 +101,10 @@ func runServe(args []string) error {
 	var driver hypervisor.Driver
 	switch *backend {
 	case "qemu":
-		d, err := qemu.New(qemu.Config{Accel: *accel, RunDir: filepath.Join(*dataDir, "run"), BridgedBridge: *bridge, Sandbox: true, Logger: log})
+		d, err := qemu.New(qemu.Config{
+			Accel: *accel, RunDir: filepath.Join(*dataDir, "run"), VMRoot: filepath.Join(*dataDir, "vms"),
+			BridgedBridge: *bridge, Sandbox: true, Logger: log,
+		})
 		if err != nil {
 			return fmt.Errorf("qemu backend: %w", err)
 		}
