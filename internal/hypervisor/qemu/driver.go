@@ -78,6 +78,11 @@ type Config struct {
 	// PowerdownTimeout is how long Destroy waits for the guest to power off
 	// after an ACPI powerdown before it quits QEMU; default 3s.
 	PowerdownTimeout time.Duration
+	// VMRoot, when set, is the directory holding the daemon's VM
+	// directories: Reap then only touches QEMU processes whose files lie
+	// beneath it, so daemons with different data directories on one host
+	// never reap each other's VMs.
+	VMRoot string
 	// Logger receives the driver's log; default slog.Default().
 	Logger *slog.Logger
 }
@@ -837,6 +842,21 @@ func (d *Driver) stop(ctx context.Context, spec hypervisor.Spec, pid int) error 
 	return errdefs.Newf(errdefs.ErrUnavailable, "vm-stop-failed", "QEMU process %d did not exit after SIGKILL", pid)
 }
 
+// ownsProcess reports whether a QEMU command line refers to a file under
+// Config.VMRoot (always true when VMRoot is not set).
+func (d *Driver) ownsProcess(args []string) bool {
+	if d.cfg.VMRoot == "" {
+		return true
+	}
+	root := filepath.Clean(d.cfg.VMRoot) + string(filepath.Separator)
+	for _, a := range args {
+		if strings.Contains(a, root) {
+			return true
+		}
+	}
+	return false
+}
+
 // Reap kills goldvm QEMU processes whose VM id known reports false, and
 // removes gv* taps whose owner (recorded in the tap's alias) is unknown or,
 // lacking an alias, that no running QEMU uses. Call it at daemon start,
@@ -847,7 +867,7 @@ func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 	for _, pid := range allPIDs() {
 		args := procArgs(pid)
 		id := qemuVMID(args)
-		if id == "" || procZombie(pid) {
+		if id == "" || procZombie(pid) || !d.ownsProcess(args) {
 			continue
 		}
 		if known(id) {
@@ -869,14 +889,21 @@ func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 		}
 	}
 	if d.ip != "" {
-		for _, tap := range goldvmTaps() {
-			owner := tapOwner(tap)
-			stray := (owner != "" && !known(owner)) || (owner == "" && !inUse[tap])
+		links, err := d.links(ctx)
+		if err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		for name, l := range links {
+			if !strings.HasPrefix(name, "gv") || !l.isTap() {
+				continue
+			}
+			owner := l.tapOwner()
+			stray := (owner != "" && !known(owner)) || (owner == "" && !inUse[name])
 			if !stray {
 				continue
 			}
-			d.log.Warn("removing stray tap", "tap", tap, "vm", owner)
-			if err := d.removeTap(ctx, tap); err != nil {
+			d.log.Warn("removing stray tap", "tap", name, "vm", owner)
+			if err := d.removeTap(ctx, name); err != nil {
 				errs = append(errs, err)
 			}
 		}

@@ -28,6 +28,7 @@ package qemu
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -106,14 +107,51 @@ func (d *Driver) dnsmasqPIDFile(bridge string) string {
 	return filepath.Join(d.cfg.RunDir, "dnsmasq-"+bridge+".pid")
 }
 
-func linkExists(name string) bool {
-	_, err := os.Stat("/sys/class/net/" + name)
-	return err == nil
+// ipLink is the part of `ip -j -d link show` goldvm reads. Links are read
+// through ip(8), not /sys/class/net: sysfs shows the namespace it was mounted
+// in, which is not ours after a bare `unshare --net`.
+type ipLink struct {
+	Ifname   string `json:"ifname"`
+	Master   string `json:"master"`
+	Ifalias  string `json:"ifalias"`
+	Linkinfo struct {
+		InfoKind string `json:"info_kind"`
+		InfoData struct {
+			Type string `json:"type"`
+		} `json:"info_data"`
+	} `json:"linkinfo"`
 }
 
-func isBridge(name string) bool {
-	_, err := os.Stat("/sys/class/net/" + name + "/bridge")
-	return err == nil
+func (l ipLink) isBridge() bool { return l.Linkinfo.InfoKind == "bridge" }
+func (l ipLink) isTap() bool {
+	return l.Linkinfo.InfoKind == "tun" && l.Linkinfo.InfoData.Type == "tap"
+}
+
+// links lists the network links of goldvm's network namespace.
+func (d *Driver) links(ctx context.Context) (map[string]ipLink, error) {
+	out, err := d.run(ctx, d.ip, "-j", "-d", "link", "show")
+	if err != nil {
+		return nil, err
+	}
+	var ls []ipLink
+	if err := json.Unmarshal(out, &ls); err != nil {
+		return nil, fmt.Errorf("ip -j link: %w", err)
+	}
+	m := make(map[string]ipLink, len(ls))
+	for _, l := range ls {
+		m[l.Ifname] = l
+	}
+	return m, nil
+}
+
+// link looks up one link; ok is false when it does not exist.
+func (d *Driver) link(ctx context.Context, name string) (l ipLink, ok bool, err error) {
+	ls, err := d.links(ctx)
+	if err != nil {
+		return ipLink{}, false, err
+	}
+	l, ok = ls[name]
+	return l, ok, nil
 }
 
 // setupNetwork makes the host side of np: bridge, DHCP, NAT and the tap.
@@ -127,7 +165,7 @@ func (d *Driver) setupNetwork(ctx context.Context, id string, np netPlan) error 
 		if err := d.ensureBridge(ctx, np.Bridge, np.Subnet); err != nil {
 			return err
 		}
-	} else if !isBridge(np.Bridge) {
+	} else if l, ok, _ := d.link(ctx, np.Bridge); !ok || !l.isBridge() {
 		return errdefs.Newf(errdefs.ErrInvalid, "bridged-not-configured",
 			"the host bridge %q for network_type bridged does not exist", np.Bridge)
 	}
@@ -148,12 +186,18 @@ func netErr(err error) error {
 
 // ensureBridge creates bridge br with host address cidr and brings it up.
 func (d *Driver) ensureBridge(ctx context.Context, br, cidr string) error {
-	if linkExists(br) && !isBridge(br) {
+	l, ok, err := d.link(ctx, br)
+	if err != nil {
+		return netErr(err)
+	}
+	if ok && !l.isBridge() {
 		return netErr(fmt.Errorf("%s exists and is not a bridge", br))
 	}
-	if !linkExists(br) {
-		if _, err := d.run(ctx, d.ip, "link", "add", "name", br, "type", "bridge"); err != nil && !linkExists(br) {
-			return netErr(err)
+	if !ok {
+		if _, err := d.run(ctx, d.ip, "link", "add", "name", br, "type", "bridge"); err != nil {
+			if _, ok, _ := d.link(ctx, br); !ok {
+				return netErr(err)
+			}
 		}
 		d.log.Info("created bridge", "bridge", br, "address", cidr)
 	}
@@ -268,9 +312,18 @@ func (d *Driver) ensureFirewall(ctx context.Context, br, cidr string, masquerade
 
 // ensureTap creates VM id's tap on bridge br (idempotent).
 func (d *Driver) ensureTap(ctx context.Context, tap, br, id string) error {
-	if !linkExists(tap) {
-		if _, err := d.run(ctx, d.ip, "tuntap", "add", "dev", tap, "mode", "tap"); err != nil && !linkExists(tap) {
-			return netErr(err)
+	l, ok, err := d.link(ctx, tap)
+	if err != nil {
+		return netErr(err)
+	}
+	if ok && !l.isTap() {
+		return netErr(fmt.Errorf("%s exists and is not a tap device", tap))
+	}
+	if !ok {
+		if _, err := d.run(ctx, d.ip, "tuntap", "add", "dev", tap, "mode", "tap"); err != nil {
+			if _, ok, _ := d.link(ctx, tap); !ok {
+				return netErr(err)
+			}
 		}
 	}
 	for _, args := range [][]string{
@@ -287,43 +340,31 @@ func (d *Driver) ensureTap(ctx context.Context, tap, br, id string) error {
 
 // removeTap deletes a tap device if it exists.
 func (d *Driver) removeTap(ctx context.Context, tap string) error {
-	if !linkExists(tap) {
+	l, ok, err := d.link(ctx, tap)
+	if err != nil {
+		return err
+	}
+	if !ok {
 		return nil
 	}
-	if _, err := d.run(ctx, d.ip, "link", "del", "dev", tap); err != nil && linkExists(tap) {
-		return fmt.Errorf("remove tap %s: %w", tap, err)
+	if !l.isTap() {
+		return fmt.Errorf("%s is not a tap device; not removing it", tap)
+	}
+	if _, err := d.run(ctx, d.ip, "link", "del", "dev", tap); err != nil {
+		if _, ok, _ := d.link(ctx, tap); ok {
+			return fmt.Errorf("remove tap %s: %w", tap, err)
+		}
 	}
 	return nil
 }
 
-// tapOwner returns the VM id recorded in a tap's alias.
-func tapOwner(tap string) string {
-	b, err := os.ReadFile("/sys/class/net/" + tap + "/ifalias")
-	if err != nil {
-		return ""
-	}
-	id, _ := strings.CutPrefix(strings.TrimSpace(string(b)), tapAliasPrefix)
-	if id == strings.TrimSpace(string(b)) {
+// tapOwner returns the VM id recorded in a tap's alias, "" if none.
+func (l ipLink) tapOwner() string {
+	id, ok := strings.CutPrefix(strings.TrimSpace(l.Ifalias), tapAliasPrefix)
+	if !ok {
 		return ""
 	}
 	return id
-}
-
-// goldvmTaps lists tap devices named gv*.
-func goldvmTaps() []string {
-	ents, _ := os.ReadDir("/sys/class/net")
-	var out []string
-	for _, e := range ents {
-		n := e.Name()
-		if !strings.HasPrefix(n, "gv") {
-			continue
-		}
-		if _, err := os.Stat("/sys/class/net/" + n + "/tun_flags"); err != nil {
-			continue
-		}
-		out = append(out, n)
-	}
-	return out
 }
 
 // StopNetwork stops the dnsmasq instances goldvm started for its bridges and
@@ -341,7 +382,7 @@ func (d *Driver) StopNetwork(ctx context.Context) error {
 			}
 			os.Remove(d.dnsmasqPIDFile(br))
 		}
-		if isBridge(br) {
+		if l, ok, _ := d.link(ctx, br); ok && l.isBridge() {
 			if _, err := d.run(ctx, d.ip, "link", "del", "dev", br); err != nil {
 				errs = append(errs, err)
 			}
