@@ -233,6 +233,42 @@ func TestE2ELifecycle(t *testing.T) {
 	}
 	t.Logf("screenshot: %d bytes", len(png))
 
+	// Paused and resumed.
+	qmp := func(cmd string) {
+		t.Helper()
+		if err := d.withQMP(ctx, spec, func(q *qmpConn) error { _, err := q.Execute(ctx, cmd, nil); return err }); err != nil {
+			t.Fatalf("qmp %s: %v", cmd, err)
+		}
+	}
+	qmp("stop")
+	if st, err := d.State(ctx, spec); err != nil || st != hypervisor.StatePaused {
+		t.Errorf("state after stop = %q, %v", st, err)
+	}
+	qmp("cont")
+
+	// A guest reboot keeps the VM (no -no-reboot): reset it and discover again.
+	watchReset := make(chan string, 1)
+	wctx, wcancel := context.WithCancel(ctx)
+	go func() {
+		r, err := d.Watch(wctx, spec)
+		if err != nil {
+			r = "error: " + err.Error()
+		}
+		watchReset <- r
+	}()
+	qmp("system_reset")
+	info2, err := d.Discover(ctx, spec)
+	if err != nil || info2.IPAddress != info.IPAddress || !strings.HasPrefix(info2.GuestOS, guestOSPrefix) {
+		t.Errorf("discover after reboot: %+v %v", info2, err)
+	}
+	if st, err := d.State(ctx, spec); err != nil || st != hypervisor.StateRunning {
+		t.Errorf("state after reboot = %q, %v", st, err)
+	}
+	wcancel()
+	if r := <-watchReset; !strings.Contains(r, context.Canceled.Error()) {
+		t.Errorf("Watch returned on a reboot: %q", r)
+	}
+
 	// Start again is a no-op reattach; a new driver sees the same VM.
 	if err := d.Start(ctx, spec); err != nil {
 		t.Errorf("second start: %v", err)
@@ -411,5 +447,77 @@ func TestE2ELockedOverlay(t *testing.T) {
 	other.Wait()
 	if err := d.Destroy(ctx, spec); err != nil {
 		t.Errorf("destroy after unlock: %v", err)
+	}
+}
+
+const launcherMarker = "GOLDVM_TEST_LAUNCHER_DIR"
+
+// TestE2EOutlivesDaemon starts a VM from a separate process that then exits,
+// like a daemon that stops, and checks that a new driver reattaches to it.
+func TestE2EOutlivesDaemon(t *testing.T) {
+	guest := testGuest(t)
+	if dir := os.Getenv(launcherMarker); dir != "" {
+		// The short-lived "daemon".
+		d, err := New(Config{UserNet: true, Sandbox: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec := hypervisor.Spec{ID: "01e2eoutlives", Dir: dir, GoldDir: os.Getenv("GOLDVM_TEST_GOLD"), CPUs: 1, MemoryMiB: 128, Network: api.NetworkNAT, Headless: true}
+		ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+		defer cancel()
+		if err := d.Clone(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Start(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	gold := goldDir(t, guest)
+	spec := newSpec(t, "01e2eoutlives", gold, api.NetworkNAT)
+	d, err := New(Config{UserNet: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	destroyOnCleanup(t, d, spec)
+	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v")
+	cmd.Env = append(os.Environ(), launcherMarker+"="+spec.Dir, "GOLDVM_TEST_GOLD="+gold, "GOLDVM_TEST_GUEST="+guest)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {
+		t.Fatalf("launcher: %v\n%s", err, out)
+	}
+	// The launcher has exited; its VM runs on.
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	defer cancel()
+	if st, err := d.State(ctx, spec); err != nil || st != hypervisor.StateRunning {
+		t.Fatalf("state after the launcher exited = %q, %v", st, err)
+	}
+	info, err := d.Discover(ctx, spec)
+	if err != nil || !strings.HasPrefix(info.GuestOS, guestOSPrefix) {
+		t.Fatalf("discover: %+v %v", info, err)
+	}
+	// Watch a QEMU that is not our child: guest powers off by itself.
+	watchCh := make(chan string, 1)
+	go func() {
+		r, err := d.Watch(ctx, spec)
+		if err != nil {
+			r = "error: " + err.Error()
+		}
+		watchCh <- r
+	}()
+	time.Sleep(500 * time.Millisecond)
+	if err := d.withQMP(ctx, spec, func(q *qmpConn) error { _, err := q.Execute(ctx, "system_powerdown", nil); return err }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-watchCh:
+		if r != "guest-shutdown" {
+			t.Errorf("watch reason = %q, want guest-shutdown", r)
+		}
+	case <-ctx.Done():
+		t.Fatal("Watch did not return after the guest powered off")
+	}
+	if st, err := d.State(ctx, spec); err != nil || st != hypervisor.StateStopped {
+		t.Errorf("state after poweroff = %q, %v", st, err)
 	}
 }

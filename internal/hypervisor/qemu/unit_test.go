@@ -307,3 +307,37 @@ func TestSupportsNetwork(t *testing.T) {
 }
 
 func mkdirAll(p string) error { return os.MkdirAll(p, 0o700) }
+
+func TestNewMissingBinary(t *testing.T) {
+	_, err := New(Config{QemuBinary: "/nonexistent/qemu-system-x86_64", UserNet: true})
+	if code, _ := errdefs.CodeOf(err); code != "hypervisor-not-installed" || !strings.Contains(err.Error(), "apt-get install -y --no-install-recommends qemu-system-x86") {
+		t.Errorf("missing qemu: %v", err)
+	}
+}
+
+func TestDestroyNothing(t *testing.T) {
+	if _, err := lookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("no qemu")
+	}
+	d, err := New(Config{UserNet: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	spec := hypervisor.Spec{ID: "never-made", Dir: dir, Network: api.NetworkNAT}
+	for i := 0; i < 2; i++ {
+		if err := d.Destroy(t.Context(), spec); err != nil {
+			t.Fatalf("destroy #%d: %v", i, err)
+		}
+	}
+	if st, err := d.State(t.Context(), spec); err != nil || st != hypervisor.StateStopped {
+		t.Errorf("state = %q, %v", st, err)
+	}
+	if err := d.Start(t.Context(), spec); !errors.Is(err, errdefs.ErrConflict) {
+		t.Errorf("start without clone: %v", err)
+	}
+	spec.ID = "bad,id"
+	if err := d.Destroy(t.Context(), spec); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("bad id: %v", err)
+	}
+}
