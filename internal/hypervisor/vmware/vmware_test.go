@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -338,7 +337,7 @@ func waitGone(t *testing.T, pid int) {
 		if err != nil || strings.Contains(string(stat), ") Z ") {
 			return
 		}
-		if syscall.Kill(pid, 0) != nil {
+		if !processExists(pid) {
 			return
 		}
 		time.Sleep(25 * time.Millisecond)
