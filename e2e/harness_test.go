@@ -34,6 +34,10 @@ type daemon struct {
 	logPath string
 	cmd     *exec.Cmd
 	client  *client.Client
+	// env is added to the daemon's environment at the next start.
+	env []string
+	// exited is closed when the current daemon process ends.
+	exited chan struct{}
 }
 
 func freeAddr(t *testing.T) string {
@@ -50,7 +54,13 @@ func freeAddr(t *testing.T) string {
 // The test's cleanup stops it and kills anything it left running.
 func startDaemon(t *testing.T, dataDir string, extra ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, dataDir: dataDir, addr: freeAddr(t), logPath: filepath.Join(dataDir, "..", filepath.Base(dataDir)+"-daemon.log")}
+	return startDaemonEnv(t, dataDir, nil, extra...)
+}
+
+// startDaemonEnv is startDaemon with extra environment variables.
+func startDaemonEnv(t *testing.T, dataDir string, env []string, extra ...string) *daemon {
+	t.Helper()
+	d := &daemon{t: t, dataDir: dataDir, addr: freeAddr(t), env: env, logPath: filepath.Join(dataDir, "..", filepath.Base(dataDir)+"-daemon.log")}
 	d.start(extra...)
 	t.Cleanup(func() {
 		d.stop()
@@ -72,11 +82,15 @@ func (d *daemon) start(extra ...string) {
 	}
 	args := append([]string{"serve", "--listen", d.addr, "--data-dir", d.dataDir, "--accel", "tcg", "--log-level", "debug"}, extra...)
 	d.cmd = exec.Command(goldvmBin, args...)
+	d.cmd.Env = append(os.Environ(), d.env...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)
 	}
 	logf.Close()
+	exited := make(chan struct{})
+	d.exited = exited
+	go func(cmd *exec.Cmd) { cmd.Wait(); close(exited) }(d.cmd)
 	d.client = client.New(d.addr, "")
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -91,8 +105,11 @@ func (d *daemon) start(extra ...string) {
 			b, _ := os.ReadFile(d.logPath)
 			d.t.Fatalf("daemon did not answer on %s: %v\n%s", d.addr, err, lastLines(string(b), 40))
 		}
-		if d.cmd.ProcessState != nil {
-			d.t.Fatal("daemon exited")
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(d.logPath)
+			d.t.Fatalf("daemon exited at start:\n%s", lastLines(string(b), 40))
+		default:
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -102,7 +119,7 @@ func (d *daemon) start(extra ...string) {
 func (d *daemon) kill() {
 	if d.cmd != nil && d.cmd.Process != nil {
 		d.cmd.Process.Kill()
-		d.cmd.Wait()
+		<-d.exited
 		d.cmd = nil
 	}
 }
@@ -113,13 +130,11 @@ func (d *daemon) stop() {
 		return
 	}
 	d.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { d.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-d.exited:
 	case <-time.After(30 * time.Second):
 		d.cmd.Process.Kill()
-		<-done
+		<-d.exited
 	}
 	d.cmd = nil
 }

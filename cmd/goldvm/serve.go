@@ -124,6 +124,7 @@ func runServe(args []string) error {
 	mgr := vm.New(vm.Config{
 		VMDir: filepath.Join(*dataDir, "vms"), Store: db, Images: images, Driver: driver,
 		Callbacks: callback.New(callback.Options{}), Limits: limits, Logger: log,
+		CrashPoint: crashPoint(log),
 	})
 	defer mgr.Close()
 	if err := os.MkdirAll(filepath.Join(*dataDir, "vms"), 0o700); err != nil {
@@ -182,4 +183,22 @@ func checkListen(addr, token string) error {
 		return fmt.Errorf("--listen %s is not a loopback address: set a bearer token with --token or GOLDVM_TOKEN", addr)
 	}
 	return nil
+}
+
+// crashPoint returns the crash hook for tests: with GOLDVM_CRASH_AT=<point>
+// the daemon SIGKILLs itself the first time it reaches that point, as a
+// power cut or OOM kill would. Unset in normal use.
+func crashPoint(log *slog.Logger) func(string) {
+	at := os.Getenv("GOLDVM_CRASH_AT")
+	if at == "" {
+		return nil
+	}
+	log.Warn("crash testing: the daemon will kill itself", "at", at)
+	return func(point string) {
+		if point == at {
+			log.Warn("crash testing: killing the daemon", "at", point)
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // never returns
+		}
+	}
 }

@@ -55,7 +55,23 @@ type Config struct {
 	Logger    *slog.Logger
 	// DestroyTimeout bounds a driver's Destroy (default 2m).
 	DestroyTimeout time.Duration
+	// CrashPoint, when set, is called at each named point of creation and
+	// deletion (see the Crash* constants). Crash tests set it to kill the
+	// daemon there; it is nil in normal operation.
+	CrashPoint func(point string)
 }
+
+// Points at which Config.CrashPoint is called.
+const (
+	CrashDownloading = "downloading" // image bytes have arrived, fetch not done
+	CrashUnpacking   = "unpacking"   // a spooled zip is being unpacked
+	CrashCloned      = "cloned"      // the overlay exists, QEMU not started
+	CrashBooting     = "booting"     // QEMU started, guest not yet discovered
+	CrashDiscovering = "discovering" // discovery under way
+	CrashCallback    = "callback"    // creation done, callback not yet delivered
+	CrashDeleting    = "deleting"    // record marked deleting, nothing removed yet
+	CrashDestroyed   = "destroyed"   // machine destroyed, record not yet removed
+)
 
 // Manager runs VM creation, deletion, watching and recovery.
 type Manager struct {
@@ -104,6 +120,12 @@ func (m *Manager) DriverName() string { return m.cfg.Driver.Name() }
 
 // Driver returns the backend, for optional features (screenshots).
 func (m *Manager) Driver() hypervisor.Driver { return m.cfg.Driver }
+
+func (m *Manager) crashPoint(point string) {
+	if m.cfg.CrashPoint != nil {
+		m.cfg.CrashPoint(point)
+	}
+}
 
 func (m *Manager) lockID(id string) func() {
 	m.mu.Lock()
@@ -251,6 +273,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 		log.Info("vm running", "ip", info.IPAddress, "guest_os", info.GuestOS)
 		m.startWatch(id)
 	}
+	m.crashPoint(CrashCallback)
 	m.deliverCallback(ctx, id)
 }
 
@@ -268,6 +291,12 @@ func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.Guest
 			return
 		}
 		lastPhase, lastWrite = p.Phase, time.Now()
+		switch {
+		case p.Phase == image.PhaseUnpacking:
+			defer m.crashPoint(CrashUnpacking)
+		case p.BytesDone > 0:
+			defer m.crashPoint(CrashDownloading)
+		}
 		m.cfg.Store.Update(id, func(r *store.Record) error {
 			if r.Status != api.StatusCreating {
 				return errors.New("not creating")
@@ -298,15 +327,18 @@ func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.Guest
 	if err := m.cfg.Driver.Clone(ctx, spec); err != nil {
 		return hypervisor.GuestInfo{}, gold.Dir, err
 	}
+	m.crashPoint(CrashCloned)
 	if err := m.setPhase(id, api.PhaseBooting); err != nil {
 		return hypervisor.GuestInfo{}, gold.Dir, err
 	}
 	if err := m.cfg.Driver.Start(ctx, spec); err != nil {
 		return hypervisor.GuestInfo{}, gold.Dir, err
 	}
+	m.crashPoint(CrashBooting)
 	if err := m.setPhase(id, api.PhaseDiscovering); err != nil {
 		return hypervisor.GuestInfo{}, gold.Dir, err
 	}
+	m.crashPoint(CrashDiscovering)
 	dctx, cancel := context.WithTimeout(ctx, time.Duration(r.ToolsInitTimeout))
 	defer cancel()
 	info, err := m.cfg.Driver.Discover(dctx, spec)
@@ -453,6 +485,7 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 		return err
 	}
 	m.log.Info("deleting vm", "vm", id, "was", prev)
+	m.crashPoint(CrashDeleting)
 	m.stop(m.creates, id)
 	m.stop(m.watchers, id)
 	if err := m.destroy(ctx, r); err != nil {
@@ -472,6 +505,7 @@ func (m *Manager) destroy(ctx context.Context, r *store.Record) error {
 	if err := m.cfg.Driver.Destroy(dctx, m.spec(r, "")); err != nil {
 		return fmt.Errorf("destroy vm %s: %w", r.ID, err)
 	}
+	m.crashPoint(CrashDestroyed)
 	if err := os.RemoveAll(r.Dir); err != nil {
 		return fmt.Errorf("remove vm directory: %w", err)
 	}

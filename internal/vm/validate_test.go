@@ -41,14 +41,23 @@ func TestValidate(t *testing.T) {
 				t.Error("launch_gui=true gave headless")
 			}
 		}},
-		{desc: "checksum is lower-cased", mutate: func(r *api.CreateVMRequest) { r.Image.Checksum = strings.Repeat("AB", 32); r.Image.ChecksumType = "SHA256" }, check: func(t *testing.T, v Validated) {
+		{desc: "checksum is lower-cased", mutate: func(r *api.CreateVMRequest) {
+			r.Image.Checksum = strings.Repeat("AB", 32)
+			r.Image.ChecksumType = "SHA256"
+		}, check: func(t *testing.T, v Validated) {
 			if v.Image.Checksum != strings.Repeat("ab", 32) || v.Image.ChecksumType != "sha256" {
 				t.Errorf("got %+v", v.Image)
 			}
 		}},
 		{desc: "md5", mutate: func(r *api.CreateVMRequest) { r.Image.Checksum = strings.Repeat("0", 32); r.Image.ChecksumType = "md5" }},
-		{desc: "sha1", mutate: func(r *api.CreateVMRequest) { r.Image.Checksum = strings.Repeat("0", 40); r.Image.ChecksumType = "sha1" }},
-		{desc: "sha512", mutate: func(r *api.CreateVMRequest) { r.Image.Checksum = strings.Repeat("0", 128); r.Image.ChecksumType = "sha512" }},
+		{desc: "sha1", mutate: func(r *api.CreateVMRequest) {
+			r.Image.Checksum = strings.Repeat("0", 40)
+			r.Image.ChecksumType = "sha1"
+		}},
+		{desc: "sha512", mutate: func(r *api.CreateVMRequest) {
+			r.Image.Checksum = strings.Repeat("0", 128)
+			r.Image.ChecksumType = "sha512"
+		}},
 		{desc: "timeout kept", mutate: func(r *api.CreateVMRequest) { r.ToolsInitTimeout = api.Duration(90 * time.Second) }, check: func(t *testing.T, v Validated) {
 			if v.ToolsInitTimeout != 90*time.Second {
 				t.Errorf("timeout = %v", v.ToolsInitTimeout)
