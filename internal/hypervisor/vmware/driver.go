@@ -71,7 +71,7 @@ func (d *Driver) Clone(ctx context.Context, spec hypervisor.Spec) error {
 		}
 		_, err := d.run(ctx, false, "clone", goldVMX, dst, "linked",
 			"-snapshot="+d.cfg.SnapshotName, "-cloneName="+spec.ID)
-		if err != nil && !g.snapshotSure(err) {
+		if err != nil && !keepsSnapshot(err) {
 			// The snapshot may have been deleted behind our back: check
 			// again next time.
 			g.snapshot = false
@@ -89,9 +89,9 @@ func (d *Driver) Clone(ctx context.Context, spec hypervisor.Spec) error {
 	return nil
 }
 
-// snapshotSure reports whether a clone failure leaves the snapshot's
+// keepsSnapshot reports whether a clone failure leaves the snapshot's
 // existence beyond doubt (a lock conflict says nothing about snapshots).
-func (g *goldState) snapshotSure(err error) bool {
+func keepsSnapshot(err error) bool {
 	return isLocked(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
