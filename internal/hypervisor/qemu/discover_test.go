@@ -33,7 +33,7 @@ func fakeVMProcess(t *testing.T, dir, id string) *exec.Cmd {
 	if err := os.Symlink(sh, link); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(link, "-c", "sleep 300; true", "-name", "goldvm-"+id)
+	cmd := exec.Command(link, "-c", "sleep 300; true", "-name", "goldvm-"+id, "-pidfile", filepath.Join(dir, filePID))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -163,6 +163,14 @@ func TestWatchAndReapFakeProcess(t *testing.T) {
 	cmd := fakeVMProcess(t, spec.Dir, spec.ID)
 	other := hypervisor.Spec{ID: "01keep", Dir: t.TempDir(), Network: api.NetworkNAT}
 	keep := fakeVMProcess(t, other.Dir, other.ID)
+	// A VM of another goldvm instance: outside VMRoot.
+	foreignDir, err := os.MkdirTemp("", "goldvm-foreign-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(foreignDir)
+	foreign := fakeVMProcess(t, foreignDir, "01foreign")
+	d.cfg.VMRoot = filepath.Dir(spec.Dir)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -178,7 +186,7 @@ func TestWatchAndReapFakeProcess(t *testing.T) {
 	// Reap kills the unknown VM and spares the known one. Every other VM
 	// on this host (other tests, other people) counts as known: Reap acts
 	// host-wide.
-	if err := d.Reap(ctx, func(id string) bool { return id != spec.ID }); err != nil {
+	if err := d.Reap(ctx, func(id string) bool { return id != spec.ID && id != "01foreign" }); err != nil {
 		t.Fatal(err)
 	}
 	cmd.Wait()
@@ -187,6 +195,9 @@ func TestWatchAndReapFakeProcess(t *testing.T) {
 	}
 	if !isVMProcess(keep.Process.Pid, other.ID) {
 		t.Error("Reap killed a known VM")
+	}
+	if !isVMProcess(foreign.Process.Pid, "01foreign") {
+		t.Error("Reap killed a VM outside VMRoot")
 	}
 	if st, _ := d.State(ctx, spec); st != hypervisor.StateStopped {
 		t.Errorf("state = %q", st)

@@ -73,16 +73,17 @@ type Config struct {
 	// UserNet makes nat use QEMU user-mode networking even as root (no
 	// bridge, no dnsmasq; the host reaches the guest only via hostfwd).
 	UserNet bool
+	// VMRoot is the directory that holds the VMs' directories, e.g.
+	// <data-dir>/vms. When set, Reap only touches QEMU processes whose VM
+	// directory (that of their -pidfile) lies under it, so that two goldvm
+	// instances, or test runs, on one host leave each other's VMs alone.
+	// Empty: Reap considers every goldvm QEMU on the host.
+	VMRoot string
 	// Sandbox runs QEMU under its seccomp sandbox (-sandbox on,…).
 	Sandbox bool
 	// PowerdownTimeout is how long Destroy waits for the guest to power off
 	// after an ACPI powerdown before it quits QEMU; default 3s.
 	PowerdownTimeout time.Duration
-	// VMRoot, when set, is the directory holding the daemon's VM
-	// directories: Reap then only touches QEMU processes whose files lie
-	// beneath it, so daemons with different data directories on one host
-	// never reap each other's VMs.
-	VMRoot string
 	// Logger receives the driver's log; default slog.Default().
 	Logger *slog.Logger
 }
@@ -842,35 +843,21 @@ func (d *Driver) stop(ctx context.Context, spec hypervisor.Spec, pid int) error 
 	return errdefs.Newf(errdefs.ErrUnavailable, "vm-stop-failed", "QEMU process %d did not exit after SIGKILL", pid)
 }
 
-// ownsProcess reports whether a QEMU command line refers to a file under
-// Config.VMRoot (always true when VMRoot is not set).
-func (d *Driver) ownsProcess(args []string) bool {
-	if d.cfg.VMRoot == "" {
-		return true
-	}
-	root := filepath.Clean(d.cfg.VMRoot) + string(filepath.Separator)
-	for _, a := range args {
-		if strings.Contains(a, root) {
-			return true
-		}
-	}
-	return false
-}
-
-// Reap kills goldvm QEMU processes whose VM id known reports false, and
-// removes gv* taps whose owner (recorded in the tap's alias) is unknown or,
-// lacking an alias, that no running QEMU uses. Call it at daemon start,
-// before creating VMs, to clean up after a crash.
+// Reap kills goldvm QEMU processes (those named goldvm-<id>) whose VM id
+// known reports false, limited to VMs under Config.VMRoot when that is set,
+// and removes gv* tap devices that no live QEMU uses and whose owner
+// (recorded in the tap's alias) is unknown or unrecorded. Call it at daemon
+// start, before creating VMs, to clean up after a crash.
 func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 	var errs []error
 	inUse := map[string]bool{}
 	for _, pid := range allPIDs() {
 		args := procArgs(pid)
 		id := qemuVMID(args)
-		if id == "" || procZombie(pid) || !d.ownsProcess(args) {
+		if id == "" || procZombie(pid) {
 			continue
 		}
-		if known(id) {
+		if known(id) || !d.inVMRoot(args) {
 			for _, a := range args {
 				if i := strings.Index(a, "ifname="); i >= 0 {
 					name, _, _ := strings.Cut(a[i+len("ifname="):], ",")
@@ -898,8 +885,7 @@ func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 				continue
 			}
 			owner := l.tapOwner()
-			stray := (owner != "" && !known(owner)) || (owner == "" && !inUse[name])
-			if !stray {
+			if inUse[name] || (owner != "" && known(owner)) {
 				continue
 			}
 			d.log.Warn("removing stray tap", "tap", name, "vm", owner)
@@ -909,4 +895,23 @@ func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// inVMRoot reports whether a QEMU argument vector belongs to a VM under
+// Config.VMRoot (always true when VMRoot is empty).
+func (d *Driver) inVMRoot(args []string) bool {
+	if d.cfg.VMRoot == "" {
+		return true
+	}
+	root, err := filepath.Abs(d.cfg.VMRoot)
+	if err != nil {
+		return false
+	}
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "-pidfile" {
+			rel, err := filepath.Rel(root, filepath.Dir(args[i+1]))
+			return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+		}
+	}
+	return false
 }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -176,6 +177,7 @@ func TestE2ENetworkBridge(t *testing.T) {
 	if !ok || !linkExists(t, d, tapFor(stray.ID)) {
 		t.Fatal("stray VM did not start with a tap")
 	}
+	d.cfg.VMRoot = filepath.Dir(filepath.Dir(stray.Dir)) // this test's VMs only
 	if err := d.Reap(ctx, func(id string) bool { return id != stray.ID }); err != nil {
 		t.Errorf("reap: %v", err)
 	}
