@@ -59,6 +59,8 @@ func runServe(args []string) error {
 	maxCPUs := fs.Int("max-cpus", envInt("GOLDVM_MAX_CPUS", 0), "most vCPUs one VM may have (default 64)")
 	maxMemory := fs.String("max-memory", envOr("GOLDVM_MAX_MEMORY", ""), "most memory one VM may have, IEC (e.g. 16gib)")
 	maxImage := fs.String("max-image-size", envOr("GOLDVM_MAX_IMAGE_SIZE", "64gib"), "largest unpacked image accepted, IEC")
+	imageBudget := fs.String("image-budget", os.Getenv("GOLDVM_IMAGE_BUDGET"), "disk space gold images may take, IEC (e.g. 200gib); least recently used unused images are evicted beyond it ($GOLDVM_IMAGE_BUDGET)")
+	imageMaxIdle := fs.Duration("image-max-idle", envDuration("GOLDVM_IMAGE_MAX_IDLE", 0), "evict unused images not used for this long, e.g. 168h; 0 keeps them ($GOLDVM_IMAGE_MAX_IDLE)")
 	logLevel := fs.String("log-level", envOr("GOLDVM_LOG_LEVEL", "info"), "debug, info, warn or error")
 	fs.Parse(args)
 
@@ -137,6 +139,15 @@ func runServe(args []string) error {
 		return fmt.Errorf("recover: %w", err)
 	}
 
+	policy := image.EvictPolicy{MaxIdle: *imageMaxIdle}
+	if *imageBudget != "" {
+		if policy.MaxBytes, err = api.ParseIEC(*imageBudget); err != nil {
+			return fmt.Errorf("--image-budget: %w", err)
+		}
+	}
+	stopEvict := startEviction(images, policy, mgr.ImageUsers, log)
+	defer stopEvict()
+
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
@@ -201,4 +212,39 @@ func crashPoint(log *slog.Logger) func(string) {
 			select {} // never returns
 		}
 	}
+}
+
+func envDuration(key string, def time.Duration) time.Duration {
+	if v, err := time.ParseDuration(os.Getenv(key)); err == nil {
+		return v
+	}
+	return def
+}
+
+// startEviction applies the image eviction policy now and every minute
+// until the returned function is called. Images any VM depends on are never
+// evicted (inUse counts them).
+func startEviction(images *image.Store, policy image.EvictPolicy, inUse func(string) int, log *slog.Logger) func() {
+	if policy.MaxBytes == 0 && policy.MaxIdle == 0 {
+		return func() {}
+	}
+	log.Info("image eviction on", "budget_bytes", policy.MaxBytes, "max_idle", policy.MaxIdle)
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		for {
+			if _, err := images.Evict(policy, inUse); err != nil {
+				log.Error("image eviction", "err", err)
+			}
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
 }

@@ -451,7 +451,9 @@ func (m *Manager) List(ctx context.Context) ([]api.VM, error) {
 	return out, nil
 }
 
-// ImageUsers counts the VMs whose disk depends on the gold image key.
+// ImageUsers counts the VMs whose disk depends on the gold image key, or
+// will: a VM still being created counts from the moment it is accepted, so
+// an eviction can never remove an image between its fetch and the clone.
 func (m *Manager) ImageUsers(key string) int {
 	recs, err := m.cfg.Store.List()
 	if err != nil {
@@ -459,7 +461,14 @@ func (m *Manager) ImageUsers(key string) int {
 	}
 	n := 0
 	for _, r := range recs {
-		if r.ImageKey == key && r.Status != api.StatusError {
+		if r.Status == api.StatusError {
+			continue // its overlay was removed when it failed
+		}
+		k := r.ImageKey
+		if k == "" {
+			k, _ = image.Key(image.Spec{URL: r.Image.URL, Checksum: r.Image.Checksum, ChecksumType: r.Image.ChecksumType})
+		}
+		if k == key {
 			n++
 		}
 	}
