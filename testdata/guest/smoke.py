@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Boot the test guest once under QEMU (TCG) and check it works.
 
-Usage: smoke.py [IMAGE] [--mem MiB] [--format qcow2|raw] [--tap IFNAME]
+Usage: smoke.py [IMAGE] [--mem MiB] [--format qcow2|raw] [--tap IFNAME] [--machine q35]
 
 Boots IMAGE (default: $GOLDVM_GUEST_DIR/guest.qcow2 or
 ~/.cache/goldvm/guest/guest.qcow2) on a throwaway qcow2 overlay with user-mode
@@ -109,6 +109,7 @@ def main():
     ap.add_argument("--mem", type=int, default=128)
     ap.add_argument("--format", default=None)
     ap.add_argument("--timeout", type=float, default=90)
+    ap.add_argument("--machine", default=None, help="QEMU -machine type, e.g. q35")
     ap.add_argument("--tap", help="use this existing tap device instead of user-mode networking")
     args = ap.parse_args()
     fmt = args.format or ("raw" if args.image.endswith(".raw") else "qcow2")
@@ -122,6 +123,7 @@ def main():
     qmp_sock = os.path.join(tmp, "qmp.sock")
     cmd = ["qemu-system-x86_64", "-accel", "tcg,tb-size=32", "-m", str(args.mem), "-smp", "1",
            "-display", "none", "-nodefaults", "-no-reboot",
+           *(["-machine", args.machine] if args.machine else []),
            "-serial", "file:" + console,
            "-drive", f"file={ov},if=virtio,format=qcow2",
            "-netdev", (f"tap,id=n0,ifname={args.tap},script=no,downscript=no" if args.tap
