@@ -564,7 +564,7 @@ func TestNewFindsVmrun(t *testing.T) {
 	})
 	t.Run("env", func(t *testing.T) {
 		t.Setenv("VMRUN_PATH", fakeVmrun)
-		d, err := New(Config{})
+		d, err := New(Config{Logger: testLogger(t)})
 		must(t, err)
 		if d.VmrunPath() != fakeVmrun {
 			t.Fatalf("vmrun = %s", d.VmrunPath())
@@ -579,7 +579,7 @@ func TestNewFindsVmrun(t *testing.T) {
 		must(t, os.Symlink(fakeVmrun, filepath.Join(dir, name)))
 		t.Setenv("VMRUN_PATH", "")
 		t.Setenv("PATH", dir)
-		d, err := New(Config{})
+		d, err := New(Config{Logger: testLogger(t)})
 		must(t, err)
 		if d.VmrunPath() != filepath.Join(dir, name) {
 			t.Fatalf("vmrun = %s", d.VmrunPath())
@@ -609,7 +609,7 @@ func TestNewFindsVmrun(t *testing.T) {
 				}
 			}
 		} else {
-			_, err = New(Config{})
+			_, err = New(Config{Logger: testLogger(t)})
 			for _, p := range StandardVmrunPaths {
 				if !strings.Contains(err.Error(), strconv.Quote(p)) {
 					t.Errorf("error does not name %s: %v", p, err)
@@ -631,7 +631,7 @@ func TestNewFindsVmrun(t *testing.T) {
 		}
 	})
 	t.Run("defaults", func(t *testing.T) {
-		d, err := New(Config{VmrunPath: fakeVmrun})
+		d, err := New(Config{VmrunPath: fakeVmrun, Logger: testLogger(t)})
 		must(t, err)
 		want := "ws"
 		if runtime.GOOS == "darwin" {

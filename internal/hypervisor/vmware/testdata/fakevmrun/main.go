@@ -203,6 +203,11 @@ func requireWritable(path string) error {
 	return nil
 }
 
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
 // lock takes VMware's exclusive lock on file: a <file>.lck directory.
 func lock(file string) (func(), error) {
 	if err := requireWritable(filepath.Dir(file)); err != nil {
@@ -383,7 +388,12 @@ func (s *fake) snapshot(params []string) error {
 	// The powered-off VM moves onto a new delta disk; the old one becomes
 	// the snapshot's read-only base.
 	n := len(names)
-	delta := fmt.Sprintf("%s-%06d.vmdk", base, n+1)
+	delta := ""
+	for i := 1; delta == ""; i++ {
+		if p := fmt.Sprintf("%s-%06d.vmdk", base, i); !exists(p) {
+			delta = p
+		}
+	}
 	if err := os.WriteFile(delta, []byte("# Disk DescriptorFile\ncreateType=\"monolithicSparse\"\nparentFileNameHint=\"disk\"\n"), 0o644); err != nil {
 		return vmError(err.Error())
 	}
