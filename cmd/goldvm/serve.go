@@ -61,6 +61,12 @@ func runServe(args []string) error {
 	maxImage := fs.String("max-image-size", envOr("GOLDVM_MAX_IMAGE_SIZE", "64gib"), "largest unpacked image accepted, IEC")
 	imageBudget := fs.String("image-budget", os.Getenv("GOLDVM_IMAGE_BUDGET"), "disk space gold images may take, IEC (e.g. 200gib); least recently used unused images are evicted beyond it ($GOLDVM_IMAGE_BUDGET)")
 	imageMaxIdle := fs.Duration("image-max-idle", envDuration("GOLDVM_IMAGE_MAX_IDLE", 0), "evict unused images not used for this long, e.g. 168h; 0 keeps them ($GOLDVM_IMAGE_MAX_IDLE)")
+	stallTimeout := fs.Duration("image-stall-timeout", envDuration("GOLDVM_IMAGE_STALL_TIMEOUT", time.Minute), "fail (and retry) an image download when no byte arrives for this long")
+	imageRetries := fs.Int("image-retries", envInt("GOLDVM_IMAGE_RETRIES", 5), "retries of a failed image download (network errors, stalls, 5xx)")
+	imageBackoff := fs.Duration("image-retry-backoff", envDuration("GOLDVM_IMAGE_RETRY_BACKOFF", time.Second), "wait before the first image download retry; doubles each time")
+	cbAttempts := fs.Int("callback-attempts", envInt("GOLDVM_CALLBACK_ATTEMPTS", 8), "how many times a callback is tried before it is recorded as failed")
+	cbBackoff := fs.Duration("callback-backoff", envDuration("GOLDVM_CALLBACK_BACKOFF", time.Second), "wait after the first failed callback; doubles each time, up to a minute")
+	cbTimeout := fs.Duration("callback-timeout", envDuration("GOLDVM_CALLBACK_TIMEOUT", 10*time.Second), "timeout of one callback attempt")
 	logLevel := fs.String("log-level", envOr("GOLDVM_LOG_LEVEL", "info"), "debug, info, warn or error")
 	fs.Parse(args)
 
@@ -95,7 +101,10 @@ func runServe(args []string) error {
 		return err
 	}
 	defer db.Close()
-	images, err := image.NewStore(filepath.Join(*dataDir, "images"), image.Options{MaxImageBytes: maxImageBytes, Logger: log})
+	images, err := image.NewStore(filepath.Join(*dataDir, "images"), image.Options{
+		MaxImageBytes: maxImageBytes, Logger: log,
+		StallTimeout: *stallTimeout, Retries: *imageRetries, RetryBackoff: *imageBackoff,
+	})
 	if err != nil {
 		return fmt.Errorf("image store: %w", err)
 	}
@@ -125,7 +134,7 @@ func runServe(args []string) error {
 
 	mgr := vm.New(vm.Config{
 		VMDir: filepath.Join(*dataDir, "vms"), Store: db, Images: images, Driver: driver,
-		Callbacks: callback.New(callback.Options{}), Limits: limits, Logger: log,
+		Callbacks: callback.New(callback.Options{MaxAttempts: *cbAttempts, Backoff: *cbBackoff, Timeout: *cbTimeout}), Limits: limits, Logger: log,
 		CrashPoint: crashPoint(log),
 	})
 	defer mgr.Close()
