@@ -74,7 +74,11 @@ func chooseAccel(mode string, kvmErr error, cpuinfo string) (accelChoice, error)
 		if kvmErr != nil {
 			return accelChoice{}, fmt.Errorf("accel=kvm but /dev/kvm is not usable: %w", kvmErr)
 		}
-		return accelChoice{"kvm", accelKVM, "accel=kvm requested"}, nil
+		why := "accel=kvm requested"
+		if !cpuHasVirt(cpuinfo) {
+			why += " (warning: /proc/cpuinfo shows no vmx/svm; guests may freeze)"
+		}
+		return accelChoice{"kvm", accelKVM, why}, nil
 	case "tcg":
 		return accelChoice{"tcg", accelTCG, "accel=tcg requested"}, nil
 	}

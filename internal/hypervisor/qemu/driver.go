@@ -200,8 +200,9 @@ func (d *Driver) Name() string { return "qemu" }
 func (d *Driver) Accel() string { return d.accel.Name }
 
 // Close releases the driver. Running VMs, their taps, bridges and dnsmasq
-// keep running; a new driver reattaches to them.
-func (d *Driver) Close() error { return nil }
+// keep running; a new driver reattaches to them. The driver holds no
+// long-lived resources between calls, so there is nothing else to stop.
+func (d *Driver) Close() {}
 
 func (d *Driver) vmLock(id string) *vmLocks {
 	d.locksMu.Lock()
@@ -370,6 +371,9 @@ func (d *Driver) display(spec hypervisor.Spec) string {
 func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 	if err := checkSpec(spec); err != nil {
 		return err
+	}
+	if spec.MemoryMiB <= 0 || spec.CPUs < 0 {
+		return errdefs.Newf(errdefs.ErrInvalid, "invalid-size", "invalid VM size: %d CPUs, %d MiB", spec.CPUs, spec.MemoryMiB)
 	}
 	np, err := d.plan(spec)
 	if err != nil {

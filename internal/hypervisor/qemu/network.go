@@ -241,6 +241,10 @@ func (d *Driver) ensureDnsmasq(ctx context.Context, br, cidr string, router bool
 	}
 	if !router {
 		args = append(args, "--dhcp-option=3") // hostonly: no default route
+	} else if ns := hostNameservers("/etc/resolv.conf"); len(ns) > 0 {
+		// dnsmasq serves no DNS (--port=0); point nat guests at the
+		// host's own upstream resolvers instead.
+		args = append(args, "--dhcp-option=6,"+strings.Join(ns, ","))
 	}
 	if _, err := d.run(ctx, d.dnsmasq, args...); err != nil {
 		return netErr(fmt.Errorf("start dnsmasq on %s: %w", br, err))
@@ -406,4 +410,26 @@ func lookPath(name string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s not found in PATH", name)
+}
+
+// hostNameservers returns the IPv4 nameservers of a resolv.conf that a guest
+// behind NAT can use (loopback stubs such as 127.0.0.53 excluded).
+func hostNameservers(path string) []string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "nameserver" {
+			continue
+		}
+		ip, err := netip.ParseAddr(f[1])
+		if err != nil || !ip.Is4() || ip.IsLoopback() || ip.IsUnspecified() {
+			continue
+		}
+		out = append(out, ip.String())
+	}
+	return out
 }

@@ -324,7 +324,7 @@ func TestDestroyNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	spec := hypervisor.Spec{ID: "never-made", Dir: dir, Network: api.NetworkNAT}
+	spec := hypervisor.Spec{ID: "never-made", Dir: dir, Network: api.NetworkNAT, CPUs: 1, MemoryMiB: 128}
 	for i := 0; i < 2; i++ {
 		if err := d.Destroy(t.Context(), spec); err != nil {
 			t.Fatalf("destroy #%d: %v", i, err)
@@ -339,5 +339,16 @@ func TestDestroyNothing(t *testing.T) {
 	spec.ID = "bad,id"
 	if err := d.Destroy(t.Context(), spec); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("bad id: %v", err)
+	}
+}
+
+func TestHostNameservers(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "resolv.conf")
+	writeFile(t, p, []byte("# x\nnameserver 127.0.0.53\nnameserver 192.0.2.53\nnameserver 2001:db8::1\nsearch example\nnameserver 198.51.100.1 \n"))
+	if got := hostNameservers(p); !slices.Equal(got, []string{"192.0.2.53", "198.51.100.1"}) {
+		t.Errorf("got %q", got)
+	}
+	if got := hostNameservers(filepath.Join(t.TempDir(), "none")); got != nil {
+		t.Errorf("missing file: %q", got)
 	}
 }
