@@ -556,7 +556,7 @@ func TestSizeLimits(t *testing.T) {
 		},
 		{
 			desc: "gzip bomb as a bare disk",
-			data: func(t *testing.T) []byte { return gz(t, make([]byte, 64<<20)) },
+			data: func(t *testing.T) []byte { return gz(t, make([]byte, 16<<20)) },
 			opts: func(o *Options) { o.MaxImageBytes = 1 << 20 },
 		},
 		{

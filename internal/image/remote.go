@@ -111,11 +111,14 @@ func (r *remote) Read(p []byte) (int, error) {
 				return 0, ferr
 			}
 		}
+		// The stall clock runs only while waiting for the server, not while
+		// the consumer is busy (a slow disk must not look like a stall).
+		r.timer.Reset(r.stall)
 		n, err := r.body.Read(p)
+		r.timer.Stop()
 		if n > 0 {
 			r.offset += int64(n)
 			r.connBytes += int64(n)
-			r.timer.Reset(r.stall)
 			if r.maxDownload > 0 && r.offset > r.maxDownload {
 				r.closeBody()
 				return n, errTooLarge("download exceeds the limit of %d bytes", r.maxDownload)
@@ -277,7 +280,7 @@ func (r *remote) connect() error {
 		r.closeBody()
 		return errTooLarge("download of %d bytes exceeds the limit of %d bytes", r.total, r.maxDownload)
 	}
-	r.timer.Reset(r.stall)
+	r.timer.Stop()
 	return nil
 }
 
