@@ -64,7 +64,9 @@ func (d *Driver) Clone(ctx context.Context, spec hypervisor.Spec) error {
 		return errdefs.Newf(errdefs.ErrConflict, "vm-exists", "the VM directory already holds a clone (%s)", filepath.Base(dst))
 	}
 	g := d.gold(goldVMX)
-	g.mu.Lock()
+	if err := g.lock(ctx); err != nil {
+		return err
+	}
 	err = withWritableGold(goldVMX, func() error {
 		if err := d.ensureSnapshot(ctx, g, goldVMX); err != nil {
 			return err
@@ -78,7 +80,7 @@ func (d *Driver) Clone(ctx context.Context, spec hypervisor.Spec) error {
 		}
 		return mapErr("cloning the gold VM", err)
 	})
-	g.mu.Unlock()
+	g.unlock()
 	if err != nil {
 		return err
 	}
@@ -344,9 +346,11 @@ func (d *Driver) deleteVM(ctx context.Context, spec hypervisor.Spec, path string
 	var err error
 	if goldVMX, gerr := findGoldVMX(spec.GoldDir); gerr == nil && spec.GoldDir != "" {
 		g := d.gold(goldVMX)
-		g.mu.Lock()
+		if err := g.lock(ctx); err != nil {
+			return err
+		}
 		err = withWritableGold(goldVMX, del)
-		g.mu.Unlock()
+		g.unlock()
 	} else {
 		err = del()
 	}

@@ -133,7 +133,7 @@ func withWritableGold(goldVMX string, fn func() error) (err error) {
 // ensureSnapshot makes sure the gold VM has the driver's snapshot. It asks
 // vmrun once per gold and driver (the answer is remembered) and creates the
 // snapshot if missing; "already exists" (made meanwhile by someone else) is
-// fine. The caller holds g.mu and the writable window.
+// fine. The caller holds g's lock and the writable window.
 func (d *Driver) ensureSnapshot(ctx context.Context, g *goldState, goldVMX string) error {
 	if g.snapshot {
 		return nil

@@ -10,6 +10,7 @@
 package vmware
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -83,9 +84,22 @@ type Driver struct {
 // goldState serializes the operations on one gold VM and remembers that its
 // snapshot exists.
 type goldState struct {
-	mu       sync.Mutex
-	snapshot bool
+	sem      chan struct{} // holds one token while an operation runs
+	snapshot bool          // guarded by sem
 }
+
+// lock waits for the gold VM to be free, or for ctx to end.
+func (g *goldState) lock(ctx context.Context) error {
+	select {
+	case g.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for another operation on the gold VM: %w", ctx.Err())
+	}
+}
+
+// unlock frees the gold VM.
+func (g *goldState) unlock() { <-g.sem }
 
 var _ hypervisor.Driver = (*Driver)(nil)
 
@@ -201,7 +215,7 @@ func (d *Driver) gold(vmx string) *goldState {
 	defer d.mu.Unlock()
 	g := d.golds[k]
 	if g == nil {
-		g = &goldState{}
+		g = &goldState{sem: make(chan struct{}, 1)}
 		d.golds[k] = g
 	}
 	return g

@@ -743,3 +743,25 @@ func TestGuestOSName(t *testing.T) {
 		t.Errorf("pretty name: %q", got)
 	}
 }
+
+// TestCloneWaitsForGoldUnderCtx proves a Clone queued behind another
+// operation on the same gold VM gives up when its context ends, without
+// touching vmrun.
+func TestCloneWaitsForGoldUnderCtx(t *testing.T) {
+	e := newEnv(t)
+	g := makeGold(t, "img")
+	d := e.driver(t)
+	busy := d.gold(g.vmx)
+	must(t, busy.lock(context.Background()))
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	err := d.Clone(ctx, spec(t, g, "q"))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Clone behind a busy gold: %v", err)
+	}
+	if n := len(e.calls(t)); n != 0 {
+		t.Fatalf("vmrun ran %d times", n)
+	}
+	busy.unlock()
+	must(t, d.Clone(context.Background(), spec(t, g, "r")))
+}
