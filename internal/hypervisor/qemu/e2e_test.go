@@ -8,6 +8,8 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
@@ -92,29 +94,29 @@ func testGuest(t *testing.T) string {
 	return guestPath
 }
 
-// goldDir makes a gold image directory holding (a hard link to, or a copy
-// of) the guest disk, as the image store would.
+// goldDir makes a gold image directory holding a copy of the guest disk,
+// as the image store would (a copy, not a link: a rebuild of the cached
+// guest must not change the backing file under running overlays).
 func goldDir(t *testing.T, guest string) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "gold")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	dst := filepath.Join(dir, "guest.qcow2")
-	if err := os.Link(guest, dst); err != nil {
-		in, err := os.Open(guest)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer in.Close()
-		out, err := os.Create(dst)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.Copy(out, in); err != nil {
-			t.Fatal(err)
-		}
-		out.Close()
+	in, err := os.Open(guest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.Create(filepath.Join(dir, "guest.qcow2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
 	}
 	return dir
 }
@@ -130,8 +132,17 @@ func (w tWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
+// runTag makes this run's VM ids unique on the host (QEMU -name, taps).
+var runTag = func() string {
+	var b [3]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}()
+
+// newSpec returns the spec of a new VM; its id is id plus this run's tag.
 func newSpec(t *testing.T, id, gold, network string) hypervisor.Spec {
 	t.Helper()
+	id += "-" + runTag
 	dir := filepath.Join(t.TempDir(), id)
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
@@ -462,7 +473,7 @@ func TestE2EOutlivesDaemon(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		spec := hypervisor.Spec{ID: "01e2eoutlives", Dir: dir, GoldDir: os.Getenv("GOLDVM_TEST_GOLD"), CPUs: 1, MemoryMiB: 128, Network: api.NetworkNAT, Headless: true}
+		spec := hypervisor.Spec{ID: filepath.Base(dir), Dir: dir, GoldDir: os.Getenv("GOLDVM_TEST_GOLD"), CPUs: 1, MemoryMiB: 128, Network: api.NetworkNAT, Headless: true}
 		ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
 		defer cancel()
 		if err := d.Clone(ctx, spec); err != nil {
