@@ -37,7 +37,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.FileServer(http.Dir(srv.dir)).ServeHTTP(slowWriter{w}, r)
 	}))
-	defer slow.Close()
+	t.Cleanup(slow.Close) // parallel subtests run after this function returns
 	for f, img := range imgs {
 		img.URL = strings.Replace(img.URL, srv.URL, slow.URL, 1)
 		imgs[f] = img
@@ -70,11 +70,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 				}
 				go d.client.DeleteVM(context.Background(), v.ID) // the daemon dies under it
 			}
-			select {
-			case <-d.exited:
-			case <-time.After(bootTimeout):
-				t.Fatalf("the daemon never reached crash point %q", tt.point)
-			}
+			waitCrash(t, d, v.ID, tt.point)
 			d.cmd = nil
 			if b, _ := os.ReadFile(d.logPath); !strings.Contains(string(b), "crash testing: killing the daemon") {
 				t.Fatalf("daemon died, but not at the crash point:\n%s", lastLines(string(b), 30))
@@ -131,4 +127,22 @@ func assertImagesComplete(t *testing.T, d *daemon) {
 			t.Errorf("image %s has no completion marker: %v", e.Name(), err)
 		}
 	}
+}
+
+// waitCrash waits until the daemon has killed itself at its crash point, and
+// fails the test if the VM's creation ends first.
+func waitCrash(t *testing.T, d *daemon, id, point string) {
+	t.Helper()
+	deadline := time.Now().Add(bootTimeout)
+	for time.Now().Before(deadline) {
+		select {
+		case <-d.exited:
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+		if got, err := d.client.GetVM(context.Background(), id); err == nil && got.Status.IsFinal() && got.Status != api.StatusRunning {
+			t.Fatalf("VM ended before crash point %q: %s", point, fmtVM(got))
+		}
+	}
+	t.Fatalf("the daemon never reached crash point %q", point)
 }
