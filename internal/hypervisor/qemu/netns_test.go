@@ -96,7 +96,7 @@ func TestE2ENetworkBridge(t *testing.T) {
 	}
 	gold := goldDir(t, guest)
 	runDir := t.TempDir()
-	d, err := New(Config{RunDir: runDir, Logger: testLogger(t)})
+	d, err := New(Config{RunDir: runDir, Sandbox: true, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,8 @@ package qemu
 
 import (
 	"errors"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -350,5 +352,26 @@ func TestHostNameservers(t *testing.T) {
 	}
 	if got := hostNameservers(filepath.Join(t.TempDir(), "none")); got != nil {
 		t.Errorf("missing file: %q", got)
+	}
+}
+
+func TestDisplayFallback(t *testing.T) {
+	d := &Driver{log: slog.New(slog.NewTextHandler(io.Discard, nil)), displays: map[string]bool{"none": true, "curses": true}}
+	d.displayOnce.Do(func() {})
+	t.Setenv("DISPLAY", ":0")
+	t.Setenv("WAYLAND_DISPLAY", "")
+	if got := d.display(hypervisor.Spec{Headless: false}); got != "none" {
+		t.Errorf("no gtk/sdl: %q", got)
+	}
+	d.displays["gtk"] = true
+	if got := d.display(hypervisor.Spec{Headless: false}); got != "gtk" {
+		t.Errorf("gtk available: %q", got)
+	}
+	if got := d.display(hypervisor.Spec{Headless: true}); got != "none" {
+		t.Errorf("headless: %q", got)
+	}
+	t.Setenv("DISPLAY", "")
+	if got := d.display(hypervisor.Spec{Headless: false}); got != "none" {
+		t.Errorf("no DISPLAY: %q", got)
 	}
 }
