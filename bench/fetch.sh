@@ -1,0 +1,23 @@
+#!/bin/sh
+# Measures goldvm's one-pass image fetch (download + sha256 + decompress +
+# unpack at once) against the sequential baseline `curl -o` then
+# `sha256sum` then `tar -x`/`unzip`, and against the slowest single stage,
+# for tar.gz, tar.zst and zip packages of a disk-like image served over
+# loopback HTTP. Prints a table of times and ratios (lower is better;
+# goldvm/slowest = 1.00 would be perfect overlap of all stages).
+#
+#   bench/fetch.sh                       # 1 GiB image, about 2-4 minutes on 2 cores
+#   SIZE_MIB=256 bench/fetch.sh          # quicker
+#   WORK=/var/tmp/x FORMATS=tar.zst bench/fetch.sh
+#
+# Needs curl, sha256sum, tar, unzip and zstd. Generated files are kept in
+# $WORK (default /tmp/goldvm-bench) and reused by later runs.
+set -eu
+cd "$(dirname "$0")/.."
+for tool in curl sha256sum tar unzip zstd; do
+	command -v "$tool" >/dev/null || { echo "fetch.sh: $tool is needed" >&2; exit 1; }
+done
+WORK=${WORK:-/tmp/goldvm-bench}
+mkdir -p "$WORK"
+go build -o "$WORK/imagebench" ./bench/imagebench
+exec "$WORK/imagebench" -work "$WORK" -size-mib "${SIZE_MIB:-1024}" -formats "${FORMATS:-tar.gz,tar.zst,zip}"

@@ -1,0 +1,456 @@
+// Command imagebench measures goldvm's one-pass image fetch (download,
+// hash, decompress and unpack at once) against doing the same steps one
+// after another with standard tools, and against the slowest single step.
+//
+// It generates a disk image that looks like a real one (random blocks,
+// zero blocks and compressible text blocks), packages it as tar.gz, tar.zst
+// and zip, serves the packages from a loopback HTTP server in a child
+// process and prints a table of times and ratios. Run it through
+// bench/fetch.sh.
+package main
+
+import (
+	"archive/tar"
+	"archive/zip"
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/goldvm/goldvm/internal/image"
+	"github.com/klauspost/compress/flate"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "serve" {
+		serve(os.Args[2])
+		return
+	}
+	work := flag.String("work", filepath.Join(os.TempDir(), "goldvm-bench"), "work directory")
+	sizeMiB := flag.Int("size-mib", 1024, "size of the disk image in MiB")
+	formats := flag.String("formats", "tar.gz,tar.zst,zip", "packages to measure")
+	flag.Parse()
+	if err := run(*work, int64(*sizeMiB)<<20, strings.Split(*formats, ",")); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// serve runs the loopback file server (sendfile, Range support) and prints
+// its address on stdout.
+func serve(dir string) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(ln.Addr().String())
+	log.Fatal(http.Serve(ln, http.FileServer(http.Dir(dir))))
+}
+
+func run(work string, size int64, formats []string) error {
+	pkgDir := filepath.Join(work, "pkg")
+	if err := os.MkdirAll(pkgDir, 0o755); err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := prepare(pkgDir, size); err != nil {
+		return err
+	}
+	fmt.Printf("prepared %d MiB image and packages in %s\n", size>>20, time.Since(start).Round(time.Millisecond))
+
+	srv := exec.Command(os.Args[0], "serve", pkgDir)
+	out, err := srv.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	srv.Stderr = os.Stderr
+	if err := srv.Start(); err != nil {
+		return err
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	addr, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	base := "http://" + strings.TrimSpace(addr) + "/"
+
+	type row struct {
+		format                               string
+		goldvm, seq, seqSync, slowest        time.Duration
+		slowName                             string
+		download, hash, decompress, untarred time.Duration
+	}
+	var rows []row
+	for _, f := range formats {
+		name := "disk." + f
+		p := filepath.Join(pkgDir, name)
+		sum, err := fileSHA256(p)
+		if err != nil {
+			return err
+		}
+		url := base + name
+		r := row{format: f}
+
+		// goldvm: one pass.
+		storeDir := filepath.Join(work, "store")
+		os.RemoveAll(storeDir)
+		r.goldvm, err = timed(func() error {
+			st, err := image.NewStore(storeDir, image.Options{Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			_, err = st.Ensure(context.Background(), image.Spec{URL: url, Checksum: sum, ChecksumType: "sha256"}, nil)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("goldvm %s: %w", f, err)
+		}
+		removeStore(storeDir)
+
+		// Baseline: curl, then sha256sum, then unpack (then fsync, as goldvm does).
+		dl := filepath.Join(work, "dl."+f)
+		outDir := filepath.Join(work, "out")
+		extract := fmt.Sprintf("tar -xf %q -C %q", dl, outDir)
+		if f == "zip" {
+			extract = fmt.Sprintf("unzip -q %q -d %q", dl, outDir)
+		}
+		seq := fmt.Sprintf("curl -sf -o %q %q && sha256sum %q >/dev/null && mkdir -p %q && %s", dl, url, dl, outDir, extract)
+		for i, cmd := range []string{seq, seq + fmt.Sprintf(" && sync %q/disk.raw", outDir)} {
+			os.RemoveAll(outDir)
+			os.Remove(dl)
+			d, err := timed(func() error { return sh(cmd) })
+			if err != nil {
+				return fmt.Errorf("baseline %s: %w", f, err)
+			}
+			if i == 0 {
+				r.seq = d
+			} else {
+				r.seqSync = d
+			}
+		}
+		os.RemoveAll(outDir)
+
+		// Single stages alone.
+		if r.download, err = timed(func() error { return sh(fmt.Sprintf("curl -sf -o /dev/null %q", url)) }); err != nil {
+			return err
+		}
+		if r.hash, err = timed(func() error { return sh(fmt.Sprintf("sha256sum %q >/dev/null", dl)) }); err != nil {
+			return err
+		}
+		if r.decompress, err = timed(func() error { return decompress(dl, f) }); err != nil {
+			return fmt.Errorf("decompress %s: %w", f, err)
+		}
+		tarFile := filepath.Join(pkgDir, "disk.tar")
+		if r.untarred, err = timed(func() error {
+			return sh(fmt.Sprintf("mkdir -p %q && tar -xf %q -C %q", outDir, tarFile, outDir))
+		}); err != nil {
+			return err
+		}
+		os.RemoveAll(outDir)
+		os.Remove(dl)
+		r.slowest, r.slowName = r.download, "download"
+		for _, s := range []struct {
+			n string
+			d time.Duration
+		}{{"sha256", r.hash}, {"decompress", r.decompress}, {"write", r.untarred}} {
+			if s.d > r.slowest {
+				r.slowest, r.slowName = s.d, s.n
+			}
+		}
+		rows = append(rows, r)
+		fmt.Printf("%s: goldvm %s, sequential %s (+sync %s), stages: download %s, sha256 %s, decompress %s, write %s\n",
+			f, sec(r.goldvm), sec(r.seq), sec(r.seqSync), sec(r.download), sec(r.hash), sec(r.decompress), sec(r.untarred))
+	}
+
+	fmt.Printf("\n%d MiB image, %d CPUs, warm page cache, loopback HTTP\n", size>>20, numCPU())
+	fmt.Printf("%-8s %9s %9s %9s %9s %-10s %12s %12s %12s\n", "format", "goldvm", "seq", "seq+sync", "slowest", "(stage)",
+		"goldvm/seq", "goldvm/s+s", "goldvm/slow")
+	for _, r := range rows {
+		fmt.Printf("%-8s %9s %9s %9s %9s %-10s %12.2f %12.2f %12.2f\n", r.format, sec(r.goldvm), sec(r.seq), sec(r.seqSync),
+			sec(r.slowest), r.slowName, ratio(r.goldvm, r.seq), ratio(r.goldvm, r.seqSync), ratio(r.goldvm, r.slowest))
+	}
+	return nil
+}
+
+func numCPU() int {
+	n, _ := exec.Command("nproc").Output()
+	var c int
+	fmt.Sscan(string(n), &c)
+	return c
+}
+
+func sec(d time.Duration) string { return fmt.Sprintf("%.2fs", d.Seconds()) }
+
+func ratio(a, b time.Duration) float64 { return a.Seconds() / b.Seconds() }
+
+func timed(f func() error) (time.Duration, error) {
+	t := time.Now()
+	err := f()
+	return time.Since(t), err
+}
+
+func sh(cmd string) error {
+	c := exec.Command("sh", "-c", cmd)
+	c.Stderr = os.Stderr
+	return c.Run()
+}
+
+// removeStore removes a store directory whose images are read-only.
+func removeStore(dir string) {
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.IsDir() {
+			os.Chmod(p, 0o755)
+		}
+		return nil
+	})
+	os.RemoveAll(dir)
+}
+
+func fileSHA256(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// decompress reads a package's payload to io.Discard with the decoders
+// goldvm uses: the decompression stage alone.
+func decompress(p, format string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var r io.Reader
+	switch format {
+	case "tar.gz":
+		zr, err := gzip.NewReader(bufio.NewReaderSize(f, 1<<20))
+		if err != nil {
+			return err
+		}
+		r = zr
+	case "tar.zst":
+		zr, err := zstd.NewReader(bufio.NewReaderSize(f, 1<<20), zstd.WithDecoderConcurrency(2))
+		if err != nil {
+			return err
+		}
+		defer zr.Close()
+		r = zr
+	case "zip":
+		fi, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		zr, err := zip.NewReader(f, fi.Size())
+		if err != nil {
+			return err
+		}
+		for _, e := range zr.File {
+			rc, err := e.OpenRaw()
+			if err != nil {
+				return err
+			}
+			fr := flate.NewReader(rc)
+			if _, err := io.Copy(io.Discard, fr); err != nil {
+				return err
+			}
+			fr.Close()
+		}
+		return nil
+	default:
+		return fmt.Errorf("unknown format %s", format)
+	}
+	_, err = io.Copy(io.Discard, r)
+	return err
+}
+
+// prepare writes disk.raw, disk.tar and the packages unless they exist.
+func prepare(dir string, size int64) error {
+	raw := filepath.Join(dir, "disk.raw")
+	if fi, err := os.Stat(raw); err != nil || fi.Size() != size {
+		if err := genDisk(raw, size); err != nil {
+			return err
+		}
+		for _, n := range []string{"disk.tar", "disk.tar.gz", "disk.tar.zst", "disk.zip"} {
+			os.Remove(filepath.Join(dir, n))
+		}
+	}
+	tarFile := filepath.Join(dir, "disk.tar")
+	if _, err := os.Stat(tarFile); err != nil {
+		if err := writeTar(raw, tarFile); err != nil {
+			return err
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	pack := func(name string, f func(dst string) error) {
+		dst := filepath.Join(dir, name)
+		if _, err := os.Stat(dst); err == nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(dst + ".part"); err != nil {
+				errs <- fmt.Errorf("%s: %w", name, err)
+				return
+			}
+			errs <- os.Rename(dst+".part", dst)
+		}()
+	}
+	pack("disk.tar.gz", func(dst string) error {
+		return compressFile(tarFile, dst, func(w io.Writer) (io.WriteCloser, error) { return gzip.NewWriterLevel(w, gzip.DefaultCompression) })
+	})
+	pack("disk.tar.zst", func(dst string) error { return sh(fmt.Sprintf("zstd -q -3 -T1 -f -o %q %q", dst, tarFile)) })
+	pack("disk.zip", func(dst string) error { return writeZip(raw, dst) })
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// genDisk writes a disk-like image: per 64 KiB block, about 45% random
+// bytes, 35% zeros and 20% repetitive text.
+func genDisk(p string, size int64) error {
+	f, err := os.Create(p)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	src := rand.NewChaCha8([32]byte{1, 2, 3})
+	r := rand.New(src)
+	block := make([]byte, 64<<10)
+	text := []byte(strings.Repeat("Lorem ipsum dolor sit amet, /usr/lib/x86_64-linux-gnu/libc.so.6 ", 1100))[:64<<10]
+	zero := make([]byte, 64<<10)
+	for off := int64(0); off < size; off += int64(len(block)) {
+		var b []byte
+		switch k := r.IntN(100); {
+		case k < 45:
+			src.Read(block)
+			b = block
+		case k < 80:
+			b = zero
+		default:
+			b = text
+		}
+		if off == 0 {
+			b = append([]byte("QFI\xfb"), block[4:]...)
+		}
+		if _, err := w.Write(b[:min(int64(len(b)), size-off)]); err != nil {
+			return err
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+func writeTar(raw, dst string) error {
+	in, err := os.Open(raw)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	tw := tar.NewWriter(out)
+	if err := tw.WriteHeader(&tar.Header{Name: "disk.raw", Mode: 0o644, Size: fi.Size(), ModTime: fi.ModTime()}); err != nil {
+		return err
+	}
+	if _, err := io.Copy(tw, in); err != nil {
+		return err
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return out.Close()
+}
+
+func compressFile(src, dst string, enc func(io.Writer) (io.WriteCloser, error)) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	bw := bufio.NewWriterSize(out, 1<<20)
+	zw, err := enc(bw)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(zw, in); err != nil {
+		return err
+	}
+	if err := zw.Close(); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	return out.Close()
+}
+
+func writeZip(raw, dst string) error {
+	in, err := os.Open(raw)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	bw := bufio.NewWriterSize(out, 1<<20)
+	zw := zip.NewWriter(bw)
+	zw.RegisterCompressor(zip.Deflate, func(w io.Writer) (io.WriteCloser, error) { return flate.NewWriter(w, flate.DefaultCompression) })
+	w, err := zw.CreateHeader(&zip.FileHeader{Name: "disk.raw", Method: zip.Deflate})
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(w, in); err != nil {
+		return err
+	}
+	if err := zw.Close(); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	return out.Close()
+}
