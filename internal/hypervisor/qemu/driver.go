@@ -658,6 +658,18 @@ func (d *Driver) Watch(ctx context.Context, spec hypervisor.Spec) (string, error
 	defer cancel()
 	var mu sync.Mutex
 	reason := ""
+	note := func(ev qmpEvent) {
+		if ev.Event != "SHUTDOWN" {
+			return
+		}
+		var data struct {
+			Reason string `json:"reason"`
+		}
+		json.Unmarshal(ev.Data, &data)
+		mu.Lock()
+		reason = data.Reason
+		mu.Unlock()
+	}
 	eof := make(chan struct{})
 	go func() {
 		// Connect (retrying while QEMU lives) and read events until EOF.
@@ -674,41 +686,25 @@ func (d *Driver) Watch(ctx context.Context, spec hypervisor.Spec) (string, error
 				}
 			}
 			stop := context.AfterFunc(wctx, func() { q.Close() })
+		read:
 			for {
 				select {
 				case ev := <-q.Events():
-					if ev.Event == "SHUTDOWN" {
-						var data struct {
-							Reason string `json:"reason"`
-						}
-						json.Unmarshal(ev.Data, &data)
-						mu.Lock()
-						reason = data.Reason
-						mu.Unlock()
-					}
-					continue
+					note(ev)
 				case <-q.Done():
+					break read
 				}
-				break
 			}
 			stop()
-			// Drain events that raced with EOF.
+			// The reader queues every event before it ends: drain them.
+		drain:
 			for {
 				select {
 				case ev := <-q.Events():
-					if ev.Event == "SHUTDOWN" {
-						var data struct {
-							Reason string `json:"reason"`
-						}
-						json.Unmarshal(ev.Data, &data)
-						mu.Lock()
-						reason = data.Reason
-						mu.Unlock()
-					}
-					continue
+					note(ev)
 				default:
+					break drain
 				}
-				break
 			}
 			if wctx.Err() == nil {
 				close(eof)
@@ -738,6 +734,13 @@ func (d *Driver) Watch(ctx context.Context, spec hypervisor.Spec) (string, error
 			eof = nil
 		case <-tick.C:
 			if !isVMProcess(pid, spec.ID) {
+				// Give the event reader a moment to record the SHUTDOWN
+				// reason that may still be in flight.
+				select {
+				case <-eof:
+				case <-time.After(time.Second):
+				case <-ctx.Done():
+				}
 				return result(), nil
 			}
 		}
