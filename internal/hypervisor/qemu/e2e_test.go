@@ -532,3 +532,49 @@ func TestE2EOutlivesDaemon(t *testing.T) {
 		t.Errorf("state after poweroff = %q, %v", st, err)
 	}
 }
+
+// TestE2EGoldFormats boots linked clones of VMDK (split sparse: a descriptor
+// plus extents) and raw gold disks.
+func TestE2EGoldFormats(t *testing.T) {
+	guest := testGuest(t)
+	d, err := New(Config{UserNet: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		format, file string
+		opts         []string
+	}{
+		{"vmdk", "disk.vmdk", []string{"-o", "subformat=twoGbMaxExtentSparse"}},
+		{"raw", "disk.img", nil},
+	} {
+		t.Run(tc.format, func(t *testing.T) {
+			gold := filepath.Join(t.TempDir(), "gold")
+			if err := os.MkdirAll(gold, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			args := append([]string{"convert", "-O", tc.format}, tc.opts...)
+			args = append(args, guest, filepath.Join(gold, tc.file))
+			if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
+				t.Fatalf("qemu-img convert: %v: %s", err, out)
+			}
+			ents, _ := os.ReadDir(gold)
+			var names []string
+			for _, e := range ents {
+				names = append(names, e.Name())
+			}
+			t.Logf("gold dir: %v", names)
+			spec := newSpec(t, "01e2efmt-"+tc.format, gold, api.NetworkNAT)
+			bootAndDiscover(t, d, spec)
+			ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+			defer cancel()
+			ii, err := d.qemuImgInfo(ctx, filepath.Join(spec.Dir, fileDisk), true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ii.BackingFormat != tc.format || filepath.Base(ii.BackingFilename) != tc.file {
+				t.Errorf("overlay backing: %+v", ii)
+			}
+		})
+	}
+}
