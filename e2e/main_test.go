@@ -82,16 +82,17 @@ func repoRoot() string {
 }
 
 func setup(tmp string) error {
+	bin := filepath.Join(tmp, "goldvm")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/goldvm")
+	build.Dir = repoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	goldvmBin = bin
 	for _, bin := range []string{"qemu-system-x86_64", "qemu-img"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			return fmt.Errorf("%s is not installed (apt-get install qemu-system-x86 qemu-utils)", bin)
 		}
-	}
-	goldvmBin = filepath.Join(tmp, "goldvm")
-	build := exec.Command("go", "build", "-o", goldvmBin, "./cmd/goldvm")
-	build.Dir = repoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build: %v\n%s", err, out)
 	}
 	guestDisk = os.Getenv("GOLDVM_TEST_GUEST")
 	if guestDisk == "" {
