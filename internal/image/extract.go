@@ -84,6 +84,7 @@ type extractor struct {
 	symlinks []string
 	records  []fileRecord
 	format   string
+	total    int64 // declared unpacked size of a zip, for progress
 	buf      []byte
 	onWrite  func(written int64) // unpack progress, may be nil
 }
@@ -578,6 +579,7 @@ func (x *extractor) extractZip(ra io.ReaderAt, size int64) error {
 			return errTooLarge("zip archive declares more than %d bytes", x.lim.maxBytes)
 		}
 	}
+	x.total = int64(total)
 	for _, f := range zr.File {
 		if err := x.entry(); err != nil {
 			return err

@@ -800,12 +800,11 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 		if err != nil {
 			return nil, ioErr("spool file", err)
 		}
-		var declared int64
 		lastZip := time.Time{}
 		x.onWrite = func(done int64) {
 			if now := time.Now(); now.Sub(lastZip) >= s.opts.ProgressInterval {
 				lastZip = now
-				report(Progress{Phase: PhaseUnpacking, BytesDone: done, BytesTotal: declared})
+				report(Progress{Phase: PhaseUnpacking, BytesDone: done, BytesTotal: x.total})
 			}
 		}
 		report(Progress{Phase: PhaseUnpacking})
