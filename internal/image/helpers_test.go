@@ -205,6 +205,7 @@ type server struct {
 	mu       sync.Mutex
 	requests int
 	ranges   []string
+	ifRanges []string
 	// hook may handle request n (1-based) itself and return true.
 	hook func(n int, w http.ResponseWriter, r *http.Request) bool
 }
@@ -222,6 +223,7 @@ func (s *server) serve(w http.ResponseWriter, r *http.Request) {
 	n := s.requests
 	if rg := r.Header.Get("Range"); rg != "" {
 		s.ranges = append(s.ranges, rg)
+		s.ifRanges = append(s.ifRanges, r.Header.Get("If-Range"))
 	}
 	hook := s.hook
 	s.mu.Unlock()

@@ -405,6 +405,13 @@ func TestDownloadResilience(t *testing.T) {
 			if tt.wantRange && len(ranges) == 0 {
 				t.Errorf("server saw no Range request")
 			}
+			srv.mu.Lock()
+			for _, ir := range srv.ifRanges {
+				if ir != srv.etag {
+					t.Errorf("If-Range %q, want the ETag %q", ir, srv.etag)
+				}
+			}
+			srv.mu.Unlock()
 			if tt.wantNoRange && len(ranges) != 0 {
 				t.Errorf("unexpected Range requests %v", ranges)
 			}
@@ -903,4 +910,66 @@ func TestParseContentRange(t *testing.T) {
 func TestDiskFullIsClassified(t *testing.T) {
 	err := ioErr("writing", &os.PathError{Op: "write", Path: "x", Err: errNoSpace})
 	wantCode(t, err, CodeDiskFull, errdefs.ErrUnavailable)
+}
+
+func TestProgressReports(t *testing.T) {
+	data := gz(t, buildTar(t, []entry{{name: "disk.raw", body: diskBytes("QFI\xfb", 4<<20, 3)}}))
+	srv := newServer(t, data)
+	srv.hook = func(n int, w http.ResponseWriter, r *http.Request) bool {
+		if n == 1 {
+			srv.cut(w, len(data)/2)
+			return true
+		}
+		return false
+	}
+	s := newStore(t, testOptions())
+	var got []Progress
+	_, err := s.Ensure(context.Background(), specFor(srv.URL+"/x", data), func(p Progress) { got = append(got, p) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) < 3 {
+		t.Fatalf("only %d reports", len(got))
+	}
+	var last int64
+	for i, p := range got[:len(got)-1] {
+		if p.Phase != PhaseDownloading || p.BytesTotal != int64(len(data)) || p.BytesDone < last || p.BytesDone > p.BytesTotal {
+			t.Fatalf("report %d: %+v (previous done %d)", i, p, last)
+		}
+		last = p.BytesDone
+	}
+	if last != int64(len(data)) {
+		t.Fatalf("last download report at %d of %d", last, len(data))
+	}
+	if end := got[len(got)-1]; end.Phase != PhaseVerifying || end.BytesDone != int64(len(data)) {
+		t.Fatalf("final report %+v", end)
+	}
+}
+
+func TestCloseCancelsFetch(t *testing.T) {
+	data := buildTar(t, sampleEntries())
+	srv := newServer(t, data)
+	started := make(chan struct{})
+	srv.hook = func(n int, w http.ResponseWriter, r *http.Request) bool {
+		w.Header().Set("Content-Length", itoa(len(data)))
+		w.WriteHeader(http.StatusOK)
+		w.Write(data[:2048])
+		w.(http.Flusher).Flush()
+		close(started)
+		<-r.Context().Done()
+		return true
+	}
+	s := newStore(t, testOptions())
+	errc := make(chan error, 1)
+	go func() { _, err := ensure(t, s, specFor(srv.URL+"/x", data)); errc <- err }()
+	<-started
+	s.Close()
+	if err := <-errc; err == nil {
+		t.Fatal("Ensure succeeded after Close")
+	}
+	wantEmpty(t, s)
+	if _, err := ensure(t, s, specFor(srv.URL+"/x", data)); err == nil {
+		t.Fatal("Ensure on a closed store succeeded")
+	}
+	s.Touch("sha256-" + strings.Repeat("0", 64)) // unknown key: no-op, no panic
 }
