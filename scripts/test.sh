@@ -17,4 +17,6 @@ if [[ -n "$unformatted" ]]; then
 	echo "gofmt needed on: $unformatted" >&2
 	exit 1
 fi
+# Bounded fuzzing of every target first (their seed corpora also run in go test).
+FUZZTIME="${FUZZTIME:-5s}" bash scripts/fuzz.sh
 go test -count=1 -timeout 25m ./...
