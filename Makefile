@@ -22,16 +22,10 @@ test:
 chaos:
 	$(GO) test -count=1 -timeout $(E2E_TIMEOUT) -run 'Crash|Fault|Restart' -v ./e2e/
 
-# go test -fuzz takes one package and one target per run, so run each
-# func FuzzXxx found in a _test.go file on its own.
+# One run per target (go test -fuzz takes one package and one target);
+# scripts/fuzz.sh finds every func FuzzXxx in a _test.go file.
 fuzz:
-	@set -e; grep -rln --include='*_test.go' '^func Fuzz' . | sort | while read -r file; do \
-		pkg=./$$(dirname "$${file#./}"); \
-		for fn in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' "$$file" | cut -d' ' -f2); do \
-			echo "== $$fn ($$pkg) for $(FUZZTIME)"; \
-			$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) "$$pkg" || exit 1; \
-		done; \
-	done
+	FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
 
 load:
 	$(GO) test -count=1 -timeout $(E2E_TIMEOUT) -run Load -v ./e2e/
