@@ -369,9 +369,6 @@ func genDisk(p string, size int64) error {
 		default:
 			b = text
 		}
-		if off == 0 {
-			b = append([]byte("QFI\xfb"), block[4:]...)
-		}
 		if _, err := w.Write(b[:min(int64(len(b)), size-off)]); err != nil {
 			return err
 		}

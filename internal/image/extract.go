@@ -238,6 +238,9 @@ func (x *extractor) extractStream(raw io.Reader, urlPath string, spool func() (i
 	default:
 		return false, errUnsupported("content is not a tar, zip, qcow2 or vmdk image (a raw disk needs a URL ending in .img or .raw)")
 	}
+	if err == nil {
+		err = x.finish()
+	}
 	if err != nil {
 		if src.err != nil {
 			return false, src.err
@@ -555,7 +558,16 @@ func (x *extractor) extractTar(r io.Reader) error {
 			return errUnsupported("archive entry %q has unsupported type %q", hdr.Name, hdr.Typeflag)
 		}
 	}
-	return x.verifyLinks()
+	return nil
+}
+
+// finish checks the finished tree: symlinks resolve inside, and disk images
+// reference no file outside.
+func (x *extractor) finish() error {
+	if err := x.verifyLinks(); err != nil {
+		return err
+	}
+	return x.checkDiskRefs()
 }
 
 // extractZip unpacks a spooled zip file. Sizes are checked twice: the
@@ -627,7 +639,7 @@ func (x *extractor) extractZip(ra io.ReaderAt, size int64) error {
 			return errUnsafe("zip entry %q is a device node, fifo or socket", f.Name)
 		}
 	}
-	return x.verifyLinks()
+	return x.finish()
 }
 
 // zipEntry inflates a zip entry itself (not via zip.File.Open, which
@@ -713,7 +725,15 @@ func (x *extractor) resolveInside(link string) error {
 	if err != nil {
 		return ioErr("reading symlink "+link, err)
 	}
-	stack := splitPath(path.Dir(link))
+	return x.resolveFrom(path.Dir(link), target, link)
+}
+
+// resolveFrom resolves target relative to directory dir of the tree,
+// following the tree's symlinks, and fails with image-unsafe-archive if
+// the resolution leaves the tree. what names the origin in messages.
+func (x *extractor) resolveFrom(dir, target, what string) error {
+	link := what
+	stack := splitPath(dir)
 	queue := splitPath(target)
 	if strings.HasPrefix(target, "/") {
 		return errUnsafe("symlink %q points to an absolute path", link)

@@ -8,6 +8,7 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -193,7 +194,37 @@ func diskBytes(magic string, size int, seed uint64) []byte {
 		}
 	}
 	copy(b, magic)
+	if magic == "QFI\xfb" {
+		copy(b, qcow2Header("", ""))
+	}
 	return b
+}
+
+// qcow2Header returns the first 512 bytes of a version 3 qcow2 with 64 KiB
+// clusters, optionally naming a backing file and an external data file.
+func qcow2Header(backing, dataFile string) []byte {
+	h := make([]byte, 512)
+	be := binary.BigEndian
+	copy(h, "QFI\xfb")
+	be.PutUint32(h[4:], 3)
+	be.PutUint32(h[20:], 16)    // cluster bits
+	be.PutUint64(h[24:], 1<<30) // virtual size
+	be.PutUint32(h[96:], 4)     // refcount order
+	be.PutUint32(h[100:], 104)  // header length
+	off := 104
+	if dataFile != "" {
+		be.PutUint32(h[off:], 0x44415441)
+		be.PutUint32(h[off+4:], uint32(len(dataFile)))
+		copy(h[off+8:], dataFile)
+		off += 8 + (len(dataFile)+7)&^7
+	}
+	off += 8 // end of extensions (zeros)
+	if backing != "" {
+		be.PutUint64(h[8:], uint64(off))
+		be.PutUint32(h[16:], uint32(len(backing)))
+		copy(h[off:], backing)
+	}
+	return h
 }
 
 // server is a loopback image server that counts requests and can misbehave.

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/md5"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -972,4 +973,64 @@ func TestCloseCancelsFetch(t *testing.T) {
 		t.Fatal("Ensure on a closed store succeeded")
 	}
 	s.Touch("sha256-" + strings.Repeat("0", 64)) // unknown key: no-op, no panic
+}
+
+func TestDiskReferences(t *testing.T) {
+	qcow := func(backing, dataFile string) []byte {
+		return append(qcow2Header(backing, dataFile), make([]byte, 4096)...)
+	}
+	desc := func(extent string) []byte {
+		return []byte("# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\n" +
+			"RW 2048 FLAT \"" + extent + "\" 0\n")
+	}
+	sparseVMDK := func(extent string) []byte {
+		b := make([]byte, 4096)
+		copy(b, "KDMV")
+		binary.LittleEndian.PutUint64(b[28:], 1) // descriptor at sector 1
+		binary.LittleEndian.PutUint64(b[36:], 2) // two sectors long
+		copy(b[512:], desc(extent))
+		return b
+	}
+	tests := []struct {
+		desc    string
+		data    []byte
+		path    string
+		wantErr string
+	}{
+		{desc: "bare qcow2 backed by /etc/passwd", data: qcow("/etc/passwd", ""), wantErr: CodeUnsafeArchive},
+		{desc: "bare qcow2 backed by a sibling outside", data: qcow("../other.qcow2", ""), wantErr: CodeUnsafeArchive},
+		{desc: "bare qcow2 backed by a protocol", data: qcow("nbd://10.0.0.1/x", ""), wantErr: CodeUnsafeArchive},
+		{desc: "bare qcow2 with json backing", data: qcow(`json:{"file":{"driver":"file","filename":"/etc/shadow"}}`, ""), wantErr: CodeUnsafeArchive},
+		{desc: "qcow2 with an external data file", data: qcow("", "/dev/sda"), wantErr: CodeUnsafeArchive},
+		{desc: "bare vmdk descriptor with a device extent", data: desc("/dev/sda"), wantErr: CodeUnsafeArchive},
+		{desc: "sparse vmdk whose descriptor escapes", data: sparseVMDK("../../x-flat.vmdk"), wantErr: CodeUnsafeArchive},
+		{desc: "qcow2 backing through a symlink chain", data: buildTar(t, []entry{
+			{name: "c", typ: tar.TypeSymlink, link: "."},
+			{name: "disk.qcow2", body: qcow("c/../base.qcow2", "")},
+		}), wantErr: CodeUnsafeArchive},
+		{desc: "overlay on a base inside the image", data: buildTar(t, []entry{
+			{name: "base.qcow2", body: qcow("", "")},
+			{name: "layers/top.qcow2", body: qcow("../base.qcow2", "")},
+		})},
+		{desc: "vmdk descriptor with a relative extent", data: buildTar(t, []entry{
+			{name: "disk.vmdk", body: desc("disk-flat.vmdk")},
+			{name: "disk-flat.vmdk", body: make([]byte, 2048*512)},
+		})},
+		{desc: "sparse vmdk with a relative descriptor extent", data: sparseVMDK("disk.vmdk")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			srv := newServer(t, tt.data)
+			s := newStore(t, testOptions())
+			_, err := ensure(t, s, specFor(srv.URL+"/x", tt.data))
+			if tt.wantErr != "" {
+				wantCode(t, err, tt.wantErr, errdefs.ErrInvalid)
+				wantEmpty(t, s)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
 }

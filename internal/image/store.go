@@ -24,6 +24,13 @@
 // unpacked while streaming (its directory is at its end), so it is spooled
 // to a temporary file while being hashed, verified, and then unpacked: its
 // progress has a separate "unpacking" phase.
+//
+// Safety: all writes go through os.Root; entry names with .. or a leading
+// slash, links resolving outside, writes through symlinked directories,
+// device nodes and fifos are refused ("image-unsafe-archive"), and so are
+// qcow2 backing / data files and VMDK extents that name anything but a
+// relative path inside the image, since the hypervisor would open them.
+// Declared and actual unpacked sizes and the entry count are capped.
 package image
 
 import (
