@@ -89,14 +89,12 @@ func TestDeliverStopsWithContextAndResumes(t *testing.T) {
 	defer srv.Close()
 	s := New(Options{MaxAttempts: 5, Backoff: time.Hour})
 	ctx, cancel := context.WithCancel(context.Background())
-	var last api.CallbackDelivery
+	recorded := make(chan api.CallbackDelivery, 10)
 	done := make(chan api.CallbackDelivery)
 	go func() {
-		done <- s.Deliver(ctx, srv.URL, []byte(`{}`), api.CallbackDelivery{}, func(d api.CallbackDelivery) { last = d })
+		done <- s.Deliver(ctx, srv.URL, []byte(`{}`), api.CallbackDelivery{}, func(d api.CallbackDelivery) { recorded <- d })
 	}()
-	for n.Load() < 1 {
-		time.Sleep(time.Millisecond)
-	}
+	last := <-recorded // the first attempt failed and was recorded; now a long backoff
 	cancel()
 	d := <-done
 	if d.State != api.CallbackPending || d.Attempts != 1 {
