@@ -264,3 +264,29 @@ func pingGuest(ip string) error {
 	}
 	return fmt.Errorf("%w\n%s", err, out)
 }
+
+// TestDiscoveryTimeout: a guest that does not report its address within
+// tools_init_timeout ends in status error with code discovery-timeout, and
+// its QEMU and overlay are removed at once, not left running.
+func TestDiscoveryTimeout(t *testing.T) {
+	requireEnv(t)
+	srv := newImageServer(t)
+	d := startDaemon(t, filepath.Join(t.TempDir(), "data"))
+	req := createReq(publish(t, srv, "qcow2"), "")
+	req.ToolsInitTimeout = api.Duration(time.Second) // the guest needs several
+	v := mustCreate(t, d, req)
+	got := waitVM(t, d, v.ID, time.Minute)
+	if got.Status != api.StatusError || got.Error == nil || got.Error.Code != "discovery-timeout" {
+		t.Fatalf("got %s, want error discovery-timeout", fmtVM(got))
+	}
+	if pids := processesMatching("goldvm-" + v.ID); len(pids) != 0 {
+		t.Errorf("QEMU of the failed VM still runs: %v", pids)
+	}
+	if _, err := os.Stat(filepath.Join(d.dataDir, "vms", v.ID, "disk.qcow2")); !os.IsNotExist(err) {
+		t.Errorf("overlay of the failed VM still exists (err %v)", err)
+	}
+	if err := d.client.DeleteVM(context.Background(), v.ID); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, d, v.ID)
+}
