@@ -27,7 +27,7 @@ import (
 // must end in status "error" with code "disk-full", the half-unpacked image
 // must be gone (space freed, no .tmp-* dir), and the daemon must keep
 // serving: a VM from a small image then boots and is deleted on the same
-// nearly full file system.
+// small file system.
 func TestFaultDiskFullWhileUnpacking(t *testing.T) {
 	requireEnv(t)
 	requireMountNS(t)
@@ -92,6 +92,131 @@ func TestFaultDiskFullWhileUnpacking(t *testing.T) {
 	list, err := d.client.ListVMs(context.Background())
 	if err != nil || len(list) != 0 {
 		t.Errorf("list after deletes: %v, %d records, want none", err, len(list))
+	}
+}
+
+// TestFaultDiskCompletelyFull fills the daemon's file system to the last
+// byte (as another tenant of the disk would) and sends creates: each must be
+// refused with an error reply or accepted and end in status "error"; none
+// may stay "creating". Once space is freed every record is final and
+// deletable and the daemon fetches images again.
+//
+// Known bug (gated by GOLDVM_E2E_KNOWN_BUGS=1): when the store cannot write
+// the final status (ENOSPC on goldvm.db), vm.Manager.runCreate only logs
+// "record failure": the record stays "creating" forever with no goroutine
+// behind it, and the callback is POSTed with that non-final record.
+func TestFaultDiskCompletelyFull(t *testing.T) {
+	requireEnv(t)
+	requireMountNS(t)
+	if os.Getenv(knownBugsEnv) != "1" {
+		t.Skipf("known bug: a final status that cannot be written leaves the VM creating forever; set %s=1 to run", knownBugsEnv)
+	}
+	dataDir := filepath.Join(t.TempDir(), "data")
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "", "mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", dataDir)
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dataDir).CombinedOutput(); err != nil {
+			t.Logf("umount %s: %v: %s; detaching it", dataDir, err, out)
+			exec.Command("umount", "-l", dataDir).Run()
+		}
+	})
+	srv := newImageServer(t)
+	cb := newCallbackServer(t)
+	d := startDaemon(t, dataDir)
+	// A few VMs the daemon knows before the disk fills.
+	before := serveReadmeOnly(t, srv, "before")
+	for range 3 {
+		v := mustCreate(t, d, createReq(before, cb.URL))
+		waitFinalOrDump(t, d, v.ID, time.Minute)
+	}
+	// Creates accepted while there is space wait on a held download; the
+	// file system then fills up to the last byte (another tenant of the
+	// disk), then the download is released: the fetch and the writes of the
+	// final status meet a full disk. More creates arrive on the full disk.
+	gate := make(chan struct{})
+	var gateOnce sync.Once
+	openGate := func() { gateOnce.Do(func() { close(gate) }) }
+	held := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-gate:
+		case <-time.After(time.Minute):
+		}
+		http.FileServer(http.Dir(srv.dir)).ServeHTTP(w, r)
+	}))
+	t.Cleanup(held.Close)
+	t.Cleanup(openGate)
+	tiny := serveReadmeOnly(t, srv, "full")
+	tiny.URL = strings.Replace(tiny.URL, srv.URL, held.URL, 1)
+	var accepted []string
+	for range 8 {
+		accepted = append(accepted, mustCreate(t, d, createReq(tiny, cb.URL)).ID)
+	}
+	filler := filepath.Join(dataDir, "filler")
+	if f, err := os.Create(filler); err == nil {
+		io.Copy(f, patternReader(1<<30)) // stops at ENOSPC
+		f.Close()
+	}
+	openGate()
+	for i := range 4 {
+		v, err := d.client.CreateVM(context.Background(), createReq(tiny, cb.URL))
+		if err != nil {
+			t.Logf("create %d on a full disk refused: %v", i, err)
+			continue
+		}
+		accepted = append(accepted, v.ID)
+	}
+	t.Logf("%d creates accepted (8 before the disk filled)", len(accepted))
+	stuck := map[string]*api.VM{}
+	deadline := time.Now().Add(time.Minute)
+	for _, id := range accepted {
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			v, err := d.client.GetVM(ctx, id)
+			cancel()
+			if err != nil {
+				dumpDaemon(t, d, fmt.Sprintf("GET /vms/%s on a full disk: %v", id, err))
+			}
+			if v.Status.IsFinal() {
+				if v.Status != api.StatusError {
+					t.Errorf("create on a full disk ended %s", fmtVM(v))
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				stuck[id] = v
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+	}
+	for id, v := range stuck {
+		t.Errorf("VM %s accepted on a full disk is still %s a minute later: %s", id, v.Status, fmtVM(v))
+	}
+	for _, id := range accepted {
+		for _, body := range cb.got(id) {
+			if !body.Status.IsFinal() {
+				t.Errorf("callback of %s carried a non-final record: %s", id, fmtVM(&body))
+			}
+		}
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	assertImageStoreHolds(t, d.dataDir, "sha256-"+before.Checksum)
+	for _, id := range accepted {
+		if err := d.client.DeleteVM(context.Background(), id); err != nil {
+			t.Fatalf("delete %s: %v", id, err)
+		}
+		assertGone(t, d, id)
+	}
+	// With space again, the daemon fetches and records as before.
+	after := serveReadmeOnly(t, srv, "after")
+	v := mustCreate(t, d, createReq(after, ""))
+	if got := waitFinalOrDump(t, d, v.ID, time.Minute); got.Error == nil || got.Error.Code != "image-no-disk" {
+		t.Errorf("after freeing space: %s, want error image-no-disk (fetched, no disk)", fmtVM(got))
 	}
 }
 
@@ -282,6 +407,56 @@ func TestFaultCallbackReceiverDown(t *testing.T) {
 			assertGone(t, d, v.ID)
 		})
 	}
+}
+
+// waitFinalOrDump polls the VM until its creation ends, each GET bounded by
+// 10s. If the daemon stops answering it is made to dump its goroutines
+// (SIGQUIT, into its log) and the test fails with the dump.
+func waitFinalOrDump(t *testing.T, d *daemon, id string, timeout time.Duration) *api.VM {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		v, err := d.client.GetVM(ctx, id)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() != nil:
+			dumpDaemon(t, d, fmt.Sprintf("GET /vms/%s did not answer within 10s", id))
+		case err != nil:
+			t.Fatalf("GET %s: %v", id, err)
+		case v.Status.IsFinal():
+			return v
+		case time.Now().After(deadline):
+			dumpDaemon(t, d, fmt.Sprintf("VM %s still %s after %s: %s", id, v.Status, timeout, fmtVM(v)))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// dumpDaemon makes the daemon print its goroutines and fails the test with
+// them. The daemon exits (SIGQUIT).
+func dumpDaemon(t *testing.T, d *daemon, why string) {
+	t.Helper()
+	d.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-d.exited:
+	case <-time.After(10 * time.Second):
+	}
+	d.cmd = nil
+	b, _ := os.ReadFile(d.logPath)
+	dump := string(b)
+	if i := strings.Index(dump, "SIGQUIT"); i >= 0 {
+		var events []string // the log without its request lines
+		for _, l := range strings.Split(dump[:i], "\n") {
+			if !strings.Contains(l, "msg=http ") {
+				events = append(events, l)
+			}
+		}
+		t.Logf("daemon log before the dump (requests left out):\n%s", lastLines(strings.Join(events, "\n"), 40))
+		dump = dump[i:]
+	}
+	os.WriteFile(d.logPath+".goroutines", []byte(dump), 0o600)
+	t.Fatalf("%s; the daemon's goroutines:\n%s", why, dump)
 }
 
 // requireMountNS fails (under CI) or skips when the test does not run in the
