@@ -46,15 +46,21 @@ func TestLoadReadPath(t *testing.T) {
 	if testing.Short() {
 		seeded, guests, gets, lists = 200, 1, 2000, 20
 	}
-	dataDir := filepath.Join(t.TempDir(), "data")
+	// Baseline for the start-up time: the same daemon on an empty store.
 	t0 := time.Now()
+	empty := startDaemon(t, filepath.Join(t.TempDir(), "empty"))
+	startupEmpty := time.Since(t0)
+	empty.stop()
+
+	dataDir := filepath.Join(t.TempDir(), "data")
+	t0 = time.Now()
 	seededIDs := seedErrorRecords(t, dataDir, seeded)
 	t.Logf("seeded %d records in %s", seeded, time.Since(t0).Round(time.Millisecond))
 
 	t0 = time.Now()
 	d := startDaemon(t, dataDir)
 	startup := time.Since(t0)
-	t.Logf("daemon started over %d records in %s", seeded, startup.Round(time.Millisecond))
+	t.Logf("daemon started over %d records in %s (empty store: %s)", seeded, startup.Round(time.Millisecond), startupEmpty.Round(time.Millisecond))
 
 	// Recovery left the seeded records as they were.
 	list, err := d.client.ListVMs(context.Background())
@@ -120,10 +126,10 @@ func TestLoadReadPath(t *testing.T) {
 	t.Logf("GET /vms/{id}: %s", getStats)
 	t.Logf("GET /vms (%d records each): %s", len(ids), listStats)
 	t.Logf("daemon RSS: %d MiB before, %d MiB after, peak %d MiB", rssBefore>>20, rssAfter>>20, hwm>>20)
-	fmt.Printf("LOAD: records=%d guests=%d workers=%d get_by_id=%d get_rps=%.0f get_p50=%s get_p99=%s list=%d list_rps=%.1f list_p50=%s list_p99=%s rss_before_mib=%d rss_after_mib=%d rss_peak_mib=%d startup=%s cores=%d loadavg=%q\n",
+	fmt.Printf("LOAD: records=%d guests=%d workers=%d get_by_id=%d get_rps=%.0f get_p50=%s get_p99=%s list=%d list_rps=%.1f list_p50=%s list_p99=%s rss_before_mib=%d rss_after_mib=%d rss_peak_mib=%d startup=%s startup_empty=%s cores=%d loadavg=%q\n",
 		len(ids), guests, workers, gets, getStats.rps, getStats.p50, getStats.p99,
 		lists, listStats.rps, listStats.p50, listStats.p99, rssBefore>>20, rssAfter>>20, hwm>>20,
-		startup.Round(time.Millisecond), runtime.NumCPU(), strings.TrimSpace(string(load)))
+		startup.Round(time.Millisecond), startupEmpty.Round(time.Millisecond), runtime.NumCPU(), strings.TrimSpace(string(load)))
 
 	if getStats.errors > 0 || listStats.errors > 0 {
 		t.Errorf("%d GET /vms/{id} and %d GET /vms failed (first: %v %v)", getStats.errors, listStats.errors, getStats.firstErr, listStats.firstErr)
