@@ -16,6 +16,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync"
 
 	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/klauspost/compress/flate"
@@ -50,6 +51,8 @@ const (
 	copyBuffer = 1 << 20 // bytes per read while unpacking
 	maxLinkLen = 4096    // longest symlink target accepted
 	maxHops    = 40      // symlinks followed when checking a target
+
+	writebackChunk = 32 << 20 // start disk writeback every this many bytes
 )
 
 var zeroBlock = make([]byte, blockSize)
@@ -87,6 +90,9 @@ type extractor struct {
 	total    int64 // declared unpacked size of a zip, for progress
 	buf      []byte
 	onWrite  func(written int64) // unpack progress, may be nil
+	// abortSource, if set, makes reads of the package stream fail at once;
+	// used to stop the decompressing goroutine after an error.
+	abortSource func()
 }
 
 func newExtractor(ctx context.Context, root *os.Root, lim limits) *extractor {
@@ -98,18 +104,30 @@ func newExtractor(ctx context.Context, root *os.Root, lim limits) *extractor {
 
 // trackErr remembers the first non-EOF error of the source stream, so that
 // a network failure surfacing through a decompressor is reported as what it
-// is and not as a corrupt archive.
+// is and not as a corrupt archive. It is read by a decompressing goroutine
+// and asked from the extracting one.
 type trackErr struct {
 	r   io.Reader
+	mu  sync.Mutex
 	err error
 }
 
 func (t *trackErr) Read(p []byte) (int, error) {
 	n, err := t.r.Read(p)
-	if err != nil && err != io.EOF && t.err == nil {
-		t.err = err
+	if err != nil && err != io.EOF {
+		t.mu.Lock()
+		if t.err == nil {
+			t.err = err
+		}
+		t.mu.Unlock()
 	}
 	return n, err
+}
+
+func (t *trackErr) failed() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.err
 }
 
 // countReader fails once more than limit() bytes have passed through it.
@@ -132,8 +150,10 @@ func (c *countReader) Read(p []byte) (int, error) {
 // the source's own failure if it had one, our own typed error as is, else
 // "image-corrupt".
 func classify(src *trackErr, what string, err error) error {
-	if src != nil && src.err != nil {
-		return src.err
+	if src != nil {
+		if err := src.failed(); err != nil {
+			return err
+		}
 	}
 	if isTyped(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
@@ -177,8 +197,8 @@ func (x *extractor) extractStream(raw io.Reader, urlPath string, spool func() (i
 		}
 		x.format = "zip"
 		if _, err := io.Copy(w, br); err != nil {
-			if src.err != nil {
-				return false, src.err
+			if serr := src.failed(); serr != nil {
+				return false, serr
 			}
 			return false, ioErr("spooling zip", err)
 		}
@@ -204,8 +224,19 @@ func (x *extractor) extractStream(raw io.Reader, urlPath string, spool func() (i
 		}
 		dec, x.format = zr, "xz"
 	}
-	defer closeDec()
 	compressed := x.format != ""
+	if compressed {
+		// Decompress in a goroutine of its own, ahead of the tar reader
+		// and the file writes.
+		ra, stop := readAhead(dec, closeDec)
+		defer func() {
+			if err != nil && x.abortSource != nil {
+				x.abortSource() // unblock the decompressor's reads
+			}
+			stop()
+		}()
+		dec = ra
+	}
 
 	// Everything after decompression counts against the size limit, with
 	// room for tar headers and padding.
@@ -242,8 +273,8 @@ func (x *extractor) extractStream(raw io.Reader, urlPath string, spool func() (i
 		err = x.finish()
 	}
 	if err != nil {
-		if src.err != nil {
-			return false, src.err
+		if serr := src.failed(); serr != nil {
+			return false, serr
 		}
 		return false, err
 	}
@@ -397,6 +428,7 @@ func (x *extractor) copySparse(f *os.File, r io.Reader) (int64, error) {
 		x.buf = make([]byte, copyBuffer)
 	}
 	var off, end int64 // bytes read; end of the last real write
+	var kicked int64   // writeback started up to here
 	for {
 		if err := x.ctx.Err(); err != nil {
 			return off, err
@@ -426,6 +458,10 @@ func (x *extractor) copySparse(f *os.File, r io.Reader) (int64, error) {
 				i = min(j, n)
 			}
 			off += int64(n)
+			if end-kicked >= writebackChunk {
+				startWriteback(f, kicked, end-kicked)
+				kicked = end
+			}
 			if x.onWrite != nil {
 				x.onWrite(x.written)
 			}
@@ -630,7 +666,9 @@ func (x *extractor) extractZip(ra io.ReaderAt, size int64) error {
 			if err != nil {
 				return err
 			}
-			err = x.writeFile(name, int64(f.UncompressedSize64), ze)
+			ra, stop := readAhead(ze, nil)
+			err = x.writeFile(name, int64(f.UncompressedSize64), ra)
+			stop()
 			ze.Close()
 			if err != nil {
 				return err
@@ -664,7 +702,9 @@ func openZipEntry(f *zip.File) (*zipEntry, error) {
 	case zip.Store:
 		z.r = raw
 	case zip.Deflate:
-		fr := flate.NewReader(raw)
+		// A large *bufio.Reader: fewer reads of the spool file, and the
+		// inflater's fast path.
+		fr := flate.NewReader(bufio.NewReaderSize(raw, 1<<20))
 		z.r, z.closer = fr, fr
 	default:
 		return nil, errUnsupported("zip entry %q uses unsupported compression method %d", f.Name, f.Method)

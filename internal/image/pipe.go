@@ -32,8 +32,9 @@ func newChunkPipe(n, size int) *chunkPipe {
 	return p
 }
 
-// produce reads src to its end, hashing every byte, and queues the bytes.
-// progress is called after each chunk and once more (final) at the end.
+// produce reads src to its end, hashing every byte if h is not nil, and
+// queues the bytes. progress (may be nil) is called after each chunk, with
+// final true at the end of src.
 func (p *chunkPipe) produce(src io.Reader, h hash.Hash, progress func(final bool)) {
 	var err error
 	defer func() {
@@ -57,8 +58,12 @@ func (p *chunkPipe) produce(src io.Reader, h hash.Hash, progress func(final bool
 			n += m
 		}
 		if n > 0 {
-			h.Write(buf[:n])
-			progress(rerr == io.EOF)
+			if h != nil {
+				h.Write(buf[:n])
+			}
+			if progress != nil {
+				progress(rerr == io.EOF)
+			}
 			select {
 			case p.full <- buf[:n]:
 			case <-p.done:
@@ -67,7 +72,7 @@ func (p *chunkPipe) produce(src io.Reader, h hash.Hash, progress func(final bool
 			}
 		} else {
 			p.free <- buf
-			if rerr == io.EOF {
+			if rerr == io.EOF && progress != nil {
 				progress(true)
 			}
 		}
@@ -81,6 +86,27 @@ func (p *chunkPipe) produce(src io.Reader, h hash.Hash, progress func(final bool
 	}
 }
 
+// readAhead reads r in a goroutine of its own, up to 1 MiB ahead of the
+// returned reader, so that producing the bytes (decompressing) and
+// consuming them (writing files) use two cores. stop aborts the goroutine
+// and waits until it has returned and called closeSrc (may be nil); the
+// caller must make sure a blocked r.Read will return (abort its source).
+func readAhead(r io.Reader, closeSrc func()) (io.Reader, func()) {
+	p := newChunkPipe(4, 256<<10)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if closeSrc != nil {
+			defer closeSrc()
+		}
+		p.produce(r, nil, nil)
+	}()
+	return p, func() {
+		p.abort()
+		<-done
+	}
+}
+
 // Read implements io.Reader for the consumer.
 func (p *chunkPipe) Read(b []byte) (int, error) {
 	if len(b) == 0 {
@@ -91,7 +117,13 @@ func (p *chunkPipe) Read(b []byte) (int, error) {
 			p.free <- p.held
 			p.held = nil
 		}
-		buf, ok := <-p.full
+		var buf []byte
+		var ok bool
+		select {
+		case buf, ok = <-p.full:
+		case <-p.done:
+			return 0, errAborted
+		}
 		if !ok {
 			if p.err != nil {
 				return 0, p.err

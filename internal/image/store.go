@@ -743,7 +743,9 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 
 	kind, want, _ := parseKey(key)
 	h := newHash(kind)
-	rem := newRemote(ctx, spec.URL, &s.opts, log)
+	rctx, rcancel := context.WithCancel(ctx)
+	defer rcancel()
+	rem := newRemote(rctx, spec.URL, &s.opts, log)
 	defer rem.Close()
 
 	pipe := newChunkPipe(8, 256<<10)
@@ -763,6 +765,11 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 	}()
 
 	x := newExtractor(ctx, root, limits{maxBytes: s.opts.MaxImageBytes, maxEntries: s.opts.MaxEntries})
+	abort := func() {
+		pipe.abort()
+		rcancel()
+	}
+	x.abortSource = abort
 	var spool *os.File
 	defer func() {
 		if spool != nil {
@@ -788,7 +795,7 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 			xerr = derr
 		}
 	}
-	pipe.abort()
+	abort()
 	<-prodDone
 	if xerr != nil {
 		return nil, xerr
