@@ -85,6 +85,8 @@ type Manager struct {
 	creates  map[string]*task // in-flight creations, by VM id
 	watchers map[string]*task // running-VM watchers, by VM id
 	idLocks  map[string]*sync.Mutex
+	unsaved  map[string]*store.Record // changes the store could not save yet (see records.go)
+	retrying bool                     // a retryUnsaved loop runs
 }
 
 // task is one background job that can be cancelled and waited for.
@@ -105,6 +107,7 @@ func New(cfg Config) *Manager {
 	return &Manager{
 		cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel,
 		creates: map[string]*task{}, watchers: map[string]*task{}, idLocks: map[string]*sync.Mutex{},
+		unsaved: map[string]*store.Record{},
 	}
 }
 
@@ -216,7 +219,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest) (*api.VM,
 
 // setPhase persists a phase change (and clears progress when it moves on).
 func (m *Manager) setPhase(id string, p api.Phase) error {
-	_, err := m.cfg.Store.Update(id, func(r *store.Record) error {
+	_, err := m.update(id, func(r *store.Record) error {
 		if r.Status != api.StatusCreating {
 			return fmt.Errorf("vm %s is %s, not creating", id, r.Status)
 		}
@@ -234,7 +237,7 @@ func (m *Manager) setPhase(id string, p api.Phase) error {
 // case the record is left for Recover or Delete.
 func (m *Manager) runCreate(ctx context.Context, id string) {
 	log := m.log.With("vm", id)
-	r, err := m.cfg.Store.Get(id)
+	r, err := m.get(id)
 	if err != nil {
 		log.Error("create: record vanished", "err", err)
 		return
@@ -252,7 +255,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 			log.Error("undo of failed create", "err", derr)
 		}
 		cancel()
-		_, uerr := m.cfg.Store.Update(id, func(r *store.Record) error {
+		_, uerr := m.update(id, func(r *store.Record) error {
 			r.Status, r.Phase, r.Progress = api.StatusError, "", nil
 			r.Error = &api.Error{Code: code, Message: msg}
 			return nil
@@ -261,7 +264,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 			log.Error("record failure", "err", uerr)
 		}
 	} else {
-		_, uerr := m.cfg.Store.Update(id, func(r *store.Record) error {
+		_, uerr := m.update(id, func(r *store.Record) error {
 			r.Status, r.Phase, r.Progress, r.Error = api.StatusRunning, "", nil, nil
 			r.IPAddress, r.GuestOS = info.IPAddress, info.GuestOS
 			return nil
@@ -297,7 +300,7 @@ func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.Guest
 		case p.BytesDone > 0:
 			defer m.crashPoint(CrashDownloading)
 		}
-		m.cfg.Store.Update(id, func(r *store.Record) error {
+		m.update(id, func(r *store.Record) error {
 			if r.Status != api.StatusCreating {
 				return errors.New("not creating")
 			}
@@ -313,7 +316,7 @@ func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.Guest
 		return hypervisor.GuestInfo{}, "", err
 	}
 	m.cfg.Images.Touch(gold.Key)
-	if _, err := m.cfg.Store.Update(id, func(r *store.Record) error {
+	if _, err := m.update(id, func(r *store.Record) error {
 		r.ImageKey = gold.Key
 		r.Phase, r.Progress = api.PhaseCloning, nil
 		return nil
@@ -353,7 +356,7 @@ func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.Guest
 
 // deliverCallback posts the record to callback_url, persisting each attempt.
 func (m *Manager) deliverCallback(ctx context.Context, id string) {
-	r, err := m.cfg.Store.Get(id)
+	r, err := m.get(id)
 	if err != nil || r.CallbackURL == "" || m.cfg.Callbacks == nil {
 		return
 	}
@@ -372,7 +375,7 @@ func (m *Manager) deliverCallback(ctx context.Context, id string) {
 		prior = *r.Callback
 	}
 	d := m.cfg.Callbacks.Deliver(ctx, r.CallbackURL, data, prior, func(d api.CallbackDelivery) {
-		m.cfg.Store.Update(id, func(r *store.Record) error {
+		m.update(id, func(r *store.Record) error {
 			dd := d
 			r.Callback = &dd
 			return nil
@@ -388,7 +391,7 @@ func (m *Manager) startWatch(id string) {
 		return
 	}
 	m.spawn(m.watchers, id, func(ctx context.Context) {
-		r, err := m.cfg.Store.Get(id)
+		r, err := m.get(id)
 		if err != nil {
 			return
 		}
@@ -404,7 +407,7 @@ func (m *Manager) startWatch(id string) {
 }
 
 func (m *Manager) markStopped(id, reason string) {
-	_, err := m.cfg.Store.Update(id, func(r *store.Record) error {
+	_, err := m.update(id, func(r *store.Record) error {
 		if r.Status != api.StatusRunning {
 			return errors.New("not running")
 		}
@@ -422,7 +425,7 @@ func (m *Manager) Get(ctx context.Context, id string) (*api.VM, error) {
 	if !store.ValidID(id) {
 		return nil, errdefs.Newf(errdefs.ErrNotFound, "vm-not-found", "no VM with id %q", id)
 	}
-	r, err := m.cfg.Store.Get(id)
+	r, err := m.get(id)
 	if err != nil {
 		return nil, err
 	}
@@ -430,7 +433,7 @@ func (m *Manager) Get(ctx context.Context, id string) (*api.VM, error) {
 	if _, ok := m.cfg.Driver.(hypervisor.Watcher); !ok && r.Status == api.StatusRunning {
 		if st, err := m.cfg.Driver.State(ctx, m.spec(r, "")); err == nil && st == hypervisor.StateStopped {
 			m.markStopped(id, "machine is no longer running")
-			if r2, err := m.cfg.Store.Get(id); err == nil {
+			if r2, err := m.get(id); err == nil {
 				r = r2
 			}
 		}
@@ -440,7 +443,7 @@ func (m *Manager) Get(ctx context.Context, id string) (*api.VM, error) {
 
 // List returns all VMs, newest first.
 func (m *Manager) List(ctx context.Context) ([]api.VM, error) {
-	recs, err := m.cfg.Store.List()
+	recs, err := m.list()
 	if err != nil {
 		return nil, err
 	}
@@ -455,7 +458,7 @@ func (m *Manager) List(ctx context.Context) ([]api.VM, error) {
 // will: a VM still being created counts from the moment it is accepted, so
 // an eviction can never remove an image between its fetch and the clone.
 func (m *Manager) ImageUsers(key string) int {
-	recs, err := m.cfg.Store.List()
+	recs, err := m.list()
 	if err != nil {
 		return 1 << 30 // when unsure, treat as in use: never evict blindly
 	}
@@ -485,7 +488,7 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	unlock := m.lockID(id)
 	defer unlock()
 	var prev api.Status
-	r, err := m.cfg.Store.Update(id, func(r *store.Record) error {
+	r, err := m.update(id, func(r *store.Record) error {
 		prev = r.Status
 		r.Status = api.StatusDeleting
 		return nil
@@ -499,7 +502,7 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	m.stop(m.watchers, id)
 	if err := m.destroy(ctx, r); err != nil {
 		// Keep the record, in its previous state, so the caller can retry.
-		m.cfg.Store.Update(id, func(r *store.Record) error { r.Status = prev; return nil })
+		m.update(id, func(r *store.Record) error { r.Status = prev; return nil })
 		if prev == api.StatusRunning {
 			m.startWatch(id)
 		}
@@ -521,6 +524,7 @@ func (m *Manager) destroy(ctx context.Context, r *store.Record) error {
 	if err := m.cfg.Store.Delete(r.ID); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 		return err
 	}
+	m.forget(r.ID)
 	m.log.Info("vm deleted", "vm", r.ID)
 	return nil
 }
@@ -530,7 +534,7 @@ func (m *Manager) destroy(ctx context.Context, r *store.Record) error {
 // (or marked stopped), deletions are finished, pending callbacks are sent,
 // and directories or processes that no record owns are removed.
 func (m *Manager) Recover(ctx context.Context) error {
-	recs, err := m.cfg.Store.List()
+	recs, err := m.list()
 	if err != nil {
 		return err
 	}
@@ -563,7 +567,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 			}
 			if st == hypervisor.StateRunning || st == hypervisor.StatePaused {
 				if r.Status != api.StatusRunning {
-					m.cfg.Store.Update(r.ID, func(r *store.Record) error { r.Status, r.StopReason = api.StatusRunning, ""; return nil })
+					m.update(r.ID, func(r *store.Record) error { r.Status, r.StopReason = api.StatusRunning, ""; return nil })
 				}
 				log.Info("recover: reattached to running vm")
 				m.startWatch(r.ID)
@@ -607,7 +611,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 
 // Spec returns the driver's view of a VM, for optional driver features.
 func (m *Manager) Spec(id string) hypervisor.Spec {
-	r, err := m.cfg.Store.Get(id)
+	r, err := m.get(id)
 	if err != nil {
 		return hypervisor.Spec{ID: id}
 	}
