@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/goldvm/goldvm/api"
@@ -210,6 +211,9 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest) (*api.VM,
 		r.Callback = &api.CallbackDelivery{State: api.CallbackPending}
 	}
 	if err := m.cfg.Store.Create(r); err != nil {
+		if errors.Is(err, syscall.ENOSPC) {
+			return nil, errdefs.New(errdefs.ErrUnavailable, "disk-full", "the data directory's disk is full; free space or delete VMs and images", err)
+		}
 		return nil, fmt.Errorf("store new VM: %w", err)
 	}
 	m.log.Info("vm accepted", "vm", id, "request", v.String())
