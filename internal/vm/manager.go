@@ -579,9 +579,13 @@ func (m *Manager) Recover(ctx context.Context) error {
 				m.markStopped(r.ID, "machine was not running when the daemon restarted")
 			}
 		case api.StatusError:
-			// The undo may have been cut short by a crash; Destroy is idempotent.
-			if err := m.cfg.Driver.Destroy(ctx, spec); err != nil {
-				log.Error("recover: clean failed vm", "err", err)
+			// The undo may have been cut short by a crash; Destroy is
+			// idempotent, but costs subprocesses, so it runs only when the
+			// failed VM's directory still holds something.
+			if dirHasEntries(r.Dir) {
+				if err := m.cfg.Driver.Destroy(ctx, spec); err != nil {
+					log.Error("recover: clean failed vm", "err", err)
+				}
 			}
 		}
 		if r.Callback != nil && r.Callback.State == api.CallbackPending && r.Status.IsFinal() {
@@ -620,4 +624,15 @@ func (m *Manager) Spec(id string) hypervisor.Spec {
 		return hypervisor.Spec{ID: id}
 	}
 	return m.spec(r, "")
+}
+
+// dirHasEntries reports whether dir exists and is not empty.
+func dirHasEntries(dir string) bool {
+	f, err := os.Open(dir)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	names, _ := f.Readdirnames(1)
+	return len(names) > 0
 }
