@@ -300,7 +300,9 @@ func TestFaultImageServerStalls(t *testing.T) {
 //   - a receiver answering 503 twice then 200: "delivered" after 3 attempts,
 //     each POST carrying the same error record;
 //   - a receiver answering 410: "failed" after 1 attempt (a final refusal is
-//     not retried).
+//     not retried);
+//   - a receiver redirecting (302) to another: never followed, "failed"
+//     after 4 attempts, the other receiver gets nothing.
 func TestFaultCallbackReceiverDown(t *testing.T) {
 	requireEnv(t)
 	srv := newImageServer(t)
@@ -338,6 +340,12 @@ func TestFaultCallbackReceiverDown(t *testing.T) {
 		return 200
 	})
 	gone, urlGone := newReceiver(func(int) int { return 410 })
+	// A receiver that redirects elsewhere: goldvm must not follow.
+	target, urlTarget := newReceiver(func(int) int { return 200 })
+	redirect := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, urlTarget, http.StatusFound)
+	}))
+	t.Cleanup(redirect.Close)
 	closed := "http://" + freeAddr(t) + "/hook" // nothing listens there
 
 	tests := []struct {
@@ -352,6 +360,7 @@ func TestFaultCallbackReceiverDown(t *testing.T) {
 		{"503 forever", url503, always503, api.CallbackFailed, 4, 503},
 		{"503 twice then 200", urlLate, late, api.CallbackDelivered, 3, 200},
 		{"410 gone", urlGone, gone, api.CallbackFailed, 1, 410},
+		{"302 elsewhere", redirect.URL + "/hook", nil, api.CallbackFailed, 4, 302},
 	}
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {
@@ -393,6 +402,14 @@ func TestFaultCallbackReceiverDown(t *testing.T) {
 					if b.ID != v.ID || b.Status != api.StatusError || b.Error == nil || b.Error.Code != "checksum-mismatch" {
 						t.Errorf("callback body %s, want the error record of %s", fmtVM(&b), v.ID)
 					}
+				}
+			}
+			if tt.wantStatus == 302 {
+				target.mu.Lock()
+				n := len(target.bodies)
+				target.mu.Unlock()
+				if n != 0 {
+					t.Errorf("the redirect was followed: its target got %d POSTs", n)
 				}
 			}
 			// The final state stays: nothing keeps retrying in the background.
