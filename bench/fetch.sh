@@ -6,8 +6,8 @@
 # loopback HTTP. Prints a table of times and ratios (lower is better;
 # goldvm/slowest = 1.00 would be perfect overlap of all stages).
 #
-#   bench/fetch.sh                       # 1 GiB image, about 2-4 minutes on 2 cores
-#   SIZE_MIB=256 bench/fetch.sh          # quicker
+#   bench/fetch.sh                       # 1 GiB image, about 3-4 minutes on 2 cores
+#   SIZE_MIB=256 REPS=1 bench/fetch.sh   # quicker (REPS: best of N, default 2)
 #   WORK=/var/tmp/x FORMATS=tar.zst bench/fetch.sh
 #
 # Needs curl, sha256sum, tar, unzip and zstd. Generated files are kept in
@@ -20,4 +20,4 @@ done
 WORK=${WORK:-/tmp/goldvm-bench}
 mkdir -p "$WORK"
 go build -o "$WORK/imagebench" ./bench/imagebench
-exec "$WORK/imagebench" -work "$WORK" -size-mib "${SIZE_MIB:-1024}" -formats "${FORMATS:-tar.gz,tar.zst,zip}"
+exec "$WORK/imagebench" -work "$WORK" -size-mib "${SIZE_MIB:-1024}" -formats "${FORMATS:-tar.gz,tar.zst,zip}" -reps "${REPS:-2}"

@@ -1034,3 +1034,41 @@ func TestDiskReferences(t *testing.T) {
 		})
 	}
 }
+
+// A package found bad early must fail at once, not after the server
+// finishes (or stalls): the request is cancelled. The stall timeout here
+// is an hour, so a regression shows as a context deadline, not a pass.
+func TestBadArchiveFailsWithoutWaitingForTheServer(t *testing.T) {
+	for _, tt := range []struct {
+		desc string
+		head []byte
+	}{
+		{desc: "unsafe tar", head: buildTar(t, []entry{{name: "../evil", body: []byte("x")}})},
+		// The first 64 KiB of a bigger tar.gz (a gzip member that has not
+		// ended yet).
+		{desc: "unsafe tar.gz", head: gz(t, buildTar(t, []entry{
+			{name: "../evil", body: []byte("x")},
+			{name: "disk.raw", body: diskBytes("", 1<<20, 9)},
+		}))[:64<<10]},
+	} {
+		t.Run(tt.desc, func(t *testing.T) {
+			srv := newServer(t, tt.head)
+			srv.hook = func(n int, w http.ResponseWriter, r *http.Request) bool {
+				w.Header().Set("Content-Length", itoa(len(tt.head)+1<<20))
+				w.WriteHeader(http.StatusOK)
+				w.Write(tt.head)
+				w.(http.Flusher).Flush()
+				<-r.Context().Done() // the rest never comes
+				return true
+			}
+			opts := testOptions()
+			opts.StallTimeout = time.Hour
+			s := newStore(t, opts)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			_, err := s.Ensure(ctx, Spec{URL: srv.URL + "/x", Checksum: strings.Repeat("0", 64), ChecksumType: "sha256"}, nil)
+			wantCode(t, err, CodeUnsafeArchive, errdefs.ErrInvalid)
+			wantEmpty(t, s)
+		})
+	}
+}

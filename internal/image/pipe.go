@@ -49,13 +49,13 @@ func (p *chunkPipe) produce(src io.Reader, h hash.Hash, progress func(final bool
 			err = errAborted
 			return
 		}
+		// Pass on whatever one Read returns: waiting to fill the buffer
+		// would hold back bytes the consumer may need to see now (say, to
+		// reject an archive while the server stalls).
 		buf = buf[:cap(buf)]
-		n := 0
-		var rerr error
-		for n < len(buf) && rerr == nil {
-			var m int
-			m, rerr = src.Read(buf[n:])
-			n += m
+		n, rerr := src.Read(buf)
+		for n == 0 && rerr == nil {
+			n, rerr = src.Read(buf)
 		}
 		if n > 0 {
 			if h != nil {
