@@ -15,11 +15,6 @@ import (
 	"github.com/goldvm/goldvm/api"
 )
 
-// knownBugsEnv enables tests that assert behaviour the daemon does not have
-// yet (each names the bug). They fail today; run them with
-// GOLDVM_E2E_KNOWN_BUGS=1 and drop the gate once the fix lands.
-const knownBugsEnv = "GOLDVM_E2E_KNOWN_BUGS"
-
 // TestFaultImageReferencesHostFiles serves disk images that are valid but
 // point outside their own package at a file of the host: a qcow2 whose
 // backing file is an absolute host path, and a VMDK descriptor whose FLAT
@@ -27,12 +22,10 @@ const knownBugsEnv = "GOLDVM_E2E_KNOWN_BUGS"
 // so if goldvm accepts such an image the VM boots from the host file and
 // reaches "running": proof that an image author can make QEMU (root) read
 // any host file or block device into the guest. goldvm must refuse these
-// images (status "error") and never start QEMU on them.
+// images (status "error") and never start QEMU on them. (Both booted before
+// bc58f12.)
 func TestFaultImageReferencesHostFiles(t *testing.T) {
 	requireEnv(t)
-	if os.Getenv(knownBugsEnv) != "1" {
-		t.Skipf("known bug: gold disks may reference host files (qcow2 backing file, VMDK extents); set %s=1 to run", knownBugsEnv)
-	}
 	srv := newImageServer(t)
 	host := t.TempDir() // stands for any host path: /etc/shadow, /dev/vda…
 	hostQcow2 := filepath.Join(host, "host-secret.qcow2")
@@ -63,10 +56,13 @@ func TestFaultImageReferencesHostFiles(t *testing.T) {
 		t.Run(tc.desc, func(t *testing.T) {
 			v := mustCreate(t, d, createReq(tc.img, ""))
 			got := waitVM(t, d, v.ID, bootTimeout)
-			if got.Status != api.StatusError {
-				t.Errorf("an image whose disk reads the host file %s was accepted: %s", host, fmtVM(got))
+			if got.Status != api.StatusError || got.Error == nil || got.Error.Code != "image-unsafe-archive" {
+				t.Errorf("an image whose disk reads a host file in %s was not refused as image-unsafe-archive: %s", host, fmtVM(got))
 			} else {
 				t.Logf("refused: %s", got.Error.Message)
+			}
+			if pids := processesMatching("goldvm-" + v.ID); len(pids) != 0 {
+				t.Errorf("QEMU runs for the refused image: %v", pids)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
