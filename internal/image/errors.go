@@ -34,8 +34,9 @@ const (
 	// or is truncated (ErrInvalid).
 	CodeCorrupt = "image-corrupt"
 	// CodeUnsafeArchive: an entry would land outside the image directory
-	// (.., absolute name, link pointing out) or is a device node or fifo
-	// (ErrInvalid).
+	// (.., absolute name, link pointing out, a write through a symlinked
+	// directory), is a device node or fifo, or a disk image names a backing
+	// file, data file or extent outside the image (ErrInvalid).
 	CodeUnsafeArchive = "image-unsafe-archive"
 	// CodeTooLarge: the download or the unpacked image exceeds the configured
 	// limits, whether declared or actual (ErrInvalid).
