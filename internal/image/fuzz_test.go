@@ -85,6 +85,9 @@ func fuzzSeeds(tb testing.TB) [][]byte {
 		buildTar(tb, []entry{{name: "c", typ: tar.TypeSymlink, link: "."}, {name: "l", typ: tar.TypeSymlink, link: "c/../x"}}),
 		buildTar(tb, []entry{{name: "f", body: body}, {name: "h", typ: tar.TypeLink, link: "f"}, {name: "s", typ: tar.TypeSymlink, link: "f"}}),
 		append([]byte("QFI\xfb"), make([]byte, 1024)...),
+		qcow2Header("../outside.qcow2", ""),
+		buildTar(tb, []entry{{name: "b.qcow2", body: qcow2Header("", "")}, {name: "t.qcow2", body: qcow2Header("b.qcow2", "data")}}),
+		[]byte("# Disk DescriptorFile\nRW 8 FLAT \"/dev/sda\" 0\n"),
 	}
 }
 
