@@ -625,7 +625,7 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 			info.GuestOS = osName
 		}
 		if info.IPAddress == "" && np.DHCP {
-			if f, err := os.Open(d.leaseFile(np.Bridge)); err == nil {
+			if f, err := os.Open(d.activeLeaseFile(np.Bridge)); err == nil {
 				info.IPAddress = leaseIP(parseLeases(f), mac)
 				f.Close()
 			}

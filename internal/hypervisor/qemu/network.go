@@ -220,6 +220,13 @@ func (d *Driver) ensureDnsmasq(ctx context.Context, br, cidr string, router bool
 			return nil
 		}
 	}
+	// One DHCP server per bridge: another goldvm daemon (another data
+	// directory) in this network namespace may already serve it, and two
+	// authoritative servers on one segment answer each other's clients.
+	if pid := bridgeDnsmasq(br); pid != 0 {
+		d.log.Info("bridge already has a DHCP server; using it", "bridge", br, "dnsmasq_pid", pid)
+		return nil
+	}
 	rng, err := dhcpRange(cidr)
 	if err != nil {
 		return netErr(err)
@@ -432,4 +439,41 @@ func hostNameservers(path string) []string {
 		out = append(out, ip.String())
 	}
 	return out
+}
+
+// bridgeDnsmasq returns the pid of a live dnsmasq serving bridge br in this
+// process's network namespace, or 0.
+func bridgeDnsmasq(br string) int {
+	self, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		return 0
+	}
+	for _, pid := range allPIDs() {
+		args := procArgs(pid)
+		if len(args) == 0 || !strings.Contains(filepath.Base(args[0]), "dnsmasq") ||
+			!containsArg(args, "--interface="+br) || procZombie(pid) {
+			continue
+		}
+		if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid)); err == nil && ns == self {
+			return pid
+		}
+	}
+	return 0
+}
+
+// activeLeaseFile is the lease file of the dnsmasq that serves bridge br:
+// ours, or that of another daemon's dnsmasq we share the bridge with.
+func (d *Driver) activeLeaseFile(br string) string {
+	own := d.leaseFile(br)
+	if _, err := os.Stat(own); err == nil {
+		return own
+	}
+	if pid := bridgeDnsmasq(br); pid != 0 {
+		for _, a := range procArgs(pid) {
+			if f, ok := strings.CutPrefix(a, "--dhcp-leasefile="); ok {
+				return f
+			}
+		}
+	}
+	return own
 }
