@@ -20,6 +20,17 @@ import (
 // whole fetch must start again with a fresh hash and a fresh temp dir.
 var errRestart = errors.New("server cannot resume the download")
 
+// errReconnect makes open connect again at once (a resumed download the
+// server cannot continue starts over from byte 0).
+var errReconnect = errors.New("reconnect from the beginning")
+
+// refusedError marks a final refusal by the server (a 4xx other than 408
+// and 429).
+type refusedError struct{ err error }
+
+func (e *refusedError) Error() string { return e.err.Error() }
+func (e *refusedError) Unwrap() error { return e.err }
+
 // errStalled is the cause when no byte arrived within the stall timeout.
 var errStalled = errors.New("download stalled")
 
@@ -70,6 +81,15 @@ type remote struct {
 	connBytes int64 // bytes delivered by the current connection
 	requests  int
 	mu        sync.Mutex // guards cancel against the stall timer
+
+	// fresh: the offset came from an earlier run (resumeFrom) and no byte
+	// has come from the network since, so an answer that does not continue
+	// the stream can be taken as a new start from byte 0; restarted then
+	// tells so. complete: the server confirmed (416 for the range just
+	// past the end) that the earlier run has every byte.
+	fresh     bool
+	restarted bool
+	complete  bool
 }
 
 func newRemote(ctx context.Context, rawURL string, o *Options, log *slog.Logger) *remote {
@@ -78,6 +98,30 @@ func newRemote(ctx context.Context, rawURL string, o *Options, log *slog.Logger)
 		retries: o.Retries, backoff: o.RetryBackoff, stall: o.StallTimeout,
 		maxDownload: o.MaxDownloadBytes, total: -1,
 	}
+}
+
+// resumeFrom makes the remote continue a download that an earlier run
+// broke off at offset, under validator and total (-1: unknown).
+func (r *remote) resumeFrom(offset int64, validator string, total int64) {
+	r.offset, r.validator, r.total, r.fresh = offset, validator, total, true
+}
+
+// open connects if there is no connection, retrying as Read does.
+func (r *remote) open() error {
+	for r.body == nil && !r.complete {
+		err := r.connect()
+		if err == nil || errors.Is(err, errReconnect) {
+			continue
+		}
+		var re *retryableError
+		if !errors.As(err, &re) {
+			return err
+		}
+		if ferr := r.fail(err); ferr != nil {
+			return ferr
+		}
+	}
+	return nil
 }
 
 // displayURL strips credentials and query from u for logs and messages.
@@ -98,18 +142,11 @@ func (r *remote) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	for {
-		for r.body == nil {
-			err := r.connect()
-			if err == nil {
-				break
-			}
-			var re *retryableError
-			if !errors.As(err, &re) {
-				return 0, err
-			}
-			if ferr := r.fail(err); ferr != nil {
-				return 0, ferr
-			}
+		if err := r.open(); err != nil {
+			return 0, err
+		}
+		if r.complete {
+			return 0, io.EOF
 		}
 		// The stall clock runs only while waiting for the server, not while
 		// the consumer is busy (a slow disk must not look like a stall).
@@ -117,6 +154,7 @@ func (r *remote) Read(p []byte) (int, error) {
 		n, err := r.body.Read(p)
 		r.timer.Stop()
 		if n > 0 {
+			r.fresh = false
 			r.offset += int64(n)
 			r.connBytes += int64(n)
 			if r.maxDownload > 0 && r.offset > r.maxDownload {
@@ -249,32 +287,47 @@ func (r *remote) connect() error {
 	switch {
 	case resp.StatusCode == http.StatusOK:
 		if r.offset > 0 {
-			r.closeBody()
-			r.log.Warn("image server ignored Range; restarting download", "url", r.display, "offset", r.offset)
-			return errRestart
+			if !r.fresh {
+				r.closeBody()
+				r.log.Warn("image server ignored Range; restarting download", "url", r.display, "offset", r.offset)
+				return errRestart
+			}
+			// Range ignored or If-Range failed: this answer is the whole
+			// resource, a clean start from byte 0.
+			r.log.Warn("image server did not resume the earlier download; starting from the beginning",
+				"url", r.display, "offset", r.offset)
+			r.offset, r.fresh, r.restarted = 0, false, true
 		}
 		r.total = resp.ContentLength
 		r.validator = validatorOf(resp)
 	case resp.StatusCode == http.StatusPartialContent:
 		start, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
-		if !ok || start != r.offset {
+		v := validatorOf(resp)
+		if !ok || start != r.offset || (total >= 0 && r.total >= 0 && total != r.total) ||
+			(v != "" && r.validator != "" && v != r.validator) {
 			r.closeBody()
 			r.log.Warn("image server sent an unusable range; restarting download", "url", r.display,
-				"offset", r.offset, "content_range", resp.Header.Get("Content-Range"))
-			return errRestart
+				"offset", r.offset, "content_range", resp.Header.Get("Content-Range"), "validator", v)
+			return r.startOver()
 		}
 		if total >= 0 {
 			r.total = total
 		}
 	case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable && r.offset > 0:
 		r.closeBody()
-		return errRestart
+		// "bytes */<our offset>": we already have every byte.
+		if tot, ok := strings.CutPrefix(resp.Header.Get("Content-Range"), "bytes */"); ok && tot == strconv.FormatInt(r.offset, 10) {
+			r.total, r.complete = r.offset, true
+			r.timer.Stop()
+			return nil
+		}
+		return r.startOver()
 	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode == http.StatusTooManyRequests:
 		r.closeBody()
 		return &retryableError{statusErr}
 	default:
 		r.closeBody()
-		return errDownload("image server refused the download", statusErr)
+		return errDownload("image server refused the download", &refusedError{statusErr})
 	}
 	if r.maxDownload > 0 && r.total > r.maxDownload {
 		r.closeBody()
@@ -282,6 +335,16 @@ func (r *remote) connect() error {
 	}
 	r.timer.Stop()
 	return nil
+}
+
+// startOver handles an answer that does not continue the stream: a fresh
+// resume reconnects from byte 0 at once, anything else needs a new fetch.
+func (r *remote) startOver() error {
+	if !r.fresh {
+		return errRestart
+	}
+	r.offset, r.total, r.validator, r.fresh, r.restarted = 0, -1, "", false, true
+	return errReconnect
 }
 
 // validatorOf returns what to send in If-Range: a strong ETag, else

@@ -72,7 +72,6 @@ const (
 	filesDirName = "files"
 	tmpPrefix    = ".tmp-"
 	delPrefix    = ".del-"
-	spoolName    = "package.spool"
 )
 
 // Spec names an image: where to fetch it and the checksum of the bytes
@@ -161,6 +160,10 @@ type Options struct {
 	// ProgressInterval is the minimum time between two download progress
 	// reports; a report is also sent every 256 KiB. Default 200ms.
 	ProgressInterval time.Duration
+	// MaxPartialAge bounds how long a partial download (see partial.go) is
+	// kept for resuming: NewStore and Evict remove older ones, whatever the
+	// eviction policy. Default 7 days.
+	MaxPartialAge time.Duration
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
 }
@@ -195,6 +198,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.ProgressInterval <= 0 {
 		o.ProgressInterval = 200 * time.Millisecond
+	}
+	if o.MaxPartialAge <= 0 {
+		o.MaxPartialAge = 7 * 24 * time.Hour
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -268,6 +274,10 @@ type Store struct {
 	flights map[string]*flight
 	closed  bool
 	delMu   sync.Mutex // serialises Delete and Evict
+	// plocks: a fetch holds its key's lock while it uses the key's partial
+	// download (a cancelled fetch may still be saving it when the next
+	// one starts); Evict skips partials whose lock is held.
+	plocks keyLocks
 }
 
 // NewStore opens (creating if needed) the store in dir, normally
@@ -322,6 +332,8 @@ func (s *Store) recover() error {
 			if err := removeTree(p); err != nil {
 				return err
 			}
+		case strings.HasPrefix(name, partialPrefix):
+			// Handled below, once damaged images are gone.
 		case strings.HasPrefix(name, delPrefix):
 			s.log.Warn("finishing interrupted image delete", "dir", p)
 			if err := removeTree(p); err != nil {
@@ -341,6 +353,9 @@ func (s *Store) recover() error {
 		default:
 			s.log.Warn("unknown file in image store; leaving it", "path", p)
 		}
+	}
+	if err := s.recoverPartials(); err != nil {
+		return err
 	}
 	return syncDir(s.dir)
 }
@@ -527,8 +542,13 @@ type EvictPolicy struct {
 }
 
 // Evict removes unused images by policy, least recently used first, and
-// returns the removed keys. An image for which inUse returns > 0 is never
-// removed, even if the store stays over MaxBytes.
+// returns the removed image keys. An image for which inUse returns > 0 is
+// never removed, even if the store stays over MaxBytes.
+//
+// Partial downloads (see partial.go) take part too: their disk space
+// counts towards MaxBytes, their last checkpoint is their last use, and
+// one older than Options.MaxPartialAge always goes. One that a fetch is
+// using is never removed. Removed partials are logged, not returned.
 func (s *Store) Evict(policy EvictPolicy, inUse func(key string) int) ([]string, error) {
 	s.delMu.Lock()
 	defer s.delMu.Unlock()
@@ -536,17 +556,48 @@ func (s *Store) Evict(policy EvictPolicy, inUse func(key string) int) ([]string,
 	if err != nil {
 		return nil, err
 	}
-	sort.Slice(infos, func(i, j int) bool { return infos[i].LastUsed.Before(infos[j].LastUsed) })
+	partials, err := s.partials()
+	if err != nil {
+		return nil, err
+	}
+	type candidate struct {
+		ImageInfo
+		partial *partialInfo
+	}
+	var cands []candidate
 	var total int64
 	for _, in := range infos {
+		cands = append(cands, candidate{ImageInfo: in})
 		total += in.DiskBytes
 	}
+	for i, p := range partials {
+		cands = append(cands, candidate{ImageInfo: ImageInfo{Key: p.key, DiskBytes: p.disk, LastUsed: p.updated}, partial: &partials[i]})
+		total += p.disk
+	}
+	sort.SliceStable(cands, func(i, j int) bool { return cands[i].LastUsed.Before(cands[j].LastUsed) })
 	now := s.opts.Now()
 	var removed []string
 	var errs []error
-	for _, in := range infos {
+	for _, in := range cands {
 		idle := policy.MaxIdle > 0 && now.Sub(in.LastUsed) > policy.MaxIdle
 		over := policy.MaxBytes > 0 && total > policy.MaxBytes
+		if p := in.partial; p != nil {
+			if !idle && !over && now.Sub(in.LastUsed) <= s.opts.MaxPartialAge {
+				continue
+			}
+			if !s.plocks.tryLock(p.key) {
+				continue // a fetch is using it
+			}
+			err := removeTree(p.dir)
+			s.plocks.unlock(p.key)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("evicting partial download %s: %w", p.key, err))
+				continue
+			}
+			total -= in.DiskBytes
+			s.log.Info("evicted partial image download", "key", p.key, "idle", idle, "disk_bytes", in.DiskBytes)
+			continue
+		}
 		if !idle && !over {
 			continue
 		}
@@ -703,6 +754,10 @@ func (s *Store) run(ctx context.Context, f *flight, spec Spec) {
 
 // fetch runs fetchOnce, starting over when the server cannot resume.
 func (s *Store) fetch(ctx context.Context, spec Spec, key string, report func(Progress), log *slog.Logger) (*Gold, error) {
+	if err := s.plocks.lock(ctx, key); err != nil {
+		return nil, err
+	}
+	defer s.plocks.unlock(key)
 	for restarts := 0; ; restarts++ {
 		g, err := s.fetchOnce(ctx, spec, key, report, log)
 		if !errors.Is(err, errRestart) {
@@ -748,19 +803,41 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 	rem := newRemote(rctx, spec.URL, &s.opts, log)
 	defer rem.Close()
 
+	// The raw bytes also go to the key's partial download, so that a later
+	// run can resume after a crash; for a zip it is the spool too.
+	part, err := s.openPartial(key, spec.URL, log)
+	if err != nil {
+		return nil, err
+	}
+	src := &source{rem: rem, part: part}
+	if st := part.prev; st != nil {
+		log.Info("resuming image download left by an earlier run", "offset", st.Bytes, "total", st.Total)
+		rem.resumeFrom(st.Bytes, st.Validator, st.Total)
+		src.replay = io.NewSectionReader(part.f, 0, st.Bytes)
+	}
+	part.startCheckpoints(checkpointInterval)
+	defer func() {
+		part.stopCheckpoints(true)
+		if keepPartial(ctx, err) {
+			part.keep()
+		} else {
+			part.discard()
+		}
+	}()
+
 	pipe := newChunkPipe(8, 256<<10)
 	var lastReport time.Time
 	var lastBytes int64
 	prodDone := make(chan struct{})
 	go func() {
 		defer close(prodDone)
-		pipe.produce(rem, h, func(final bool) {
+		pipe.produce(src, h, func(final bool) {
 			now := time.Now()
-			if !final && rem.offset-lastBytes < 256<<10 && now.Sub(lastReport) < s.opts.ProgressInterval {
+			if !final && src.n-lastBytes < 256<<10 && now.Sub(lastReport) < s.opts.ProgressInterval {
 				return
 			}
-			lastReport, lastBytes = now, rem.offset
-			report(Progress{Phase: PhaseDownloading, BytesDone: rem.offset, BytesTotal: max(rem.total, 0)})
+			lastReport, lastBytes = now, src.n
+			report(Progress{Phase: PhaseDownloading, BytesDone: src.n, BytesTotal: max(rem.total, 0)})
 		})
 	}()
 
@@ -770,24 +847,13 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 		rcancel()
 	}
 	x.abortSource = abort
-	var spool *os.File
-	defer func() {
-		if spool != nil {
-			spool.Close()
-		}
-	}()
 	urlPath := ""
 	if u, perr := url.Parse(spec.URL); perr == nil {
 		urlPath = u.Path
 	}
-	isZip, xerr := x.extractStream(pipe, urlPath, func() (io.Writer, error) {
-		var err error
-		spool, err = os.Create(filepath.Join(tmp, spoolName))
-		if err != nil {
-			return nil, ioErr("creating spool file", err)
-		}
-		return spool, nil
-	})
+	// A zip's spool is the partial download, which gets every raw byte
+	// already.
+	isZip, xerr := x.extractStream(pipe, urlPath, func() (io.Writer, error) { return io.Discard, nil })
 	if xerr == nil {
 		// The hash must cover every byte, including what follows the end
 		// of the archive.
@@ -797,23 +863,20 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 	}
 	abort()
 	<-prodDone
+	part.stopCheckpoints(true)
 	if xerr != nil {
 		return nil, xerr
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	report(Progress{Phase: PhaseVerifying, BytesDone: rem.offset, BytesTotal: max(rem.total, 0)})
+	report(Progress{Phase: PhaseVerifying, BytesDone: src.n, BytesTotal: max(rem.total, 0)})
 	if got := hex.EncodeToString(h.Sum(nil)); got != want {
 		return nil, errdefs.New(errdefs.ErrInvalid, CodeChecksumMismatch,
 			fmt.Sprintf("%s of %s is %s, expected %s", kind, displayURL(spec.URL), got, want), nil)
 	}
 
 	if isZip {
-		fi, err := spool.Stat()
-		if err != nil {
-			return nil, ioErr("spool file", err)
-		}
 		lastZip := time.Time{}
 		x.onWrite = func(done int64) {
 			if now := time.Now(); now.Sub(lastZip) >= s.opts.ProgressInterval {
@@ -822,15 +885,10 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 			}
 		}
 		report(Progress{Phase: PhaseUnpacking})
-		if err := x.extractZip(spool, fi.Size()); err != nil {
+		if err := x.extractZip(part.f, part.size()); err != nil {
 			return nil, err
 		}
 		report(Progress{Phase: PhaseUnpacking, BytesDone: x.written, BytesTotal: x.written})
-		spool.Close()
-		spool = nil
-		if err := os.Remove(filepath.Join(tmp, spoolName)); err != nil {
-			return nil, ioErr("removing spool file", err)
-		}
 	}
 	return s.publish(tmp, key, spec, x, log)
 }
