@@ -264,14 +264,11 @@ func (p *partial) startCheckpoints(interval time.Duration) {
 	}()
 }
 
-// stopCheckpoints stops the checkpoint goroutine, if started, and waits
-// for it.
-func (p *partial) stopCheckpoints(started bool) {
+// stopCheckpoints stops the checkpoint goroutine and waits for it.
+func (p *partial) stopCheckpoints() {
 	p.stopOnce.Do(func() {
 		close(p.stop)
-		if started {
-			<-p.stopped
-		}
+		<-p.stopped
 	})
 }
 
@@ -349,6 +346,10 @@ func (s *source) Read(b []byte) (int, error) {
 					return 0, err
 				}
 			}
+			// Decided: from now on the replayed bytes are in the hash, and
+			// a later answer that does not continue the stream means a
+			// new fetch.
+			s.rem.fresh = false
 		}
 	}
 	if s.replay != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -435,5 +436,50 @@ func TestPartialBounds(t *testing.T) {
 	}
 	if !strings.HasPrefix(partialPrefix, ".") {
 		t.Fatal("partials must be hidden names")
+	}
+}
+
+// Once the partial's bytes have been re-fed, a server that stops
+// continuing the stream (here: a 206 cut before its first byte, then 200s
+// ignoring Range) makes the whole fetch start again from 0, never splices
+// a fresh stream onto the re-fed bytes.
+func TestResumeThenRangeIgnored(t *testing.T) {
+	data := gz(t, buildTar(t, []entry{{name: "disk.raw", body: diskBytes("", 2<<20, 8)}}))
+	cs := newCrashServer(t, data)
+	dir := filepath.Join(t.TempDir(), "images")
+	spec := specFor(cs.URL+"/x.tgz", data)
+	firstRun(t, dir, spec, cs.half)
+	var n atomic.Int32
+	cs.second = func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) == 1 {
+			// The headers of a 206, then the connection closes.
+			conn, _, err := w.(*statusWriter).ResponseWriter.(http.Hijacker).Hijack()
+			if err != nil {
+				panic(err)
+			}
+			fmt.Fprintf(conn, "HTTP/1.1 206 Partial Content\r\nETag: %s\r\nContent-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n\r\n",
+				cs.etag, cs.half, len(data)-1, len(data), len(data)-cs.half)
+			conn.Close()
+			w.(*statusWriter).code = http.StatusPartialContent
+			return
+		}
+		w.Header().Set("ETag", cs.etag)
+		w.Write(data)
+	}
+	s := newStoreAt(t, dir, testOptions())
+	g, err := ensure(t, s, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ranges, _, statuses := cs.seen()
+	want := "bytes=" + itoa(cs.half) + "-"
+	if !slices.Equal(ranges, []string{want, want}) || !slices.Equal(statuses, []int{206, 200, 200}) {
+		t.Fatalf("server saw ranges %v and answered %v", ranges, statuses)
+	}
+	if got := tree(t, g.Dir); len(got) != 1 {
+		t.Fatalf("tree %v", got)
+	}
+	if names := storeNames(t, s); !slices.Equal(names, []string{g.Key}) {
+		t.Fatalf("store holds %v", names)
 	}
 }

@@ -9,12 +9,21 @@
 // renaming the directory into place. A directory without a valid marker is
 // never served, and NewStore removes it.
 //
+// The raw bytes are also kept in a partial download file while they
+// stream in, so that a fetch interrupted by a crash, a restart or a
+// cancellation continues where it stopped instead of from byte 0: the next
+// fetch of the key re-feeds them through the same pipeline and asks the
+// server for the rest (Range with If-Range). See partial.go for when a
+// partial is kept, resumed, restarted from 0 and removed.
+//
 // Layout beneath the store directory:
 //
 //	<key>/files/        the image's files (Gold.Dir), dirs 0555, files 0444
 //	<key>/image.json    completion marker (key, url, size, checksum, file list)
 //	<key>/last-used     last use time, replaced atomically by Touch
 //	.tmp-<key>-<rand>/  a fetch in progress (removed on failure or restart)
+//	.partial-<key>/     raw bytes fetched so far: data, and state.json (url,
+//	                    validator, total, bytes on disk); kept across restarts
 //	.del-<key>-<rand>/  an image being deleted
 //
 // Formats are recognised by content, never by file name: gzip, bzip2, zstd
@@ -22,8 +31,8 @@
 // disk; zip; and, only when the URL path ends in .img or .raw (optionally
 // with a compression suffix), a raw disk of any content. A zip cannot be
 // unpacked while streaming (its directory is at its end), so it is spooled
-// to a temporary file while being hashed, verified, and then unpacked: its
-// progress has a separate "unpacking" phase.
+// (to its partial download file) while being hashed, verified, and then
+// unpacked: its progress has a separate "unpacking" phase.
 //
 // Safety: all writes go through os.Root; entry names with .. or a leading
 // slash, links resolving outside, writes through symlinked directories,
@@ -285,7 +294,9 @@ type Store struct {
 // a valid completion marker whose key matches its directory and whose size
 // and file list match the files; images that do not, temp dirs of
 // interrupted fetches and half-deleted images are removed, each logged.
-// Other names in dir are logged and left alone.
+// Partial downloads are kept for resuming unless their sidecar is
+// unreadable, their image is published or they are older than
+// Options.MaxPartialAge. Other names in dir are logged and left alone.
 func NewStore(dir string, opts Options) (*Store, error) {
 	opts.setDefaults()
 	abs, err := filepath.Abs(dir)
@@ -664,12 +675,15 @@ func (f *flight) report(p Progress) {
 // from the fetch goroutine and must not block or call into the Store. A
 // caller whose ctx ends stops waiting and gets ctx's error; the fetch goes
 // on while at least one caller still waits and is cancelled (its temp dir
-// removed) when the last one leaves. A later Ensure starts a new fetch.
+// removed, its partial download kept) when the last one leaves. A later
+// Ensure starts a new fetch, which resumes the partial download.
 //
 // Errors are *errdefs.Error with the codes of this package (invalid-checksum,
 // invalid-image-url, checksum-mismatch, image-download-failed, image-corrupt,
 // image-unsafe-archive, image-too-large, disk-full, image-unsupported), a
-// context error, or an internal error. On any failure nothing is stored.
+// context error, or an internal error. On any failure no image is stored;
+// only a cancelled fetch, or one whose server kept failing transiently,
+// leaves its partial download for the next Ensure.
 func (s *Store) Ensure(ctx context.Context, spec Spec, progress func(Progress)) (*Gold, error) {
 	key, err := Key(spec)
 	if err != nil {
@@ -771,9 +785,11 @@ func (s *Store) fetch(ctx context.Context, spec Spec, key string, report func(Pr
 }
 
 // fetchOnce downloads, verifies, unpacks and publishes the image in one
-// pass. Two goroutines share the work: one reads the body and hashes it,
-// the other decompresses and writes files, connected by a small buffer
-// queue so that hashing and decompressing run in parallel.
+// pass. Two goroutines share the work: one reads the body (after the bytes
+// of a partial download left by an earlier run), appends it to the partial
+// download and hashes it, the other decompresses and writes files,
+// connected by a small buffer queue so that hashing and decompressing run
+// in parallel.
 func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report func(Progress), log *slog.Logger) (g *Gold, err error) {
 	tmp, err := os.MkdirTemp(s.dir, tmpPrefix+key+"-")
 	if err != nil {
@@ -817,7 +833,7 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 	}
 	part.startCheckpoints(checkpointInterval)
 	defer func() {
-		part.stopCheckpoints(true)
+		part.stopCheckpoints()
 		if keepPartial(ctx, err) {
 			part.keep()
 		} else {
@@ -863,7 +879,7 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 	}
 	abort()
 	<-prodDone
-	part.stopCheckpoints(true)
+	part.stopCheckpoints()
 	if xerr != nil {
 		return nil, xerr
 	}
