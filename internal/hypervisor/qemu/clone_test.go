@@ -16,6 +16,9 @@ import (
 func sparseGold(tb testing.TB, size string) string {
 	tb.Helper()
 	if _, err := exec.LookPath("qemu-img"); err != nil {
+		if os.Getenv("CI") == "true" {
+			tb.Fatal("qemu-img is needed under CI")
+		}
 		tb.Skip("qemu-img not installed")
 	}
 	dir := filepath.Join(tb.TempDir(), "gold")
@@ -30,7 +33,7 @@ func TestCloneIsLinked(t *testing.T) {
 	gold := sparseGold(t, "100G")
 	d, err := New(Config{UserNet: true})
 	if err != nil {
-		t.Skip(err)
+		unavailable(t, "qemu driver: %v", err)
 	}
 	spec := hypervisor.Spec{ID: "clone", Dir: t.TempDir(), GoldDir: gold, CPUs: 1, MemoryMiB: 128, Network: api.NetworkNAT}
 	if err := d.Clone(context.Background(), spec); err != nil {

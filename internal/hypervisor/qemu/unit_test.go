@@ -319,7 +319,7 @@ func TestNewMissingBinary(t *testing.T) {
 
 func TestDestroyNothing(t *testing.T) {
 	if _, err := lookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("no qemu")
+		unavailable(t, "no qemu: %v", err)
 	}
 	d, err := New(Config{UserNet: true})
 	if err != nil {
