@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -37,6 +38,10 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
+// cpuProfile, if set, switches to profiling mode: only goldvm's fetches
+// run, under the CPU profiler (the HTTP server is another process).
+var cpuProfile string
+
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "serve" {
 		serve(os.Args[2])
@@ -46,6 +51,7 @@ func main() {
 	sizeMiB := flag.Int("size-mib", 1024, "size of the disk image in MiB")
 	formats := flag.String("formats", "tar.gz,tar.zst,zip", "packages to measure")
 	reps := flag.Int("reps", 2, "repetitions; the minimum of each figure is reported")
+	flag.StringVar(&cpuProfile, "cpuprofile", "", "only run goldvm's fetches, reps times each, and write their CPU profile to this file")
 	flag.Parse()
 	if err := run(*work, int64(*sizeMiB)<<20, strings.Split(*formats, ","), max(*reps, 1)); err != nil {
 		log.Fatal(err)
@@ -97,6 +103,9 @@ func run(work string, size int64, formats []string, reps int) error {
 		download, hash, decompress, untarred  time.Duration
 	}
 	var rows []row
+	if cpuProfile != "" {
+		return profile(base, pkgDir, work, formats, reps)
+	}
 	for _, f := range formats {
 		name := "disk." + f
 		p := filepath.Join(pkgDir, name)
@@ -215,6 +224,51 @@ func run(work string, size int64, formats []string, reps int) error {
 	for _, r := range rows {
 		fmt.Printf("%-8s %9s %9s %9s %9s %-10s %12.2f %12.2f %12.2f\n", r.format, sec(r.goldvm), sec(r.seq), sec(r.seqSync),
 			sec(r.slowest), r.slowName, ratio(r.goldvm, r.seq), ratio(r.goldvm, r.seqSync), ratio(r.goldvm, r.slowest))
+	}
+	return nil
+}
+
+// profile fetches each format reps times with goldvm under the CPU
+// profiler and prints the times.
+func profile(base, pkgDir, work string, formats []string, reps int) error {
+	pf, err := os.Create(cpuProfile)
+	if err != nil {
+		return err
+	}
+	defer pf.Close()
+	if err := pprof.StartCPUProfile(pf); err != nil {
+		return err
+	}
+	defer pprof.StopCPUProfile()
+	for _, f := range formats {
+		sum, err := fileSHA256(filepath.Join(pkgDir, "disk."+f))
+		if err != nil {
+			return err
+		}
+		for range reps {
+			storeDir := filepath.Join(work, "store")
+			removeStore(storeDir)
+			var stream time.Duration
+			d, err := timed(func() error {
+				st, err := image.NewStore(storeDir, image.Options{Logger: slog.New(slog.DiscardHandler)})
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				t0 := time.Now()
+				_, err = st.Ensure(context.Background(), image.Spec{URL: base + "disk." + f, Checksum: sum, ChecksumType: "sha256"}, func(p image.Progress) {
+					if p.Phase == image.PhaseVerifying && stream == 0 {
+						stream = time.Since(t0)
+					}
+				})
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("goldvm %s: %w", f, err)
+			}
+			fmt.Printf("%s: goldvm %s (stream done after %s)\n", f, sec(d), sec(stream))
+		}
+		removeStore(filepath.Join(work, "store"))
 	}
 	return nil
 }

@@ -26,7 +26,7 @@ import (
 // sidecar, state.json, records the URL, the validator (strong ETag or
 // Last-Modified), the total length and how many bytes of data are known to
 // be on disk. The sidecar is replaced atomically (temp file, fsync, rename)
-// by a checkpoint at most every checkpointInterval, always after an fsync of
+// by a checkpoint every checkpointInterval, always after an fsync of
 // data, so after a crash data holds at least state.bytes good bytes (more
 // are cut off). A checkpoint runs in a goroutine of its own and never holds
 // up the download.
@@ -52,11 +52,11 @@ const (
 	partialDataName  = "data"
 	partialStateName = "state.json"
 
-	// checkpointInterval is the least time between two checkpoints.
-	checkpointInterval = 2 * time.Second
-	// partialWriteback starts disk writeback of the partial file every
-	// this many bytes, so that a checkpoint's fsync has little left to do.
-	partialWriteback = 8 << 20
+	// checkpointInterval is the time between two checkpoints. A crash
+	// loses at most this much download time; a download shorter than this
+	// never makes its partial file touch the disk (it is deleted while its
+	// pages are still dirty), which keeps the disk free for the image.
+	checkpointInterval = 5 * time.Second
 )
 
 // partialState is the sidecar of a partial download.
@@ -115,8 +115,6 @@ type partial struct {
 	written   int64 // length of data
 	validator string
 	total     int64
-
-	kicked int64 // writeback started up to here (downloader only)
 
 	cpMu   sync.Mutex // serialises checkpoints and reset
 	synced int64      // bytes the sidecar on disk vouches for
@@ -181,12 +179,7 @@ func (p *partial) write(b []byte, validator string, total int64) error {
 	p.mu.Lock()
 	p.written += int64(len(b))
 	p.validator, p.total = validator, total
-	n := p.written
 	p.mu.Unlock()
-	if n-p.kicked >= partialWriteback {
-		startWriteback(p.f, p.kicked, n-p.kicked)
-		p.kicked = n
-	}
 	return nil
 }
 
@@ -213,7 +206,7 @@ func (p *partial) reset() error {
 	p.mu.Lock()
 	p.written, p.validator, p.total = 0, "", -1
 	p.mu.Unlock()
-	p.synced, p.kicked, p.prev = 0, 0, nil
+	p.synced, p.prev = 0, nil
 	return nil
 }
 
