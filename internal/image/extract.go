@@ -175,9 +175,6 @@ func hasPrefix(b, p []byte) bool { return bytes.HasPrefix(b, p) }
 // is verified. urlPath decides only whether an unrecognised, uncompressed
 // or decompressed stream may be stored as a raw disk.
 func (x *extractor) extractStream(raw io.Reader, urlPath string, spool func() (io.Writer, error)) (isZip bool, err error) {
-	// Before any decoder (some start goroutines) reads raw.
-	hook := &flushHook{}
-	hook.onBlock(raw)
 	src := &trackErr{r: raw}
 	br := bufio.NewReaderSize(src, 64<<10)
 	head, perr := br.Peek(8)
@@ -231,7 +228,7 @@ func (x *extractor) extractStream(raw io.Reader, urlPath string, spool func() (i
 	if compressed {
 		// Decompress in a goroutine of its own, ahead of the tar reader
 		// and the file writes.
-		ra, stop := readAhead(dec, closeDec, hook)
+		ra, stop := readAhead(dec, closeDec)
 		defer func() {
 			if err != nil && x.abortSource != nil {
 				x.abortSource() // unblock the decompressor's reads
@@ -669,7 +666,7 @@ func (x *extractor) extractZip(ra io.ReaderAt, size int64) error {
 			if err != nil {
 				return err
 			}
-			ra, stop := readAhead(ze, nil, nil)
+			ra, stop := readAhead(ze, nil)
 			err = x.writeFile(name, int64(f.UncompressedSize64), ra)
 			stop()
 			ze.Close()

@@ -5,7 +5,6 @@ import (
 	"hash"
 	"io"
 	"sync"
-	"sync/atomic"
 )
 
 // errAborted stops the producer when the consumer gave up.
@@ -23,9 +22,6 @@ type chunkPipe struct {
 
 	cur  []byte
 	held []byte
-	// onBlock, if set, is called by Read before it waits for the
-	// producer (see flushHook).
-	onBlock func()
 }
 
 func newChunkPipe(n, size int) *chunkPipe {
@@ -95,157 +91,20 @@ func (p *chunkPipe) produce(src io.Reader, h hash.Hash, progress func(final bool
 // consuming them (writing files) use two cores. stop aborts the goroutine
 // and waits until it has returned and called closeSrc (may be nil); the
 // caller must make sure a blocked r.Read will return (abort its source).
-//
-// The consumer is woken only when 256 KiB are ready, at the end, or when
-// the producer may have to wait: hook (may be nil), fired by the stream r
-// reads from at the bottom when it is about to block (see onBlock), makes
-// the consumer take what there is. So the consumer sees every byte before
-// the producer waits for the network (a bad archive is rejected at once),
-// without a wake-up for each of the small pieces a decompressor returns.
-func readAhead(r io.Reader, closeSrc func(), hook *flushHook) (io.Reader, func()) {
-	a := newAheadRing(1<<20, 256<<10)
-	if hook != nil {
-		hook.ring.Store(a)
-	}
+func readAhead(r io.Reader, closeSrc func()) (io.Reader, func()) {
+	p := newChunkPipe(4, 256<<10)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		if closeSrc != nil {
 			defer closeSrc()
 		}
-		a.produce(r)
+		p.produce(r, nil, nil)
 	}()
-	return a, func() {
-		a.abort()
+	return p, func() {
+		p.abort()
 		<-done
 	}
-}
-
-// flushHook connects the bottom of a decoding stack (a chunkPipe, whose
-// onBlock is fire) with the readAhead above it, which may not exist yet
-// when decoders start reading.
-type flushHook struct{ ring atomic.Pointer[aheadRing] }
-
-// onBlock sets up h to be fired when src, if it is a chunkPipe, is about
-// to wait for its producer; it must be called before anything reads src.
-func (h *flushHook) onBlock(src io.Reader) {
-	if p, ok := src.(*chunkPipe); ok {
-		p.onBlock = h.fire
-	}
-}
-
-func (h *flushHook) fire() {
-	if a := h.ring.Load(); a != nil {
-		a.flushNow()
-	}
-}
-
-// aheadRing is a ring buffer between one producer goroutine, which reads
-// straight into it, and one consumer.
-type aheadRing struct {
-	mu       sync.Mutex
-	canRead  sync.Cond
-	canWrite sync.Cond
-	buf      []byte
-	batch    int64
-	r, w     int64 // bytes consumed, produced
-	err      error // producer's final error, io.EOF at the end
-	flush    bool  // the producer may block: hand over what there is
-	aborted  bool
-}
-
-func newAheadRing(size, batch int) *aheadRing {
-	a := &aheadRing{buf: make([]byte, size), batch: int64(batch)}
-	a.canRead.L, a.canWrite.L = &a.mu, &a.mu
-	return a
-}
-
-func (a *aheadRing) produce(src io.Reader) {
-	size := int64(len(a.buf))
-	for {
-		a.mu.Lock()
-		for a.w-a.r == size && !a.aborted {
-			a.canWrite.Wait()
-		}
-		if a.aborted {
-			a.mu.Unlock()
-			return
-		}
-		start := a.w % size
-		free := min(size-start, size-(a.w-a.r))
-		a.mu.Unlock()
-
-		n, err := src.Read(a.buf[start : start+free])
-		if n == 0 && err == nil {
-			continue
-		}
-		a.mu.Lock()
-		a.w += int64(n)
-		if err != nil {
-			a.err = err
-		}
-		if err != nil || a.flush || a.w-a.r >= a.batch {
-			a.canRead.Signal()
-		}
-		a.mu.Unlock()
-		if err != nil {
-			return
-		}
-	}
-}
-
-// flushNow hands what is buffered to the consumer now.
-func (a *aheadRing) flushNow() {
-	a.mu.Lock()
-	a.flush = true
-	a.canRead.Signal()
-	a.mu.Unlock()
-}
-
-func (a *aheadRing) abort() {
-	a.mu.Lock()
-	a.aborted = true
-	a.canRead.Broadcast()
-	a.canWrite.Broadcast()
-	a.mu.Unlock()
-}
-
-// Read implements io.Reader for the consumer.
-func (a *aheadRing) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	size := int64(len(a.buf))
-	a.mu.Lock()
-	for {
-		if a.aborted {
-			a.mu.Unlock()
-			return 0, errAborted
-		}
-		avail := a.w - a.r
-		if avail > 0 && (avail >= a.batch || a.flush || a.err != nil) {
-			break
-		}
-		if avail == 0 && a.err != nil {
-			err := a.err
-			a.mu.Unlock()
-			return 0, err
-		}
-		a.canRead.Wait()
-	}
-	start := a.r % size
-	n := min(int64(len(p)), a.w-a.r, size-start)
-	a.mu.Unlock()
-	// The producer never writes into [r, w).
-	copy(p, a.buf[start:start+n])
-	a.mu.Lock()
-	a.r += n
-	if a.r == a.w {
-		a.flush = false
-	}
-	a.canWrite.Signal()
-	a.mu.Unlock()
-	return int(n), nil
 }
 
 // Read implements io.Reader for the consumer.
@@ -262,15 +121,8 @@ func (p *chunkPipe) Read(b []byte) (int, error) {
 		var ok bool
 		select {
 		case buf, ok = <-p.full:
-		default:
-			if p.onBlock != nil {
-				p.onBlock() // about to wait for the producer
-			}
-			select {
-			case buf, ok = <-p.full:
-			case <-p.done:
-				return 0, errAborted
-			}
+		case <-p.done:
+			return 0, errAborted
 		}
 		if !ok {
 			if p.err != nil {
