@@ -483,3 +483,47 @@ func TestResumeThenRangeIgnored(t *testing.T) {
 		t.Fatalf("store holds %v", names)
 	}
 }
+
+// A resumed fetch that fails only because the server keeps failing (5xx)
+// keeps the partial as it was, and the next run resumes it.
+func TestPartialSurvivesTransientFailure(t *testing.T) {
+	data := zst(t, buildTar(t, []entry{{name: "disk.raw", body: diskBytes("", 2<<20, 5)}}))
+	cs := newCrashServer(t, data)
+	dir := filepath.Join(t.TempDir(), "images")
+	spec := specFor(cs.URL+"/x.tar.zst", data)
+	st := firstRun(t, dir, spec, cs.half)
+
+	cs.second = func(w http.ResponseWriter, r *http.Request) { http.Error(w, "busy", http.StatusServiceUnavailable) }
+	opts := testOptions()
+	opts.Retries = 1
+	s := newStoreAt(t, dir, opts)
+	_, err := ensure(t, s, spec)
+	wantCode(t, err, CodeDownloadFailed, errdefs.ErrUnavailable)
+	s.Close()
+	b, err := os.ReadFile(filepath.Join(dir, partialPrefix+mustKey(t, spec), partialStateName))
+	if err != nil {
+		t.Fatalf("the partial is gone: %v", err)
+	}
+	var after partialState
+	if err := json.Unmarshal(b, &after); err != nil || after.Bytes != st.Bytes || after.Validator != st.Validator {
+		t.Fatalf("sidecar %+v (%v), before %+v", after, err, st)
+	}
+
+	cs.second = nil
+	s = newStoreAt(t, dir, testOptions())
+	g, err := ensure(t, s, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ranges, _, statuses := cs.seen()
+	want := "bytes=" + itoa(cs.half) + "-"
+	if !slices.Equal(ranges, []string{want, want, want}) || !slices.Equal(statuses, []int{503, 503, 206}) {
+		t.Fatalf("server saw ranges %v and answered %v", ranges, statuses)
+	}
+	if got := tree(t, g.Dir); len(got) != 1 {
+		t.Fatalf("tree %v", got)
+	}
+	if names := storeNames(t, s); !slices.Equal(names, []string{g.Key}) {
+		t.Fatalf("store holds %v", names)
+	}
+}
