@@ -10,6 +10,10 @@
 #   SIZE_MIB=256 REPS=1 bench/fetch.sh   # quicker (REPS: best of N, default 2)
 #   WORK=/var/tmp/x FORMATS=tar.zst bench/fetch.sh
 #
+# To profile goldvm's side only (after one run has made the packages):
+#   $WORK/imagebench -work $WORK -formats tar.gz -reps 3 -cpuprofile cpu.prof
+#   go tool pprof -top $WORK/imagebench cpu.prof
+#
 # Needs curl, sha256sum, tar, unzip and zstd. Generated files are kept in
 # $WORK (default /tmp/goldvm-bench) and reused by later runs.
 set -eu

@@ -26,17 +26,24 @@ import (
 // sidecar, state.json, records the URL, the validator (strong ETag or
 // Last-Modified), the total length and how many bytes of data are known to
 // be on disk. The sidecar is replaced atomically (temp file, fsync, rename)
-// by a checkpoint every checkpointInterval, always after an fsync of
+// by a checkpoint every checkpointInterval (5s), always after an fsync of
 // data, so after a crash data holds at least state.bytes good bytes (more
-// are cut off). A checkpoint runs in a goroutine of its own and never holds
-// up the download.
+// are cut off); a cancelled fetch checkpoints once more as it stops. A
+// checkpoint runs in a goroutine of its own and never holds up the
+// download; a download shorter than the interval never syncs its partial.
 //
-// A later fetch of the same key and URL re-feeds those bytes through the
-// hash, decompressor and unpacker (into a fresh temp dir) and asks the
-// server for the rest with "Range: bytes=<n>-" and If-Range; if the server
-// answers 200 instead (Range ignored, or the validator changed) the fetch
-// starts cleanly from byte 0 with that answer. For a zip the partial file
-// is also the spool the zip is unpacked from.
+// A later fetch of the same key and the same URL (compared in full, query
+// included, through a hash: a re-signed URL starts over) first asks the
+// server for the rest with "Range: bytes=<n>-" and If-Range. On a 206 it
+// re-feeds the partial's bytes through the hash, decompressor and unpacker
+// (into a fresh temp dir) and then continues with the server's bytes; on a
+// 200 (Range ignored, or the validator changed) it empties the partial and
+// uses that answer as a clean start from byte 0; a 416 for exactly the
+// partial's length means the partial already holds every byte. Once bytes
+// have been re-fed, an answer that does not continue the stream restarts
+// the whole fetch. For a zip the partial file is also the spool the zip is
+// unpacked from. There is one partial per key; a fetch holds the key's
+// lock (Store.plocks) while it uses it.
 //
 // A partial is kept only when the fetch was cancelled (Close, or every
 // caller left) or the server kept failing transiently (network errors,
