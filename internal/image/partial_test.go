@@ -527,3 +527,44 @@ func TestPartialSurvivesTransientFailure(t *testing.T) {
 		t.Fatalf("store holds %v", names)
 	}
 }
+
+// A crash leaves what the last periodic checkpoint wrote, with no final
+// checkpoint: the on-disk partial, copied while the download still hangs
+// (no cancel, no Close), is resumed by a new store from the checkpointed
+// length.
+func TestResumeAfterCrashSnapshot(t *testing.T) {
+	data := gz(t, buildTar(t, []entry{{name: "disk.raw", body: diskBytes("", 3<<20, 6)}}))
+	cs := newCrashServer(t, data)
+	spec := specFor(cs.URL+"/x.tgz", data)
+	key := mustKey(t, spec)
+	dir := filepath.Join(t.TempDir(), "images")
+	s := newStoreAt(t, dir, testOptions())
+	s.checkpointEvery = 10 * time.Millisecond
+	go s.Ensure(context.Background(), spec, nil) // hangs until Close at cleanup
+	var st partialState
+	waitFor(t, func() bool {
+		b, err := os.ReadFile(filepath.Join(dir, partialPrefix+key, partialStateName))
+		return err == nil && json.Unmarshal(b, &st) == nil && st.Bytes == int64(cs.half)
+	})
+	// The "crashed" store's directory as it is now, in a new place.
+	crashed := filepath.Join(t.TempDir(), "images")
+	copyDir(t, dir, crashed)
+	os.Chmod(filepath.Join(crashed, partialPrefix+key, partialDataName), 0o644)
+
+	s2 := newStoreAt(t, crashed, testOptions())
+	g, err := ensure(t, s2, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ranges, ifRanges, statuses := cs.seen()
+	if want := "bytes=" + itoa(cs.half) + "-"; !slices.Equal(ranges, []string{want}) || !slices.Equal(ifRanges, []string{cs.etag}) ||
+		!slices.Equal(statuses, []int{http.StatusPartialContent}) {
+		t.Fatalf("server saw ranges %v, If-Range %v, answered %v", ranges, ifRanges, statuses)
+	}
+	if got := tree(t, g.Dir); got["disk.raw"] != "file:"+sha(diskBytes("", 3<<20, 6)) {
+		t.Fatalf("tree %v", got)
+	}
+	if names := storeNames(t, s2); !slices.Equal(names, []string{key}) {
+		t.Fatalf("store holds %v", names)
+	}
+}

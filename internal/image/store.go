@@ -287,6 +287,8 @@ type Store struct {
 	// download (a cancelled fetch may still be saving it when the next
 	// one starts); Evict skips partials whose lock is held.
 	plocks keyLocks
+	// checkpointEvery is checkpointInterval; tests shorten it.
+	checkpointEvery time.Duration
 }
 
 // NewStore opens (creating if needed) the store in dir, normally
@@ -308,7 +310,7 @@ func NewStore(dir string, opts Options) (*Store, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{dir: abs, opts: opts, log: opts.Logger.With("component", "image"), ctx: ctx, cancel: cancel,
-		flights: map[string]*flight{}}
+		flights: map[string]*flight{}, checkpointEvery: checkpointInterval}
 	if err := s.recover(); err != nil {
 		cancel()
 		return nil, err
@@ -831,7 +833,7 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 		rem.resumeFrom(st.Bytes, st.Validator, st.Total)
 		src.replay = io.NewSectionReader(part.f, 0, st.Bytes)
 	}
-	part.startCheckpoints(checkpointInterval)
+	part.startCheckpoints(s.checkpointEvery)
 	defer func() {
 		part.stopCheckpoints()
 		if keepPartial(ctx, err) {
