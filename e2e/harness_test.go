@@ -163,6 +163,11 @@ func processesMatching(s string) []int {
 // a failed test cannot leave guests running.
 func killStrays(t *testing.T, dataDir string) {
 	for _, pid := range processesMatching(dataDir) {
+		if os.Getenv(netnsMarker) != "" && isDnsmasq(pid) {
+			// The bridge's DHCP server may serve other tests' daemons in
+			// this namespace; TestMain stops it when every test is done.
+			continue
+		}
 		t.Logf("killing leftover process %d", pid)
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
@@ -441,4 +446,29 @@ func mustCreate(t *testing.T, d *daemon, req api.CreateVMRequest) *api.VM {
 func fmtVM(v *api.VM) string {
 	b, _ := json.Marshal(v)
 	return fmt.Sprint(string(b))
+}
+
+func isDnsmasq(pid int) bool {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	name, _, _ := bytes.Cut(b, []byte{0})
+	return filepath.Base(string(name)) == "dnsmasq"
+}
+
+// killNamespaceDnsmasq stops every dnsmasq in this network namespace, so the
+// namespace the tests made goes away with them.
+func killNamespaceDnsmasq() {
+	self, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		return
+	}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || !isDnsmasq(pid) {
+			continue
+		}
+		if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid)); err == nil && ns == self {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 }

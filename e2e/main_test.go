@@ -54,6 +54,9 @@ func TestMain(m *testing.M) {
 	}
 	setupErr = setup(tmp)
 	code := m.Run()
+	if os.Getenv(netnsMarker) != "" {
+		killNamespaceDnsmasq()
+	}
 	os.RemoveAll(tmp)
 	os.Exit(code)
 }

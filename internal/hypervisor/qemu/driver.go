@@ -629,6 +629,16 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 				info.IPAddress = leaseIP(parseLeases(f), mac)
 				f.Close()
 			}
+			// The guest has no address yet: make sure the bridge still has
+			// a DHCP server (it may have died, or been another daemon's),
+			// so a lost dnsmasq heals instead of timing the VM out.
+			if info.IPAddress == "" && attempts%5 == 0 {
+				d.netMu.Lock()
+				if err := d.ensureDnsmasq(ctx, np.Bridge, np.Subnet, np.Masquerade); err != nil {
+					d.log.Warn("restarting the bridge's DHCP server", "bridge", np.Bridge, "err", err)
+				}
+				d.netMu.Unlock()
+			}
 		}
 		if info.IPAddress != "" && info.GuestOS != "" {
 			return info, nil
