@@ -108,6 +108,9 @@ func runServe(args []string) error {
 	if err != nil {
 		return fmt.Errorf("image store: %w", err)
 	}
+	// Closed after the manager (defers run last-in first-out): fetches under
+	// way then stop cleanly and keep their partial bytes for the next start.
+	defer images.Close()
 
 	var driver hypervisor.Driver
 	switch *backend {
