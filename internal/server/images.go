@@ -59,9 +59,10 @@ func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
 	}
 	out := api.ImageList{Images: []api.ImageInfo{}}
 	ready := map[string]bool{}
+	users := s.vms.ImageUsage() // one pass over the records, not one per image
 	for _, i := range infos {
 		ready[i.Key] = true
-		out.Images = append(out.Images, imageInfo(i, s.vms.ImageUsers(i.Key)))
+		out.Images = append(out.Images, imageInfo(i, users[i.Key]))
 	}
 	for _, p := range s.prefetch.list() {
 		if !ready[p.Key] {
@@ -81,24 +82,22 @@ func (s *Server) prefetchImage(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	// Validate the image exactly as a create request would.
-	probe := api.CreateVMRequest{CPUs: 1, Memory: 1 << 10, Image: img}
-	v, err := vm.Validate(probe, vm.Limits{})
+	img, err := vm.ValidateImage(img)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	spec := image.Spec{URL: v.Image.URL, Checksum: v.Image.Checksum, ChecksumType: v.Image.ChecksumType}
+	spec := image.Spec{URL: img.URL, Checksum: img.Checksum, ChecksumType: img.ChecksumType}
 	key, err := image.Key(spec)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
 	if g, err := s.images.Get(key); err == nil {
-		writeJSON(w, http.StatusOK, api.ImageInfo{Key: g.Key, URL: g.Spec.URL, ChecksumType: v.Image.ChecksumType, Checksum: v.Image.Checksum, SizeBytes: g.Size, State: "ready"})
+		writeJSON(w, http.StatusOK, api.ImageInfo{Key: g.Key, URL: g.Spec.URL, ChecksumType: img.ChecksumType, Checksum: img.Checksum, SizeBytes: g.Size, State: "ready"})
 		return
 	}
-	info := api.ImageInfo{Key: key, URL: v.Image.URL, ChecksumType: v.Image.ChecksumType, Checksum: v.Image.Checksum, State: "fetching", CreatedAt: time.Now().UTC()}
+	info := api.ImageInfo{Key: key, URL: img.URL, ChecksumType: img.ChecksumType, Checksum: img.Checksum, State: "fetching", CreatedAt: time.Now().UTC()}
 	s.prefetch.set(info)
 	go func() {
 		_, err := s.images.Ensure(context.Background(), spec, nil)

@@ -34,13 +34,12 @@ var (
 )
 
 // Record is a VM as goldvm keeps it: the API view plus what the daemon needs
-// to find its files again after a restart.
+// to find its files again after a restart. (Its gold image follows from
+// VM.Image: the image store's key is derived from the checksum.)
 type Record struct {
 	api.VM
 	// Dir is the VM's own directory; every file the driver made lives there.
 	Dir string `json:"dir"`
-	// ImageKey is the gold image the VM's disk depends on, once known.
-	ImageKey string `json:"image_key,omitempty"`
 }
 
 // Store is the VM record database. It is safe for concurrent use.

@@ -315,16 +315,12 @@ func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.Guest
 			return nil
 		})
 	}
-	gold, err := m.cfg.Images.Ensure(ctx, image.Spec{URL: r.Image.URL, Checksum: r.Image.Checksum, ChecksumType: r.Image.ChecksumType}, progress)
+	gold, err := m.cfg.Images.Ensure(ctx, imageSpec(r), progress)
 	if err != nil {
 		return hypervisor.GuestInfo{}, "", err
 	}
 	m.cfg.Images.Touch(gold.Key)
-	if _, err := m.update(id, func(r *store.Record) error {
-		r.ImageKey = gold.Key
-		r.Phase, r.Progress = api.PhaseCloning, nil
-		return nil
-	}); err != nil {
+	if err := m.setPhase(id, api.PhaseCloning); err != nil {
 		return hypervisor.GuestInfo{}, gold.Dir, err
 	}
 	spec := m.spec(r, gold.Dir)
@@ -458,28 +454,41 @@ func (m *Manager) List(ctx context.Context) ([]api.VM, error) {
 	return out, nil
 }
 
-// ImageUsers counts the VMs whose disk depends on the gold image key, or
+// imageSpec is the gold image a record's disk depends on.
+func imageSpec(r *store.Record) image.Spec {
+	return image.Spec{URL: r.Image.URL, Checksum: r.Image.Checksum, ChecksumType: r.Image.ChecksumType}
+}
+
+// ImageUsage counts, per gold image key, the VMs whose disk depends on it or
 // will: a VM still being created counts from the moment it is accepted, so
 // an eviction can never remove an image between its fetch and the clone.
-func (m *Manager) ImageUsers(key string) int {
+// It returns nil if the records cannot be read.
+func (m *Manager) ImageUsage() map[string]int {
 	recs, err := m.list()
 	if err != nil {
-		return 1 << 30 // when unsure, treat as in use: never evict blindly
+		return nil
 	}
-	n := 0
+	usage := map[string]int{}
 	for _, r := range recs {
 		if r.Status == api.StatusError {
 			continue // its overlay was removed when it failed
 		}
-		k := r.ImageKey
-		if k == "" {
-			k, _ = image.Key(image.Spec{URL: r.Image.URL, Checksum: r.Image.Checksum, ChecksumType: r.Image.ChecksumType})
-		}
-		if k == key {
-			n++
+		if k, err := image.Key(imageSpec(r)); err == nil {
+			usage[k]++
 		}
 	}
-	return n
+	return usage
+}
+
+// ImageUsers counts the VMs that depend on the gold image key (see
+// ImageUsage). When the records cannot be read it answers "many": an image
+// is never evicted or deleted blindly.
+func (m *Manager) ImageUsers(key string) int {
+	usage := m.ImageUsage()
+	if usage == nil {
+		return 1 << 30
+	}
+	return usage[key]
 }
 
 // Delete stops the VM, removes its files and its record. A creation under way
@@ -590,7 +599,9 @@ func (m *Manager) Recover(ctx context.Context) error {
 		}
 		if r.Callback != nil && r.Callback.State == api.CallbackPending && r.Status.IsFinal() {
 			id := r.ID
-			m.spawn(map[string]*task{}, id, func(ctx context.Context) { m.deliverCallback(ctx, id) })
+			// Tracked as the VM's creation task, as in runCreate, so a
+			// delete cancels the delivery.
+			m.spawn(m.creates, id, func(ctx context.Context) { m.deliverCallback(ctx, id) })
 		}
 	}
 	// Strays: VM directories and hypervisor processes without a record.

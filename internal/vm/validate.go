@@ -92,22 +92,9 @@ func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
 	default:
 		return v, invalid("network_type %q is not one of nat, bridged, hostonly", req.NetworkType)
 	}
-	img := req.Image
-	if img.URL == "" {
-		return v, invalid("image.url is required")
-	}
-	u, err := url.Parse(img.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return v, invalid("image.url %q must be an http or https URL", img.URL)
-	}
-	img.ChecksumType = strings.ToLower(img.ChecksumType)
-	want, ok := checksumHexLen[img.ChecksumType]
-	if !ok {
-		return v, invalid("image.checksum_type %q is not one of md5, sha1, sha256, sha512", req.Image.ChecksumType)
-	}
-	img.Checksum = strings.ToLower(strings.TrimSpace(img.Checksum))
-	if _, err := hex.DecodeString(img.Checksum); err != nil || len(img.Checksum) != want {
-		return v, invalid("image.checksum must be %d hex digits for %s, got %q", want, img.ChecksumType, truncate(req.Image.Checksum, 140))
+	img, err := ValidateImage(req.Image)
+	if err != nil {
+		return v, err
 	}
 	headless := true
 	switch {
@@ -145,6 +132,30 @@ func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
 		CallbackURL:      req.CallbackURL,
 		ToolsInitTimeout: timeout,
 	}, nil
+}
+
+// ValidateImage checks an image reference (URL, checksum type, checksum of
+// the right hex length) as a create request's image is checked, and returns
+// it normalised (lower-case checksum type and checksum).
+func ValidateImage(img api.Image) (api.Image, error) {
+	orig := img
+	if img.URL == "" {
+		return img, invalid("image.url is required")
+	}
+	u, err := url.Parse(img.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return img, invalid("image.url %q must be an http or https URL", img.URL)
+	}
+	img.ChecksumType = strings.ToLower(img.ChecksumType)
+	want, ok := checksumHexLen[img.ChecksumType]
+	if !ok {
+		return img, invalid("image.checksum_type %q is not one of md5, sha1, sha256, sha512", orig.ChecksumType)
+	}
+	img.Checksum = strings.ToLower(strings.TrimSpace(img.Checksum))
+	if _, err := hex.DecodeString(img.Checksum); err != nil || len(img.Checksum) != want {
+		return img, invalid("image.checksum must be %d hex digits for %s, got %q", want, img.ChecksumType, truncate(orig.Checksum, 140))
+	}
+	return img, nil
 }
 
 func truncate(s string, n int) string {
