@@ -800,6 +800,12 @@ func (d *Driver) Destroy(ctx context.Context, spec hypervisor.Spec) error {
 			return err
 		}
 	}
+	// A QEMU that has just died (killed or crashed) is no longer "live" once
+	// its memory is gone, but holds the disk's lock until its files are
+	// closed too: wait for that, rather than report the disk locked.
+	if pid, ok := readPID(p(spec.Dir, filePID)); ok {
+		waitExited(ctx, pid, 10*time.Second)
+	}
 	if d.bridging() {
 		if err := d.removeTap(context.WithoutCancel(ctx), tapFor(spec.ID)); err != nil {
 			return errdefs.New(errdefs.ErrUnavailable, "network-cleanup-failed", "cannot remove the VM's tap device", err)

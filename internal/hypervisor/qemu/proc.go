@@ -94,6 +94,32 @@ func waitGone(ctx context.Context, pid int, id string, d time.Duration) bool {
 	}
 }
 
+// procExiting reports whether pid is a process tearing itself down: it has
+// already released its memory (its command line reads empty) but is not yet
+// a zombie, so it may still hold its files, and a QEMU its disk's lock.
+func procExiting(pid int) bool {
+	if pid <= 1 {
+		return false
+	}
+	if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err != nil {
+		return false
+	}
+	return procArgs(pid) == nil && !procZombie(pid)
+}
+
+// waitExited polls until pid has finished exiting (see procExiting), for at
+// most d or until ctx ends.
+func waitExited(ctx context.Context, pid int, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for procExiting(pid) && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 // killPID sends SIGKILL.
 func killPID(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
 
