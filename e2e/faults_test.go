@@ -31,18 +31,7 @@ import (
 func TestFaultDiskFullWhileUnpacking(t *testing.T) {
 	requireEnv(t)
 	requireMountNS(t)
-	dataDir := filepath.Join(t.TempDir(), "data")
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	run(t, "", "mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", dataDir)
-	// Registered before the daemon's cleanup, so it runs after the daemon stopped.
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", dataDir).CombinedOutput(); err != nil {
-			t.Logf("umount %s: %v: %s; detaching it", dataDir, err, out)
-			exec.Command("umount", "-l", dataDir).Run()
-		}
-	})
+	dataDir := tmpfsDataDir(t, "48m")
 
 	srv := newImageServer(t)
 	cb := newCallbackServer(t)
@@ -109,17 +98,7 @@ func TestFaultDiskFullWhileUnpacking(t *testing.T) {
 func TestFaultDiskCompletelyFull(t *testing.T) {
 	requireEnv(t)
 	requireMountNS(t)
-	dataDir := filepath.Join(t.TempDir(), "data")
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	run(t, "", "mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", dataDir)
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", dataDir).CombinedOutput(); err != nil {
-			t.Logf("umount %s: %v: %s; detaching it", dataDir, err, out)
-			exec.Command("umount", "-l", dataDir).Run()
-		}
-	})
+	dataDir := tmpfsDataDir(t, "16m")
 	srv := newImageServer(t)
 	cb := newCallbackServer(t)
 	d := startDaemon(t, dataDir)
@@ -532,6 +511,25 @@ func requireMountNS(t *testing.T) {
 		t.Fatalf("this test mounts a tmpfs and needs the private mount namespace of a root run")
 	}
 	t.Skip("needs root: mounts a tmpfs in the test's private mount namespace")
+}
+
+// tmpfsDataDir mounts a tmpfs of the given size as a fresh data directory.
+// Its unmount is registered before any daemon's cleanup, so it runs after
+// the daemon has stopped.
+func tmpfsDataDir(t *testing.T, size string) string {
+	t.Helper()
+	dataDir := filepath.Join(t.TempDir(), "data")
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "", "mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", dataDir)
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dataDir).CombinedOutput(); err != nil {
+			t.Logf("umount %s: %v: %s; detaching it", dataDir, err, out)
+			exec.Command("umount", "-l", dataDir).Run()
+		}
+	})
+	return dataDir
 }
 
 // freeBytes is the space available on the file system holding dir.

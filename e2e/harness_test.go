@@ -142,17 +142,21 @@ func (d *daemon) stop() {
 // processesMatching lists pids whose command line contains s.
 func processesMatching(s string) []int {
 	var pids []int
+	for _, pid := range allPIDs() {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err == nil && bytes.Contains(b, []byte(s)) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// allPIDs lists the processes visible in /proc, this one excepted.
+func allPIDs() []int {
+	var pids []int
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		if bytes.Contains(b, []byte(s)) {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && pid != os.Getpid() {
 			pids = append(pids, pid)
 		}
 	}
@@ -461,10 +465,8 @@ func killNamespaceDnsmasq() {
 	if err != nil {
 		return
 	}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || !isDnsmasq(pid) {
+	for _, pid := range allPIDs() {
+		if !isDnsmasq(pid) {
 			continue
 		}
 		if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid)); err == nil && ns == self {
