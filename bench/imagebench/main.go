@@ -30,6 +30,7 @@ import (
 	"runtime/pprof"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/goldvm/goldvm/internal/image"
@@ -249,6 +250,7 @@ func profile(base, pkgDir, work string, formats []string, reps int) error {
 			storeDir := filepath.Join(work, "store")
 			removeStore(storeDir)
 			var stream time.Duration
+			cpu0 := cpuTime()
 			d, err := timed(func() error {
 				st, err := image.NewStore(storeDir, image.Options{Logger: slog.New(slog.DiscardHandler)})
 				if err != nil {
@@ -266,11 +268,20 @@ func profile(base, pkgDir, work string, formats []string, reps int) error {
 			if err != nil {
 				return fmt.Errorf("goldvm %s: %w", f, err)
 			}
-			fmt.Printf("%s: goldvm %s (stream done after %s)\n", f, sec(d), sec(stream))
+			fmt.Printf("%s: goldvm %s (stream done after %s), %s of CPU\n", f, sec(d), sec(stream), sec(cpuTime()-cpu0))
 		}
 		removeStore(filepath.Join(work, "store"))
 	}
 	return nil
+}
+
+// cpuTime returns the CPU time (user and system) this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func numCPU() int {

@@ -47,12 +47,9 @@ const (
 )
 
 const (
-	blockSize  = 4096    // granularity of hole detection
-	copyBuffer = 1 << 20 // bytes per read while unpacking
-	maxLinkLen = 4096    // longest symlink target accepted
-	maxHops    = 40      // symlinks followed when checking a target
-
-	writebackChunk = 32 << 20 // start disk writeback every this many bytes
+	blockSize  = 4096 // granularity of hole detection
+	maxLinkLen = 4096 // longest symlink target accepted
+	maxHops    = 40   // symlinks followed when checking a target
 )
 
 var zeroBlock = make([]byte, blockSize)
@@ -87,12 +84,8 @@ type extractor struct {
 	symlinks []string
 	records  []fileRecord
 	format   string
-	total    int64 // declared unpacked size of a zip, for progress
-	buf      []byte
+	total    int64               // declared unpacked size of a zip, for progress
 	onWrite  func(written int64) // unpack progress, may be nil
-	// abortSource, if set, makes reads of the package stream fail at once;
-	// used to stop the decompressing goroutine after an error.
-	abortSource func()
 }
 
 func newExtractor(ctx context.Context, root *os.Root, lim limits) *extractor {
@@ -225,18 +218,9 @@ func (x *extractor) extractStream(raw io.Reader, urlPath string, spool func() (i
 		dec, x.format = zr, "xz"
 	}
 	compressed := x.format != ""
-	if compressed {
-		// Decompress in a goroutine of its own, ahead of the tar reader
-		// and the file writes.
-		ra, stop := readAhead(dec, closeDec)
-		defer func() {
-			if err != nil && x.abortSource != nil {
-				x.abortSource() // unblock the decompressor's reads
-			}
-			stop()
-		}()
-		dec = ra
-	}
+	defer closeDec()
+	// The decompressor runs in this goroutine, the file writes in a
+	// fileWriter's: decompressing and writing use two cores.
 
 	// Everything after decompression counts against the size limit, with
 	// room for tar headers and padding.
@@ -421,61 +405,53 @@ func (x *extractor) writeFile(name string, declared int64, r io.Reader) error {
 	return nil
 }
 
-// copySparse copies r into f, seeking over all-zero blocks, and returns the
-// number of bytes read.
+// copySparse copies r into f, leaving all-zero blocks as holes, and
+// returns the number of bytes read.
 func (x *extractor) copySparse(f *os.File, r io.Reader) (int64, error) {
-	if x.buf == nil {
-		x.buf = make([]byte, copyBuffer)
+	w := newFileWriter(f)
+	var off int64 // bytes read
+	err := func() error {
+		for {
+			if err := x.ctx.Err(); err != nil {
+				return err
+			}
+			buf, err := w.buffer()
+			if err != nil {
+				return err
+			}
+			n, rerr := io.ReadFull(r, buf)
+			if n == 0 {
+				w.release(buf)
+			} else {
+				x.written += int64(n)
+				if x.written > x.lim.maxBytes {
+					w.release(buf)
+					return errTooLarge("image unpacks to more than %d bytes", x.lim.maxBytes)
+				}
+				w.submit(buf[:n], off)
+				off += int64(n)
+				if x.onWrite != nil {
+					x.onWrite(x.written)
+				}
+			}
+			if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+				return nil
+			}
+			if rerr != nil {
+				return classify(nil, "reading "+f.Name(), rerr)
+			}
+		}
+	}()
+	end, werr := w.finish()
+	if err == nil {
+		err = werr
 	}
-	var off, end int64 // bytes read; end of the last real write
-	var kicked int64   // writeback started up to here
-	for {
-		if err := x.ctx.Err(); err != nil {
-			return off, err
-		}
-		n, rerr := io.ReadFull(r, x.buf)
-		if n > 0 {
-			x.written += int64(n)
-			if x.written > x.lim.maxBytes {
-				return off, errTooLarge("image unpacks to more than %d bytes", x.lim.maxBytes)
-			}
-			b := x.buf[:n]
-			for i := 0; i < n; {
-				j := i
-				for j < n && !isZero(b[j:min(j+blockSize, n)]) {
-					j += blockSize
-				}
-				j = min(j, n)
-				if j > i {
-					if _, err := f.WriteAt(b[i:j], off+int64(i)); err != nil {
-						return off, ioErr("writing "+f.Name(), err)
-					}
-					end = off + int64(j)
-				}
-				for j < n && isZero(b[j:min(j+blockSize, n)]) {
-					j += blockSize
-				}
-				i = min(j, n)
-			}
-			off += int64(n)
-			if end-kicked >= writebackChunk {
-				startWriteback(f, kicked, end-kicked)
-				kicked = end
-			}
-			if x.onWrite != nil {
-				x.onWrite(x.written)
-			}
-		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
-		}
-		if rerr != nil {
-			return off, classify(nil, "reading "+f.Name(), rerr)
-		}
+	if err != nil {
+		return off, err
 	}
 	if off > end {
 		if err := f.Truncate(off); err != nil {
-			return off, ioErr("extending "+f.Name(), err)
+			return off, ioErr("setting the length of "+f.Name(), err)
 		}
 	}
 	return off, nil
@@ -666,9 +642,7 @@ func (x *extractor) extractZip(ra io.ReaderAt, size int64) error {
 			if err != nil {
 				return err
 			}
-			ra, stop := readAhead(ze, nil)
-			err = x.writeFile(name, int64(f.UncompressedSize64), ra)
-			stop()
+			err = x.writeFile(name, int64(f.UncompressedSize64), ze)
 			ze.Close()
 			if err != nil {
 				return err

@@ -86,27 +86,6 @@ func (p *chunkPipe) produce(src io.Reader, h hash.Hash, progress func(final bool
 	}
 }
 
-// readAhead reads r in a goroutine of its own, up to 1 MiB ahead of the
-// returned reader, so that producing the bytes (decompressing) and
-// consuming them (writing files) use two cores. stop aborts the goroutine
-// and waits until it has returned and called closeSrc (may be nil); the
-// caller must make sure a blocked r.Read will return (abort its source).
-func readAhead(r io.Reader, closeSrc func()) (io.Reader, func()) {
-	p := newChunkPipe(4, 256<<10)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if closeSrc != nil {
-			defer closeSrc()
-		}
-		p.produce(r, nil, nil)
-	}()
-	return p, func() {
-		p.abort()
-		<-done
-	}
-}
-
 // Read implements io.Reader for the consumer.
 func (p *chunkPipe) Read(b []byte) (int, error) {
 	if len(b) == 0 {

@@ -864,7 +864,6 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 		pipe.abort()
 		rcancel()
 	}
-	x.abortSource = abort
 	urlPath := ""
 	if u, perr := url.Parse(spec.URL); perr == nil {
 		urlPath = u.Path
