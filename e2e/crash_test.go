@@ -31,7 +31,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 	requireEnv(t)
 	srv := newImageServer(t)
 	imgs := map[string]api.Image{}
-	for _, f := range []string{"qcow2", "tar.gz", "zip"} {
+	for _, f := range []string{"qcow2", "tar.gz", "zip-stored"} {
 		imgs[f] = publish(t, srv, f)
 	}
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -49,7 +49,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 		delete bool // crash while deleting a running VM
 	}{
 		{point: "downloading", format: "tar.gz"},
-		{point: "unpacking", format: "zip"},
+		{point: "unpacking", format: "zip-stored"},
 		{point: "cloned", format: "qcow2"},
 		{point: "booting", format: "qcow2"},
 		{point: "discovering", format: "qcow2"},

@@ -87,10 +87,12 @@ func sequential(b *testing.B, url, dir, sum string) {
 	}
 	defer root.Close()
 	x := newExtractor(context.Background(), root, limits{maxBytes: 1 << 30, maxEntries: 10})
-	var spool bytes.Buffer
-	isZip, err := x.extractStream(f, "", func() (io.Writer, error) { return &spool, nil })
-	if err == nil && isZip {
-		err = x.extractZip(bytes.NewReader(spool.Bytes()), int64(spool.Len()))
+	needsSpool, err := x.extractStream(f, "")
+	if err == nil && needsSpool {
+		var fi os.FileInfo
+		if fi, err = f.Stat(); err == nil {
+			err = x.extractZip(f, fi.Size())
+		}
 	}
 	if err != nil {
 		b.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 
@@ -161,13 +162,15 @@ func isTyped(err error) bool {
 
 func hasPrefix(b, p []byte) bool { return bytes.HasPrefix(b, p) }
 
-// extractStream reads a whole package from raw, detects its format by
-// content and unpacks it. A zip cannot be unpacked from a stream (its
-// directory is at the end), so it is copied to the writer spool returns and
-// isZip is true; the caller unpacks it with extractZip once the download
-// is verified. urlPath decides only whether an unrecognised, uncompressed
-// or decompressed stream may be stored as a raw disk.
-func (x *extractor) extractStream(raw io.Reader, urlPath string, spool func() (io.Writer, error)) (isZip bool, err error) {
+// extractStream reads a package from raw, detects its format by content
+// and unpacks it. A zip is unpacked as it streams and checked against its
+// central directory at the end; the rare zip that cannot be read as a
+// stream (a stored entry whose size only follows its data) makes
+// needsSpool true: extractStream stops reading, and the caller unpacks the
+// whole package with extractZip into an empty directory once it is
+// downloaded and verified. urlPath decides only whether an unrecognised,
+// uncompressed or decompressed stream may be stored as a raw disk.
+func (x *extractor) extractStream(raw io.Reader, urlPath string) (needsSpool bool, err error) {
 	src := &trackErr{r: raw}
 	br := bufio.NewReaderSize(src, 64<<10)
 	head, perr := br.Peek(8)
@@ -181,21 +184,18 @@ func (x *extractor) extractStream(raw io.Reader, urlPath string, spool func() (i
 	closeDec := func() {}
 	switch {
 	case hasPrefix(head, magicZip) || hasPrefix(head, magicZipEnd):
-		if spool == nil {
-			return false, errUnsupported("zip package needs random access")
-		}
-		w, err := spool()
-		if err != nil {
-			return false, err
-		}
 		x.format = "zip"
-		if _, err := io.Copy(w, br); err != nil {
+		err := x.extractZipStream(br)
+		if errors.Is(err, errZipNeedsSpool) {
+			return true, nil
+		}
+		if err != nil {
 			if serr := src.failed(); serr != nil {
 				return false, serr
 			}
-			return false, ioErr("spooling zip", err)
+			return false, err
 		}
-		return true, nil
+		return false, nil
 	case hasPrefix(head, magicGzip):
 		zr, err := gzip.NewReader(br)
 		if err != nil {
@@ -580,6 +580,104 @@ func (x *extractor) finish() error {
 		return err
 	}
 	return x.checkDiskRefs()
+}
+
+// extractZipStream unpacks a zip archive from a stream, entry by entry,
+// and then checks the files against its central directory, which alone
+// tells the entries' modes: symlinks are written as small files first and
+// turned into links at the end. The result is what extractZip makes of the
+// same archive; an archive whose directory disagrees with its entries is
+// refused.
+func (x *extractor) extractZipStream(r io.Reader) error {
+	zs := newZipStream(r)
+	seen := map[string]bool{}
+	for {
+		e, data, err := zs.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if err := x.entry(); err != nil {
+			return err
+		}
+		name, err := cleanName(e.Name)
+		if err != nil {
+			return err
+		}
+		// Later entries of the same name would replace earlier ones, and
+		// tools disagree about which wins: refuse the ambiguity.
+		if seen[name] {
+			return errUnsafe("zip archive has more than one entry named %q", e.Name)
+		}
+		seen[name] = true
+		if strings.HasSuffix(e.Name, "/") {
+			if err := x.mkdirs(name); err != nil {
+				return err
+			}
+			continue
+		}
+		if name == "" {
+			return errCorrupt("zip file entry without a name", nil)
+		}
+		if err := x.writeFile(name, e.DeclaredSize, data); err != nil {
+			return err
+		}
+	}
+	central, err := zs.Finish()
+	if err != nil {
+		return err
+	}
+	for _, c := range central {
+		name, _ := cleanName(c.Name) // checked above
+		mode := c.Mode
+		switch {
+		case strings.HasSuffix(c.Name, "/"):
+		case mode.IsDir():
+			// A directory by its mode only, streamed as an empty file.
+			if x.regular[name] != 0 {
+				return errCorrupt(fmt.Sprintf("zip directory entry %q has data", c.Name), nil)
+			}
+			if err := x.unwriteFile(name); err != nil {
+				return err
+			}
+			if err := x.mkdirs(name); err != nil {
+				return err
+			}
+		case mode&fs.ModeSymlink != 0:
+			if name == "" {
+				return errUnsafe("symlink replaces the image root")
+			}
+			if x.regular[name] > maxLinkLen {
+				return errUnsafe("symlink %q has an invalid target", c.Name)
+			}
+			target, err := x.root.ReadFile(name)
+			if err != nil {
+				return ioErr("reading symlink target "+name, err)
+			}
+			if err := x.unwriteFile(name); err != nil {
+				return err
+			}
+			if err := x.symlink(name, string(target)); err != nil {
+				return err
+			}
+		case mode.Type() == 0:
+		default:
+			return errUnsafe("zip entry %q is a device node, fifo or socket", c.Name)
+		}
+	}
+	return x.finish()
+}
+
+// unwriteFile removes a regular file written earlier and its record.
+func (x *extractor) unwriteFile(name string) error {
+	if err := x.root.Remove(name); err != nil {
+		return ioErr("replacing "+name, err)
+	}
+	delete(x.regular, name)
+	x.records = slices.DeleteFunc(x.records, func(r fileRecord) bool { return r.Path == name && r.Type == "file" })
+	return nil
 }
 
 // extractZip unpacks a spooled zip file. Sizes are checked twice: the

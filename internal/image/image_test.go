@@ -2,7 +2,9 @@ package image
 
 import (
 	"archive/tar"
+	"archive/zip"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/md5"
 	"encoding/binary"
@@ -108,7 +110,8 @@ func TestEnsureFormats(t *testing.T) {
 		{desc: "tar.bz2", path: "/img.tar.bz2", data: func(t *testing.T) []byte { return bz2(t, plainTar) }, want: sampleTree(true), format: "tar.bz2"},
 		{desc: "tar.zst", path: "/img.tar.zst", data: func(t *testing.T) []byte { return zst(t, plainTar) }, want: sampleTree(true), format: "tar.zst"},
 		{desc: "tar.xz", path: "/img.tar.xz", data: func(t *testing.T) []byte { return xzc(t, plainTar) }, want: sampleTree(true), format: "tar.xz"},
-		{desc: "zip", path: "/img.tar", data: func(t *testing.T) []byte { return buildZip(t, sampleEntries()) }, want: sampleTree(false), format: "zip", unpacked: true},
+		{desc: "zip", path: "/img.tar", data: func(t *testing.T) []byte { return buildZip(t, sampleEntries()) }, want: sampleTree(false), format: "zip"},
+		{desc: "zip of stored files, unpacked after the download", path: "/img.zip", data: func(t *testing.T) []byte { return buildZipMethod(t, sampleEntries(), zip.Store) }, want: sampleTree(false), format: "zip", unpacked: true},
 		{desc: "bare qcow2", path: "/download?id=1", data: func(*testing.T) []byte { return disk }, want: map[string]string{DiskQcow2: "file:" + sha(disk)}, format: "qcow2"},
 		{desc: "qcow2.gz", path: "/d.gz", data: func(t *testing.T) []byte { return gz(t, disk) }, want: map[string]string{DiskQcow2: "file:" + sha(disk)}, format: "qcow2.gz"},
 		{desc: "bare vmdk", path: "/d", data: func(*testing.T) []byte { return vmdk }, want: map[string]string{DiskVMDK: "file:" + sha(vmdk)}, format: "vmdk"},
@@ -480,6 +483,8 @@ func TestUnsafeArchives(t *testing.T) {
 		{desc: "zip absolute", zip: []entry{{name: "/x", body: body}}, wantErr: CodeUnsafeArchive},
 		{desc: "zip symlink out", zip: []entry{{name: "l", typ: tar.TypeSymlink, link: "../../etc"}}, wantErr: CodeUnsafeArchive},
 		{desc: "zip device", zip: []entry{{name: "d", typ: tar.TypeChar}}, wantErr: CodeUnsafeArchive},
+		{desc: "zip with two entries of one name", zip: []entry{{name: "disk.img", body: body}, {name: "./disk.img", body: body}}, wantErr: CodeUnsafeArchive},
+		{desc: "zip symlink then a file through it", zip: []entry{{name: "l", typ: tar.TypeSymlink, link: "d"}, {name: "d/", typ: tar.TypeDir}, {name: "l/x", body: body}}, wantErr: CodeUnsafeArchive},
 	}
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {
@@ -539,8 +544,18 @@ func TestSizeLimits(t *testing.T) {
 		wantErr string
 	}{
 		{
-			desc: "zip bomb: 1 GiB of zeros claimed as 1000 bytes",
-			data: func(t *testing.T) []byte { return rawZip(t, "bomb.img", zerosDeflate(t, 1024), 1000, 0) },
+			// Refused as soon as the entry inflates past its header's
+			// size: the archive lies, so it is corrupt before any limit.
+			desc:    "zip bomb: 1 GiB of zeros claimed as 1000 bytes",
+			data:    func(t *testing.T) []byte { return rawZip(t, "bomb.img", zerosDeflate(t, 1024), 1000, 0) },
+			opts:    func(o *Options) { o.MaxImageBytes = 8 << 20 },
+			wantErr: CodeCorrupt,
+		},
+		{
+			desc: "zip bomb with its sizes only in a data descriptor",
+			data: func(t *testing.T) []byte {
+				return buildZip(t, []entry{{name: "bomb.img", body: make([]byte, 64<<20)}})
+			},
 			opts: func(o *Options) { o.MaxImageBytes = 8 << 20 },
 		},
 		{
@@ -587,7 +602,7 @@ func TestSizeLimits(t *testing.T) {
 			tt.opts(&opts)
 			s := newStore(t, opts)
 			_, err := ensure(t, s, specFor(srv.URL+"/disk.img.gz", data))
-			wantCode(t, err, CodeTooLarge, errdefs.ErrInvalid)
+			wantCode(t, err, cmp.Or(tt.wantErr, CodeTooLarge), errdefs.ErrInvalid)
 			wantEmpty(t, s)
 		})
 	}

@@ -804,15 +804,27 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 			}
 		}
 	}()
+	// The files land in tmp/files, through an os.Root. A zip that must be
+	// unpacked after the download gets a fresh, empty one.
 	files := filepath.Join(tmp, filesDirName)
-	if err := os.Mkdir(files, 0o755); err != nil {
-		return nil, ioErr("creating temp dir", err)
+	var root *os.Root
+	openFiles := func() error {
+		if root != nil {
+			root.Close()
+			if err := removeTree(files); err != nil {
+				return err
+			}
+		}
+		if err := os.Mkdir(files, 0o755); err != nil {
+			return ioErr("creating temp dir", err)
+		}
+		root, err = os.OpenRoot(files)
+		return ioErr("opening temp dir", err)
 	}
-	root, err := os.OpenRoot(files)
-	if err != nil {
-		return nil, ioErr("opening temp dir", err)
+	if err := openFiles(); err != nil {
+		return nil, err
 	}
-	defer root.Close()
+	defer func() { root.Close() }()
 
 	kind, want, _ := parseKey(key)
 	h := newHash(kind)
@@ -822,7 +834,8 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 	defer rem.Close()
 
 	// The raw bytes also go to the key's partial download, so that a later
-	// run can resume after a crash; for a zip it is the spool too.
+	// run can resume after a crash; for a zip that cannot be unpacked as
+	// it streams it is the spool too.
 	part, err := s.openPartial(key, spec.URL, log)
 	if err != nil {
 		return nil, err
@@ -868,9 +881,7 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 	if u, perr := url.Parse(spec.URL); perr == nil {
 		urlPath = u.Path
 	}
-	// A zip's spool is the partial download, which gets every raw byte
-	// already.
-	isZip, xerr := x.extractStream(pipe, urlPath, func() (io.Writer, error) { return io.Discard, nil })
+	needsSpool, xerr := x.extractStream(pipe, urlPath)
 	if xerr == nil {
 		// The hash must cover every byte, including what follows the end
 		// of the archive.
@@ -893,7 +904,14 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 			fmt.Sprintf("%s of %s is %s, expected %s", kind, displayURL(spec.URL), got, want), nil)
 	}
 
-	if isZip {
+	if needsSpool {
+		// The partial download has every raw byte: unpack from it.
+		log.Info("zip archive cannot be unpacked as it streams; unpacking it after the download")
+		if err := openFiles(); err != nil {
+			return nil, err
+		}
+		x = newExtractor(ctx, root, x.lim)
+		x.format = "zip"
 		lastZip := time.Time{}
 		x.onWrite = func(done int64) {
 			if now := time.Now(); now.Sub(lastZip) >= s.opts.ProgressInterval {
