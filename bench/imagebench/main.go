@@ -28,6 +28,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
+	"runtime/trace"
 	"strings"
 	"sync"
 	"syscall"
@@ -43,6 +44,9 @@ import (
 // run, under the CPU profiler (the HTTP server is another process).
 var cpuProfile string
 
+// traceFile, if set with cpuProfile, receives an execution trace.
+var traceFile string
+
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "serve" {
 		serve(os.Args[2])
@@ -53,6 +57,7 @@ func main() {
 	formats := flag.String("formats", "tar.gz,tar.zst,zip", "packages to measure")
 	reps := flag.Int("reps", 2, "repetitions; the minimum of each figure is reported")
 	flag.StringVar(&cpuProfile, "cpuprofile", "", "only run goldvm's fetches, reps times each, and write their CPU profile to this file")
+	flag.StringVar(&traceFile, "trace", "", "with -cpuprofile: also write an execution trace (go tool trace) to this file")
 	flag.Parse()
 	if err := run(*work, int64(*sizeMiB)<<20, strings.Split(*formats, ","), max(*reps, 1)); err != nil {
 		log.Fatal(err)
@@ -102,6 +107,11 @@ func run(work string, size int64, formats []string, reps int) error {
 		goldvm, stream, seq, seqSync, slowest time.Duration
 		slowName                              string
 		download, hash, decompress, untarred  time.Duration
+		// The same stages done by goldvm's own code (Go's HTTP client and
+		// SHA-256; decompress and write are the same as above).
+		downloadGo, hashGo time.Duration
+		slowestGo          time.Duration
+		slowNameGo         string
 	}
 	var rows []row
 	if cpuProfile != "" {
@@ -170,6 +180,12 @@ func run(work string, size int64, formats []string, reps int) error {
 			if r.hash, err = timed(func() error { return sh(fmt.Sprintf("sha256sum %q >/dev/null", dl)) }); err != nil {
 				return r, err
 			}
+			if r.downloadGo, err = timed(func() error { return httpDiscard(url) }); err != nil {
+				return r, err
+			}
+			if r.hashGo, err = timed(func() error { _, err := fileSHA256(dl); return err }); err != nil {
+				return r, err
+			}
 			if r.decompress, err = timed(func() error { return decompress(dl, f) }); err != nil {
 				return r, fmt.Errorf("decompress %s: %w", f, err)
 			}
@@ -201,30 +217,29 @@ func run(work string, size int64, formats []string, reps int) error {
 			}{
 				{&r.goldvm, m.goldvm}, {&r.stream, m.stream}, {&r.seq, m.seq}, {&r.seqSync, m.seqSync},
 				{&r.download, m.download}, {&r.hash, m.hash}, {&r.decompress, m.decompress}, {&r.untarred, m.untarred},
+				{&r.downloadGo, m.downloadGo}, {&r.hashGo, m.hashGo},
 			} {
 				*p.dst = min(*p.dst, p.v)
 			}
 		}
-		r.slowest, r.slowName = r.download, "download"
-		for _, s := range []struct {
-			n string
-			d time.Duration
-		}{{"sha256", r.hash}, {"decompress", r.decompress}, {"write", r.untarred}} {
-			if s.d > r.slowest {
-				r.slowest, r.slowName = s.d, s.n
-			}
-		}
+		r.slowest, r.slowName = slowestOf([]string{"download", "sha256", "decompress", "write"},
+			[]time.Duration{r.download, r.hash, r.decompress, r.untarred})
+		r.slowestGo, r.slowNameGo = slowestOf([]string{"download", "sha256", "decompress", "write"},
+			[]time.Duration{r.downloadGo, r.hashGo, r.decompress, r.untarred})
 		rows = append(rows, r)
-		fmt.Printf("%s: goldvm %s (stream done after %s, then verify+unpack(zip)+fsync+publish), sequential %s (+sync %s), stages: download %s, sha256 %s, decompress %s, write %s\n",
-			f, sec(r.goldvm), sec(r.stream), sec(r.seq), sec(r.seqSync), sec(r.download), sec(r.hash), sec(r.decompress), sec(r.untarred))
+		fmt.Printf("%s: goldvm %s (stream done after %s, then verify+fsync+publish), sequential %s (+sync %s), stages: download %s (curl) %s (Go), sha256 %s (sha256sum) %s (Go), decompress %s, write %s\n",
+			f, sec(r.goldvm), sec(r.stream), sec(r.seq), sec(r.seqSync), sec(r.download), sec(r.downloadGo), sec(r.hash), sec(r.hashGo), sec(r.decompress), sec(r.untarred))
 	}
 
 	fmt.Printf("\n%d MiB image, %d CPUs, best of %d, warm page cache, loopback HTTP; goldvm fsyncs its files, seq does not, seq+sync does\n", size>>20, numCPU(), reps)
-	fmt.Printf("%-8s %9s %9s %9s %9s %-10s %12s %12s %12s\n", "format", "goldvm", "seq", "seq+sync", "slowest", "(stage)",
-		"goldvm/seq", "goldvm/s+s", "goldvm/slow")
+	fmt.Printf("slowest: the slowest stage alone with the baseline's tools (curl, sha256sum, goldvm's decoder, tar -x);\n")
+	fmt.Printf("slow-go: the same with goldvm's own download and SHA-256 code\n")
+	fmt.Printf("%-8s %9s %9s %9s %9s %-10s %9s %-10s %11s %11s %12s %12s\n", "format", "goldvm", "seq", "seq+sync", "slowest", "(stage)",
+		"slow-go", "(stage)", "goldvm/seq", "goldvm/s+s", "goldvm/slow", "goldvm/sl-go")
 	for _, r := range rows {
-		fmt.Printf("%-8s %9s %9s %9s %9s %-10s %12.2f %12.2f %12.2f\n", r.format, sec(r.goldvm), sec(r.seq), sec(r.seqSync),
-			sec(r.slowest), r.slowName, ratio(r.goldvm, r.seq), ratio(r.goldvm, r.seqSync), ratio(r.goldvm, r.slowest))
+		fmt.Printf("%-8s %9s %9s %9s %9s %-10s %9s %-10s %11.2f %11.2f %12.2f %12.2f\n", r.format, sec(r.goldvm), sec(r.seq), sec(r.seqSync),
+			sec(r.slowest), r.slowName, sec(r.slowestGo), r.slowNameGo, ratio(r.goldvm, r.seq), ratio(r.goldvm, r.seqSync),
+			ratio(r.goldvm, r.slowest), ratio(r.goldvm, r.slowestGo))
 	}
 	return nil
 }
@@ -241,6 +256,17 @@ func profile(base, pkgDir, work string, formats []string, reps int) error {
 		return err
 	}
 	defer pprof.StopCPUProfile()
+	if traceFile != "" {
+		tf, err := os.Create(traceFile)
+		if err != nil {
+			return err
+		}
+		defer tf.Close()
+		if err := trace.Start(tf); err != nil {
+			return err
+		}
+		defer trace.Stop()
+	}
 	for _, f := range formats {
 		sum, err := fileSHA256(filepath.Join(pkgDir, "disk."+f))
 		if err != nil {
@@ -273,6 +299,32 @@ func profile(base, pkgDir, work string, formats []string, reps int) error {
 		removeStore(filepath.Join(work, "store"))
 	}
 	return nil
+}
+
+// slowestOf returns the longest of ds and its name.
+func slowestOf(names []string, ds []time.Duration) (time.Duration, string) {
+	i := 0
+	for j, d := range ds {
+		if d > ds[i] {
+			i = j
+		}
+	}
+	return ds[i], names[i]
+}
+
+// httpDiscard downloads url to nowhere with Go's HTTP client, as goldvm
+// does.
+func httpDiscard(url string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	_, err = io.CopyBuffer(io.Discard, resp.Body, make([]byte, 256<<10))
+	return err
 }
 
 // cpuTime returns the CPU time (user and system) this process has used.
