@@ -41,8 +41,8 @@ import (
 // uses that answer as a clean start from byte 0; a 416 for exactly the
 // partial's length means the partial already holds every byte. Once bytes
 // have been re-fed, an answer that does not continue the stream restarts
-// the whole fetch. For a zip the partial file is also the spool the zip is
-// unpacked from. There is one partial per key; a fetch holds the key's
+// the whole fetch. For a zip that cannot be unpacked as it streams, the
+// partial file is also the spool it is unpacked from. There is one partial per key; a fetch holds the key's
 // lock (Store.plocks) while it uses it.
 //
 // A partial is kept only when the fetch was cancelled (Close, or every

@@ -29,10 +29,13 @@
 // Formats are recognised by content, never by file name: gzip, bzip2, zstd
 // or xz compression (or none) around a tar archive or a bare qcow2 / VMDK
 // disk; zip; and, only when the URL path ends in .img or .raw (optionally
-// with a compression suffix), a raw disk of any content. A zip cannot be
-// unpacked while streaming (its directory is at its end), so it is spooled
-// (to its partial download file) while being hashed, verified, and then
-// unpacked: its progress has a separate "unpacking" phase.
+// with a compression suffix), a raw disk of any content. A zip is unpacked
+// as it streams, entry by entry from its local headers, and checked against
+// its central directory at the end (which also gives the entries' modes);
+// only a zip whose stored entries have their sizes after their data (as
+// archive/zip writes them) cannot be, and is unpacked from its partial
+// download file after verification: its progress then has an "unpacking"
+// phase.
 //
 // Safety: all writes go through os.Root; entry names with .. or a leading
 // slash, links resolving outside, writes through symlinked directories,
@@ -787,11 +790,11 @@ func (s *Store) fetch(ctx context.Context, spec Spec, key string, report func(Pr
 }
 
 // fetchOnce downloads, verifies, unpacks and publishes the image in one
-// pass. Two goroutines share the work: one reads the body (after the bytes
-// of a partial download left by an earlier run), appends it to the partial
-// download and hashes it, the other decompresses and writes files,
-// connected by a small buffer queue so that hashing and decompressing run
-// in parallel.
+// pass. Three goroutines share the work, connected by small buffer queues:
+// one reads the body (after the bytes of a partial download left by an
+// earlier run), appends it to the partial download and hashes it; this one
+// decompresses and reads the archive; a fileWriter's finds holes, writes
+// and syncs the files.
 func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report func(Progress), log *slog.Logger) (g *Gold, err error) {
 	tmp, err := os.MkdirTemp(s.dir, tmpPrefix+key+"-")
 	if err != nil {
