@@ -13,6 +13,9 @@
 # To profile goldvm's side only (after one run has made the packages):
 #   $WORK/imagebench -work $WORK -formats tar.gz -reps 3 -cpuprofile cpu.prof
 #   go tool pprof -top $WORK/imagebench cpu.prof
+# It prints each fetch's time and CPU time. -trace trace.out adds an
+# execution trace: `go tool trace -pprof=sched trace.out` shows where the
+# goroutines waited for a CPU, -pprof=sync where they waited on each other.
 #
 # Needs curl, sha256sum, tar, unzip and zstd. Generated files are kept in
 # $WORK (default /tmp/goldvm-bench) and reused by later runs.
