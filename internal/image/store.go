@@ -709,6 +709,7 @@ func (s *Store) Ensure(ctx context.Context, spec Spec, progress func(Progress)) 
 		return nil, errors.New("image store is closed")
 	}
 	f := s.flights[key]
+	var start func()
 	if f == nil {
 		// A fetch may have published between the check above and the lock.
 		if g, err := s.Get(key); err == nil {
@@ -720,10 +721,15 @@ func (s *Store) Ensure(ctx context.Context, spec Spec, progress func(Progress)) 
 		fctx, cancel := context.WithCancel(s.ctx)
 		f = &flight{key: key, done: make(chan struct{}), cancel: cancel, waiters: map[int]func(Progress){}}
 		s.flights[key] = f
+		start = func() { go s.run(fctx, f, spec) }
 		s.wg.Add(1)
-		go s.run(fctx, f, spec)
 	}
+	// Join before the fetch starts, so that its first caller sees every
+	// report (a later caller gets the latest one at once).
 	id := f.join(progress)
+	if start != nil {
+		start()
+	}
 	s.mu.Unlock()
 
 	select {

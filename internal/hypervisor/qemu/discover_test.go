@@ -183,6 +183,13 @@ func TestWatchAndReapFakeProcess(t *testing.T) {
 		}
 		done <- r
 	}()
+	// Give Watch time to find the live process first (started after the
+	// kill, it would rightly answer "not running"); it must keep waiting.
+	select {
+	case r := <-done:
+		t.Fatalf("Watch returned %q while the process runs", r)
+	case <-time.After(time.Second):
+	}
 	// Reap kills the unknown VM and spares the known one. Every other VM
 	// on this host (other tests, other people) counts as known: Reap acts
 	// host-wide.
