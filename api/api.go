@@ -103,7 +103,12 @@ type VM struct {
 	ToolsInitTimeout Duration `json:"tools_init_timeout"`
 	IPAddress        string   `json:"ip_address,omitempty"`
 	GuestOS          string   `json:"guest_os,omitempty"`
-	Error            *Error   `json:"error,omitempty"`
+	// SSHAddress is a host:port on the goldvm host forwarded to the
+	// guest's SSH port (22), set when ip_address is the guest's own address
+	// and not reachable from the host (user-mode networking, when goldvm
+	// does not run as root).
+	SSHAddress string `json:"ssh_address,omitempty"`
+	Error      *Error `json:"error,omitempty"`
 	// StopReason says why a VM that was running stopped.
 	StopReason string            `json:"stop_reason,omitempty"`
 	Progress   *Progress         `json:"progress,omitempty"`

@@ -56,6 +56,9 @@ func TestCreateFromEveryPackageFormat(t *testing.T) {
 					if !strings.HasPrefix(got.IPAddress, "10.213.0.") {
 						t.Errorf("ip %s is not on the NAT bridge's subnet", got.IPAddress)
 					}
+					if got.SSHAddress != "" {
+						t.Errorf("ssh_address %q on a bridge, where ip_address is reachable", got.SSHAddress)
+					}
 					if _, err := exec.LookPath("ping"); err == nil {
 						if err := pingGuest(got.IPAddress); err != nil {
 							t.Errorf("host cannot reach guest %s: %v", got.IPAddress, err)

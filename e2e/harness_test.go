@@ -39,6 +39,8 @@ type daemon struct {
 	env []string
 	// exited is closed when the current daemon process ends.
 	exited chan struct{}
+	// cred, if set, is the user the daemon runs as.
+	cred *syscall.Credential
 }
 
 func freeAddr(t *testing.T) string {
@@ -61,7 +63,14 @@ func startDaemon(t *testing.T, dataDir string, extra ...string) *daemon {
 // startDaemonEnv is startDaemon with extra environment variables.
 func startDaemonEnv(t *testing.T, dataDir string, env []string, extra ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, dataDir: dataDir, addr: freeAddr(t), env: env, logPath: filepath.Join(dataDir, "..", filepath.Base(dataDir)+"-daemon.log")}
+	return startDaemonAs(t, dataDir, env, nil, extra...)
+}
+
+// startDaemonAs is startDaemonEnv as another user (cred nil: this one).
+func startDaemonAs(t *testing.T, dataDir string, env []string, cred *syscall.Credential, extra ...string) *daemon {
+	t.Helper()
+	d := &daemon{t: t, dataDir: dataDir, addr: freeAddr(t), env: env, cred: cred,
+		logPath: filepath.Join(dataDir, "..", filepath.Base(dataDir)+"-daemon.log")}
 	d.start(extra...)
 	t.Cleanup(func() {
 		d.stop()
@@ -84,6 +93,9 @@ func (d *daemon) start(extra ...string) {
 	args := append([]string{"serve", "--listen", d.addr, "--data-dir", d.dataDir, "--accel", "tcg", "--log-level", "debug"}, extra...)
 	d.cmd = exec.Command(goldvmBin, args...)
 	d.cmd.Env = append(os.Environ(), d.env...)
+	if d.cred != nil {
+		d.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: d.cred}
+	}
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)

@@ -52,6 +52,11 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	// TestUnprivilegedDaemon runs the binary as another user.
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	setupErr = setup(tmp)
 	code := m.Run()
 	if os.Getenv(netnsMarker) != "" {

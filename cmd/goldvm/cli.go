@@ -257,6 +257,9 @@ func printVM(w io.Writer, v *api.VM) {
 	row("Memory", fmt.Sprintf("%d MiB", v.MemoryMiB))
 	row("Network", v.NetworkType)
 	row("IP address", dash(v.IPAddress))
+	if v.SSHAddress != "" {
+		row("SSH", v.SSHAddress+" (forwarded to the guest's port 22)")
+	}
 	row("Guest OS", dash(v.GuestOS))
 	row("Image", v.Image.URL)
 	if v.Callback != nil {

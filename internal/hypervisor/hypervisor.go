@@ -44,6 +44,10 @@ type GuestInfo struct {
 	IPAddress string
 	// GuestOS is a human-readable OS name, e.g. "Debian GNU/Linux 12 (bookworm)".
 	GuestOS string
+	// SSHAddress is a host:port on the host forwarded to the guest's SSH
+	// port, set when IPAddress is not reachable from the host (QEMU
+	// user-mode networking).
+	SSHAddress string
 }
 
 // State is the machine state a driver reports.

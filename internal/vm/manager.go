@@ -270,7 +270,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 	} else {
 		_, uerr := m.update(id, func(r *store.Record) error {
 			r.Status, r.Phase, r.Progress, r.Error = api.StatusRunning, "", nil, nil
-			r.IPAddress, r.GuestOS = info.IPAddress, info.GuestOS
+			r.IPAddress, r.GuestOS, r.SSHAddress = info.IPAddress, info.GuestOS, info.SSHAddress
 			return nil
 		})
 		if uerr != nil {

@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -641,6 +642,13 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 			}
 		}
 		if info.IPAddress != "" && info.GuestOS != "" {
+			if np.User {
+				port, err := SSHForwardPort(spec.Dir)
+				if err != nil {
+					return info, fmt.Errorf("reading the forwarded SSH port: %w", err)
+				}
+				info.SSHAddress = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+			}
 			return info, nil
 		}
 		select {

@@ -11,8 +11,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -227,8 +229,16 @@ func TestE2ELifecycle(t *testing.T) {
 	}
 	if port, err := SSHForwardPort(spec.Dir); err != nil || port <= 0 {
 		t.Errorf("ssh forward port: %d %v", port, err)
+	} else if want := fmt.Sprintf("127.0.0.1:%d", port); info.SSHAddress != want {
+		t.Errorf("discovered ssh address %q, want %q", info.SSHAddress, want)
 	} else {
-		t.Logf("ssh forwarded from 127.0.0.1:%d", port)
+		// QEMU listens there for the guest.
+		c, err := net.DialTimeout("tcp", info.SSHAddress, 5*time.Second)
+		if err != nil {
+			t.Errorf("dialing the forwarded ssh address: %v", err)
+		} else {
+			c.Close()
+		}
 	}
 
 	st, err := d.State(ctx, spec)

@@ -1,0 +1,93 @@
+package e2e
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/goldvm/goldvm/api"
+)
+
+// TestUnprivilegedDaemon runs the daemon as an ordinary user (nobody, when
+// the tests run as root): QEMU gets user-mode networking, so the record's
+// ip_address is the guest's own 10.0.2.15 and ssh_address the loopback
+// port forwarded to the guest's port 22, where QEMU answers; networks that
+// need root are refused up front; delete cleans up as usual.
+func TestUnprivilegedDaemon(t *testing.T) {
+	requireEnv(t)
+	var cred *syscall.Credential
+	base := t.TempDir()
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("nobody")
+		if err != nil {
+			t.Fatalf("looking up nobody: %v", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		// t.TempDir's directories are 0700 root: nobody needs its own.
+		base, err = os.MkdirTemp("", "goldvm-e2e-nobody-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(base) })
+		if err := os.Chown(base, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dataDir := filepath.Join(base, "data")
+	srv := newImageServer(t)
+	cb := newCallbackServer(t)
+	d := startDaemonAs(t, dataDir, nil, cred)
+	img := publish(t, srv, "tar.gz")
+
+	req := createReq(img, cb.URL)
+	req.NetworkType = "hostonly"
+	if _, err := d.client.CreateVM(context.Background(), req); !isAPIError(err, 400, "network-needs-root") {
+		t.Errorf("hostonly as an ordinary user: %v, want 400 network-needs-root", err)
+	}
+
+	v := mustCreate(t, d, createReq(img, cb.URL))
+	got := waitVM(t, d, v.ID, bootTimeout)
+	if got.Status != api.StatusRunning || !strings.Contains(got.GuestOS, "goldvm test guest") {
+		t.Fatalf("as an ordinary user: %s, want running", fmtVM(got))
+	}
+	if got.IPAddress != "10.0.2.15" {
+		t.Errorf("ip_address %q, want the user-mode guest address 10.0.2.15", got.IPAddress)
+	}
+	host, port, err := net.SplitHostPort(got.SSHAddress)
+	if err != nil || host != "127.0.0.1" || port == "0" {
+		t.Fatalf("ssh_address %q, want 127.0.0.1:<port>", got.SSHAddress)
+	}
+	c, err := net.DialTimeout("tcp", got.SSHAddress, 5*time.Second)
+	if err != nil {
+		t.Errorf("dialing ssh_address: %v", err)
+	} else {
+		c.Close()
+	}
+	if body := cb.waitCallback(t, v.ID, time.Minute); body.SSHAddress != got.SSHAddress {
+		t.Errorf("callback ssh_address %q, want %q", body.SSHAddress, got.SSHAddress)
+	}
+	if pids := processesMatching("goldvm-" + v.ID); len(pids) != 1 {
+		t.Fatalf("QEMU processes for %s: %v, want 1", v.ID, pids)
+	} else if cred != nil {
+		st, err := os.Stat("/proc/" + strconv.Itoa(pids[0]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if owner := st.Sys().(*syscall.Stat_t).Uid; owner != cred.Uid {
+			t.Errorf("QEMU runs as uid %d, want %d", owner, cred.Uid)
+		}
+	}
+	if err := d.client.DeleteVM(context.Background(), v.ID); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	assertGone(t, d, v.ID)
+}
