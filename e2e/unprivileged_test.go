@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -85,6 +87,83 @@ func TestUnprivilegedDaemon(t *testing.T) {
 		if owner := st.Sys().(*syscall.Stat_t).Uid; owner != cred.Uid {
 			t.Errorf("QEMU runs as uid %d, want %d", owner, cred.Uid)
 		}
+	}
+	if err := d.client.DeleteVM(context.Background(), v.ID); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	assertGone(t, d, v.ID)
+}
+
+// TestQEMUAsUnprivilegedUser runs the daemon as root with --qemu-user
+// nobody: the VM gets its tap on the NAT bridge and a reachable address
+// as usual, but its QEMU runs as nobody (owning the VM's directory and
+// tap); screenshots, a daemon restart (reattach) and delete work.
+func TestQEMUAsUnprivilegedUser(t *testing.T) {
+	requireEnv(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: without it QEMU already runs as the daemon's user (TestUnprivilegedDaemon)")
+	}
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatalf("looking up nobody: %v", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	// The data dir's parents must be searchable by nobody.
+	base, err := os.MkdirTemp("", "goldvm-e2e-qemu-user-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	srv := newImageServer(t)
+	cb := newCallbackServer(t)
+	d := startDaemon(t, filepath.Join(base, "data"), "--qemu-user", "nobody")
+	img := publish(t, srv, "tar.gz")
+
+	v := mustCreate(t, d, createReq(img, cb.URL))
+	got := waitVM(t, d, v.ID, bootTimeout)
+	if got.Status != api.StatusRunning || !strings.HasPrefix(got.IPAddress, "10.213.0.") {
+		t.Fatalf("with --qemu-user: %s, want running on the NAT bridge", fmtVM(got))
+	}
+	if err := pingGuest(got.IPAddress); err != nil {
+		t.Errorf("ping %s: %v", got.IPAddress, err)
+	}
+	qemuUID := func() int {
+		t.Helper()
+		pids := processesMatching("goldvm-" + v.ID)
+		if len(pids) != 1 {
+			t.Fatalf("QEMU processes for %s: %v, want 1", v.ID, pids)
+		}
+		st, err := os.Stat("/proc/" + strconv.Itoa(pids[0]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return int(st.Sys().(*syscall.Stat_t).Uid)
+	}
+	if got := qemuUID(); got != uid {
+		t.Errorf("QEMU runs as uid %d, want nobody (%d)", got, uid)
+	}
+	// QEMU writes the screendump itself, as nobody, into the VM's directory.
+	if resp, err := http.Get("http://" + d.addr + "/vms/" + v.ID + "/screenshot"); err != nil {
+		t.Errorf("screenshot: %v", err)
+	} else {
+		png, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(png), "\x89PNG") {
+			t.Errorf("screenshot: HTTP %d, %d bytes: %.200q", resp.StatusCode, len(png), png)
+		}
+	}
+
+	// A restarted daemon reattaches to the unprivileged QEMU.
+	d.stop()
+	d.start("--qemu-user", "nobody")
+	if got := waitVM(t, d, v.ID, time.Minute); got.Status != api.StatusRunning {
+		t.Errorf("after restart: %s", fmtVM(got))
+	}
+	if got := qemuUID(); got != uid {
+		t.Errorf("after restart QEMU runs as uid %d, want %d", got, uid)
 	}
 	if err := d.client.DeleteVM(context.Background(), v.ID); err != nil {
 		t.Fatalf("delete: %v", err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -67,6 +69,7 @@ func runServe(args []string) error {
 	cbAttempts := fs.Int("callback-attempts", envInt("GOLDVM_CALLBACK_ATTEMPTS", 8), "how many times a callback is tried before it is recorded as failed")
 	cbBackoff := fs.Duration("callback-backoff", envDuration("GOLDVM_CALLBACK_BACKOFF", time.Second), "wait after the first failed callback; doubles each time, up to a minute")
 	cbTimeout := fs.Duration("callback-timeout", envDuration("GOLDVM_CALLBACK_TIMEOUT", 10*time.Second), "timeout of one callback attempt")
+	qemuUser := fs.String("qemu-user", os.Getenv("GOLDVM_QEMU_USER"), "as root, run QEMU as this user instead of root (e.g. a system user goldvm-qemu); it owns each VM's directory, disk and tap ($GOLDVM_QEMU_USER)")
 	logLevel := fs.String("log-level", envOr("GOLDVM_LOG_LEVEL", "info"), "debug, info, warn or error")
 	fs.Parse(args)
 
@@ -117,10 +120,16 @@ func runServe(args []string) error {
 	case "qemu":
 		d, err := qemu.New(qemu.Config{
 			Accel: *accel, RunDir: filepath.Join(*dataDir, "run"), VMRoot: filepath.Join(*dataDir, "vms"),
-			BridgedBridge: *bridge, Sandbox: true, Logger: log,
+			BridgedBridge: *bridge, Sandbox: true, RunAs: *qemuUser, Logger: log,
 		})
 		if err != nil {
 			return fmt.Errorf("qemu backend: %w", err)
+		}
+		if _, ok := d.QEMUUser(); ok {
+			if err := openForQEMU(*dataDir); err != nil {
+				return fmt.Errorf("--qemu-user %s: %w", *qemuUser, err)
+			}
+			log.Info("QEMU runs as an unprivileged user", "user", *qemuUser)
 		}
 		defer d.Close()
 		driver = d
@@ -259,4 +268,52 @@ func startEviction(images *image.Store, policy image.EvictPolicy, inUse func(str
 		}
 	}()
 	return func() { close(done); <-stopped }
+}
+
+// openForQEMU lets an unprivileged QEMU reach the VMs' directories and the
+// gold images under dataDir: every directory above them must be
+// searchable (x) by others, which it checks for dataDir's parents and
+// grants for dataDir, its vms and images directories and each image's
+// directory (their contents stay unlistable and, but for the read-only
+// gold images, unreadable).
+func openForQEMU(dataDir string) error {
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		return err
+	}
+	for dir := filepath.Dir(abs); ; dir = filepath.Dir(dir) {
+		fi, err := os.Stat(dir)
+		if err != nil {
+			return err
+		}
+		if fi.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("QEMU cannot reach %s: %s is not searchable by other users (chmod o+x %s, or choose another --data-dir)", abs, dir, dir)
+		}
+		if dir == filepath.Dir(dir) {
+			break
+		}
+	}
+	dirs := []string{abs, filepath.Join(abs, "vms"), filepath.Join(abs, "images")}
+	keys, err := os.ReadDir(filepath.Join(abs, "images"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	for _, k := range keys {
+		if k.IsDir() && !strings.HasPrefix(k.Name(), ".") {
+			dirs = append(dirs, filepath.Join(abs, "images", k.Name()))
+		}
+	}
+	for _, d := range dirs {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+		fi, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if err := os.Chmod(d, fi.Mode().Perm()|0o011); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -958,6 +958,11 @@ func (s *Store) publish(tmp, key string, spec Spec, x *extractor, log *slog.Logg
 	if err := writeSynced(filepath.Join(tmp, markerName), b, 0o444); err != nil {
 		return nil, err
 	}
+	// Searchable, not listable: a hypervisor running as another user
+	// (goldvm serve --qemu-user) opens the disk inside by its path.
+	if err := os.Chmod(tmp, 0o711); err != nil {
+		return nil, ioErr("publishing image", err)
+	}
 	if err := syncDir(tmp); err != nil {
 		return nil, err
 	}

@@ -28,6 +28,7 @@ type launchParams struct {
 	Sandbox   bool
 	MAC       string
 	Net       netPlan
+	TapFD     int // > 0: QEMU's fd of the already opened tap
 }
 
 // optEscape escapes a value for QEMU's comma-separated option syntax.
@@ -83,6 +84,10 @@ func buildArgs(lp launchParams) []string {
 		// The guest gets 10.0.2.15 behind QEMU's own NAT; the host reaches
 		// it only through hostfwd, here SSH on a free loopback port.
 		a = append(a, "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:0-:22")
+	case lp.TapFD > 0:
+		// The tap, opened by the daemon, is QEMU's file descriptor TapFD
+		// (QEMU running as an unprivileged user cannot open it itself).
+		a = append(a, "-netdev", "tap,id=n0,fd="+strconv.Itoa(lp.TapFD))
 	default:
 		a = append(a, "-netdev", "tap,id=n0,ifname="+optEscape(lp.Net.Tap)+",script=no,downscript=no")
 	}

@@ -30,6 +30,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -40,6 +41,7 @@ import (
 
 	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/hypervisor"
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -82,6 +84,12 @@ type Config struct {
 	VMRoot string
 	// Sandbox runs QEMU under its seccomp sandbox (-sandbox on,…).
 	Sandbox bool
+	// RunAs is the user QEMU runs as when the driver runs as root ("":
+	// root). That user owns each VM's directory, disk and tap, and needs
+	// to traverse the directories above the VMs and gold images; it gets
+	// the kvm group when /dev/kvm exists. Ignored when not root (QEMU runs
+	// as the daemon's user).
+	RunAs string
 	// PowerdownTimeout is how long Destroy waits for the guest to power off
 	// after an ACPI powerdown before it quits QEMU; default 3s.
 	PowerdownTimeout time.Duration
@@ -98,6 +106,8 @@ type Driver struct {
 	ip       string // path of ip(8), "" when absent
 	dnsmasq  string
 	iptables string
+
+	runAs *syscall.Credential // QEMU's user, nil: the daemon's
 
 	displayOnce sync.Once
 	displays    map[string]bool
@@ -175,6 +185,14 @@ func New(cfg Config) (*Driver, error) {
 		}
 	} else if !d.root {
 		d.log.Info("not running as root: nat uses QEMU user-mode networking (guest 10.0.2.15, reachable from the host only through the forwarded SSH port); hostonly and bridged are unavailable")
+	}
+
+	if cfg.RunAs != "" {
+		if !d.root {
+			d.log.Info("not running as root: QEMU runs as this user", "run_as", cfg.RunAs)
+		} else if d.runAs, err = lookupCredential(cfg.RunAs); err != nil {
+			return nil, errdefs.New(errdefs.ErrInvalid, "invalid-qemu-user", "cannot run QEMU as "+cfg.RunAs, err)
+		}
 	}
 
 	cpuinfo, _ := os.ReadFile("/proc/cpuinfo")
@@ -301,6 +319,9 @@ func (d *Driver) Clone(ctx context.Context, spec hypervisor.Spec) error {
 	if err := os.Chmod(tmp, 0o600); err != nil {
 		return err
 	}
+	if err := d.giveToQEMU(tmp); err != nil {
+		return err
+	}
 	if err := syncFile(tmp); err != nil {
 		return err
 	}
@@ -402,20 +423,41 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 			fh.Close()
 		}
 	}
+	// QEMU as RunAs creates its sockets and pid file in the VM's directory
+	// and opens the disk and console log there.
+	for _, f := range []string{spec.Dir, p(spec.Dir, fileDisk), p(spec.Dir, fileConsole)} {
+		if err := d.giveToQEMU(f); err != nil {
+			return err
+		}
+	}
 	errf, err := os.OpenFile(p(spec.Dir, fileStderr), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
-	args := buildArgs(launchParams{
+	lp := launchParams{
 		ID: spec.ID, Dir: spec.Dir, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
 		Machine: d.cfg.Machine, Accel: d.accel.Args, Display: d.display(spec),
 		Sandbox: d.cfg.Sandbox, MAC: macFor(spec.ID), Net: np,
-	})
+	}
+	var extra []*os.File
+	if d.runAs != nil && !np.User {
+		// An unprivileged QEMU cannot open a tap: hand it one, as
+		// libvirt does.
+		tap, err := openTap(np.Tap)
+		if err != nil {
+			errf.Close()
+			return netErr(err)
+		}
+		defer tap.Close()
+		extra, lp.TapFD = []*os.File{tap}, 3
+	}
+	args := buildArgs(lp)
 	// Not CommandContext: the VM must outlive the request that started it.
 	cmd := exec.Command(d.cfg.QemuBinary, args...)
+	cmd.ExtraFiles = extra
 	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = errf, errf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: d.runAs}
 	d.log.Debug("starting qemu", "vm", spec.ID, "args", args)
 	err = cmd.Start()
 	errf.Close()
@@ -945,4 +987,73 @@ func (d *Driver) inVMRoot(args []string) bool {
 		}
 	}
 	return false
+}
+
+// lookupCredential resolves a user name (or numeric id) to its uid and
+// gid, with the kvm group added when /dev/kvm exists.
+func lookupCredential(name string) (*syscall.Credential, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		if u, err = user.LookupId(name); err != nil {
+			return nil, err
+		}
+	}
+	uid, err := strconv.ParseUint(u.Uid, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("uid of %s: %w", name, err)
+	}
+	gid, err := strconv.ParseUint(u.Gid, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("gid of %s: %w", name, err)
+	}
+	c := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	if _, err := os.Stat("/dev/kvm"); err == nil {
+		if g, err := user.LookupGroup("kvm"); err == nil {
+			if kvm, err := strconv.ParseUint(g.Gid, 10, 32); err == nil {
+				c.Groups = []uint32{uint32(kvm)}
+			}
+		}
+	}
+	return c, nil
+}
+
+// giveToQEMU makes path owned by the user QEMU runs as (nothing when QEMU
+// runs as the daemon's user).
+func (d *Driver) giveToQEMU(path string) error {
+	if d.runAs == nil {
+		return nil
+	}
+	if err := os.Lchown(path, int(d.runAs.Uid), int(d.runAs.Gid)); err != nil {
+		return fmt.Errorf("giving %s to the QEMU user: %w", path, err)
+	}
+	return nil
+}
+
+// QEMUUser returns the uid QEMU runs as, and false when it runs as the
+// daemon's user.
+func (d *Driver) QEMUUser() (uint32, bool) {
+	if d.runAs == nil {
+		return 0, false
+	}
+	return d.runAs.Uid, true
+}
+
+// openTap attaches to the persistent tap device name and returns its file
+// (IFF_TAP, no packet information, with virtio-net headers).
+func openTap(name string) (*os.File, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening /dev/net/tun: %w", err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("attaching to tap %s: %w", name, err)
+	}
+	return os.NewFile(uintptr(fd), "/dev/net/tun:"+name), nil
 }

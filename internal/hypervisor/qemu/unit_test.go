@@ -110,6 +110,14 @@ func TestBuildArgs(t *testing.T) {
 		t.Errorf("qemuVMID = %q", got)
 	}
 
+	// An unprivileged QEMU gets the tap as an open file.
+	lp.TapFD = 3
+	joined = strings.Join(buildArgs(lp), " ")
+	if !strings.Contains(joined, "-netdev tap,id=n0,fd=3 ") || strings.Contains(joined, "ifname=") {
+		t.Errorf("tap fd args: %s", joined)
+	}
+	lp.TapFD = 0
+
 	lp.Net = netPlan{Kind: api.NetworkNAT, User: true}
 	lp.Sandbox = false
 	lp.Dir = "/" + strings.Repeat("d", 120)
