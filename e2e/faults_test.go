@@ -55,6 +55,10 @@ func TestFaultDiskFullWhileUnpacking(t *testing.T) {
 		t.Fatalf("got %s, want status error with code disk-full", fmtVM(got))
 	}
 	t.Logf("disk full: %s", got.Error.Message)
+	// The message names the file, but not where the data dir lives.
+	if strings.Contains(got.Error.Message, dataDir) || !strings.Contains(got.Error.Message, "$GOLDVM_DATA_DIR/images/") {
+		t.Errorf("error message %q shows the host's data dir %s instead of $GOLDVM_DATA_DIR", got.Error.Message, dataDir)
+	}
 	if body := cb.waitCallback(t, v.ID, time.Minute); body.Status != api.StatusError || body.Error == nil || body.Error.Code != "disk-full" {
 		t.Errorf("callback %s, want the disk-full error", fmtVM(&body))
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/callback"
+	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/hypervisor"
 	"github.com/goldvm/goldvm/internal/hypervisor/qemu"
 	"github.com/goldvm/goldvm/internal/hypervisor/vmware"
@@ -96,6 +97,11 @@ func runServe(args []string) error {
 		return fmt.Errorf("--max-image-size: %w", err)
 	}
 
+	// Absolute from here on: QEMU runs in each VM's directory, and messages
+	// name files by these paths.
+	if *dataDir, err = filepath.Abs(*dataDir); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
 	if err := os.MkdirAll(*dataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
@@ -144,10 +150,13 @@ func runServe(args []string) error {
 		return fmt.Errorf("--backend %q: use qemu or vmware", *backend)
 	}
 
+	// API clients see "$GOLDVM_DATA_DIR/…" instead of where the data lives
+	// (messages name files by the absolute paths goldvm uses).
+	redactor := errdefs.NewRedactor(map[string]string{*dataDir: "$GOLDVM_DATA_DIR"})
 	mgr := vm.New(vm.Config{
 		VMDir: filepath.Join(*dataDir, "vms"), Store: db, Images: images, Driver: driver,
 		Callbacks: callback.New(callback.Options{MaxAttempts: *cbAttempts, Backoff: *cbBackoff, Timeout: *cbTimeout}), Limits: limits, Logger: log,
-		CrashPoint: crashPoint(log),
+		CrashPoint: crashPoint(log), Redactor: redactor,
 	})
 	defer mgr.Close()
 	if err := os.MkdirAll(filepath.Join(*dataDir, "vms"), 0o700); err != nil {
@@ -174,7 +183,7 @@ func runServe(args []string) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	srv := &http.Server{
-		Handler:           server.New(server.Config{VMs: mgr, Images: images, Token: *token, Logger: log}),
+		Handler:           server.New(server.Config{VMs: mgr, Images: images, Token: *token, Redactor: redactor, Logger: log}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,

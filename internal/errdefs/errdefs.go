@@ -11,6 +11,8 @@ package errdefs
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 )
 
 // Category sentinels. Check with errors.Is.
@@ -77,4 +79,46 @@ func CodeOf(err error) (code, message string) {
 		return e.Code, e.Error()
 	}
 	return "internal-error", "internal error"
+}
+
+// Redactor hides host directories in messages meant for API clients: a
+// message keeps its detail (a QEMU or file system error often names a
+// file) but shows each directory by a name, e.g. "$GOLDVM_DATA_DIR/vms/…".
+// The zero value and nil leave messages as they are.
+type Redactor struct {
+	r *strings.Replacer
+}
+
+// NewRedactor returns a Redactor that writes name in place of each dir
+// (given as it appears in messages, absolute or not).
+func NewRedactor(dirs map[string]string) *Redactor {
+	type pair struct{ dir, name string }
+	var ps []pair
+	for dir, name := range dirs {
+		if dir = strings.TrimSuffix(dir, "/"); dir != "" {
+			ps = append(ps, pair{dir, name})
+		}
+	}
+	// Longer directories first: a directory inside another one is shown
+	// by its own name (the replacer tries its pairs in order).
+	slices.SortFunc(ps, func(a, b pair) int { return len(b.dir) - len(a.dir) })
+	var args []string
+	for _, p := range ps {
+		args = append(args, p.dir, p.name)
+	}
+	return &Redactor{r: strings.NewReplacer(args...)}
+}
+
+// Redact returns msg with the directories replaced by their names.
+func (r *Redactor) Redact(msg string) string {
+	if r == nil || r.r == nil {
+		return msg
+	}
+	return r.r.Replace(msg)
+}
+
+// CodeOf is CodeOf with the message redacted.
+func (r *Redactor) CodeOf(err error) (code, message string) {
+	code, message = CodeOf(err)
+	return code, r.Redact(message)
 }

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/goldvm/goldvm/api"
-	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/image"
 	"github.com/goldvm/goldvm/internal/vm"
 )
@@ -54,7 +53,7 @@ func imageInfo(i image.ImageInfo, users int) api.ImageInfo {
 func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
 	infos, err := s.images.List()
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, err)
 		return
 	}
 	out := api.ImageList{Images: []api.ImageInfo{}}
@@ -79,18 +78,18 @@ func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
 func (s *Server) prefetchImage(w http.ResponseWriter, r *http.Request) {
 	var img api.Image
 	if err := decodeJSON(w, r, &img); err != nil {
-		writeError(w, err)
+		s.writeError(w, err)
 		return
 	}
 	img, err := vm.ValidateImage(img)
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, err)
 		return
 	}
 	spec := image.Spec{URL: img.URL, Checksum: img.Checksum, ChecksumType: img.ChecksumType}
 	key, err := image.Key(spec)
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, err)
 		return
 	}
 	if g, err := s.images.Get(key); err == nil {
@@ -102,7 +101,7 @@ func (s *Server) prefetchImage(w http.ResponseWriter, r *http.Request) {
 	go func() {
 		_, err := s.images.Ensure(context.Background(), spec, nil)
 		if err != nil {
-			code, msg := errdefs.CodeOf(err)
+			code, msg := s.redact.CodeOf(err)
 			info.State, info.Error = "error", &api.Error{Code: code, Message: msg}
 			s.prefetch.set(info)
 			s.log.Error("prefetch failed", "key", key, "err", err)
@@ -118,7 +117,7 @@ func (s *Server) deleteImage(w http.ResponseWriter, r *http.Request) {
 	key := r.PathValue("key")
 	s.prefetch.remove(key)
 	if err := s.images.Delete(key, s.vms.ImageUsers); err != nil {
-		writeError(w, err)
+		s.writeError(w, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -31,6 +31,7 @@ type Server struct {
 	vms    *vm.Manager
 	images *image.Store
 	token  string
+	redact *errdefs.Redactor
 	log    *slog.Logger
 	mux    *http.ServeMux
 
@@ -41,6 +42,8 @@ type Server struct {
 type Config struct {
 	VMs    *vm.Manager
 	Images *image.Store
+	// Redactor hides host directories in error messages (nil: shown).
+	Redactor *errdefs.Redactor
 	// Token, when set, is required as "Authorization: Bearer <token>".
 	Token  string
 	Logger *slog.Logger
@@ -51,7 +54,7 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Server{vms: cfg.VMs, images: cfg.Images, token: cfg.Token, log: cfg.Logger, mux: http.NewServeMux()}
+	s := &Server{vms: cfg.VMs, images: cfg.Images, token: cfg.Token, redact: cfg.Redactor, log: cfg.Logger, mux: http.NewServeMux()}
 	s.mux.HandleFunc("POST /vms", s.createVM)
 	s.mux.HandleFunc("GET /vms", s.listVMs)
 	s.mux.HandleFunc("GET /vms/{id}", s.getVM)
@@ -64,7 +67,7 @@ func New(cfg Config) *Server {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "backend": s.vms.DriverName()})
 	})
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, errdefs.Newf(errdefs.ErrNotFound, "not-found", "no such endpoint: %s %s", r.Method, r.URL.Path))
+		s.writeError(w, errdefs.Newf(errdefs.ErrNotFound, "not-found", "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
 	return s
 }
@@ -114,11 +117,11 @@ func statusOf(err error) int {
 }
 
 // writeError sends {"code","message"}; internal details go to the log only.
-func writeError(w http.ResponseWriter, err error) {
+func (s *Server) writeError(w http.ResponseWriter, err error) {
 	status := statusOf(err)
-	code, msg := errdefs.CodeOf(err)
+	code, msg := s.redact.CodeOf(err)
 	if status == http.StatusInternalServerError {
-		slog.Error("internal error", "err", err)
+		s.log.Error("internal error", "err", err)
 		code, msg = "internal-error", "internal error; see the daemon's log"
 	}
 	writeJSON(w, status, api.Error{Code: code, Message: msg})
@@ -215,12 +218,12 @@ func position(data []byte, off int) (line, col int) {
 func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 	var req api.CreateVMRequest
 	if err := decodeJSON(w, r, &req); err != nil {
-		writeError(w, err)
+		s.writeError(w, err)
 		return
 	}
 	v, err := s.vms.Create(r.Context(), req)
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, err)
 		return
 	}
 	w.Header().Set("Location", "/vms/"+v.ID)
@@ -230,7 +233,7 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 	vms, err := s.vms.List(r.Context())
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, api.VMList{VMs: vms})
@@ -239,7 +242,7 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
 	v, err := s.vms.Get(r.Context(), r.PathValue("id"))
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, v)
@@ -249,7 +252,7 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
 	// A delete, once begun, finishes even if the client goes away.
 	ctx := context.WithoutCancel(r.Context())
 	if err := s.vms.Delete(ctx, r.PathValue("id")); err != nil {
-		writeError(w, err)
+		s.writeError(w, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -258,21 +261,21 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
 func (s *Server) screenshot(w http.ResponseWriter, r *http.Request) {
 	v, err := s.vms.Get(r.Context(), r.PathValue("id"))
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, err)
 		return
 	}
 	shot, ok := s.vms.Driver().(hypervisor.Screenshotter)
 	if !ok {
-		writeError(w, errdefs.Newf(errdefs.ErrInvalid, "not-supported", "the %s backend cannot take screenshots", s.vms.DriverName()))
+		s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "not-supported", "the %s backend cannot take screenshots", s.vms.DriverName()))
 		return
 	}
 	if v.Status != api.StatusRunning {
-		writeError(w, errdefs.Newf(errdefs.ErrConflict, "vm-not-running", "VM %s is %s, not running", v.ID, v.Status))
+		s.writeError(w, errdefs.Newf(errdefs.ErrConflict, "vm-not-running", "VM %s is %s, not running", v.ID, v.Status))
 		return
 	}
 	png, err := shot.Screenshot(r.Context(), s.vms.Spec(v.ID))
 	if err != nil {
-		writeError(w, fmt.Errorf("screenshot: %w", err))
+		s.writeError(w, fmt.Errorf("screenshot: %w", err))
 		return
 	}
 	w.Header().Set("Content-Type", "image/png")

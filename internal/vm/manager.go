@@ -56,6 +56,9 @@ type Config struct {
 	Logger    *slog.Logger
 	// DestroyTimeout bounds a driver's Destroy (default 2m).
 	DestroyTimeout time.Duration
+	// Redactor hides host directories in the error messages VM records
+	// show (nil: shown as they are).
+	Redactor *errdefs.Redactor
 	// CrashPoint, when set, is called at each named point of creation and
 	// deletion (see the Crash* constants). Crash tests set it to kill the
 	// daemon there; it is nil in normal operation.
@@ -252,7 +255,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 		return
 	}
 	if err != nil {
-		code, msg := errdefs.CodeOf(err)
+		code, msg := m.cfg.Redactor.CodeOf(err)
 		log.Error("create failed", "code", code, "err", err)
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.DestroyTimeout)
 		if derr := m.cfg.Driver.Destroy(dctx, m.spec(r, goldDir)); derr != nil {
