@@ -24,6 +24,7 @@ import (
 	"github.com/goldvm/goldvm/internal/hypervisor/qemu"
 	"github.com/goldvm/goldvm/internal/hypervisor/vmware"
 	"github.com/goldvm/goldvm/internal/image"
+	"github.com/goldvm/goldvm/internal/netpolicy"
 	"github.com/goldvm/goldvm/internal/server"
 	"github.com/goldvm/goldvm/internal/store"
 	"github.com/goldvm/goldvm/internal/vm"
@@ -70,6 +71,8 @@ func runServe(args []string) error {
 	cbAttempts := fs.Int("callback-attempts", envInt("GOLDVM_CALLBACK_ATTEMPTS", 8), "how many times a callback is tried before it is recorded as failed")
 	cbBackoff := fs.Duration("callback-backoff", envDuration("GOLDVM_CALLBACK_BACKOFF", time.Second), "wait after the first failed callback; doubles each time, up to a minute")
 	cbTimeout := fs.Duration("callback-timeout", envDuration("GOLDVM_CALLBACK_TIMEOUT", 10*time.Second), "timeout of one callback attempt")
+	urlAllow := fs.String("url-allow", os.Getenv("GOLDVM_URL_ALLOW"), "networks (CIDR, comma-separated) image downloads and callbacks may connect to; empty: any not denied ($GOLDVM_URL_ALLOW)")
+	urlDeny := fs.String("url-deny", envOr("GOLDVM_URL_DENY", netpolicy.DefaultDeny), "networks image downloads and callbacks may not connect to; default: link-local, where clouds serve instance credentials ($GOLDVM_URL_DENY)")
 	qemuUser := fs.String("qemu-user", os.Getenv("GOLDVM_QEMU_USER"), "as root, run QEMU as this user instead of root (e.g. a system user goldvm-qemu); it owns each VM's directory, disk and tap ($GOLDVM_QEMU_USER)")
 	logLevel := fs.String("log-level", envOr("GOLDVM_LOG_LEVEL", "info"), "debug, info, warn or error")
 	fs.Parse(args)
@@ -92,6 +95,10 @@ func runServe(args []string) error {
 		}
 		limits.MaxMemoryMiB = n >> 20
 	}
+	netPolicy, err := netpolicy.Parse(*urlAllow, *urlDeny)
+	if err != nil {
+		return fmt.Errorf("--url-allow/--url-deny: %w", err)
+	}
 	maxImageBytes, err := api.ParseIEC(*maxImage)
 	if err != nil {
 		return fmt.Errorf("--max-image-size: %w", err)
@@ -111,7 +118,7 @@ func runServe(args []string) error {
 	}
 	defer db.Close()
 	images, err := image.NewStore(filepath.Join(*dataDir, "images"), image.Options{
-		MaxImageBytes: maxImageBytes, Logger: log,
+		MaxImageBytes: maxImageBytes, Logger: log, HTTPClient: &http.Client{Transport: netPolicy.Transport()},
 		StallTimeout: *stallTimeout, Retries: *imageRetries, RetryBackoff: *imageBackoff,
 	})
 	if err != nil {
@@ -155,7 +162,7 @@ func runServe(args []string) error {
 	redactor := errdefs.NewRedactor(map[string]string{*dataDir: "$GOLDVM_DATA_DIR"})
 	mgr := vm.New(vm.Config{
 		VMDir: filepath.Join(*dataDir, "vms"), Store: db, Images: images, Driver: driver,
-		Callbacks: callback.New(callback.Options{MaxAttempts: *cbAttempts, Backoff: *cbBackoff, Timeout: *cbTimeout}), Limits: limits, Logger: log,
+		Callbacks: callback.New(callback.Options{MaxAttempts: *cbAttempts, Backoff: *cbBackoff, Timeout: *cbTimeout, Transport: netPolicy.Transport()}), Limits: limits, Logger: log,
 		CrashPoint: crashPoint(log), Redactor: redactor,
 	})
 	defer mgr.Close()

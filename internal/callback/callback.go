@@ -7,12 +7,14 @@ package callback
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"time"
 
 	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/netpolicy"
 )
 
 // Sender posts callbacks. The zero value is not usable; use New.
@@ -33,6 +35,10 @@ type Options struct {
 	Backoff time.Duration
 	// MaxBackoff caps the wait between attempts (default 1m).
 	MaxBackoff time.Duration
+	// Transport makes the connections (default http.DefaultTransport);
+	// a connection it refuses with an error wrapping
+	// netpolicy.ErrNotAllowed fails the delivery at once.
+	Transport http.RoundTripper
 }
 
 // New returns a Sender.
@@ -51,7 +57,8 @@ func New(o Options) *Sender {
 	}
 	return &Sender{
 		client: &http.Client{
-			Timeout: o.Timeout,
+			Transport: o.Transport,
+			Timeout:   o.Timeout,
 			// A callback receiver has no business redirecting us elsewhere.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
@@ -101,6 +108,11 @@ func (s *Sender) Deliver(ctx context.Context, url string, body []byte, prior api
 			return d
 		case err != nil:
 			d.LastError = err.Error()
+			if errors.Is(err, netpolicy.ErrNotAllowed) {
+				d.State = api.CallbackFailed // retrying cannot help
+				record(d)
+				return d
+			}
 		default:
 			d.LastError = fmt.Sprintf("receiver answered %d %s", status, http.StatusText(status))
 			if status >= 400 && status < 500 && status != http.StatusRequestTimeout && status != http.StatusTooManyRequests {

@@ -5,12 +5,14 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/netpolicy"
 )
 
 func fastSender() *Sender {
@@ -108,5 +110,26 @@ func TestDeliverStopsWithContextAndResumes(t *testing.T) {
 	d = s2.Deliver(context.Background(), srv.URL, []byte(`{}`), last, func(api.CallbackDelivery) {})
 	if d.State != api.CallbackDelivered || d.Attempts != 2 {
 		t.Fatalf("resumed delivery got %+v, want delivered after 2 attempts in all", d)
+	}
+}
+
+// TestDeliverRefusedByNetworkPolicy: a receiver whose address the policy
+// denies is never contacted, and the delivery fails at once (retrying
+// cannot help).
+func TestDeliverRefusedByNetworkPolicy(t *testing.T) {
+	hits := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits++ }))
+	defer srv.Close()
+	policy, err := netpolicy.Parse("", "127.0.0.0/8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(Options{MaxAttempts: 4, Backoff: time.Millisecond, Transport: policy.Transport()})
+	d := s.Deliver(context.Background(), srv.URL, []byte(`{}`), api.CallbackDelivery{}, func(api.CallbackDelivery) {})
+	if d.State != api.CallbackFailed || d.Attempts != 1 || !strings.Contains(d.LastError, "denied network 127.0.0.0/8") {
+		t.Fatalf("got %+v, want failed after 1 attempt naming the denied network", d)
+	}
+	if hits != 0 {
+		t.Errorf("receiver saw %d requests", hits)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/netpolicy"
 )
 
 func TestKey(t *testing.T) {
@@ -1086,4 +1087,30 @@ func TestBadArchiveFailsWithoutWaitingForTheServer(t *testing.T) {
 			wantEmpty(t, s)
 		})
 	}
+}
+
+// TestNetworkPolicyRefusesTheImageServer: with a policy that denies the
+// server's address, the fetch fails at once with image-download-failed
+// naming the policy, without a request reaching the server or a retry,
+// and leaves nothing behind.
+func TestNetworkPolicyRefusesTheImageServer(t *testing.T) {
+	data := gz(t, buildTar(t, sampleEntries()))
+	srv := newServer(t, data)
+	policy, err := netpolicy.Parse("", "127.0.0.0/8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := testOptions()
+	opts.HTTPClient = &http.Client{Transport: policy.Transport()}
+	opts.RetryBackoff = time.Hour // a retry would hang the test
+	s := newStore(t, opts)
+	_, err = ensure(t, s, specFor(srv.URL+"/img.tar.gz", data))
+	wantCode(t, err, CodeDownloadFailed, errdefs.ErrUnavailable)
+	if !strings.Contains(err.Error(), "denied network 127.0.0.0/8") {
+		t.Errorf("error %q does not name the policy", err)
+	}
+	if n, _ := srv.count(); n != 0 {
+		t.Errorf("server saw %d requests, want none", n)
+	}
+	wantEmpty(t, s)
 }

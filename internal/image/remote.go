@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/goldvm/goldvm/internal/netpolicy"
 )
 
 // errRestart means the server can no longer continue the byte stream where
@@ -279,6 +281,9 @@ func (r *remote) connect() error {
 		}
 		if stalled {
 			err = fmt.Errorf("no answer for %s: %w", r.stall, errStalled)
+		}
+		if errors.Is(err, netpolicy.ErrNotAllowed) {
+			return errDownload("the image server's address is not allowed", &refusedError{fmt.Errorf("GET %s: %w", r.display, err)})
 		}
 		return &retryableError{fmt.Errorf("GET %s: %w", r.display, err)}
 	}
