@@ -156,6 +156,14 @@ func TestQEMUAsUnprivilegedUser(t *testing.T) {
 		}
 	}
 
+	// Another daemon on the host, starting, reaps stray VMs and taps: this
+	// VM's tap, which its QEMU holds as a descriptor, is not stray.
+	other := startDaemon(t, filepath.Join(t.TempDir(), "other"))
+	other.stop()
+	if err := pingGuest(got.IPAddress); err != nil {
+		t.Errorf("ping %s after another daemon started: %v", got.IPAddress, err)
+	}
+
 	// A restarted daemon reattaches to the unprivileged QEMU.
 	d.stop()
 	d.start("--qemu-user", "nobody")

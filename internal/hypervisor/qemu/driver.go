@@ -931,6 +931,9 @@ func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 			continue
 		}
 		if known(id) || !d.inVMRoot(args) {
+			// A QEMU handed its tap as a descriptor (--qemu-user) names
+			// no ifname: its tap is the one its VM id gives.
+			inUse[tapFor(id)] = true
 			for _, a := range args {
 				if i := strings.Index(a, "ifname="); i >= 0 {
 					name, _, _ := strings.Cut(a[i+len("ifname="):], ",")
