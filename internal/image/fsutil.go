@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // removeTree removes dir even though the image inside is read-only: it
@@ -42,7 +44,14 @@ func removeTree(dir string) error {
 // sealTree fsyncs every file and directory under dir and makes them
 // read-only: files 0444 (0555 if executable), directories 0555, the
 // directories last so that their contents can still be changed until then.
+// The fsyncs run several at a time: the file system commits them together
+// (one fsync at a time took about 0.5 ms per file, 10 s for 20,000 files).
 func sealTree(dir string) error {
+	type file struct {
+		path string
+		mode fs.FileMode
+	}
+	var files []file
 	var dirs []string
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -56,30 +65,43 @@ func sealTree(dir string) error {
 			if err != nil {
 				return err
 			}
-			if err := syncFile(p); err != nil {
-				return err
-			}
 			mode := fs.FileMode(0o444)
 			if fi.Mode()&0o111 != 0 {
 				mode = 0o555
 			}
-			return os.Chmod(p, mode)
+			files = append(files, file{p, mode})
 		}
 		return nil // symlinks have no mode of their own
 	})
 	if err != nil {
 		return ioErr("sealing image", err)
 	}
+	var g errgroup.Group
+	g.SetLimit(sealParallelism)
+	for _, f := range files {
+		g.Go(func() error {
+			if err := syncFile(f.path); err != nil {
+				return err
+			}
+			return ioErr("sealing image", os.Chmod(f.path, f.mode))
+		})
+	}
+	for _, d := range dirs {
+		g.Go(func() error { return syncDir(d) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
 	for i := len(dirs) - 1; i >= 0; i-- {
-		if err := syncDir(dirs[i]); err != nil {
-			return err
-		}
 		if err := os.Chmod(dirs[i], 0o555); err != nil {
 			return ioErr("sealing image", err)
 		}
 	}
 	return nil
 }
+
+// sealParallelism is how many fsyncs sealTree runs at once.
+const sealParallelism = 16
 
 func syncFile(p string) error {
 	f, err := os.Open(p)
