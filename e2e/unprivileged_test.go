@@ -145,6 +145,14 @@ func TestQEMUAsUnprivilegedUser(t *testing.T) {
 	if got := qemuUID(); got != uid {
 		t.Errorf("QEMU runs as uid %d, want nobody (%d)", got, uid)
 	}
+	// QEMU can reach the gold image and its VM's directory, others cannot
+	// list them.
+	for _, dir := range []string{"", "vms", "images"} {
+		fi, err := os.Stat(filepath.Join(base, "data", dir))
+		if err != nil || fi.Mode().Perm() != 0o711 {
+			t.Errorf("data dir %q: mode %v (%v), want 0711", dir, fi.Mode().Perm(), err)
+		}
+	}
 	// QEMU writes the screendump itself, as nobody, into the VM's directory.
 	if resp, err := http.Get("http://" + d.addr + "/vms/" + v.ID + "/screenshot"); err != nil {
 		t.Errorf("screenshot: %v", err)

@@ -327,7 +327,8 @@ func openForQEMU(dataDir string) error {
 		if err != nil {
 			return err
 		}
-		if err := os.Chmod(d, fi.Mode().Perm()|0o011); err != nil {
+		// Searchable, not listable: QEMU opens the paths it is given.
+		if err := os.Chmod(d, fi.Mode().Perm()&^0o044|0o011); err != nil {
 			return err
 		}
 	}
