@@ -148,9 +148,10 @@ func TestQEMUAsUnprivilegedUser(t *testing.T) {
 	// QEMU can reach the gold image and its VM's directory, others cannot
 	// list them.
 	for _, dir := range []string{"", "vms", "images"} {
-		fi, err := os.Stat(filepath.Join(base, "data", dir))
-		if err != nil || fi.Mode().Perm() != 0o711 {
-			t.Errorf("data dir %q: mode %v (%v), want 0711", dir, fi.Mode().Perm(), err)
+		if fi, err := os.Stat(filepath.Join(base, "data", dir)); err != nil {
+			t.Error(err)
+		} else if fi.Mode().Perm() != 0o711 {
+			t.Errorf("data dir %q: mode %v, want 0711", dir, fi.Mode().Perm())
 		}
 	}
 	// QEMU writes the screendump itself, as nobody, into the VM's directory.
