@@ -120,7 +120,13 @@ type VM struct {
 // VMList is the reply of GET /vms.
 type VMList struct {
 	VMs []VM `json:"vms"`
+	// Next, when set, is the query value of "after" that fetches the next
+	// page (GET /vms?limit=N answers at most N VMs).
+	Next string `json:"next,omitempty"`
 }
+
+// MaxPageSize is the largest "limit" GET /vms accepts.
+const MaxPageSize = 1000
 
 // ImageInfo describes a gold image on the host.
 type ImageInfo struct {

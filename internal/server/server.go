@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/hypervisor"
 	"github.com/goldvm/goldvm/internal/image"
+	"github.com/goldvm/goldvm/internal/store"
 	"github.com/goldvm/goldvm/internal/vm"
 )
 
@@ -230,13 +232,54 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, v)
 }
 
+// listVMs answers GET /vms, newest first. Query parameters, all optional:
+// status (comma-separated statuses to keep), limit (1..api.MaxPageSize VMs
+// per page; the reply's "next" then continues) and after (an id: only VMs
+// created before it, i.e. the next page; the VM itself may be gone).
 func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	want := map[api.Status]bool{}
+	for _, st := range strings.Split(q.Get("status"), ",") {
+		switch st := api.Status(strings.TrimSpace(st)); st {
+		case "":
+		case api.StatusCreating, api.StatusRunning, api.StatusStopped, api.StatusError, api.StatusDeleting:
+			want[st] = true
+		default:
+			s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "invalid-query", "status %q: use creating, running, stopped, error or deleting", st))
+			return
+		}
+	}
+	limit := 0
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > api.MaxPageSize {
+			s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "invalid-query", "limit %q: use a number from 1 to %d", v, api.MaxPageSize))
+			return
+		}
+		limit = n
+	}
+	after := q.Get("after")
+	if after != "" && !store.ValidID(after) {
+		s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "invalid-query", "after %q is not a VM id", after))
+		return
+	}
 	vms, err := s.vms.List(r.Context())
 	if err != nil {
 		s.writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, api.VMList{VMs: vms})
+	out := api.VMList{VMs: []api.VM{}}
+	for _, v := range vms { // newest first: ids sort by creation time
+		if (after != "" && v.ID >= after) || (len(want) > 0 && !want[v.Status]) {
+			continue
+		}
+		if limit > 0 && len(out.VMs) == limit {
+			out.Next = out.VMs[limit-1].ID
+			break
+		}
+		out.VMs = append(out.VMs, v)
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
