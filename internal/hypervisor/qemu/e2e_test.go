@@ -427,28 +427,52 @@ func TestE2ELockedOverlay(t *testing.T) {
 	if err := d.Clone(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	// Another process opens the overlay read-write and holds it.
-	other := exec.Command("qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-S",
-		"-drive", "file="+filepath.Join(spec.Dir, fileDisk)+",if=virtio,format=qcow2")
-	var oerr bytes.Buffer
-	other.Stderr = &oerr
-	if err := other.Start(); err != nil {
-		t.Fatal(err)
-	}
+	// Another process opens the overlay read-write and holds it. Probing
+	// the lock with qemu-img (which takes a shared lock itself) before that
+	// QEMU has opened the disk would make it fail to lock: wait for the
+	// open first, and start it again if it lost the race anyway.
+	disk := filepath.Join(spec.Dir, fileDisk)
+	var other *exec.Cmd
+	var exited chan struct{} // closed when other has been waited for
 	defer func() {
-		other.Process.Kill()
-		other.Wait()
+		if other != nil {
+			other.Process.Kill()
+			<-exited
+		}
 	}()
-	// Wait until the lock is held.
-	for {
-		if _, err := d.qemuImgInfo(ctx, filepath.Join(spec.Dir, fileDisk), false); err != nil && isLockError(err.Error()) {
+	for attempt := 1; ; attempt++ {
+		other = exec.Command("qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-S",
+			"-drive", "file="+disk+",if=virtio,format=qcow2")
+		var oerr bytes.Buffer
+		other.Stderr = &oerr
+		if err := other.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited = make(chan struct{})
+		go func(c *exec.Cmd, done chan struct{}) { c.Wait(); close(done) }(other, exited)
+		locked := false
+		for !locked {
+			select {
+			case <-exited:
+			case <-ctx.Done():
+				t.Fatalf("the other QEMU never locked the disk: %s", oerr.String())
+			case <-time.After(50 * time.Millisecond):
+				if hasOpen(other.Process.Pid, disk) {
+					_, err := d.qemuImgInfo(ctx, disk, false)
+					locked = err != nil && isLockError(err.Error())
+				}
+				continue
+			}
 			break
 		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("the other QEMU never locked the disk: %s", oerr.String())
-		case <-time.After(50 * time.Millisecond):
+		if locked {
+			break
 		}
+		if attempt == 5 {
+			t.Fatalf("the other QEMU exited %d times without locking the disk: %s", attempt, oerr.String())
+		}
+		t.Logf("the other QEMU exited before it locked the disk (attempt %d): %s", attempt, oerr.String())
+		other = nil
 	}
 	err = d.Start(ctx, spec)
 	if codeOf(err) != "vm-locked" || !errors.Is(err, errdefs.ErrConflict) {
@@ -465,7 +489,8 @@ func TestE2ELockedOverlay(t *testing.T) {
 		t.Errorf("locked overlay was removed: %v", err)
 	}
 	other.Process.Kill()
-	other.Wait()
+	<-exited
+	other = nil
 	if err := d.Destroy(ctx, spec); err != nil {
 		t.Errorf("destroy after unlock: %v", err)
 	}
@@ -587,4 +612,15 @@ func TestE2EGoldFormats(t *testing.T) {
 			}
 		})
 	}
+}
+
+// hasOpen reports whether process pid has file open.
+func hasOpen(pid int, file string) bool {
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		if target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && target == file {
+			return true
+		}
+	}
+	return false
 }
