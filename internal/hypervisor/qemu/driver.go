@@ -919,8 +919,11 @@ func (d *Driver) stop(ctx context.Context, spec hypervisor.Spec, pid int) error 
 // Reap kills goldvm QEMU processes (those named goldvm-<id>) whose VM id
 // known reports false, limited to VMs under Config.VMRoot when that is set,
 // and removes gv* tap devices that no live QEMU uses and whose owner
-// (recorded in the tap's alias) is unknown or unrecorded. Call it at daemon
-// start, before creating VMs, to clean up after a crash.
+// (recorded in the tap's alias, with a tag of the VMRoot of the instance
+// that made it) is unknown. Taps of another instance (another VMRoot) and
+// taps not named yet are left alone: other goldvm daemons on the host may
+// be between making a tap and starting its QEMU. Call it at daemon start,
+// before creating VMs, to clean up after a crash.
 func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 	var errs []error
 	inUse := map[string]bool{}
@@ -952,6 +955,7 @@ func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 		}
 	}
 	if d.ip != "" {
+		mine := rootTag(d.cfg.VMRoot)
 		links, err := d.links(ctx)
 		if err != nil {
 			return errors.Join(append(errs, err)...)
@@ -960,9 +964,16 @@ func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 			if !strings.HasPrefix(name, "gv") || !l.isTap() {
 				continue
 			}
-			owner := l.tapOwner()
-			if inUse[name] || (owner != "" && known(owner)) {
+			owner, root := l.tapOwnerIn()
+			switch {
+			case inUse[name] || (owner != "" && known(owner)):
 				continue
+			case owner == "":
+				// Just made by some instance, which names it next; or
+				// not goldvm's.
+				continue
+			case root != "" && mine != "" && root != mine:
+				continue // another goldvm instance's VM
 			}
 			d.log.Warn("removing stray tap", "tap", name, "vm", owner)
 			if err := d.removeTap(ctx, name); err != nil {

@@ -38,7 +38,28 @@ func tapFor(id string) string {
 	return "gv" + hex.EncodeToString(h[:6])
 }
 
-// tapAliasPrefix precedes the VM id in a tap's ifalias.
-const tapAliasPrefix = "goldvm:"
+// tapAliasPrefix precedes the VM id in a tap's ifalias; tapAliasRoot
+// precedes the tag of the goldvm instance (its VMRoot) that made it.
+const (
+	tapAliasPrefix = "goldvm:"
+	tapAliasRoot   = " in:"
+)
+
+// rootTag names a VMRoot in tap aliases ("" for none).
+func rootTag(vmRoot string) string {
+	if vmRoot == "" {
+		return ""
+	}
+	h := sha256.Sum256([]byte(filepath.Clean(vmRoot)))
+	return hex.EncodeToString(h[:6])
+}
+
+// tapAlias is the ifalias of VM id's tap made by the instance of vmRoot.
+func tapAlias(id, vmRoot string) string {
+	if t := rootTag(vmRoot); t != "" {
+		return tapAliasPrefix + id + tapAliasRoot + t
+	}
+	return tapAliasPrefix + id
+}
 
 func p(dir, name string) string { return filepath.Join(dir, name) }

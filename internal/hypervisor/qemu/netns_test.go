@@ -200,3 +200,56 @@ func TestE2ENetworkBridge(t *testing.T) {
 		}
 	}
 }
+
+// TestReapLeavesOtherInstancesTaps: with several goldvm daemons on a host,
+// a starting daemon's Reap removes only its own instance's stray taps
+// (and legacy ones without an instance tag), never another instance's or
+// one not named yet, which may belong to a VM about to start.
+func TestReapLeavesOtherInstancesTaps(t *testing.T) {
+	if !inNetns(t, "") {
+		return
+	}
+	mine, other := filepath.Join(t.TempDir(), "vms"), filepath.Join(t.TempDir(), "vms")
+	d, err := New(Config{VMRoot: mine, RunDir: t.TempDir(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	taps := map[string]string{ // tap -> alias ("" for none)
+		"gvforeign0001": tapAlias("vm-foreign", other),
+		"gvmine0000002": tapAlias("vm-gone", mine),
+		"gvunnamed0003": "",
+		"gvlegacy00004": tapAliasPrefix + "vm-legacy",
+	}
+	for tap, alias := range taps {
+		if _, err := d.run(ctx, "ip", "tuntap", "add", "dev", tap, "mode", "tap"); err != nil {
+			t.Fatal(err)
+		}
+		if alias != "" {
+			if _, err := d.run(ctx, "ip", "link", "set", "dev", tap, "alias", alias); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := d.Reap(ctx, func(string) bool { return false }); err != nil {
+		t.Fatal(err)
+	}
+	for tap, want := range map[string]bool{"gvforeign0001": true, "gvmine0000002": false, "gvunnamed0003": true, "gvlegacy00004": false} {
+		if _, ok, err := d.link(ctx, tap); err != nil || ok != want {
+			t.Errorf("after Reap, tap %s (alias %q) exists: %v (%v), want %v", tap, taps[tap], ok, err, want)
+		}
+	}
+}
+
+func TestTapAlias(t *testing.T) {
+	for _, root := range []string{"", "/var/lib/goldvm/vms"} {
+		l := ipLink{Ifalias: tapAlias("vm-01abc", root)}
+		id, tag := l.tapOwnerIn()
+		if id != "vm-01abc" || tag != rootTag(root) || l.tapOwner() != "vm-01abc" {
+			t.Errorf("alias %q: id %q tag %q, want vm-01abc and %q", l.Ifalias, id, tag, rootTag(root))
+		}
+	}
+	if rootTag("/a/vms") == rootTag("/b/vms") || rootTag("/a/vms/") != rootTag("/a/vms") {
+		t.Error("root tags do not tell directories apart")
+	}
+}

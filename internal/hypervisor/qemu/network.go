@@ -338,7 +338,7 @@ func (d *Driver) ensureTap(ctx context.Context, tap, br, id string) error {
 		}
 	}
 	for _, args := range [][]string{
-		{"link", "set", "dev", tap, "alias", tapAliasPrefix + id},
+		{"link", "set", "dev", tap, "alias", tapAlias(id, d.cfg.VMRoot)},
 		{"link", "set", "dev", tap, "master", br},
 		{"link", "set", "dev", tap, "up"},
 	} {
@@ -371,11 +371,19 @@ func (d *Driver) removeTap(ctx context.Context, tap string) error {
 
 // tapOwner returns the VM id recorded in a tap's alias, "" if none.
 func (l ipLink) tapOwner() string {
-	id, ok := strings.CutPrefix(strings.TrimSpace(l.Ifalias), tapAliasPrefix)
-	if !ok {
-		return ""
-	}
+	id, _ := l.tapOwnerIn()
 	return id
+}
+
+// tapOwnerIn returns the VM id and the instance tag ("" when the alias
+// has none) in a tap's alias; id is "" when the tap has no goldvm alias.
+func (l ipLink) tapOwnerIn() (id, root string) {
+	rest, ok := strings.CutPrefix(strings.TrimSpace(l.Ifalias), tapAliasPrefix)
+	if !ok {
+		return "", ""
+	}
+	id, root, _ = strings.Cut(rest, tapAliasRoot)
+	return id, root
 }
 
 // StopNetwork stops the dnsmasq instances goldvm started for its bridges and
