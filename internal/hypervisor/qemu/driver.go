@@ -934,15 +934,9 @@ func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 			continue
 		}
 		if known(id) || !d.inVMRoot(args) {
-			// A QEMU handed its tap as a descriptor (--qemu-user) names
-			// no ifname: its tap is the one its VM id gives.
+			// A VM's tap is named after its id, whether QEMU opens it by
+			// name (ifname=) or is handed it (fd=, with --qemu-user).
 			inUse[tapFor(id)] = true
-			for _, a := range args {
-				if i := strings.Index(a, "ifname="); i >= 0 {
-					name, _, _ := strings.Cut(a[i+len("ifname="):], ",")
-					inUse[name] = true
-				}
-			}
 			continue
 		}
 		d.log.Warn("killing stray QEMU", "vm", id, "pid", pid)
@@ -964,7 +958,7 @@ func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 			if !strings.HasPrefix(name, "gv") || !l.isTap() {
 				continue
 			}
-			owner, root := l.tapOwnerIn()
+			owner, root := l.tapOwner()
 			switch {
 			case inUse[name] || (owner != "" && known(owner)):
 				continue

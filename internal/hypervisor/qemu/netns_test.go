@@ -139,7 +139,7 @@ func TestE2ENetworkBridge(t *testing.T) {
 		if err != nil || !ok || !l.isTap() || l.Master != br {
 			t.Errorf("%s: tap %s: %+v ok=%v err=%v; want a tap on %s", s.ID, tap, l, ok, err, br)
 		}
-		if owner := l.tapOwner(); owner != s.ID {
+		if owner, _ := l.tapOwner(); owner != s.ID {
 			t.Errorf("tap %s owner = %q", tap, owner)
 		}
 		// dnsmasq's lease agrees with the guest agent.
@@ -244,8 +244,8 @@ func TestReapLeavesOtherInstancesTaps(t *testing.T) {
 func TestTapAlias(t *testing.T) {
 	for _, root := range []string{"", "/var/lib/goldvm/vms"} {
 		l := ipLink{Ifalias: tapAlias("vm-01abc", root)}
-		id, tag := l.tapOwnerIn()
-		if id != "vm-01abc" || tag != rootTag(root) || l.tapOwner() != "vm-01abc" {
+		id, tag := l.tapOwner()
+		if id != "vm-01abc" || tag != rootTag(root) {
 			t.Errorf("alias %q: id %q tag %q, want vm-01abc and %q", l.Ifalias, id, tag, rootTag(root))
 		}
 	}

@@ -369,15 +369,9 @@ func (d *Driver) removeTap(ctx context.Context, tap string) error {
 	return nil
 }
 
-// tapOwner returns the VM id recorded in a tap's alias, "" if none.
-func (l ipLink) tapOwner() string {
-	id, _ := l.tapOwnerIn()
-	return id
-}
-
-// tapOwnerIn returns the VM id and the instance tag ("" when the alias
+// tapOwner returns the VM id and the instance tag ("" when the alias
 // has none) in a tap's alias; id is "" when the tap has no goldvm alias.
-func (l ipLink) tapOwnerIn() (id, root string) {
+func (l ipLink) tapOwner() (id, root string) {
 	rest, ok := strings.CutPrefix(strings.TrimSpace(l.Ifalias), tapAliasPrefix)
 	if !ok {
 		return "", ""
