@@ -291,32 +291,28 @@ func startEviction(images *image.Store, policy image.EvictPolicy, inUse func(str
 // searchable (x) by others, which it checks for dataDir's parents and
 // grants for dataDir, its vms and images directories and each image's
 // directory (their contents stay unlistable and, but for the read-only
-// gold images, unreadable).
+// gold images, unreadable). dataDir is absolute.
 func openForQEMU(dataDir string) error {
-	abs, err := filepath.Abs(dataDir)
-	if err != nil {
-		return err
-	}
-	for dir := filepath.Dir(abs); ; dir = filepath.Dir(dir) {
+	for dir := filepath.Dir(dataDir); ; dir = filepath.Dir(dir) {
 		fi, err := os.Stat(dir)
 		if err != nil {
 			return err
 		}
 		if fi.Mode().Perm()&0o001 == 0 {
-			return fmt.Errorf("QEMU cannot reach %s: %s is not searchable by other users (chmod o+x %s, or choose another --data-dir)", abs, dir, dir)
+			return fmt.Errorf("QEMU cannot reach %s: %s is not searchable by other users (chmod o+x %s, or choose another --data-dir)", dataDir, dir, dir)
 		}
 		if dir == filepath.Dir(dir) {
 			break
 		}
 	}
-	dirs := []string{abs, filepath.Join(abs, "vms"), filepath.Join(abs, "images")}
-	keys, err := os.ReadDir(filepath.Join(abs, "images"))
+	dirs := []string{dataDir, filepath.Join(dataDir, "vms"), filepath.Join(dataDir, "images")}
+	keys, err := os.ReadDir(filepath.Join(dataDir, "images"))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
 	for _, k := range keys {
 		if k.IsDir() && !strings.HasPrefix(k.Name(), ".") {
-			dirs = append(dirs, filepath.Join(abs, "images", k.Name()))
+			dirs = append(dirs, filepath.Join(dataDir, "images", k.Name()))
 		}
 	}
 	for _, d := range dirs {
