@@ -333,7 +333,13 @@ func wantCode(t testing.TB, err error, code string, category error) {
 // storeNames lists the store directory.
 func storeNames(t testing.TB, s *Store) []string {
 	t.Helper()
-	ents, err := os.ReadDir(s.Dir())
+	return listDir(t, s.Dir())
+}
+
+// listDir lists the names in dir.
+func listDir(t testing.TB, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
