@@ -129,26 +129,11 @@ func run(work string, size int64, formats []string, reps int) error {
 			r := row{format: f}
 
 			// goldvm: one pass.
-			storeDir := filepath.Join(work, "store")
-			os.RemoveAll(storeDir)
-			r.goldvm, err = timed(func() error {
-				st, err := image.NewStore(storeDir, image.Options{Logger: slog.New(slog.DiscardHandler)})
-				if err != nil {
-					return err
-				}
-				defer st.Close()
-				t0 := time.Now()
-				_, err = st.Ensure(context.Background(), image.Spec{URL: url, Checksum: sum, ChecksumType: "sha256"}, func(p image.Progress) {
-					if p.Phase == image.PhaseVerifying && r.stream == 0 {
-						r.stream = time.Since(t0)
-					}
-				})
-				return err
-			})
+			r.goldvm, r.stream, err = fetchGold(work, url, sum)
 			if err != nil {
 				return r, fmt.Errorf("goldvm %s: %w", f, err)
 			}
-			removeStore(storeDir)
+			removeStore(filepath.Join(work, "store"))
 
 			// Baseline: curl, then sha256sum, then unpack (then fsync, as goldvm does).
 			dl := filepath.Join(work, "dl."+f)
@@ -273,24 +258,8 @@ func profile(base, pkgDir, work string, formats []string, reps int) error {
 			return err
 		}
 		for range reps {
-			storeDir := filepath.Join(work, "store")
-			removeStore(storeDir)
-			var stream time.Duration
 			cpu0 := cpuTime()
-			d, err := timed(func() error {
-				st, err := image.NewStore(storeDir, image.Options{Logger: slog.New(slog.DiscardHandler)})
-				if err != nil {
-					return err
-				}
-				defer st.Close()
-				t0 := time.Now()
-				_, err = st.Ensure(context.Background(), image.Spec{URL: base + "disk." + f, Checksum: sum, ChecksumType: "sha256"}, func(p image.Progress) {
-					if p.Phase == image.PhaseVerifying && stream == 0 {
-						stream = time.Since(t0)
-					}
-				})
-				return err
-			})
+			d, stream, err := fetchGold(work, base+"disk."+f, sum)
 			if err != nil {
 				return fmt.Errorf("goldvm %s: %w", f, err)
 			}
@@ -299,6 +268,30 @@ func profile(base, pkgDir, work string, formats []string, reps int) error {
 		removeStore(filepath.Join(work, "store"))
 	}
 	return nil
+}
+
+// fetchGold fetches url (sha256 sum) into an empty store under work with
+// goldvm's image store, as the daemon does, and returns the whole time and
+// the time until the stream was done (downloaded, hashed and unpacked;
+// verifying, fsync and publishing follow).
+func fetchGold(work, url, sum string) (total, stream time.Duration, err error) {
+	storeDir := filepath.Join(work, "store")
+	removeStore(storeDir)
+	total, err = timed(func() error {
+		st, err := image.NewStore(storeDir, image.Options{Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		t0 := time.Now()
+		_, err = st.Ensure(context.Background(), image.Spec{URL: url, Checksum: sum, ChecksumType: "sha256"}, func(p image.Progress) {
+			if p.Phase == image.PhaseVerifying && stream == 0 {
+				stream = time.Since(t0)
+			}
+		})
+		return err
+	})
+	return total, stream, err
 }
 
 // slowestOf returns the longest of ds and its name.
