@@ -27,20 +27,15 @@ func TestUnprivilegedDaemon(t *testing.T) {
 	var cred *syscall.Credential
 	base := t.TempDir()
 	if os.Geteuid() == 0 {
-		u, err := user.Lookup("nobody")
-		if err != nil {
-			t.Fatalf("looking up nobody: %v", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		cred = nobody(t)
 		// t.TempDir's directories are 0700 root: nobody needs its own.
+		var err error
 		base, err = os.MkdirTemp("", "goldvm-e2e-nobody-")
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { os.RemoveAll(base) })
-		if err := os.Chown(base, uid, gid); err != nil {
+		if err := os.Chown(base, int(cred.Uid), int(cred.Gid)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -101,13 +96,12 @@ func TestUnprivilegedDaemon(t *testing.T) {
 func TestQEMUAsUnprivilegedUser(t *testing.T) {
 	requireEnv(t)
 	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("this test starts a root daemon that runs QEMU as nobody: run the tests as root")
+		}
 		t.Skip("needs root: without it QEMU already runs as the daemon's user (TestUnprivilegedDaemon)")
 	}
-	u, err := user.Lookup("nobody")
-	if err != nil {
-		t.Fatalf("looking up nobody: %v", err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
+	uid := int(nobody(t).Uid)
 	// The data dir's parents must be searchable by nobody.
 	base, err := os.MkdirTemp("", "goldvm-e2e-qemu-user-")
 	if err != nil {
@@ -186,4 +180,19 @@ func TestQEMUAsUnprivilegedUser(t *testing.T) {
 		t.Fatalf("delete: %v", err)
 	}
 	assertGone(t, d, v.ID)
+}
+
+// nobody returns the user id and group id of the user nobody.
+func nobody(t *testing.T) *syscall.Credential {
+	t.Helper()
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatalf("looking up nobody: %v", err)
+	}
+	uid, err1 := strconv.Atoi(u.Uid)
+	gid, err2 := strconv.Atoi(u.Gid)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("nobody has uid %q, gid %q", u.Uid, u.Gid)
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 }
