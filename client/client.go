@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -120,6 +121,44 @@ func (c *Client) ListVMs(ctx context.Context) ([]api.VM, error) {
 		return nil, err
 	}
 	return l.VMs, nil
+}
+
+// ListOptions narrows GET /vms; the zero value lists every VM.
+type ListOptions struct {
+	// Status keeps only VMs in these statuses.
+	Status []api.Status
+	// Limit, when above 0, asks for at most this many VMs (up to
+	// api.MaxPageSize); the reply's Next then continues the list.
+	Limit int
+	// After lists only VMs older than the one with this id (a reply's Next).
+	After string
+}
+
+// ListVMsPage returns the VMs opts selects, newest first.
+func (c *Client) ListVMsPage(ctx context.Context, opts ListOptions) (*api.VMList, error) {
+	q := url.Values{}
+	if len(opts.Status) > 0 {
+		s := make([]string, len(opts.Status))
+		for i, st := range opts.Status {
+			s[i] = string(st)
+		}
+		q.Set("status", strings.Join(s, ","))
+	}
+	if opts.Limit > 0 {
+		q.Set("limit", strconv.Itoa(opts.Limit))
+	}
+	if opts.After != "" {
+		q.Set("after", opts.After)
+	}
+	path := "/vms"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var l api.VMList
+	if err := c.do(ctx, http.MethodGet, path, nil, &l); err != nil {
+		return nil, err
+	}
+	return &l, nil
 }
 
 // DeleteVM destroys a VM and frees its disk.

@@ -3,8 +3,10 @@ package e2e
 import (
 	"encoding/json"
 	"net/http"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/goldvm/goldvm/api"
@@ -75,5 +77,36 @@ func TestListPagesAndFilters(t *testing.T) {
 		if code, _, e := get(q); code != http.StatusBadRequest || e.Code != "invalid-query" {
 			t.Errorf("GET /vms%s: %d %q, want 400 invalid-query", q, code, e.Code)
 		}
+	}
+
+	// The same through the CLI.
+	cli := func(args ...string) (stdout, stderr string, err error) {
+		t.Helper()
+		cmd := exec.Command(goldvmBin, append([]string{"ls", "--addr", d.addr}, args...)...)
+		var out, errOut strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		err = cmd.Run()
+		return out.String(), errOut.String(), err
+	}
+	out, _, err := cli("--status", "error", "--limit", "10", "--after", ids[9], "--json")
+	var page api.VMList
+	if err == nil {
+		err = json.Unmarshal([]byte(out), &page)
+	}
+	if err != nil || len(page.VMs) != 10 || page.VMs[0].ID != ids[10] || page.Next != ids[19] {
+		t.Errorf("goldvm ls --status error --limit 10 --after <10th> --json: %v; got %d VMs, next %q; want ids 11-20 and next %s\n%s", err, len(page.VMs), page.Next, ids[19], out)
+	}
+	out, errOut, err := cli("--limit", "20")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if err != nil || len(lines) != 21 || !strings.HasPrefix(lines[1], ids[0]+" ") || !strings.HasPrefix(lines[20], ids[19]+" ") ||
+		!strings.Contains(errOut, "--after "+ids[19]) {
+		t.Errorf("goldvm ls --limit 20: %v; want a header, the 20 newest and a hint to continue after %s\nstdout:\n%s\nstderr:\n%s", err, ids[19], out, errOut)
+	}
+	out, _, err = cli("--status", "running", "--json")
+	if err != nil || strings.TrimSpace(out) != "[]" {
+		t.Errorf("goldvm ls --status running --json: %v, %q; want []", err, out)
+	}
+	if _, errOut, err := cli("--status", "sleeping"); err == nil || !strings.Contains(errOut, "invalid-query") {
+		t.Errorf("goldvm ls --status sleeping: %v, %q; want a failure naming invalid-query", err, errOut)
 	}
 }

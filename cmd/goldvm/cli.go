@@ -139,14 +139,31 @@ func runList(args []string) error {
 	fs := flag.NewFlagSet("ls", flag.ExitOnError)
 	var cf clientFlags
 	cf.register(fs)
+	status := fs.String("status", "", "only VMs in these statuses, comma-separated (creating, running, stopped, error, deleting)")
+	limit := fs.Int("limit", 0, fmt.Sprintf("at most this many VMs, newest first (1 to %d; 0: all)", api.MaxPageSize))
+	after := fs.String("after", "", "only VMs older than this id (the previous page names it)")
 	fs.Parse(args)
-	vms, err := cf.client().ListVMs(context.Background())
+	if fs.NArg() != 0 {
+		return fmt.Errorf("ls takes no arguments, got %q", fs.Args())
+	}
+	var opts client.ListOptions
+	for _, st := range strings.Split(*status, ",") {
+		if st = strings.TrimSpace(st); st != "" {
+			opts.Status = append(opts.Status, api.Status(st))
+		}
+	}
+	opts.Limit, opts.After = *limit, *after
+	l, err := cf.client().ListVMsPage(context.Background(), opts)
 	if err != nil {
 		return err
 	}
 	if cf.json {
-		return printJSON(vms)
+		if *limit > 0 || *after != "" {
+			return printJSON(l) // with "next"
+		}
+		return printJSON(l.VMs)
 	}
+	vms := l.VMs
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSTATUS\tCPUS\tMEMORY\tIP\tGUEST OS\tAGE")
 	for _, v := range vms {
@@ -159,7 +176,13 @@ func runList(args []string) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\n", v.ID, status, v.CPUs, v.MemoryMiB, dash(v.IPAddress), dash(v.GuestOS), age(v.CreatedAt))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if l.Next != "" {
+		fmt.Fprintf(os.Stderr, "more VMs: repeat with --after %s\n", l.Next)
+	}
+	return nil
 }
 
 func runRemove(args []string) error {
