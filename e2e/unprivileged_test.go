@@ -2,10 +2,14 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"io/fs"
+	"maps"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -94,23 +98,8 @@ func TestUnprivilegedDaemon(t *testing.T) {
 // as usual, but its QEMU runs as nobody (owning the VM's directory and
 // tap); screenshots, a daemon restart (reattach) and delete work.
 func TestQEMUAsUnprivilegedUser(t *testing.T) {
-	requireEnv(t)
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("this test starts a root daemon that runs QEMU as nobody: run the tests as root")
-		}
-		t.Skip("needs root: without it QEMU already runs as the daemon's user (TestUnprivilegedDaemon)")
-	}
+	base := searchableBase(t, "QEMU as nobody")
 	uid := int(nobody(t).Uid)
-	// The data dir's parents must be searchable by nobody.
-	base, err := os.MkdirTemp("", "goldvm-e2e-qemu-user-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	if err := os.Chmod(base, 0o711); err != nil {
-		t.Fatal(err)
-	}
 	srv := newImageServer(t)
 	cb := newCallbackServer(t)
 	d := startDaemon(t, filepath.Join(base, "data"), "--qemu-user", "nobody")
@@ -130,11 +119,7 @@ func TestQEMUAsUnprivilegedUser(t *testing.T) {
 		if len(pids) != 1 {
 			t.Fatalf("QEMU processes for %s: %v, want 1", v.ID, pids)
 		}
-		st, err := os.Stat("/proc/" + strconv.Itoa(pids[0]))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return int(st.Sys().(*syscall.Stat_t).Uid)
+		return int(ownerOf(t, "/proc/"+strconv.Itoa(pids[0])))
 	}
 	if got := qemuUID(); got != uid {
 		t.Errorf("QEMU runs as uid %d, want nobody (%d)", got, uid)
@@ -180,6 +165,142 @@ func TestQEMUAsUnprivilegedUser(t *testing.T) {
 		t.Fatalf("delete: %v", err)
 	}
 	assertGone(t, d, v.ID)
+}
+
+// TestQEMUPerVMUsers: with --qemu-uid-range each VM's QEMU runs as a
+// user id of its own, which owns the VM's 0700 directory and disk: one
+// VM's QEMU user can read the shared gold image and its own disk, not the
+// other VM's. The ids survive a daemon restart.
+func TestQEMUPerVMUsers(t *testing.T) {
+	base := searchableBase(t, "a user id of its own for each QEMU")
+	const first, last = 600500, 600509
+	uidFlag := []string{"--qemu-uid-range", strconv.Itoa(first) + "-" + strconv.Itoa(last)}
+	dataDir := filepath.Join(base, "data")
+	srv := newImageServer(t)
+	cb := newCallbackServer(t)
+	d := startDaemon(t, dataDir, uidFlag...)
+	img := publish(t, srv, "tar.gz")
+
+	a := mustCreate(t, d, createReq(img, cb.URL))
+	b := mustCreate(t, d, createReq(img, cb.URL))
+	for _, v := range []*api.VM{a, b} {
+		got := waitVM(t, d, v.ID, bootTimeout)
+		if got.Status != api.StatusRunning || !strings.HasPrefix(got.IPAddress, "10.213.0.") {
+			t.Fatalf("with --qemu-uid-range: %s, want running on the NAT bridge", fmtVM(got))
+		}
+		if err := pingGuest(got.IPAddress); err != nil {
+			t.Errorf("ping %s: %v", got.IPAddress, err)
+		}
+	}
+	// uids returns the user of each VM's QEMU, checking that it owns the
+	// VM's directory (0700) and disk.
+	uids := func() map[string]uint32 {
+		t.Helper()
+		m := map[string]uint32{}
+		for _, v := range []*api.VM{a, b} {
+			pids := processesMatching("goldvm-" + v.ID)
+			if len(pids) != 1 {
+				t.Fatalf("QEMU processes for %s: %v, want 1", v.ID, pids)
+			}
+			uid := ownerOf(t, "/proc/"+strconv.Itoa(pids[0]))
+			dir := filepath.Join(dataDir, "vms", v.ID)
+			if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
+				t.Errorf("VM directory %s: %v, %v; want mode 0700", dir, err, fi.Mode().Perm())
+			}
+			if du, fu := ownerOf(t, dir), ownerOf(t, filepath.Join(dir, "disk.qcow2")); uid < first || uid > last || du != uid || fu != uid {
+				t.Errorf("VM %s: QEMU runs as %d, its directory belongs to %d, its disk to %d; want one id from %d-%d", v.ID, uid, du, fu, first, last)
+			}
+			m[v.ID] = uid
+		}
+		if m[a.ID] == m[b.ID] {
+			t.Errorf("both VMs' QEMUs run as %d", m[a.ID])
+		}
+		return m
+	}
+	before := uids()
+
+	// What an escaped guest of VM a could read, as a's QEMU user.
+	var gold []string // the gold image's files
+	filepath.WalkDir(filepath.Join(dataDir, "images"), func(p string, e fs.DirEntry, err error) error {
+		if err == nil && e.Type().IsRegular() && strings.Contains(p, "/files/") {
+			gold = append(gold, p)
+		}
+		return nil
+	})
+	readAs := func(uid uint32, path string) error {
+		cmd := exec.Command("head", "-c", "1", path)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+		return nil
+	}
+	uidA := before[a.ID]
+	if len(gold) == 0 {
+		t.Errorf("no gold image files under %s", dataDir)
+	}
+	for _, p := range append(gold, filepath.Join(dataDir, "vms", a.ID, "disk.qcow2")) {
+		if err := readAs(uidA, p); err != nil {
+			t.Errorf("as VM a's user %d, reading %s: %v; want readable", uidA, p, err)
+		}
+	}
+	for _, p := range []string{filepath.Join(dataDir, "vms", b.ID, "disk.qcow2"), filepath.Join(dataDir, "vms", b.ID, "console.log")} {
+		if err := readAs(uidA, p); err == nil || !strings.Contains(err.Error(), "Permission denied") {
+			t.Errorf("as VM a's user %d, reading VM b's %s: %v; want Permission denied", uidA, p, err)
+		}
+	}
+
+	// A restarted daemon reattaches; each VM keeps its user.
+	d.stop()
+	d.start(uidFlag...)
+	for _, v := range []*api.VM{a, b} {
+		if got := waitVM(t, d, v.ID, time.Minute); got.Status != api.StatusRunning {
+			t.Errorf("after restart: %s", fmtVM(got))
+		}
+	}
+	if after := uids(); !maps.Equal(after, before) {
+		t.Errorf("users after restart %v, before %v", after, before)
+	}
+	for _, v := range []*api.VM{a, b} {
+		if err := d.client.DeleteVM(context.Background(), v.ID); err != nil {
+			t.Fatalf("delete: %v", err)
+		}
+		assertGone(t, d, v.ID)
+	}
+}
+
+// searchableBase checks that the test may start a root daemon that runs
+// QEMU as another user (what), and returns a new directory for its data
+// dir that other users can search, as the data dir's parents must be.
+func searchableBase(t *testing.T, what string) string {
+	t.Helper()
+	requireEnv(t)
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("this test starts a root daemon that runs QEMU with %s: run the tests as root", what)
+		}
+		t.Skipf("needs root: a root daemon runs QEMU with %s", what)
+	}
+	base, err := os.MkdirTemp("", "goldvm-e2e-qemu-user-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	return base
+}
+
+// ownerOf returns the user id owning path.
+func ownerOf(t *testing.T, path string) uint32 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Uid
 }
 
 // nobody returns the user id and group id of the user nobody.

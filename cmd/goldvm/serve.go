@@ -74,6 +74,7 @@ func runServe(args []string) error {
 	urlAllow := fs.String("url-allow", os.Getenv("GOLDVM_URL_ALLOW"), "networks (CIDR, comma-separated) image downloads and callbacks may connect to; empty: any not denied ($GOLDVM_URL_ALLOW)")
 	urlDeny := fs.String("url-deny", envOr("GOLDVM_URL_DENY", netpolicy.DefaultDeny), "networks image downloads and callbacks may not connect to; default: link-local, where clouds serve instance credentials ($GOLDVM_URL_DENY)")
 	qemuUser := fs.String("qemu-user", os.Getenv("GOLDVM_QEMU_USER"), "as root, run QEMU as this user instead of root (e.g. a system user goldvm-qemu); it owns each VM's directory, disk and tap ($GOLDVM_QEMU_USER)")
+	qemuUIDs := fs.String("qemu-uid-range", os.Getenv("GOLDVM_QEMU_UID_RANGE"), "as root, run each VM's QEMU as a user id of its own from FIRST-LAST (ids no one else uses, e.g. 600000-600999): one VM's QEMU cannot reach another's disk ($GOLDVM_QEMU_UID_RANGE)")
 	logLevel := fs.String("log-level", envOr("GOLDVM_LOG_LEVEL", "info"), "debug, info, warn or error")
 	fs.Parse(args)
 
@@ -133,16 +134,16 @@ func runServe(args []string) error {
 	case "qemu":
 		d, err := qemu.New(qemu.Config{
 			Accel: *accel, RunDir: filepath.Join(*dataDir, "run"), VMRoot: filepath.Join(*dataDir, "vms"),
-			BridgedBridge: *bridge, Sandbox: true, RunAs: *qemuUser, Logger: log,
+			BridgedBridge: *bridge, Sandbox: true, RunAs: *qemuUser, RunAsRange: *qemuUIDs, Logger: log,
 		})
 		if err != nil {
 			return fmt.Errorf("qemu backend: %w", err)
 		}
-		if _, ok := d.QEMUUser(); ok {
+		if d.RunsQEMUUnprivileged() {
 			if err := openForQEMU(*dataDir); err != nil {
-				return fmt.Errorf("--qemu-user %s: %w", *qemuUser, err)
+				return fmt.Errorf("QEMU as an unprivileged user: %w", err)
 			}
-			log.Info("QEMU runs as an unprivileged user", "user", *qemuUser)
+			log.Info("QEMU runs as an unprivileged user", "user", *qemuUser, "uid_range", *qemuUIDs)
 		}
 		defer d.Close()
 		driver = d

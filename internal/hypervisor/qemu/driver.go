@@ -90,6 +90,15 @@ type Config struct {
 	// the kvm group when /dev/kvm exists. Ignored when not root (QEMU runs
 	// as the daemon's user).
 	RunAs string
+	// RunAsRange, as "FIRST-LAST", gives each VM's QEMU a user id of its
+	// own from this range when the driver runs as root (group id: the same
+	// number): the VM's directory, disk and console belong to it and its
+	// directory is 0700, so a guest that escapes into its QEMU cannot read
+	// or change another VM's disk. The ids need no passwd entries and must
+	// not be used by anything else, other goldvm daemons included. A VM
+	// keeps its id for its life (its directory's owner records it). Set
+	// at most one of RunAs and RunAsRange.
+	RunAsRange string
 	// PowerdownTimeout is how long Destroy waits for the guest to power off
 	// after an ACPI powerdown before it quits QEMU; default 3s.
 	PowerdownTimeout time.Duration
@@ -107,7 +116,9 @@ type Driver struct {
 	dnsmasq  string
 	iptables string
 
-	runAs *syscall.Credential // QEMU's user, nil: the daemon's
+	runAs    *syscall.Credential // QEMU's user, nil: the daemon's (or per VM)
+	uidRange uidRange            // per-VM user ids; zero: none
+	uidMu    sync.Mutex          // serialises picking a VM's user id
 
 	displayOnce sync.Once
 	displays    map[string]bool
@@ -187,11 +198,25 @@ func New(cfg Config) (*Driver, error) {
 		d.log.Info("not running as root: nat uses QEMU user-mode networking (guest 10.0.2.15, reachable from the host only through the forwarded SSH port); hostonly and bridged are unavailable")
 	}
 
+	if cfg.RunAs != "" && cfg.RunAsRange != "" {
+		return nil, errdefs.Newf(errdefs.ErrInvalid, "invalid-qemu-user", "give QEMU one user (%s) or a range of user ids (%s), not both", cfg.RunAs, cfg.RunAsRange)
+	}
 	if cfg.RunAs != "" {
 		if !d.root {
-			d.log.Info("not running as root: QEMU runs as this user", "run_as", cfg.RunAs)
+			d.log.Info("not running as root: QEMU runs as the daemon's user", "run_as", cfg.RunAs)
 		} else if d.runAs, err = lookupCredential(cfg.RunAs); err != nil {
 			return nil, errdefs.New(errdefs.ErrInvalid, "invalid-qemu-user", "cannot run QEMU as "+cfg.RunAs, err)
+		}
+	}
+	if cfg.RunAsRange != "" {
+		r, err := parseUIDRange(cfg.RunAsRange)
+		if err != nil {
+			return nil, errdefs.New(errdefs.ErrInvalid, "invalid-qemu-user", "cannot give each VM a user id", err)
+		}
+		if !d.root {
+			d.log.Info("not running as root: QEMU runs as the daemon's user", "run_as_range", cfg.RunAsRange)
+		} else {
+			d.uidRange = r
 		}
 	}
 
@@ -319,7 +344,11 @@ func (d *Driver) Clone(ctx context.Context, spec hypervisor.Spec) error {
 	if err := os.Chmod(tmp, 0o600); err != nil {
 		return err
 	}
-	if err := d.giveToQEMU(tmp); err != nil {
+	cred, err := d.credFor(spec)
+	if err != nil {
+		return err
+	}
+	if err := giveTo(cred, tmp); err != nil {
 		return err
 	}
 	if err := syncFile(tmp); err != nil {
@@ -423,10 +452,14 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 			fh.Close()
 		}
 	}
-	// QEMU as RunAs creates its sockets and pid file in the VM's directory
-	// and opens the disk and console log there.
+	// An unprivileged QEMU creates its sockets and pid file in the VM's
+	// directory and opens the disk and console log there.
+	cred, err := d.credFor(spec)
+	if err != nil {
+		return err
+	}
 	for _, f := range []string{spec.Dir, p(spec.Dir, fileDisk), p(spec.Dir, fileConsole)} {
-		if err := d.giveToQEMU(f); err != nil {
+		if err := giveTo(cred, f); err != nil {
 			return err
 		}
 	}
@@ -440,7 +473,7 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 		Sandbox: d.cfg.Sandbox, MAC: macFor(spec.ID), Net: np,
 	}
 	var extra []*os.File
-	if d.runAs != nil && !np.User {
+	if cred != nil && !np.User {
 		// An unprivileged QEMU cannot open a tap: hand it one, as
 		// libvirt does.
 		tap, err := openTap(np.Tap)
@@ -457,7 +490,7 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 	cmd.ExtraFiles = extra
 	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = errf, errf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: d.runAs}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: cred}
 	d.log.Debug("starting qemu", "vm", spec.ID, "args", args)
 	err = cmd.Start()
 	errf.Close()
@@ -1014,37 +1047,41 @@ func lookupCredential(name string) (*syscall.Credential, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gid of %s: %w", name, err)
 	}
-	c := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-	if _, err := os.Stat("/dev/kvm"); err == nil {
-		if g, err := user.LookupGroup("kvm"); err == nil {
-			if kvm, err := strconv.ParseUint(g.Gid, 10, 32); err == nil {
-				c.Groups = []uint32{uint32(kvm)}
-			}
-		}
-	}
-	return c, nil
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: kvmGroups()}, nil
 }
 
-// giveToQEMU makes path owned by the user QEMU runs as (nothing when QEMU
-// runs as the daemon's user).
-func (d *Driver) giveToQEMU(path string) error {
-	if d.runAs == nil {
+// kvmGroups returns the kvm group, which an unprivileged QEMU needs for
+// /dev/kvm, when /dev/kvm exists.
+func kvmGroups() []uint32 {
+	if _, err := os.Stat("/dev/kvm"); err != nil {
 		return nil
 	}
-	if err := os.Lchown(path, int(d.runAs.Uid), int(d.runAs.Gid)); err != nil {
-		return fmt.Errorf("giving %s to the QEMU user: %w", path, err)
+	g, err := user.LookupGroup("kvm")
+	if err != nil {
+		return nil
+	}
+	kvm, err := strconv.ParseUint(g.Gid, 10, 32)
+	if err != nil {
+		return nil
+	}
+	return []uint32{uint32(kvm)}
+}
+
+// giveTo makes path owned by cred's user (nothing when cred is nil: QEMU
+// runs as the daemon's user).
+func giveTo(cred *syscall.Credential, path string) error {
+	if cred == nil {
+		return nil
+	}
+	if err := os.Lchown(path, int(cred.Uid), int(cred.Gid)); err != nil {
+		return fmt.Errorf("giving %s to QEMU's user %d: %w", path, cred.Uid, err)
 	}
 	return nil
 }
 
-// QEMUUser returns the uid QEMU runs as, and false when it runs as the
-// daemon's user.
-func (d *Driver) QEMUUser() (uint32, bool) {
-	if d.runAs == nil {
-		return 0, false
-	}
-	return d.runAs.Uid, true
-}
+// RunsQEMUUnprivileged reports whether QEMU runs as another user than the
+// daemon (RunAs or RunAsRange, as root).
+func (d *Driver) RunsQEMUUnprivileged() bool { return d.runAs != nil || d.uidRange.first != 0 }
 
 // openTap attaches to the persistent tap device name and returns its file
 // (IFF_TAP, no packet information, with virtio-net headers).
