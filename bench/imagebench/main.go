@@ -13,6 +13,7 @@ import (
 	"archive/tar"
 	"archive/zip"
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -29,6 +30,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"runtime/trace"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -112,6 +114,11 @@ func run(work string, size int64, formats []string, reps int) error {
 		downloadGo, hashGo time.Duration
 		slowestGo          time.Duration
 		slowNameGo         string
+		// CPU time used on the whole machine: by goldvm's fetch, and by
+		// each stage alone (see stageWork); bound is their sum spread over
+		// all CPUs, the shortest a one-pass fetch can take here.
+		goldvmWork time.Duration
+		stages     stageWork
 	}
 	var rows []row
 	if cpuProfile != "" {
@@ -129,7 +136,7 @@ func run(work string, size int64, formats []string, reps int) error {
 			r := row{format: f}
 
 			// goldvm: one pass.
-			r.goldvm, r.stream, err = fetchGold(work, url, sum)
+			r.goldvm, r.stream, r.goldvmWork, err = fetchGold(work, url, sum)
 			if err != nil {
 				return r, fmt.Errorf("goldvm %s: %w", f, err)
 			}
@@ -171,7 +178,13 @@ func run(work string, size int64, formats []string, reps int) error {
 			if r.hashGo, err = timed(func() error { _, err := fileSHA256(dl); return err }); err != nil {
 				return r, err
 			}
-			if r.decompress, err = timed(func() error { return decompress(dl, f) }); err != nil {
+			pkgData, err := os.ReadFile(dl)
+			if err != nil {
+				return r, err
+			}
+			r.decompress, err = timed(func() error { return decompressBytes(pkgData, f) })
+			pkgData = nil
+			if err != nil {
 				return r, fmt.Errorf("decompress %s: %w", f, err)
 			}
 			tarFile := filepath.Join(pkgDir, "disk.tar")
@@ -182,6 +195,9 @@ func run(work string, size int64, formats []string, reps int) error {
 			}
 			os.RemoveAll(outDir)
 			os.Remove(dl)
+			if r.stages, err = measureStageWork(url, p, filepath.Join(pkgDir, "disk.raw"), f, work); err != nil {
+				return r, err
+			}
 			return r, nil
 		}
 		// Each figure is the minimum over the repetitions: on a shared
@@ -202,7 +218,9 @@ func run(work string, size int64, formats []string, reps int) error {
 			}{
 				{&r.goldvm, m.goldvm}, {&r.stream, m.stream}, {&r.seq, m.seq}, {&r.seqSync, m.seqSync},
 				{&r.download, m.download}, {&r.hash, m.hash}, {&r.decompress, m.decompress}, {&r.untarred, m.untarred},
-				{&r.downloadGo, m.downloadGo}, {&r.hashGo, m.hashGo},
+				{&r.downloadGo, m.downloadGo}, {&r.hashGo, m.hashGo}, {&r.goldvmWork, m.goldvmWork},
+				{&r.stages.download, m.stages.download}, {&r.stages.hash, m.stages.hash},
+				{&r.stages.decompress, m.stages.decompress}, {&r.stages.write, m.stages.write},
 			} {
 				*p.dst = min(*p.dst, p.v)
 			}
@@ -226,6 +244,21 @@ func run(work string, size int64, formats []string, reps int) error {
 			sec(r.slowest), r.slowName, sec(r.slowestGo), r.slowNameGo, ratio(r.goldvm, r.seq), ratio(r.goldvm, r.seqSync),
 			ratio(r.goldvm, r.slowest), ratio(r.goldvm, r.slowestGo))
 	}
+
+	// How far these CPUs can go: the CPU time the stages need even alone
+	// (server and kernel included) has to fit on numCPU CPUs.
+	cpus := numCPU()
+	fmt.Printf("\nCPU work on the whole machine (all CPUs; loopback server and kernel threads included), each stage alone, data in memory:\n")
+	fmt.Printf("%-8s %9s %9s %9s %9s %9s %9s %9s %11s %12s %12s\n", "format", "download", "sha256", "decomp", "write", "sum", "bound", "goldvm", "bound/slow", "bound/sl-go", "goldvm/bound")
+	for _, r := range rows {
+		sum := r.stages.sum()
+		bound := sum / time.Duration(cpus)
+		fmt.Printf("%-8s %9s %9s %9s %9s %9s %9s %9s %11.2f %12.2f %12.2f\n", r.format, sec(r.stages.download), sec(r.stages.hash),
+			sec(r.stages.decompress), sec(r.stages.write), sec(sum), sec(bound), sec(r.goldvmWork),
+			ratio(bound, r.slowest), ratio(bound, r.slowestGo), ratio(r.goldvm, bound))
+	}
+	fmt.Printf("bound: the summed work over %d CPUs, the shortest any one-pass fetch could take here even with perfect overlap;\n", cpus)
+	fmt.Printf("a bound/slow or bound/sl-go above 1.15 means goldvm/slow or goldvm/sl-go cannot reach 1.15 on this machine\n")
 	return nil
 }
 
@@ -259,11 +292,12 @@ func profile(base, pkgDir, work string, formats []string, reps int) error {
 		}
 		for range reps {
 			cpu0 := cpuTime()
-			d, stream, err := fetchGold(work, base+"disk."+f, sum)
+			d, stream, busy, err := fetchGold(work, base+"disk."+f, sum)
 			if err != nil {
 				return fmt.Errorf("goldvm %s: %w", f, err)
 			}
-			fmt.Printf("%s: goldvm %s (stream done after %s), %s of CPU\n", f, sec(d), sec(stream), sec(cpuTime()-cpu0))
+			fmt.Printf("%s: goldvm %s (stream done after %s), %s of CPU in goldvm (emptying the store included), %s on the whole machine during the fetch\n",
+				f, sec(d), sec(stream), sec(cpuTime()-cpu0), sec(busy))
 		}
 		removeStore(filepath.Join(work, "store"))
 	}
@@ -271,13 +305,16 @@ func profile(base, pkgDir, work string, formats []string, reps int) error {
 }
 
 // fetchGold fetches url (sha256 sum) into an empty store under work with
-// goldvm's image store, as the daemon does, and returns the whole time and
+// goldvm's image store, as the daemon does, and returns the whole time,
 // the time until the stream was done (downloaded, hashed and unpacked;
-// verifying, fsync and publishing follow).
-func fetchGold(work, url, sum string) (total, stream time.Duration, err error) {
+// verifying, fsync and publishing follow) and the CPU time the whole
+// machine spent meanwhile.
+func fetchGold(work, url, sum string) (total, stream, busy time.Duration, err error) {
 	storeDir := filepath.Join(work, "store")
 	removeStore(storeDir)
 	total, err = timed(func() error {
+		busy0 := machineBusy()
+		defer func() { busy = machineBusy() - busy0 }()
 		st, err := image.NewStore(storeDir, image.Options{Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			return err
@@ -291,7 +328,7 @@ func fetchGold(work, url, sum string) (total, stream time.Duration, err error) {
 		})
 		return err
 	})
-	return total, stream, err
+	return total, stream, busy, err
 }
 
 // slowestOf returns the longest of ds and its name.
@@ -381,35 +418,26 @@ func fileSHA256(p string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// decompress reads a package's payload to io.Discard with the decoders
-// goldvm uses: the decompression stage alone.
-func decompress(p, format string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
+// decompressBytes reads the payload of a package held in memory to
+// io.Discard with the decoders goldvm uses: the decompression stage alone.
+func decompressBytes(data []byte, format string) error {
 	var r io.Reader
 	switch format {
 	case "tar.gz":
-		zr, err := gzip.NewReader(bufio.NewReaderSize(f, 1<<20))
+		zr, err := gzip.NewReader(bufio.NewReaderSize(bytes.NewReader(data), 1<<20))
 		if err != nil {
 			return err
 		}
 		r = zr
 	case "tar.zst":
-		zr, err := zstd.NewReader(bufio.NewReaderSize(f, 1<<20), zstd.WithDecoderConcurrency(2))
+		zr, err := zstd.NewReader(bufio.NewReaderSize(bytes.NewReader(data), 1<<20), zstd.WithDecoderConcurrency(2))
 		if err != nil {
 			return err
 		}
 		defer zr.Close()
 		r = zr
 	case "zip":
-		fi, err := f.Stat()
-		if err != nil {
-			return err
-		}
-		zr, err := zip.NewReader(f, fi.Size())
+		zr, err := zip.NewReader(bytes.NewReader(data), int64(len(data)))
 		if err != nil {
 			return err
 		}
@@ -428,7 +456,7 @@ func decompress(p, format string) error {
 	default:
 		return fmt.Errorf("unknown format %s", format)
 	}
-	_, err = io.Copy(io.Discard, r)
+	_, err := io.Copy(io.Discard, r)
 	return err
 }
 
@@ -596,4 +624,123 @@ func writeZip(raw, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// stageWork is the CPU time, on the whole machine, that each stage of a
+// fetch takes when it runs alone on data already in memory: the least
+// work a one-pass fetch must do, whatever it overlaps.
+type stageWork struct {
+	download   time.Duration // Go's HTTP client and the loopback server
+	hash       time.Duration // SHA-256 of the package
+	decompress time.Duration // goldvm's decoders, output discarded
+	write      time.Duration // the image's non-zero blocks written and fsynced
+}
+
+func (s stageWork) sum() time.Duration { return s.download + s.hash + s.decompress + s.write }
+
+// measureStageWork measures each stage's CPU work for the package at pkg
+// (served at url) and the raw image at raw, writing into work.
+func measureStageWork(url, pkg, raw, format, work string) (stageWork, error) {
+	var s stageWork
+	var err error
+	if s.download, err = busyDuring(func() error { return httpDiscard(url) }); err != nil {
+		return s, err
+	}
+	data, err := readWarm(pkg)
+	if err != nil {
+		return s, err
+	}
+	if s.hash, err = busyDuring(func() error { sha256.Sum256(data); return nil }); err != nil {
+		return s, err
+	}
+	if s.decompress, err = busyDuring(func() error { return decompressBytes(data, format) }); err != nil {
+		return s, err
+	}
+	data = nil
+	img, err := readWarm(raw)
+	if err != nil {
+		return s, err
+	}
+	out := filepath.Join(work, "write.out")
+	defer os.Remove(out)
+	s.write, err = busyDuring(func() error { return writeSparse(out, img) })
+	return s, err
+}
+
+// readWarm reads the file at p into memory and reads that memory once:
+// on the development machines (virtual machines) the first pass over
+// freshly allocated memory costs three times the next one, which would
+// be counted against the stage measured next.
+func readWarm(p string) ([]byte, error) {
+	b, err := os.ReadFile(p)
+	if err == nil {
+		sha256.Sum256(b)
+	}
+	return b, err
+}
+
+// busyDuring runs f after a sync and returns the CPU time all CPUs spent
+// on anything until f had returned.
+func busyDuring(f func() error) (time.Duration, error) {
+	if err := exec.Command("sync").Run(); err != nil {
+		return 0, err
+	}
+	b := machineBusy()
+	if err := f(); err != nil {
+		return 0, err
+	}
+	return machineBusy() - b, nil
+}
+
+// writeSparse writes img to a new file at p as plainly as it can be
+// done: its non-zero 4 KiB blocks in order, the zero ones left as holes,
+// then one fsync.
+func writeSparse(p string, img []byte) error {
+	f, err := os.Create(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	const block = 4096
+	zero := make([]byte, block)
+	for i := 0; i < len(img); {
+		j := i
+		for j < len(img) && j-i < 2<<20 && !bytes.Equal(img[j:min(j+block, len(img))], zero[:min(block, len(img)-j)]) {
+			j += block
+		}
+		j = min(j, len(img))
+		if j > i {
+			if _, err := f.WriteAt(img[i:j], int64(i)); err != nil {
+				return err
+			}
+		}
+		for j < len(img) && bytes.Equal(img[j:min(j+block, len(img))], zero[:min(block, len(img)-j)]) {
+			j += block
+		}
+		i = min(j, len(img))
+	}
+	if err := f.Truncate(int64(len(img))); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// machineBusy returns the time all CPUs have spent on anything but idling
+// and waiting for I/O since boot (/proc/stat), or 0 where it cannot be read.
+func machineBusy() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	var ticks int64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
 }
