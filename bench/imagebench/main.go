@@ -28,6 +28,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"runtime/trace"
 	"strconv"
@@ -184,6 +186,7 @@ func run(work string, size int64, formats []string, reps int) error {
 			}
 			r.decompress, err = timed(func() error { return decompressBytes(pkgData, f) })
 			pkgData = nil
+			releaseMemory()
 			if err != nil {
 				return r, fmt.Errorf("decompress %s: %w", f, err)
 			}
@@ -641,6 +644,7 @@ func (s stageWork) sum() time.Duration { return s.download + s.hash + s.decompre
 // measureStageWork measures each stage's CPU work for the package at pkg
 // (served at url) and the raw image at raw, writing into work.
 func measureStageWork(url, pkg, raw, format, work string) (stageWork, error) {
+	defer releaseMemory()
 	var s stageWork
 	var err error
 	if s.download, err = busyDuring(func() error { return httpDiscard(url) }); err != nil {
@@ -665,6 +669,14 @@ func measureStageWork(url, pkg, raw, format, work string) (stageWork, error) {
 	defer os.Remove(out)
 	s.write, err = busyDuring(func() error { return writeSparse(out, img) })
 	return s, err
+}
+
+// releaseMemory gives the memory of the packages and images read into
+// memory back to the system now, so that the Go runtime does not do it in
+// the background during the next measurement.
+func releaseMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
 }
 
 // readWarm reads the file at p into memory and reads that memory once:
