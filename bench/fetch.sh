@@ -4,7 +4,9 @@
 # `sha256sum` then `tar -x`/`unzip`, and against the slowest single stage,
 # for tar.gz, tar.zst and zip packages of a disk-like image served over
 # loopback HTTP. Prints a table of times and ratios (lower is better;
-# goldvm/slowest = 1.00 would be perfect overlap of all stages).
+# goldvm/slowest = 1.00 would be perfect overlap of all stages), then the
+# CPU work of each stage alone on the whole machine and their sum over the
+# CPUs: the bound no one-pass fetch can beat on this machine.
 #
 #   bench/fetch.sh                       # 1 GiB image, about 3-4 minutes on 2 cores
 #   SIZE_MIB=256 REPS=1 bench/fetch.sh   # quicker (REPS: best of N, default 2)
