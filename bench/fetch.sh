@@ -8,7 +8,7 @@
 # CPU work of each stage alone on the whole machine and their sum over the
 # CPUs: the bound no one-pass fetch can beat on this machine.
 #
-#   bench/fetch.sh                       # 1 GiB image, about 3-4 minutes on 2 cores
+#   bench/fetch.sh                       # 1 GiB image, about 6-7 minutes on 2 cores
 #   SIZE_MIB=256 REPS=1 bench/fetch.sh   # quicker (REPS: best of N, default 2)
 #   WORK=/var/tmp/x FORMATS=tar.zst bench/fetch.sh
 #
