@@ -134,15 +134,7 @@ func TestQEMUAsUnprivilegedUser(t *testing.T) {
 		}
 	}
 	// QEMU writes the screendump itself, as nobody, into the VM's directory.
-	if resp, err := http.Get("http://" + d.addr + "/vms/" + v.ID + "/screenshot"); err != nil {
-		t.Errorf("screenshot: %v", err)
-	} else {
-		png, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(png), "\x89PNG") {
-			t.Errorf("screenshot: HTTP %d, %d bytes: %.200q", resp.StatusCode, len(png), png)
-		}
-	}
+	checkScreenshot(t, d, v.ID)
 
 	// Another daemon on the host, starting, reaps stray VMs and taps: this
 	// VM's tap, which its QEMU holds as a descriptor, is not stray.
@@ -267,6 +259,22 @@ func TestQEMUPerVMUsers(t *testing.T) {
 			t.Fatalf("delete: %v", err)
 		}
 		assertGone(t, d, v.ID)
+	}
+}
+
+// checkScreenshot asks the daemon for VM id's screenshot and checks that
+// it is a PNG.
+func checkScreenshot(t *testing.T, d *daemon, id string) {
+	t.Helper()
+	resp, err := http.Get("http://" + d.addr + "/vms/" + id + "/screenshot")
+	if err != nil {
+		t.Errorf("screenshot: %v", err)
+		return
+	}
+	png, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(png), "\x89PNG") {
+		t.Errorf("screenshot: HTTP %d, %d bytes: %.200q", resp.StatusCode, len(png), png)
 	}
 }
 

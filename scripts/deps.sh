@@ -7,9 +7,11 @@ pkgs=(qemu-system-x86 qemu-utils dnsmasq-base iproute2 iptables ca-certificates)
 if [[ "${1:-}" == "--test" ]]; then
 	# The test guest is built from Debian packages (kernel, busybox, qemu-guest-agent)
 	# and made bootable with syslinux; the end-to-end tests package it with
-	# tar/gzip/bzip2/zstd/xz/zip and ping the guests.
+	# tar/gzip/bzip2/zstd/xz/zip and ping the guests; one opens a VM's
+	# window (QEMU's gtk display) on a virtual X server.
 	pkgs+=(syslinux syslinux-common mtools dosfstools busybox-static
-		tar gzip bzip2 zstd xz-utils zip unzip iputils-ping util-linux)
+		tar gzip bzip2 zstd xz-utils zip unzip iputils-ping util-linux
+		qemu-system-gui xvfb x11-utils)
 fi
 
 missing=()

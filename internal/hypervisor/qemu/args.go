@@ -49,6 +49,11 @@ func sockArg(dir, name string) string {
 // is installed and dies of SIGSYS).
 const sandboxArg = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
+// guiSandboxArg is the policy for a VM with a window: the gtk and sdl
+// displays fork or exec as they start (QEMU 7.2 with spawn=deny dies of
+// SIGSYS at once), so spawning is allowed; the rest stays denied.
+const guiSandboxArg = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny"
+
 // buildArgs returns QEMU's argument list (without the binary).
 func buildArgs(lp launchParams) []string {
 	dir := lp.Dir
@@ -102,7 +107,11 @@ func buildArgs(lp launchParams) []string {
 		"-pidfile", p(dir, filePID),
 	)
 	if lp.Sandbox {
-		a = append(a, "-sandbox", sandboxArg)
+		if display == "none" {
+			a = append(a, "-sandbox", sandboxArg)
+		} else {
+			a = append(a, "-sandbox", guiSandboxArg)
+		}
 	}
 	return a
 }

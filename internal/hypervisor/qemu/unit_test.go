@@ -110,6 +110,14 @@ func TestBuildArgs(t *testing.T) {
 		t.Errorf("qemuVMID = %q", got)
 	}
 
+	// A window: the sandbox lets QEMU spawn, which gtk and sdl need.
+	lp.Display = "gtk"
+	joined = strings.Join(buildArgs(lp), " ")
+	if !strings.Contains(joined, "-display gtk") || !strings.Contains(joined, "-sandbox "+guiSandboxArg) || strings.Contains(joined, "spawn=deny") {
+		t.Errorf("gtk args: %s", joined)
+	}
+	lp.Display = "none"
+
 	// An unprivileged QEMU gets the tap as an open file.
 	lp.TapFD = 3
 	joined = strings.Join(buildArgs(lp), " ")
