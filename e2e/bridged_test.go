@@ -1,0 +1,100 @@
+package e2e
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/goldvm/goldvm/api"
+)
+
+// TestCreateBridged: network_type "bridged" puts the VM on a bridge the
+// host already has (--bridge), where the LAN's own DHCP server gives it an
+// address. The test's network namespace stands in for the LAN: a bridge
+// with an address and a dnsmasq of the test's own. The VM boots with an
+// address from that server and answers pings; deleting it removes its
+// tap and leaves the host's bridge and DHCP server alone.
+func TestCreateBridged(t *testing.T) {
+	requireEnv(t)
+	if os.Getenv(netnsMarker) == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("this test makes a bridge and a DHCP server: it runs only in the test's own network namespace (as root)")
+		}
+		t.Skip("needs the test's own network namespace (run as root)")
+	}
+	const lan = "gvtestlan0"
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	run("ip", "link", "add", lan, "type", "bridge")
+	t.Cleanup(func() { exec.Command("ip", "link", "del", lan).Run() })
+	run("ip", "addr", "add", "192.168.77.1/24", "dev", lan)
+	run("ip", "link", "set", lan, "up")
+	dir := t.TempDir()
+	dhcp := exec.Command("dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--port=0",
+		"--interface="+lan, "--bind-interfaces", "--except-interface=lo",
+		"--dhcp-range=192.168.77.50,192.168.77.99,255.255.255.0,1h",
+		"--dhcp-leasefile="+filepath.Join(dir, "leases"), "--pid-file="+filepath.Join(dir, "pid"))
+	var dhcpOut strings.Builder
+	dhcp.Stdout, dhcp.Stderr = &dhcpOut, &dhcpOut
+	if err := dhcp.Start(); err != nil {
+		t.Fatalf("starting the LAN's dnsmasq: %v", err)
+	}
+	dhcpDone := make(chan struct{})
+	go func() { dhcp.Wait(); close(dhcpDone) }()
+	t.Cleanup(func() { dhcp.Process.Kill(); <-dhcpDone })
+
+	srv := newImageServer(t)
+	cb := newCallbackServer(t)
+	d := startDaemon(t, filepath.Join(t.TempDir(), "data"), "--bridge", lan)
+	img := publish(t, srv, "tar.gz")
+	req := createReq(img, cb.URL)
+	req.NetworkType = api.NetworkBridged
+	v := mustCreate(t, d, req)
+	got := waitVM(t, d, v.ID, bootTimeout)
+	ip := net.ParseIP(got.IPAddress)
+	if got.Status != api.StatusRunning || ip == nil || !(&net.IPNet{IP: net.IPv4(192, 168, 77, 0), Mask: net.CIDRMask(24, 32)}).Contains(ip) {
+		t.Fatalf("bridged VM: %s; want running with an address from the LAN's DHCP server (192.168.77.50-99)\ndnsmasq: %s", fmtVM(got), dhcpOut.String())
+	}
+	if got.NetworkType != api.NetworkBridged {
+		t.Errorf("network_type %q, want bridged", got.NetworkType)
+	}
+	if leases, _ := os.ReadFile(filepath.Join(dir, "leases")); !strings.Contains(string(leases), got.IPAddress) {
+		t.Errorf("the LAN's DHCP server did not lease %s: %q", got.IPAddress, leases)
+	}
+	if err := pingGuest(got.IPAddress); err != nil {
+		t.Errorf("ping %s: %v", got.IPAddress, err)
+	}
+	// The VM's tap is on the host's bridge.
+	out, _ := exec.Command("ip", "-o", "link", "show", "master", lan).CombinedOutput()
+	if strings.Count(strings.TrimSpace(string(out)), "\n") != 0 || !strings.Contains(string(out), "gv") {
+		t.Errorf("ports of %s: %q, want the VM's tap alone", lan, out)
+	}
+
+	if err := d.client.DeleteVM(context.Background(), v.ID); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	assertGone(t, d, v.ID)
+	if out, _ := exec.Command("ip", "-o", "link", "show", "master", lan).CombinedOutput(); strings.TrimSpace(string(out)) != "" {
+		t.Errorf("after delete %s still has ports: %q", lan, out)
+	}
+	// Stopping the daemon leaves the host's bridge and DHCP server be.
+	d.stop()
+	time.Sleep(100 * time.Millisecond)
+	if _, err := net.InterfaceByName(lan); err != nil {
+		t.Errorf("the host's bridge is gone: %v", err)
+	}
+	select {
+	case <-dhcpDone:
+		t.Errorf("the LAN's dnsmasq has exited: %s", dhcpOut.String())
+	default:
+	}
+}
