@@ -83,9 +83,10 @@ func TestCreateBridged(t *testing.T) {
 		t.Fatalf("delete: %v", err)
 	}
 	assertGone(t, d, v.ID)
-	if out, _ := exec.Command("ip", "-o", "link", "show", "master", lan).CombinedOutput(); strings.TrimSpace(string(out)) != "" {
-		t.Errorf("after delete %s still has ports: %q", lan, out)
-	}
+	waitFor(t, "the VM's tap to leave "+lan, 10*time.Second, func() bool {
+		out, _ := exec.Command("ip", "-o", "link", "show", "master", lan).CombinedOutput()
+		return strings.TrimSpace(string(out)) == ""
+	})
 	// Stopping the daemon leaves the host's bridge and DHCP server be.
 	d.stop()
 	time.Sleep(100 * time.Millisecond)

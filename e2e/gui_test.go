@@ -79,9 +79,7 @@ func TestCreateWithWindow(t *testing.T) {
 		t.Fatalf("delete: %v", err)
 	}
 	assertGone(t, d, v.ID)
-	if w := windows(); strings.Contains(w, title) {
-		t.Errorf("window %q still shown after delete", title)
-	}
+	waitFor(t, "the window to close after delete", 10*time.Second, func() bool { return !strings.Contains(windows(), title) })
 }
 
 // startXvfb starts a virtual X server on a free display and returns the
