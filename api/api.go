@@ -130,16 +130,20 @@ const MaxPageSize = 1000
 
 // ImageInfo describes a gold image on the host.
 type ImageInfo struct {
-	Key          string    `json:"key"`
-	URL          string    `json:"url"`
-	ChecksumType string    `json:"checksum_type"`
-	Checksum     string    `json:"checksum"`
-	SizeBytes    int64     `json:"size_bytes"`
-	VMs          int       `json:"vms"`
-	State        string    `json:"state"` // "ready" or "fetching"
-	CreatedAt    time.Time `json:"created_at,omitzero"`
-	LastUsed     time.Time `json:"last_used,omitzero"`
-	Error        *Error    `json:"error,omitempty"`
+	Key          string `json:"key"`
+	URL          string `json:"url"`
+	ChecksumType string `json:"checksum_type"`
+	Checksum     string `json:"checksum"`
+	SizeBytes    int64  `json:"size_bytes"`
+	VMs          int    `json:"vms"`
+	State        string `json:"state"` // "ready", "fetching" or "error"
+	// Phase and Progress show a fetch under way: "downloading",
+	// "verifying" or "unpacking", and the bytes downloaded so far.
+	Phase     Phase     `json:"phase,omitempty"`
+	Progress  *Progress `json:"progress,omitempty"`
+	CreatedAt time.Time `json:"created_at,omitzero"`
+	LastUsed  time.Time `json:"last_used,omitzero"`
+	Error     *Error    `json:"error,omitempty"`
 }
 
 // ImageList is the reply of GET /images.

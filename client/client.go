@@ -169,17 +169,24 @@ func (c *Client) DeleteVM(ctx context.Context, id string) error {
 // WaitVM polls a VM until its creation has ended (running, stopped or error)
 // or ctx ends. each, when not nil, sees every poll's record.
 func (c *Client) WaitVM(ctx context.Context, id string, each func(*api.VM)) (*api.VM, error) {
+	return poll(ctx, func() (*api.VM, error) { return c.GetVM(ctx, id) }, each, func(v *api.VM) bool { return v.Status.IsFinal() })
+}
+
+// poll calls get every 250ms until done holds for its answer (returned),
+// get fails or ctx ends (the last answer and ctx's error). each, when not
+// nil, sees every answer.
+func poll[T any](ctx context.Context, get func() (T, error), each func(T), done func(T) bool) (T, error) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	for {
-		v, err := c.GetVM(ctx, id)
+		v, err := get()
 		if err != nil {
-			return nil, err
+			return v, err
 		}
 		if each != nil {
 			each(v)
 		}
-		if v.Status.IsFinal() {
+		if done(v) {
 			return v, nil
 		}
 		select {
@@ -206,6 +213,22 @@ func (c *Client) PrefetchImage(ctx context.Context, img api.Image) (*api.ImageIn
 		return nil, err
 	}
 	return &info, nil
+}
+
+// GetImage returns one image: published, being pre-fetched or failed.
+func (c *Client) GetImage(ctx context.Context, key string) (*api.ImageInfo, error) {
+	var info api.ImageInfo
+	if err := c.do(ctx, http.MethodGet, "/images/"+url.PathEscape(key), nil, &info); err != nil {
+		return nil, err
+	}
+	return &info, nil
+}
+
+// WaitImage polls an image until it is no longer being fetched ("ready" or
+// "error") or ctx ends. each, when not nil, sees every poll's answer.
+func (c *Client) WaitImage(ctx context.Context, key string, each func(*api.ImageInfo)) (*api.ImageInfo, error) {
+	return poll(ctx, func() (*api.ImageInfo, error) { return c.GetImage(ctx, key) }, each,
+		func(i *api.ImageInfo) bool { return i.State != "fetching" })
 }
 
 // DeleteImage removes a gold image no VM uses.

@@ -3,7 +3,13 @@ package e2e
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -85,4 +91,125 @@ func TestImageAPI(t *testing.T) {
 	if err := d.client.DeleteImage(ctx, "..%2f..%2fetc"); err == nil {
 		t.Errorf("delete of a path-like key succeeded")
 	}
+}
+
+// TestImagePullWaits: `goldvm images pull` pre-fetches through POST /images
+// and waits, showing the download's progress, until the image is ready;
+// GET /images/{key} shows the fetch's phase and bytes meanwhile. The test's
+// server sends half the package and holds the rest until the test has
+// seen the progress. A wrong checksum makes pull fail naming the code and
+// leaves the image in state "error"; an unknown key is 404.
+func TestImagePullWaits(t *testing.T) {
+	requireEnv(t)
+	files := newImageServer(t)
+	img := publish(t, files, "tar.gz")
+	data, err := os.ReadFile(filepath.Join(files.dir, "tar-gz", filepath.Base(img.URL)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := len(data) / 2
+	release := make(chan struct{})
+	gated := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+		w.Write(data[:half])
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		w.Write(data[half:])
+	}))
+	t.Cleanup(gated.Close)
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	d := startDaemon(t, filepath.Join(t.TempDir(), "data"))
+	ctx := context.Background()
+
+	pull := func(args ...string) (*exec.Cmd, *lockedBuffer, *lockedBuffer) {
+		cmd := exec.Command(goldvmBin, append([]string{"images", "pull", "--addr", d.addr}, args...)...)
+		var out, errOut lockedBuffer
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return cmd, &out, &errOut
+	}
+	url := gated.URL + "/guest.tar.gz"
+	cmd, out, errOut := pull("--checksum", img.Checksum, url)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	key := "sha256-" + img.Checksum
+	var seen *api.ImageInfo
+	// The store reports progress at most every 256 KiB read, so a stalled
+	// download shows up to that much less than has arrived.
+	waitFor(t, "the pre-fetch to show half the package downloaded", time.Minute, func() bool {
+		info, err := d.client.GetImage(ctx, key)
+		if err == nil && info.State == "fetching" && info.Phase == api.PhaseDownloading && info.Progress != nil &&
+			info.Progress.BytesDone >= int64(half-256<<10) && info.Progress.BytesDone <= int64(half) {
+			seen = info
+			return true
+		}
+		return false
+	})
+	if seen.Progress.BytesTotal != int64(len(data)) || seen.URL != url {
+		t.Errorf("fetching image: %+v, progress %+v; want bytes_total %d and its URL", seen, seen.Progress, len(data))
+	}
+	waitFor(t, "pull to show the download", time.Minute, func() bool { return strings.Contains(errOut.String(), "downloading") })
+	select {
+	case err := <-exited:
+		t.Fatalf("pull returned before the image was ready: %v\n%s%s", err, out.String(), errOut.String())
+	default:
+	}
+	close(release)
+	select {
+	case err := <-exited:
+		if err != nil || strings.TrimSpace(out.String()) != key+" ready" {
+			t.Errorf("pull: %v, stdout %q; want %q", err, out.String(), key+" ready")
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("pull did not return after the download went on")
+	}
+	if !strings.Contains(errOut.String(), "downloading [") {
+		t.Errorf("pull showed no download progress bar: %q", errOut.String())
+	}
+	if info, err := d.client.GetImage(ctx, key); err != nil || info.State != "ready" || info.SizeBytes <= 0 || info.Progress != nil {
+		t.Errorf("GET /images/%s after the pull: %v %+v; want ready with a size", key, err, info)
+	}
+
+	// A checksum the package does not have.
+	bad := strings.Repeat("0", 64)
+	cmd, out, errOut = pull("--checksum", bad, files.URL+"/tar-gz/"+filepath.Base(img.URL))
+	if err := cmd.Wait(); err == nil || !strings.Contains(errOut.String(), "checksum-mismatch") {
+		t.Errorf("pull with a wrong checksum: %v, stderr %q; want a failure naming checksum-mismatch", err, errOut.String())
+	}
+	if info, err := d.client.GetImage(ctx, "sha256-"+bad); err != nil || info.State != "error" || info.Error == nil || info.Error.Code != "checksum-mismatch" {
+		t.Errorf("GET /images of the failed pull: %v %+v; want state error, checksum-mismatch", err, info)
+	}
+	if _, err := d.client.GetImage(ctx, "sha256-"+strings.Repeat("1", 64)); !isAPIError(err, http.StatusNotFound, "image-not-found") {
+		t.Errorf("unknown image: %v, want 404 image-not-found", err)
+	}
+}
+
+// lockedBuffer is a buffer a command writes to while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -234,18 +235,40 @@ func runImages(args []string) error {
 	case "pull":
 		checksum := fs.String("checksum", "", "image checksum, hex")
 		checksumType := fs.String("checksum-type", "sha256", "md5, sha1, sha256 or sha512")
+		wait := fs.Bool("wait", true, "wait until the image is ready (or failed), showing progress")
 		fs.Parse(args)
 		if fs.NArg() != 1 || *checksum == "" {
 			return errors.New("images pull takes --checksum HEX and one URL")
 		}
-		info, err := cf.client().PrefetchImage(context.Background(), api.Image{URL: fs.Arg(0), Checksum: *checksum, ChecksumType: *checksumType})
+		ctx, cancel := signalContext()
+		defer cancel()
+		c := cf.client()
+		info, err := c.PrefetchImage(ctx, api.Image{URL: fs.Arg(0), Checksum: *checksum, ChecksumType: *checksumType})
 		if err != nil {
 			return err
 		}
-		if cf.json {
-			return printJSON(info)
+		if *wait && info.State == "fetching" {
+			bar := newProgressBar(os.Stderr, !cf.json)
+			info, err = c.WaitImage(ctx, info.Key, func(i *api.ImageInfo) {
+				if i.State == "fetching" {
+					bar.show(shortKey(i.Key), cmp.Or(i.Phase, api.Phase(i.State)), i.Progress)
+				}
+			})
+			bar.done()
+			if err != nil {
+				return err
+			}
 		}
-		fmt.Println(info.Key, info.State)
+		if cf.json {
+			if err := printJSON(info); err != nil {
+				return err
+			}
+		} else {
+			fmt.Println(info.Key, info.State)
+		}
+		if info.State == "error" && info.Error != nil {
+			return fmt.Errorf("%s: %s", info.Error.Code, info.Error.Message)
+		}
 		return nil
 	case "rm":
 		fs.Parse(args)
@@ -348,12 +371,20 @@ func newProgressBar(w io.Writer, enabled bool) *progressBar {
 	return &progressBar{w: w, enabled: enabled}
 }
 
+// update shows a VM's creation.
 func (p *progressBar) update(v *api.VM) {
-	if !p.enabled || v.Status != api.StatusCreating {
+	if v.Status == api.StatusCreating {
+		p.show(v.ID, cmp.Or(v.Phase, api.Phase(v.Status)), v.Progress)
+	}
+}
+
+// show draws what's phase and, while downloading, its progress.
+func (p *progressBar) show(what string, phase api.Phase, pr *api.Progress) {
+	if !p.enabled {
 		return
 	}
-	line := fmt.Sprintf("%s: %s", v.ID, v.Phase)
-	if pr := v.Progress; pr != nil && v.Phase == api.PhaseDownloading {
+	line := fmt.Sprintf("%s: %s", what, phase)
+	if pr != nil && phase == api.PhaseDownloading {
 		if pr.BytesTotal > 0 {
 			const width = 30
 			frac := float64(pr.BytesDone) / float64(pr.BytesTotal)

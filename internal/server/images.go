@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/image"
 	"github.com/goldvm/goldvm/internal/vm"
 )
@@ -25,6 +26,24 @@ func (p *prefetches) set(info api.ImageInfo) {
 		p.state = map[string]api.ImageInfo{}
 	}
 	p.state[info.Key] = info
+}
+
+// update changes the record of key, if there is one.
+func (p *prefetches) update(key string, f func(*api.ImageInfo)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if info, ok := p.state[key]; ok {
+		f(&info)
+		p.state[key] = info
+	}
+}
+
+// get returns the record of key.
+func (p *prefetches) get(key string) (api.ImageInfo, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	info, ok := p.state[key]
+	return info, ok
 }
 
 func (p *prefetches) remove(key string) {
@@ -71,6 +90,32 @@ func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+// getImage answers one image: published, being pre-fetched (with its
+// phase and progress) or failed to pre-fetch; else 404 image-not-found.
+func (s *Server) getImage(w http.ResponseWriter, r *http.Request) {
+	key := r.PathValue("key")
+	if _, err := s.images.Get(key); err == nil {
+		infos, err := s.images.List()
+		if err != nil {
+			s.writeError(w, err)
+			return
+		}
+		for _, i := range infos {
+			if i.Key == key {
+				writeJSON(w, http.StatusOK, imageInfo(i, s.vms.ImageUsage()[key]))
+				return
+			}
+		}
+	} else if info, ok := s.prefetch.get(key); ok {
+		writeJSON(w, http.StatusOK, info)
+		return
+	} else {
+		s.writeError(w, err)
+		return
+	}
+	s.writeError(w, errdefs.Newf(errdefs.ErrNotFound, image.CodeNotFound, "no image %q", key))
+}
+
 // prefetchImage starts fetching an image before any VM needs it. It answers
 // 200 with the image when it is already there, else 202 and fetches in the
 // background; GET /images shows the fetch as "fetching", then "ready" (or
@@ -99,17 +144,22 @@ func (s *Server) prefetchImage(w http.ResponseWriter, r *http.Request) {
 	info := api.ImageInfo{Key: key, URL: img.URL, ChecksumType: img.ChecksumType, Checksum: img.Checksum, State: "fetching", CreatedAt: time.Now().UTC()}
 	s.prefetch.set(info)
 	go func() {
-		_, err := s.images.Ensure(context.Background(), spec, nil)
+		_, err := s.images.Ensure(context.Background(), spec, func(p image.Progress) {
+			s.prefetch.update(key, func(i *api.ImageInfo) {
+				i.Phase, i.Progress = api.Phase(p.Phase), &api.Progress{BytesDone: p.BytesDone, BytesTotal: p.BytesTotal}
+			})
+		})
 		if err != nil {
 			code, msg := s.redact.CodeOf(err)
-			info.State, info.Error = "error", &api.Error{Code: code, Message: msg}
-			s.prefetch.set(info)
+			s.prefetch.update(key, func(i *api.ImageInfo) {
+				i.State, i.Phase, i.Progress, i.Error = "error", "", nil, &api.Error{Code: code, Message: msg}
+			})
 			s.log.Error("prefetch failed", "key", key, "err", err)
 			return
 		}
 		s.prefetch.remove(key)
 	}()
-	w.Header().Set("Location", "/images")
+	w.Header().Set("Location", "/images/"+key)
 	writeJSON(w, http.StatusAccepted, info)
 }
 

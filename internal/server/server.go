@@ -63,6 +63,7 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("DELETE /vms/{id}", s.deleteVM)
 	s.mux.HandleFunc("GET /vms/{id}/screenshot", s.screenshot)
 	s.mux.HandleFunc("GET /images", s.listImages)
+	s.mux.HandleFunc("GET /images/{key}", s.getImage)
 	s.mux.HandleFunc("POST /images", s.prefetchImage)
 	s.mux.HandleFunc("DELETE /images/{key}", s.deleteImage)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
