@@ -20,13 +20,7 @@ import (
 // address from that server and answers pings; deleting it removes its
 // tap and leaves the host's bridge and DHCP server alone.
 func TestCreateBridged(t *testing.T) {
-	requireEnv(t)
-	if os.Getenv(netnsMarker) == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("this test makes a bridge and a DHCP server: it runs only in the test's own network namespace (as root)")
-		}
-		t.Skip("needs the test's own network namespace (run as root)")
-	}
+	requireTestNetns(t, "makes a bridge and a DHCP server")
 	const lan = "gvtestlan0"
 	run := func(args ...string) {
 		t.Helper()

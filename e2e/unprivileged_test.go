@@ -196,8 +196,10 @@ func TestQEMUPerVMUsers(t *testing.T) {
 			}
 			uid := ownerOf(t, "/proc/"+strconv.Itoa(pids[0]))
 			dir := filepath.Join(dataDir, "vms", v.ID)
-			if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
-				t.Errorf("VM directory %s: %v, %v; want mode 0700", dir, err, fi.Mode().Perm())
+			if fi, err := os.Stat(dir); err != nil {
+				t.Error(err)
+			} else if fi.Mode().Perm() != 0o700 {
+				t.Errorf("VM directory %s: mode %v, want 0700", dir, fi.Mode().Perm())
 			}
 			if du, fu := ownerOf(t, dir), ownerOf(t, filepath.Join(dir, "disk.qcow2")); uid < first || uid > last || du != uid || fu != uid {
 				t.Errorf("VM %s: QEMU runs as %d, its directory belongs to %d, its disk to %d; want one id from %d-%d", v.ID, uid, du, fu, first, last)
