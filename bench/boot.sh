@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Time from `goldvm create` to a running VM with its address, for the tiny
+# test guest (TCG here), split into goldvm's own part (request to QEMU
+# started: clone, network, QEMU up) and the guest's (QEMU started to
+# running: boot, DHCP, guest agent, discovery), from the daemon's log.
+# The image is fetched once before the timed VMs.
+#
+#   sudo bash bench/boot.sh [COUNT]     (default 6 VMs, one after another)
+#
+# As root it runs in a private network and mount namespace of its own
+# (unshare): the NAT bridge, dnsmasq and the image server exist only there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+count="${1:-6}"
+if [[ "${GOLDVM_BOOT_NETNS:-}" != 1 ]]; then
+	[[ $(id -u) -eq 0 ]] || { echo "boot.sh: run as root (it makes a bridge, in a namespace of its own)" >&2; exit 1; }
+	export PATH="$PATH:/usr/local/go/bin"
+	work="$(mktemp -d)"
+	trap 'rm -rf "$work"' EXIT
+	go build -o "$work/goldvm" ./cmd/goldvm
+	guest="$(bash testdata/guest/build.sh | tail -n 1)"
+	GOLDVM_BOOT_NETNS=1 WORK="$work" GUEST="$guest" unshare --net --mount -- bash "$0" "$count"
+	exit
+fi
+
+ip link set lo up
+bin="$WORK/goldvm" addr=127.0.0.1:12345
+"$bin" serve --data-dir "$WORK/data" --listen "$addr" >"$WORK/daemon.log" 2>&1 &
+daemon=$!
+(cd "$(dirname "$GUEST")" && exec python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1) &
+server=$!
+cleanup() {
+	for id in $("$bin" ls --addr "$addr" --json 2>/dev/null | python3 -c 'import json,sys; [print(v["id"]) for v in json.load(sys.stdin)]'); do
+		"$bin" rm --addr "$addr" "$id" >/dev/null || true
+	done
+	kill "$daemon" "$server" 2>/dev/null || true
+	wait "$daemon" 2>/dev/null || true
+	pkill -f "dnsmasq.*$WORK" || true
+}
+trap cleanup EXIT
+for _ in $(seq 100); do curl -sf "http://$addr/healthz" >/dev/null && break; sleep 0.1; done
+sum="$(sha256sum "$GUEST" | cut -d' ' -f1)"
+create() { "$bin" create --addr "$addr" --image "http://127.0.0.1:8000/$(basename "$GUEST")" --checksum "$sum" --memory 128mib --json 2>/dev/null |
+	python3 -c 'import json,sys; v=json.load(sys.stdin); assert v["status"]=="running", v; print(v["id"])'; }
+create >/dev/null # fetches the image once
+ids=()
+for _ in $(seq "$count"); do ids+=("$(create)"); done
+python3 - "$WORK/daemon.log" "${ids[@]}" <<'PY'
+import re, sys
+from datetime import datetime
+log, ids = sys.argv[1], sys.argv[2:]
+t = {}
+for line in open(log):
+    m = re.match(r'time=(\S+) level=\S+ msg=("[^"]*"|\S+).* vm=(\S+)', line)
+    if m and m.group(3) in ids:
+        t.setdefault(m.group(3), {})[m.group(2).strip('"')] = datetime.fromisoformat(m.group(1).replace("Z", "+00:00"))
+rows = []
+for i in ids:
+    e = t[i]
+    own = (e["started"] - e["vm accepted"]).total_seconds()
+    guest = (e["vm running"] - e["started"]).total_seconds()
+    rows.append((own, guest))
+print("%-4s %12s %14s %10s %10s" % ("vm", "goldvm part", "guest part", "total", "goldvm/total"))
+for n, (own, guest) in enumerate(rows, 1):
+    print("%-4d %11.2fs %13.2fs %9.2fs %11.2f" % (n, own, guest, own + guest, own / (own + guest)))
+med = lambda xs: sorted(xs)[len(xs) // 2]
+o, g = med([r[0] for r in rows]), med([r[1] for r in rows])
+print("median %9.2fs %13.2fs %9.2fs %11.2f" % (o, g, o + g, o / (o + g)))
+PY
