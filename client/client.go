@@ -88,6 +88,10 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		}
 		return &APIError{Status: resp.StatusCode, Code: body.Code, Message: body.Message}
 	}
+	if raw, ok := out.(*[]byte); ok {
+		*raw = data
+		return nil
+	}
 	if out != nil && len(data) > 0 {
 		if err := json.Unmarshal(data, out); err != nil {
 			return fmt.Errorf("decode reply: %w", err)
@@ -159,6 +163,20 @@ func (c *Client) ListVMsPage(ctx context.Context, opts ListOptions) (*api.VMList
 		return nil, err
 	}
 	return &l, nil
+}
+
+// Console returns the last tail bytes (0: the daemon's default, 64 KiB) of
+// a VM's serial console output, also after it stopped or failed.
+func (c *Client) Console(ctx context.Context, id string, tail int) ([]byte, error) {
+	path := "/vms/" + url.PathEscape(id) + "/console"
+	if tail > 0 {
+		path += "?tail=" + strconv.Itoa(tail)
+	}
+	var out []byte
+	if err := c.do(ctx, http.MethodGet, path, nil, &out); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // DeleteVM destroys a VM and frees its disk.

@@ -186,6 +186,23 @@ func runList(args []string) error {
 	return nil
 }
 
+func runConsole(args []string) error {
+	fs := flag.NewFlagSet("console", flag.ExitOnError)
+	var cf clientFlags
+	cf.register(fs)
+	tail := fs.Int("tail", 0, "bytes from the end to show (default 64 KiB, at most 1 MiB)")
+	fs.Parse(args)
+	if fs.NArg() != 1 {
+		return errors.New("console takes one VM id")
+	}
+	out, err := cf.client().Console(context.Background(), fs.Arg(0), *tail)
+	if err != nil {
+		return err
+	}
+	_, err = os.Stdout.Write(out)
+	return err
+}
+
 func runRemove(args []string) error {
 	fs := flag.NewFlagSet("rm", flag.ExitOnError)
 	var cf clientFlags

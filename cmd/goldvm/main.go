@@ -10,12 +10,13 @@ import (
 const usage = `goldvm hands out virtual machines over an HTTP API.
 
 Usage:
-  goldvm serve  [flags]            run the daemon
-  goldvm create [flags]            create a VM and wait until it runs
-  goldvm get    [flags] ID         show one VM
-  goldvm ls     [flags]            list VMs, newest first
-  goldvm rm     [flags] ID...      delete VMs and free their disks
-  goldvm images [ls|pull|rm] ...   list, pre-fetch or delete gold images
+  goldvm serve   [flags]            run the daemon
+  goldvm create  [flags]            create a VM and wait until it runs
+  goldvm get     [flags] ID         show one VM
+  goldvm console [flags] ID         print the end of a VM's serial console
+  goldvm ls      [flags]            list VMs, newest first
+  goldvm rm      [flags] ID...      delete VMs and free their disks
+  goldvm images  [ls|pull|rm] ...   list, pre-fetch or delete gold images
 
 Client commands talk to $GOLDVM_ADDR (default 127.0.0.1:12345) with the bearer
 token $GOLDVM_TOKEN if set; --json prints JSON for scripts.
@@ -36,6 +37,8 @@ func main() {
 		err = runCreate(args)
 	case "get":
 		err = runGet(args)
+	case "console":
+		err = runConsole(args)
 	case "ls", "list":
 		err = runList(args)
 	case "rm", "delete":

@@ -95,6 +95,16 @@ type Watcher interface {
 	Watch(ctx context.Context, spec Spec) (reason string, err error)
 }
 
+// ConsoleReader is implemented by drivers that keep the VM's serial console
+// output.
+type ConsoleReader interface {
+	// Console returns at most the last limit bytes the guest wrote to its
+	// serial console: of the running machine, or, once it is destroyed,
+	// of its last run (kept until its directory is removed). Nothing
+	// written yet is an empty answer.
+	Console(ctx context.Context, spec Spec, limit int64) ([]byte, error)
+}
+
 // Screenshotter is implemented by drivers that can capture the VM's console.
 type Screenshotter interface {
 	// Screenshot returns a PNG image of the VM's display.

@@ -62,6 +62,7 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("GET /vms/{id}", s.getVM)
 	s.mux.HandleFunc("DELETE /vms/{id}", s.deleteVM)
 	s.mux.HandleFunc("GET /vms/{id}/screenshot", s.screenshot)
+	s.mux.HandleFunc("GET /vms/{id}/console", s.console)
 	s.mux.HandleFunc("GET /images", s.listImages)
 	s.mux.HandleFunc("GET /images/{key}", s.getImage)
 	s.mux.HandleFunc("POST /images", s.prefetchImage)
@@ -300,6 +301,46 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// Console sizes: GET /vms/{id}/console answers the last DefaultConsoleTail
+// bytes unless ?tail= asks for up to MaxConsoleTail.
+const (
+	DefaultConsoleTail = 64 << 10
+	MaxConsoleTail     = 1 << 20
+)
+
+// console answers the end of a VM's serial console output as text: while it
+// runs, and after it stopped or failed to come up (the tail of its last
+// run) until the VM is deleted.
+func (s *Server) console(w http.ResponseWriter, r *http.Request) {
+	tail := int64(DefaultConsoleTail)
+	if v := r.URL.Query().Get("tail"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 || n > MaxConsoleTail {
+			s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "invalid-query", "tail %q: use a number of bytes from 1 to %d", v, MaxConsoleTail))
+			return
+		}
+		tail = n
+	}
+	v, err := s.vms.Get(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.writeError(w, err)
+		return
+	}
+	cr, ok := s.vms.Driver().(hypervisor.ConsoleReader)
+	if !ok {
+		s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "not-supported", "the %s backend keeps no console output", s.vms.DriverName()))
+		return
+	}
+	out, err := cr.Console(r.Context(), s.vms.Spec(v.ID), tail)
+	if err != nil {
+		s.writeError(w, fmt.Errorf("console: %w", err))
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Write(out)
 }
 
 func (s *Server) screenshot(w http.ResponseWriter, r *http.Request) {

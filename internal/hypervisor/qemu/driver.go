@@ -26,6 +26,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -850,6 +852,47 @@ func (d *Driver) Watch(ctx context.Context, spec hypervisor.Spec) (string, error
 	}
 }
 
+// consoleKept is how much of the console's end Destroy keeps.
+const consoleKept = 64 << 10
+
+// Console returns the last limit bytes of the serial console: console.log
+// while the VM has one, else the tail Destroy kept.
+func (d *Driver) Console(ctx context.Context, spec hypervisor.Spec, limit int64) ([]byte, error) {
+	if err := checkSpec(spec); err != nil {
+		return nil, err
+	}
+	for _, f := range []string{fileConsole, fileConsoleEnd} {
+		b, err := readTail(p(spec.Dir, f), limit)
+		if err == nil {
+			return b, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("reading the console: %w", err)
+		}
+	}
+	return []byte{}, nil
+}
+
+// readTail returns the last limit bytes of the file at path.
+func readTail(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	off := max(0, fi.Size()-limit)
+	b := make([]byte, fi.Size()-off)
+	n, err := f.ReadAt(b, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return b[:n], nil
+}
+
 // Screenshot returns a PNG of the VM's display (QMP screendump).
 func (d *Driver) Screenshot(ctx context.Context, spec hypervisor.Spec) ([]byte, error) {
 	if err := checkSpec(spec); err != nil {
@@ -908,6 +951,14 @@ func (d *Driver) Destroy(ctx context.Context, spec hypervisor.Spec) error {
 	if _, err := os.Stat(disk); err == nil {
 		if _, err := d.qemuImgInfo(ctx, disk, false); err != nil && isLockError(err.Error()) {
 			return lockedErr(err)
+		}
+	}
+	// What the guest last printed says why a creation failed (a kernel
+	// panic, a guest that never got an address): keep its tail next to
+	// the record, which goes with the VM's directory.
+	if tail, err := readTail(p(spec.Dir, fileConsole), consoleKept); err == nil {
+		if err := writeFileAtomic(p(spec.Dir, fileConsoleEnd), tail); err != nil {
+			d.log.Warn("cannot keep the console's tail", "vm", spec.ID, "err", err)
 		}
 	}
 	var errs []error

@@ -336,7 +336,12 @@ func TestE2ELifecycle(t *testing.T) {
 	}
 
 	t.Logf("%s destroying", time.Now().Format("15:04:05.000"))
-	// Destroy leaves nothing but the empty directory; a second one is fine.
+	// Destroy leaves nothing but the directory and the console's tail
+	// (which Console still answers); a second one is fine.
+	before, err := d.Console(ctx, spec, 1<<20)
+	if err != nil || !strings.Contains(string(before), "goldvm-guest: ready") {
+		t.Errorf("console before destroy: %v, %q", err, before)
+	}
 	for i := 0; i < 2; i++ {
 		if err := d.Destroy(ctx, spec); err != nil {
 			t.Fatalf("destroy #%d: %v", i+1, err)
@@ -344,7 +349,12 @@ func TestE2ELifecycle(t *testing.T) {
 	}
 	ents, _ := os.ReadDir(spec.Dir)
 	for _, e := range ents {
-		t.Errorf("left behind: %s", e.Name())
+		if e.Name() != fileConsoleEnd {
+			t.Errorf("left behind: %s", e.Name())
+		}
+	}
+	if after, err := d.Console(ctx, spec, 1<<20); err != nil || string(after) != string(before) {
+		t.Errorf("console after destroy: %v, %q; want what it was before, %q", err, after, before)
 	}
 	if _, err := os.Stat(spec.Dir); err != nil {
 		t.Errorf("spec.Dir removed: %v", err)

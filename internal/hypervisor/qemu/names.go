@@ -16,6 +16,7 @@ const (
 	fileQGA        = "qga.sock"
 	filePID        = "qemu.pid"
 	fileConsole    = "console.log"
+	fileConsoleEnd = "console-last.log" // the tail of console.log, kept by Destroy
 	fileStderr     = "qemu-stderr.log"
 	fileSSHPort    = "ssh-port"
 	screendumpGlob = "screendump-*.png"

@@ -1,0 +1,85 @@
+package e2e
+
+import (
+	"context"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/goldvm/goldvm/api"
+)
+
+// TestConsole: GET /vms/{id}/console (and `goldvm console`) answers the end
+// of the guest's serial console while it runs, and still after its
+// creation failed — when it matters most — until the VM is deleted. The
+// failing VM is a bridged one on a bridge with no DHCP server (the test's
+// network namespace): it boots, never gets an address, and times out.
+func TestConsole(t *testing.T) {
+	requireTestNetns(t, "makes a bridge without DHCP")
+	const lan = "gvtestnodhcp0"
+	if out, err := exec.Command("ip", "link", "add", lan, "type", "bridge").CombinedOutput(); err != nil {
+		t.Fatalf("ip link add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "link", "del", lan).Run() })
+	if out, err := exec.Command("ip", "link", "set", lan, "up").CombinedOutput(); err != nil {
+		t.Fatalf("ip link set up: %v: %s", err, out)
+	}
+	srv := newImageServer(t)
+	d := startDaemon(t, filepath.Join(t.TempDir(), "data"), "--bridge", lan)
+	img := publish(t, srv, "tar.gz")
+	ctx := context.Background()
+	cli := func(args ...string) (string, error) {
+		out, err := exec.Command(goldvmBin, append([]string{"console", "--addr", d.addr}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+
+	// Running: the guest's own lines are there.
+	v := mustCreate(t, d, createReq(img, ""))
+	got := waitVM(t, d, v.ID, bootTimeout)
+	if got.Status != api.StatusRunning {
+		t.Fatalf("VM: %s", fmtVM(got))
+	}
+	if out, err := d.client.Console(ctx, v.ID, 0); err != nil || !strings.Contains(string(out), "goldvm-guest: ready ip="+got.IPAddress) {
+		t.Errorf("console of the running VM: %v, %q; want the guest's ready line with %s", err, out, got.IPAddress)
+	}
+
+	// Failed: no address on a LAN without DHCP; the console says how far
+	// the guest got.
+	req := createReq(img, "")
+	req.NetworkType = api.NetworkBridged
+	req.ToolsInitTimeout = api.Duration(15 * time.Second)
+	f := mustCreate(t, d, req)
+	got = waitVM(t, d, f.ID, bootTimeout)
+	if got.Status != api.StatusError || got.Error == nil || got.Error.Code != "discovery-timeout" {
+		t.Fatalf("bridged VM without DHCP: %s, want error discovery-timeout", fmtVM(got))
+	}
+	out, err := d.client.Console(ctx, f.ID, 0)
+	if err != nil || !strings.Contains(string(out), "goldvm-guest: loading modules") || strings.Contains(string(out), "goldvm-guest: ready") {
+		t.Errorf("console of the failed VM: %v, %q; want the guest's boot lines and no ready line", err, out)
+	}
+	if tail, err := d.client.Console(ctx, f.ID, 20); err != nil || len(tail) != 20 || !strings.HasSuffix(string(out), string(tail)) {
+		t.Errorf("console ?tail=20: %v, %q; want the last 20 bytes of %q", err, tail, out)
+	}
+	if s, err := cli(f.ID); err != nil || s != string(out) {
+		t.Errorf("goldvm console: %v, %q; want %q", err, s, out)
+	}
+	if _, err := d.client.Console(ctx, "vm-01nosuchvm0000000000", 0); !isAPIError(err, http.StatusNotFound, "vm-not-found") {
+		t.Errorf("console of an unknown VM: %v, want 404 vm-not-found", err)
+	}
+	if code, _, body := postRaw(t, d, "GET", "/vms/"+f.ID+"/console?tail=0", "", ""); code != http.StatusBadRequest || !strings.Contains(string(body), "invalid-query") {
+		t.Errorf("console ?tail=0: %d %s, want 400 invalid-query", code, body)
+	}
+
+	for _, id := range []string{v.ID, f.ID} {
+		if err := d.client.DeleteVM(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		assertGone(t, d, id)
+	}
+	if _, err := d.client.Console(ctx, f.ID, 0); !isAPIError(err, http.StatusNotFound, "vm-not-found") {
+		t.Errorf("console after delete: %v, want 404 vm-not-found", err)
+	}
+}
