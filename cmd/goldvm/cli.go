@@ -103,7 +103,12 @@ func runCreate(args []string) error {
 	}
 	printVM(os.Stdout, v)
 	if v.Status == api.StatusError && v.Error != nil {
-		return fmt.Errorf("%s: %s", v.Error.Code, v.Error.Message)
+		err := fmt.Errorf("%s: %s", v.Error.Code, v.Error.Message)
+		if v.Error.Code == "discovery-timeout" || v.Error.Code == "vm-not-running" {
+			// The guest booted, or tried to: its console says how far.
+			err = fmt.Errorf("%w\n(goldvm console %s shows what the guest printed)", err, v.ID)
+		}
+		return err
 	}
 	return nil
 }
