@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -42,19 +43,25 @@ func TestConsole(t *testing.T) {
 	if got.Status != api.StatusRunning {
 		t.Fatalf("VM: %s", fmtVM(got))
 	}
-	if out, err := d.client.Console(ctx, v.ID, 0); err != nil || !strings.Contains(string(out), "goldvm-guest: ready ip="+got.IPAddress) {
-		t.Errorf("console of the running VM: %v, %q; want the guest's ready line with %s", err, out, got.IPAddress)
-	}
+	// The guest prints its ready line after its agent has answered, so it
+	// may come a moment after the VM is reported running.
+	waitFor(t, "the running VM's console to show the guest's ready line with "+got.IPAddress, 30*time.Second, func() bool {
+		out, err := d.client.Console(ctx, v.ID, 0)
+		return err == nil && strings.Contains(string(out), "goldvm-guest: ready ip="+got.IPAddress)
+	})
 
 	// Failed: no address on a LAN without DHCP; the console says how far
-	// the guest got.
-	req := createReq(img, "")
-	req.NetworkType = api.NetworkBridged
-	req.ToolsInitTimeout = api.Duration(15 * time.Second)
-	f := mustCreate(t, d, req)
-	got = waitVM(t, d, f.ID, bootTimeout)
-	if got.Status != api.StatusError || got.Error == nil || got.Error.Code != "discovery-timeout" {
-		t.Fatalf("bridged VM without DHCP: %s, want error discovery-timeout", fmtVM(got))
+	// the guest got. Created with the CLI, which points there.
+	create := exec.Command(goldvmBin, "create", "--addr", d.addr, "--image", img.URL, "--checksum", img.Checksum,
+		"--memory", "128mib", "--network", "bridged", "--tools-init-timeout", "15s")
+	createOut, err := create.CombinedOutput()
+	m := regexp.MustCompile(`goldvm console (vm-\S+) shows what the guest printed`).FindSubmatch(createOut)
+	if err == nil || m == nil || !strings.Contains(string(createOut), "discovery-timeout") {
+		t.Fatalf("goldvm create of a bridged VM without DHCP: %v; want a discovery-timeout failure that points to goldvm console:\n%s", err, createOut)
+	}
+	f := &api.VM{ID: string(m[1])}
+	if got, err := d.client.GetVM(ctx, f.ID); err != nil || got.Status != api.StatusError || got.Error.Code != "discovery-timeout" {
+		t.Fatalf("the failed VM: %v %+v", err, got)
 	}
 	out, err := d.client.Console(ctx, f.ID, 0)
 	if err != nil || !strings.Contains(string(out), "goldvm-guest: loading modules") || strings.Contains(string(out), "goldvm-guest: ready") {
