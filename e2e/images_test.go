@@ -191,6 +191,13 @@ func TestImagePullWaits(t *testing.T) {
 	if info, err := d.client.GetImage(ctx, "sha256-"+bad); err != nil || info.State != "error" || info.Error == nil || info.Error.Code != "checksum-mismatch" {
 		t.Errorf("GET /images of the failed pull: %v %+v; want state error, checksum-mismatch", err, info)
 	}
+	// Deleting it forgets the failed pull.
+	if err := d.client.DeleteImage(ctx, "sha256-"+bad); err != nil {
+		t.Errorf("DELETE the failed pull: %v, want 204", err)
+	}
+	if _, err := d.client.GetImage(ctx, "sha256-"+bad); !isAPIError(err, http.StatusNotFound, "image-not-found") {
+		t.Errorf("GET after deleting the failed pull: %v, want 404 image-not-found", err)
+	}
 	if _, err := d.client.GetImage(ctx, "sha256-"+strings.Repeat("1", 64)); !isAPIError(err, http.StatusNotFound, "image-not-found") {
 		t.Errorf("unknown image: %v, want 404 image-not-found", err)
 	}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"sync"
 	"time"
@@ -163,10 +164,13 @@ func (s *Server) prefetchImage(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, info)
 }
 
+// deleteImage removes a published image no VM uses, and forgets a failed
+// pre-fetch of that key (which alone also answers 204).
 func (s *Server) deleteImage(w http.ResponseWriter, r *http.Request) {
 	key := r.PathValue("key")
+	_, tracked := s.prefetch.get(key)
 	s.prefetch.remove(key)
-	if err := s.images.Delete(key, s.vms.ImageUsers); err != nil {
+	if err := s.images.Delete(key, s.vms.ImageUsers); err != nil && !(tracked && errors.Is(err, errdefs.ErrNotFound)) {
 		s.writeError(w, err)
 		return
 	}
