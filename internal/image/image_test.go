@@ -847,6 +847,14 @@ func TestDeleteAndEvict(t *testing.T) {
 			t.Fatalf("info %+v", in)
 		}
 	}
+	// Info answers one image as List does.
+	if one, err := s.Info(list[1].Key); err != nil || one != list[1] {
+		t.Fatalf("Info(%s) = %+v, %v; want %+v", list[1].Key, one, err, list[1])
+	}
+	for _, k := range []string{"sha256-" + strings.Repeat("9", 64), "../../etc"} {
+		_, err := s.Info(k)
+		wantCode(t, err, CodeNotFound, errdefs.ErrNotFound)
+	}
 
 	used := map[string]int{imgs[1].Key: 1}
 	inUse := func(k string) int { return used[k] }

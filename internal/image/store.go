@@ -464,22 +464,47 @@ func (s *Store) List() ([]ImageInfo, error) {
 		if _, _, err := parseKey(key); err != nil {
 			continue
 		}
-		m, err := s.readMarker(key)
+		info, found, err := s.info(key)
 		if err != nil {
-			continue
-		}
-		_, disk, err := treeSize(filepath.Join(s.dir, key, filesDirName))
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				continue // deleted meanwhile
-			}
 			return nil, err
 		}
-		out = append(out, ImageInfo{Key: key, URL: m.URL, Checksum: m.Checksum, ChecksumType: m.ChecksumType,
-			Format: m.Format, Size: m.Size, DiskBytes: disk, Created: m.Created, LastUsed: s.lastUsed(key, m.Created)})
+		if found {
+			out = append(out, info)
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
 	return out, nil
+}
+
+// Info describes the published image key, or returns an
+// errdefs.ErrNotFound error with code "image-not-found".
+func (s *Store) Info(key string) (ImageInfo, error) {
+	if _, _, err := parseKey(key); err != nil {
+		return ImageInfo{}, err
+	}
+	info, found, err := s.info(key)
+	if err == nil && !found {
+		err = errdefs.Newf(errdefs.ErrNotFound, CodeNotFound, "no image %s", key)
+	}
+	return info, err
+}
+
+// info describes the image key, a valid key; found is false when it has no
+// readable marker (not published, or half-made) or its files are gone.
+func (s *Store) info(key string) (info ImageInfo, found bool, err error) {
+	m, err := s.readMarker(key)
+	if err != nil {
+		return info, false, nil
+	}
+	_, disk, err := treeSize(filepath.Join(s.dir, key, filesDirName))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return info, false, nil // deleted meanwhile
+		}
+		return info, false, err
+	}
+	return ImageInfo{Key: key, URL: m.URL, Checksum: m.Checksum, ChecksumType: m.ChecksumType,
+		Format: m.Format, Size: m.Size, DiskBytes: disk, Created: m.Created, LastUsed: s.lastUsed(key, m.Created)}, true, nil
 }
 
 func (s *Store) lastUsed(key string, created time.Time) time.Time {

@@ -95,26 +95,16 @@ func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
 // phase and progress) or failed to pre-fetch; else 404 image-not-found.
 func (s *Server) getImage(w http.ResponseWriter, r *http.Request) {
 	key := r.PathValue("key")
-	if _, err := s.images.Get(key); err == nil {
-		infos, err := s.images.List()
-		if err != nil {
-			s.writeError(w, err)
-			return
-		}
-		for _, i := range infos {
-			if i.Key == key {
-				writeJSON(w, http.StatusOK, imageInfo(i, s.vms.ImageUsage()[key]))
-				return
-			}
-		}
-	} else if info, ok := s.prefetch.get(key); ok {
-		writeJSON(w, http.StatusOK, info)
-		return
-	} else {
-		s.writeError(w, err)
+	i, err := s.images.Info(key)
+	if err == nil {
+		writeJSON(w, http.StatusOK, imageInfo(i, s.vms.ImageUsage()[key]))
 		return
 	}
-	s.writeError(w, errdefs.Newf(errdefs.ErrNotFound, image.CodeNotFound, "no image %q", key))
+	if info, ok := s.prefetch.get(key); ok && errors.Is(err, errdefs.ErrNotFound) {
+		writeJSON(w, http.StatusOK, info)
+		return
+	}
+	s.writeError(w, err)
 }
 
 // prefetchImage starts fetching an image before any VM needs it. It answers
