@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -251,14 +252,10 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	limit := 0
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > api.MaxPageSize {
-			s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "invalid-query", "limit %q: use a number from 1 to %d", v, api.MaxPageSize))
-			return
-		}
-		limit = n
+	limit, err := queryCount(q, "limit", 0, api.MaxPageSize)
+	if err != nil {
+		s.writeError(w, err)
+		return
 	}
 	after := q.Get("after")
 	if after != "" && !store.ValidID(after) {
@@ -303,6 +300,20 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// queryCount returns the query parameter name as a number from 1 to max,
+// def when it is absent, or an invalid-query error.
+func queryCount(q url.Values, name string, def, max int) (int, error) {
+	v := q.Get(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > max {
+		return 0, errdefs.Newf(errdefs.ErrInvalid, "invalid-query", "%s %q: use a number from 1 to %d", name, v, max)
+	}
+	return n, nil
+}
+
 // Console sizes: GET /vms/{id}/console answers the last DefaultConsoleTail
 // bytes unless ?tail= asks for up to MaxConsoleTail.
 const (
@@ -314,14 +325,10 @@ const (
 // runs, and after it stopped or failed to come up (the tail of its last
 // run) until the VM is deleted.
 func (s *Server) console(w http.ResponseWriter, r *http.Request) {
-	tail := int64(DefaultConsoleTail)
-	if v := r.URL.Query().Get("tail"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 1 || n > MaxConsoleTail {
-			s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "invalid-query", "tail %q: use a number of bytes from 1 to %d", v, MaxConsoleTail))
-			return
-		}
-		tail = n
+	tail, err := queryCount(r.URL.Query(), "tail", DefaultConsoleTail, MaxConsoleTail)
+	if err != nil {
+		s.writeError(w, err)
+		return
 	}
 	v, err := s.vms.Get(r.Context(), r.PathValue("id"))
 	if err != nil {
@@ -333,7 +340,7 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "not-supported", "the %s backend keeps no console output", s.vms.DriverName()))
 		return
 	}
-	out, err := cr.Console(r.Context(), s.vms.Spec(v.ID), tail)
+	out, err := cr.Console(r.Context(), s.vms.Spec(v.ID), int64(tail))
 	if err != nil {
 		s.writeError(w, fmt.Errorf("console: %w", err))
 		return
