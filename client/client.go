@@ -120,8 +120,8 @@ func (c *Client) GetVM(ctx context.Context, id string) (*api.VM, error) {
 
 // ListVMs returns all VMs, newest first.
 func (c *Client) ListVMs(ctx context.Context) ([]api.VM, error) {
-	var l api.VMList
-	if err := c.do(ctx, http.MethodGet, "/vms", nil, &l); err != nil {
+	l, err := c.ListVMsPage(ctx, ListOptions{})
+	if err != nil {
 		return nil, err
 	}
 	return l.VMs, nil
