@@ -22,29 +22,12 @@ import (
 func TestCreateBridged(t *testing.T) {
 	requireTestNetns(t, "makes a bridge and a DHCP server")
 	const lan = "gvtestlan0"
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v: %s", args, err, out)
-		}
-	}
-	run("ip", "link", "add", lan, "type", "bridge")
-	t.Cleanup(func() { exec.Command("ip", "link", "del", lan).Run() })
-	run("ip", "addr", "add", "192.168.77.1/24", "dev", lan)
-	run("ip", "link", "set", lan, "up")
+	testBridge(t, lan, "192.168.77.1/24")
 	dir := t.TempDir()
-	dhcp := exec.Command("dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--port=0",
+	dhcpOut, dhcpDone := startBackground(t, exec.Command("dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--port=0",
 		"--interface="+lan, "--bind-interfaces", "--except-interface=lo",
 		"--dhcp-range=192.168.77.50,192.168.77.99,255.255.255.0,1h",
-		"--dhcp-leasefile="+filepath.Join(dir, "leases"), "--pid-file="+filepath.Join(dir, "pid"))
-	var dhcpOut strings.Builder
-	dhcp.Stdout, dhcp.Stderr = &dhcpOut, &dhcpOut
-	if err := dhcp.Start(); err != nil {
-		t.Fatalf("starting the LAN's dnsmasq: %v", err)
-	}
-	dhcpDone := make(chan struct{})
-	go func() { dhcp.Wait(); close(dhcpDone) }()
-	t.Cleanup(func() { dhcp.Process.Kill(); <-dhcpDone })
+		"--dhcp-leasefile="+filepath.Join(dir, "leases"), "--pid-file="+filepath.Join(dir, "pid")))
 
 	srv := newImageServer(t)
 	cb := newCallbackServer(t)

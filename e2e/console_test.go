@@ -21,13 +21,7 @@ import (
 func TestConsole(t *testing.T) {
 	requireTestNetns(t, "makes a bridge without DHCP")
 	const lan = "gvtestnodhcp0"
-	if out, err := exec.Command("ip", "link", "add", lan, "type", "bridge").CombinedOutput(); err != nil {
-		t.Fatalf("ip link add: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "link", "del", lan).Run() })
-	if out, err := exec.Command("ip", "link", "set", lan, "up").CombinedOutput(); err != nil {
-		t.Fatalf("ip link set up: %v: %s", err, out)
-	}
+	testBridge(t, lan, "")
 	srv := newImageServer(t)
 	d := startDaemon(t, filepath.Join(t.TempDir(), "data"), "--bridge", lan)
 	img := publish(t, srv, "tar.gz")

@@ -94,15 +94,7 @@ func startXvfb(t *testing.T, xvfb string) string {
 			continue
 		}
 		display := ":" + strconv.Itoa(n)
-		cmd := exec.Command(xvfb, display, "-ac", "-nolisten", "tcp", "-screen", "0", "1024x768x24")
-		out := &strings.Builder{}
-		cmd.Stdout, cmd.Stderr = out, out
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("starting Xvfb: %v", err)
-		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }()
-		t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+		out, exited := startBackground(t, exec.Command(xvfb, display, "-ac", "-nolisten", "tcp", "-screen", "0", "1024x768x24"))
 		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 			select {
 			case <-exited:

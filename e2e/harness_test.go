@@ -518,3 +518,56 @@ func killNamespaceDnsmasq() {
 		}
 	}
 }
+
+// lockedBuffer is a buffer a command writes to while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startBackground starts cmd, which runs until the end of the test (then
+// it is killed), with its output gathered in out; exited is closed when
+// it has exited.
+func startBackground(t *testing.T, cmd *exec.Cmd) (out *lockedBuffer, exited <-chan struct{}) {
+	t.Helper()
+	out = &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", cmd.Path, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-done })
+	return out, done
+}
+
+// testBridge makes the bridge name, up, with the address cidr unless it is
+// empty; it is removed at the end of the test.
+func testBridge(t *testing.T, name, cidr string) {
+	t.Helper()
+	cmds := [][]string{{"ip", "link", "add", name, "type", "bridge"}}
+	if cidr != "" {
+		cmds = append(cmds, []string{"ip", "addr", "add", cidr, "dev", name})
+	}
+	cmds = append(cmds, []string{"ip", "link", "set", name, "up"})
+	for i, args := range cmds {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+		if i == 0 {
+			t.Cleanup(func() { exec.Command("ip", "link", "del", name).Run() })
+		}
+	}
+}

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -201,22 +200,4 @@ func TestImagePullWaits(t *testing.T) {
 	if _, err := d.client.GetImage(ctx, "sha256-"+strings.Repeat("1", 64)); !isAPIError(err, http.StatusNotFound, "image-not-found") {
 		t.Errorf("unknown image: %v, want 404 image-not-found", err)
 	}
-}
-
-// lockedBuffer is a buffer a command writes to while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
