@@ -42,8 +42,8 @@ import (
 // partial's length means the partial already holds every byte. Once bytes
 // have been re-fed, an answer that does not continue the stream restarts
 // the whole fetch. For a zip that cannot be unpacked as it streams, the
-// partial file is also the spool it is unpacked from. There is one partial per key; a fetch holds the key's
-// lock (Store.plocks) while it uses it.
+// partial file is also the spool it is unpacked from. There is one partial
+// per key; a fetch holds the key's lock (Store.plocks) while it uses it.
 //
 // A partial is kept only when the fetch was cancelled (Close, or every
 // caller left) or the server kept failing transiently (network errors,

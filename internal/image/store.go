@@ -824,8 +824,8 @@ func (s *Store) fetch(ctx context.Context, spec Spec, key string, report func(Pr
 // pass. Three goroutines share the work, connected by small buffer queues:
 // one reads the body (after the bytes of a partial download left by an
 // earlier run), appends it to the partial download and hashes it; this one
-// decompresses and reads the archive; a fileWriter's finds holes, writes
-// and syncs the files.
+// decompresses and reads the archive; a fileWriter's goroutine finds holes,
+// writes and syncs the files.
 func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report func(Progress), log *slog.Logger) (g *Gold, err error) {
 	tmp, err := os.MkdirTemp(s.dir, tmpPrefix+key+"-")
 	if err != nil {
