@@ -35,9 +35,12 @@ const (
 	CodeCorrupt = "image-corrupt"
 	// CodeUnsafeArchive: an entry would land outside the image directory
 	// (.., absolute name, link pointing out, a write through a symlinked
-	// directory), is a device node or fifo, or a disk image names a backing
-	// file, data file or extent outside the image (ErrInvalid).
+	// directory) or is a device node or fifo (ErrInvalid).
 	CodeUnsafeArchive = "image-unsafe-archive"
+	// CodeUnsafeDisk: a disk image names a file outside the image (a backing
+	// file, data file, extent or parent), or is in a format goldvm does not
+	// open (ErrInvalid).
+	CodeUnsafeDisk = "image-unsafe-disk"
 	// CodeTooLarge: the download or the unpacked image exceeds the configured
 	// limits, whether declared or actual (ErrInvalid).
 	CodeTooLarge = "image-too-large"

@@ -1021,17 +1021,17 @@ func TestDiskReferences(t *testing.T) {
 		path    string
 		wantErr string
 	}{
-		{desc: "bare qcow2 backed by /etc/passwd", data: qcow("/etc/passwd", ""), wantErr: CodeUnsafeArchive},
-		{desc: "bare qcow2 backed by a sibling outside", data: qcow("../other.qcow2", ""), wantErr: CodeUnsafeArchive},
-		{desc: "bare qcow2 backed by a protocol", data: qcow("nbd://10.0.0.1/x", ""), wantErr: CodeUnsafeArchive},
-		{desc: "bare qcow2 with json backing", data: qcow(`json:{"file":{"driver":"file","filename":"/etc/shadow"}}`, ""), wantErr: CodeUnsafeArchive},
-		{desc: "qcow2 with an external data file", data: qcow("", "/dev/sda"), wantErr: CodeUnsafeArchive},
-		{desc: "bare vmdk descriptor with a device extent", data: desc("/dev/sda"), wantErr: CodeUnsafeArchive},
-		{desc: "sparse vmdk whose descriptor escapes", data: sparseVMDK("../../x-flat.vmdk"), wantErr: CodeUnsafeArchive},
+		{desc: "bare qcow2 backed by /etc/passwd", data: qcow("/etc/passwd", ""), wantErr: CodeUnsafeDisk},
+		{desc: "bare qcow2 backed by a sibling outside", data: qcow("../other.qcow2", ""), wantErr: CodeUnsafeDisk},
+		{desc: "bare qcow2 backed by a protocol", data: qcow("nbd://10.0.0.1/x", ""), wantErr: CodeUnsafeDisk},
+		{desc: "bare qcow2 with json backing", data: qcow(`json:{"file":{"driver":"file","filename":"/etc/shadow"}}`, ""), wantErr: CodeUnsafeDisk},
+		{desc: "qcow2 with an external data file", data: qcow("", "/dev/sda"), wantErr: CodeUnsafeDisk},
+		{desc: "bare vmdk descriptor with a device extent", data: desc("/dev/sda"), wantErr: CodeUnsafeDisk},
+		{desc: "sparse vmdk whose descriptor escapes", data: sparseVMDK("../../x-flat.vmdk"), wantErr: CodeUnsafeDisk},
 		{desc: "qcow2 backing through a symlink chain", data: buildTar(t, []entry{
 			{name: "c", typ: tar.TypeSymlink, link: "."},
 			{name: "disk.qcow2", body: qcow("c/../base.qcow2", "")},
-		}), wantErr: CodeUnsafeArchive},
+		}), wantErr: CodeUnsafeDisk},
 		{desc: "overlay on a base inside the image", data: buildTar(t, []entry{
 			{name: "base.qcow2", body: qcow("", "")},
 			{name: "layers/top.qcow2", body: qcow("../base.qcow2", "")},
