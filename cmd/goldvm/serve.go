@@ -118,17 +118,6 @@ func runServe(args []string) error {
 		return err
 	}
 	defer db.Close()
-	images, err := image.NewStore(filepath.Join(*dataDir, "images"), image.Options{
-		MaxImageBytes: maxImageBytes, Logger: log, HTTPClient: &http.Client{Transport: netPolicy.Transport()},
-		StallTimeout: *stallTimeout, Retries: *imageRetries, RetryBackoff: *imageBackoff,
-	})
-	if err != nil {
-		return fmt.Errorf("image store: %w", err)
-	}
-	// Closed after the manager (defers run last-in first-out): fetches under
-	// way then stop cleanly and keep their partial bytes for the next start.
-	defer images.Close()
-
 	var driver hypervisor.Driver
 	switch *backend {
 	case "qemu":
@@ -157,6 +146,26 @@ func runServe(args []string) error {
 	default:
 		return fmt.Errorf("--backend %q: use qemu or vmware", *backend)
 	}
+
+	imageOpts := image.Options{
+		MaxImageBytes: maxImageBytes, Logger: log, HTTPClient: &http.Client{Transport: netPolicy.Transport()},
+		StallTimeout: *stallTimeout, Retries: *imageRetries, RetryBackoff: *imageBackoff,
+	}
+	if gp, ok := driver.(hypervisor.GoldPreparer); ok {
+		// The driver decides each image's disk, and its format, before the
+		// image is published.
+		imageOpts.PrepareDisk = func(ctx context.Context, files, scratch string) (image.Disk, error) {
+			g, err := gp.PrepareGold(ctx, files, scratch)
+			return image.Disk{Path: g.Path, Format: g.Format, VirtualSize: g.VirtualSize, Source: g.Source}, err
+		}
+	}
+	images, err := image.NewStore(filepath.Join(*dataDir, "images"), imageOpts)
+	if err != nil {
+		return fmt.Errorf("image store: %w", err)
+	}
+	// Closed after the manager (defers run last-in first-out): fetches under
+	// way then stop cleanly and keep their partial bytes for the next start.
+	defer images.Close()
 
 	// API clients see "$GOLDVM_DATA_DIR/…" instead of where the data lives
 	// (messages name files by the absolute paths goldvm uses).

@@ -27,6 +27,9 @@ type Spec struct {
 	Dir string
 	// GoldDir is the root of the unpacked, read-only gold image.
 	GoldDir string
+	// GoldDisk is the gold image's disk as the driver's PrepareGold
+	// decided it (zero for drivers without one).
+	GoldDisk GoldDisk
 	// CPUs is the number of virtual CPUs.
 	CPUs int
 	// MemoryMiB is the guest RAM in MiB.

@@ -178,6 +178,32 @@ type Options struct {
 	MaxPartialAge time.Duration
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
+	// PrepareDisk, when set, is called on every image before it is
+	// published, with the directory of its unpacked files and a scratch
+	// directory beside them: it finds the image's disk, decides its format
+	// for good, checks it (a hypervisor's own tools, e.g. qemu-img) and may
+	// write a converted disk into scratch. Its answer is recorded in the
+	// image's marker and given to the hypervisor ever after; its errors
+	// fail the fetch as they are. Images published without it (an older
+	// goldvm, or another backend) are damaged to a store that has it.
+	PrepareDisk func(ctx context.Context, files, scratch string) (Disk, error)
+}
+
+// Disk is an image's disk as PrepareDisk decided it.
+type Disk struct {
+	// Path is the disk's absolute path when PrepareDisk returns it; the
+	// marker records it relative to the image's directory.
+	Path string `json:"path"`
+	// Format is the disk's format ("qcow2", "raw"), passed explicitly to
+	// every tool that opens the disk: nothing probes it again.
+	Format string `json:"format"`
+	// VirtualSize is the size of the disk the guest sees, in bytes.
+	VirtualSize int64 `json:"virtual_size"`
+	// Size is the file's size in bytes (filled in by the store).
+	Size int64 `json:"size"`
+	// Source is the package's disk a converted disk was made from,
+	// relative to the image's files; empty when Path is that disk.
+	Source string `json:"source,omitempty"`
 }
 
 func (o *Options) setDefaults() {
@@ -244,6 +270,9 @@ type Gold struct {
 	Format string
 	// Files lists the regular files, relative to Dir, in archive order.
 	Files []string
+	// Disk is the disk PrepareDisk decided on, its Path absolute; nil
+	// for a store without PrepareDisk.
+	Disk *Disk
 }
 
 // ImageInfo describes a published image for listings.
@@ -270,6 +299,8 @@ type marker struct {
 	Size         int64        `json:"size"`
 	Files        []fileRecord `json:"files"`
 	Created      time.Time    `json:"created"`
+	// Disk (version 2) is the disk PrepareDisk decided on.
+	Disk *Disk `json:"disk,omitempty"`
 }
 
 // Store is the image store. Its methods are safe for concurrent use.
@@ -392,6 +423,18 @@ func (s *Store) check(key string) error {
 	if size != m.Size {
 		return fmt.Errorf("files hold %d bytes, marker says %d", size, m.Size)
 	}
+	if s.opts.PrepareDisk != nil && m.Disk == nil {
+		return errors.New("the image was published without its disk being inspected (by an older goldvm or another backend)")
+	}
+	if m.Disk != nil {
+		fi, err := os.Lstat(filepath.Join(s.dir, key, filepath.FromSlash(m.Disk.Path)))
+		if err != nil {
+			return fmt.Errorf("disk: %w", err)
+		}
+		if !fi.Mode().IsRegular() || fi.Size() != m.Disk.Size {
+			return fmt.Errorf("disk %s does not match the marker", m.Disk.Path)
+		}
+	}
 	for _, f := range m.Files {
 		fi, err := os.Lstat(filepath.Join(files, filepath.FromSlash(f.Path)))
 		if err != nil {
@@ -429,6 +472,11 @@ func (s *Store) gold(key string, m *marker, spec *Spec) *Gold {
 		if f.Type == "file" || f.Type == "hardlink" {
 			g.Files = append(g.Files, f.Path)
 		}
+	}
+	if m.Disk != nil {
+		d := *m.Disk
+		d.Path = filepath.Join(s.dir, key, filepath.FromSlash(d.Path))
+		g.Disk = &d
 	}
 	return g
 }
@@ -502,6 +550,12 @@ func (s *Store) info(key string) (info ImageInfo, found bool, err error) {
 			return info, false, nil // deleted meanwhile
 		}
 		return info, false, err
+	}
+	if m.Disk != nil && !strings.HasPrefix(m.Disk.Path, filesDirName+"/") {
+		// A converted disk, beside the files.
+		if fi, err := os.Stat(filepath.Join(s.dir, key, filepath.FromSlash(m.Disk.Path))); err == nil {
+			disk += allocated(fi)
+		}
 	}
 	return ImageInfo{Key: key, URL: m.URL, Checksum: m.Checksum, ChecksumType: m.ChecksumType,
 		Format: m.Format, Size: m.Size, DiskBytes: disk, Created: m.Created, LastUsed: s.lastUsed(key, m.Created)}, true, nil
@@ -959,13 +1013,17 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 		}
 		report(Progress{Phase: PhaseUnpacking, BytesDone: x.written, BytesTotal: x.written})
 	}
-	return s.publish(tmp, key, spec, x, log)
+	return s.publish(ctx, tmp, key, spec, x, report, log)
 }
 
 // publish syncs and seals the files, writes the marker last and renames
 // the temp dir into place.
-func (s *Store) publish(tmp, key string, spec Spec, x *extractor, log *slog.Logger) (*Gold, error) {
+func (s *Store) publish(ctx context.Context, tmp, key string, spec Spec, x *extractor, report func(Progress), log *slog.Logger) (*Gold, error) {
 	files := filepath.Join(tmp, filesDirName)
+	disk, err := s.prepareDisk(ctx, tmp, files, report)
+	if err != nil {
+		return nil, err
+	}
 	if err := sealTree(files); err != nil {
 		return nil, err
 	}
@@ -975,7 +1033,10 @@ func (s *Store) publish(tmp, key string, spec Spec, x *extractor, log *slog.Logg
 	}
 	kind, sum, _ := parseKey(key)
 	m := &marker{Version: 1, Key: key, URL: displayURL(spec.URL), Checksum: sum, ChecksumType: kind,
-		Format: x.format, Size: size, Files: x.records, Created: s.opts.Now().UTC()}
+		Format: x.format, Size: size, Files: x.records, Created: s.opts.Now().UTC(), Disk: disk}
+	if disk != nil {
+		m.Version = 2
+	}
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("encoding marker: %w", err)
@@ -1007,4 +1068,42 @@ func (s *Store) publish(tmp, key string, spec Spec, x *extractor, log *slog.Logg
 		return nil, err
 	}
 	return s.gold(key, m, &spec), nil
+}
+
+// prepareDisk runs Options.PrepareDisk on an image about to be published
+// in tmp and returns its disk with a path relative to tmp; nil without
+// PrepareDisk.
+func (s *Store) prepareDisk(ctx context.Context, tmp, files string, report func(Progress)) (*Disk, error) {
+	if s.opts.PrepareDisk == nil {
+		return nil, nil
+	}
+	report(Progress{Phase: PhaseVerifying})
+	d, err := s.opts.PrepareDisk(ctx, files, tmp)
+	if err != nil {
+		return nil, err
+	}
+	rel, err := filepath.Rel(tmp, d.Path)
+	if err != nil || !filepath.IsLocal(rel) {
+		return nil, fmt.Errorf("prepared disk %s is not inside the image", d.Path)
+	}
+	fi, err := os.Lstat(d.Path)
+	if err != nil {
+		return nil, ioErr("prepared disk", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("prepared disk %s is not a regular file", d.Path)
+	}
+	if !strings.HasPrefix(rel, filesDirName+string(filepath.Separator)) {
+		// A disk made beside the files (a conversion): read-only and synced
+		// like them.
+		if err := os.Chmod(d.Path, 0o444); err != nil {
+			return nil, ioErr("prepared disk", err)
+		}
+		if err := syncFile(d.Path); err != nil {
+			return nil, err
+		}
+	}
+	d.Path = filepath.ToSlash(rel)
+	d.Size = fi.Size()
+	return &d, nil
 }

@@ -327,6 +327,9 @@ func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.Guest
 		return hypervisor.GuestInfo{}, gold.Dir, err
 	}
 	spec := m.spec(r, gold.Dir)
+	if d := gold.Disk; d != nil {
+		spec.GoldDisk = hypervisor.GoldDisk{Path: d.Path, Format: d.Format, VirtualSize: d.VirtualSize, Source: d.Source}
+	}
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
 		return hypervisor.GuestInfo{}, gold.Dir, fmt.Errorf("create VM directory: %w", err)
 	}

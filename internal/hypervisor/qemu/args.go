@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"encoding/json"
 	"strconv"
 	"strings"
 )
@@ -29,6 +30,9 @@ type launchParams struct {
 	MAC       string
 	Net       netPlan
 	TapFD     int // > 0: QEMU's fd of the already opened tap
+	// GoldPath and GoldFormat are the gold disk below the VM's overlay.
+	GoldPath   string
+	GoldFormat string
 }
 
 // optEscape escapes a value for QEMU's comma-separated option syntax.
@@ -82,8 +86,8 @@ func buildArgs(lp launchParams) []string {
 		"-display", display,
 		"-vga", "std",
 		"-serial", "file:"+optEscape(p(dir, fileConsole)),
-		"-drive", "file="+optEscape(p(dir, fileDisk))+",if=virtio,format=qcow2,cache=writeback,discard=unmap",
 	)
+	a = append(a, diskArgs(lp.GoldPath, lp.GoldFormat, p(dir, fileDisk))...)
 	switch {
 	case lp.Net.User:
 		// The guest gets 10.0.2.15 behind QEMU's own NAT; the host reaches
@@ -114,4 +118,37 @@ func buildArgs(lp launchParams) []string {
 		}
 	}
 	return a
+}
+
+// diskArgs opens the VM's disk as libvirt does: a -blockdev node per layer
+// (in QEMU's JSON syntax), each with its driver given and its backing set
+// explicitly (the gold disk below the overlay, null below the gold disk),
+// so that QEMU follows no file name written inside either image and
+// probes no format.
+func diskArgs(goldPath, goldFormat, overlay string) []string {
+	type file struct {
+		Driver   string `json:"driver"`
+		Filename string `json:"filename"`
+	}
+	gold := map[string]any{
+		"driver": goldFormat, "node-name": "gold", "read-only": true,
+		"file": file{"file", goldPath},
+	}
+	if goldFormat == "qcow2" {
+		gold["backing"] = nil
+	}
+	disk := map[string]any{
+		"driver": "qcow2", "node-name": "disk", "backing": "gold", "discard": "unmap",
+		"cache": map[string]bool{"direct": false},
+		"file":  file{"file", overlay},
+	}
+	return []string{"-blockdev", mustJSON(gold), "-blockdev", mustJSON(disk), "-device", "virtio-blk-pci,drive=disk"}
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // maps of strings and bools always encode
+	}
+	return string(b)
 }

@@ -79,9 +79,10 @@ func BenchmarkClone(b *testing.B) {
 		dir := b.TempDir()
 		gold := makeGoldDisk(b, dir, size)
 		name := fmt.Sprintf("%dGiB", size>>30)
+		goldDisk := preparedGold(b, gold)
 		b.Run("linked-"+name, func(b *testing.B) {
 			for i := range b.N {
-				spec := hypervisor.Spec{ID: fmt.Sprintf("bench%d", i), Dir: filepath.Join(dir, fmt.Sprintf("vm-l%d", i)), GoldDir: gold, CPUs: 1, MemoryMiB: 128, Network: "nat", Headless: true}
+				spec := hypervisor.Spec{ID: fmt.Sprintf("bench%d", i), Dir: filepath.Join(dir, fmt.Sprintf("vm-l%d", i)), GoldDir: gold, GoldDisk: goldDisk, CPUs: 1, MemoryMiB: 128, Network: "nat", Headless: true}
 				os.MkdirAll(spec.Dir, 0o700)
 				if err := d.Clone(context.Background(), spec); err != nil {
 					b.Fatal(err)

@@ -35,7 +35,7 @@ func TestCloneIsLinked(t *testing.T) {
 	if err != nil {
 		unavailable(t, "qemu driver: %v", err)
 	}
-	spec := hypervisor.Spec{ID: "clone", Dir: t.TempDir(), GoldDir: gold, CPUs: 1, MemoryMiB: 128, Network: api.NetworkNAT}
+	spec := hypervisor.Spec{ID: "clone", Dir: t.TempDir(), GoldDir: gold, GoldDisk: preparedGold(t, gold), CPUs: 1, MemoryMiB: 128, Network: api.NetworkNAT}
 	if err := d.Clone(context.Background(), spec); err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +46,7 @@ func TestCloneIsLinked(t *testing.T) {
 	if fi.Size() > 1<<20 || fi.Mode().Perm() != 0o600 {
 		t.Errorf("overlay of a 100 GiB gold: %d bytes, mode %v", fi.Size(), fi.Mode().Perm())
 	}
-	ii, err := d.qemuImgInfo(context.Background(), filepath.Join(spec.Dir, fileDisk), true)
+	ii, err := d.qemuImgInfo(context.Background(), filepath.Join(spec.Dir, fileDisk), "qcow2", true)
 	if err != nil || ii.VirtualSize != 100<<30 || ii.BackingFormat != "qcow2" {
 		t.Errorf("overlay info %+v %v", ii, err)
 	}

@@ -275,7 +275,13 @@ func checkSpec(spec hypervisor.Spec) error {
 
 // run runs a program and returns its stdout; the error carries stderr.
 func (d *Driver) run(ctx context.Context, bin string, args ...string) ([]byte, error) {
+	return d.runEnv(ctx, nil, bin, args...)
+}
+
+// runEnv is run with the environment env (nil: the daemon's).
+func (d *Driver) runEnv(ctx context.Context, env []string, bin string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = env
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = 5 * time.Second
@@ -307,7 +313,8 @@ func lockedErr(cause error) error {
 }
 
 // Clone makes disk.qcow2 in spec.Dir, a qcow2 overlay whose backing file is
-// the one disk in spec.GoldDir. It costs the same for any image size.
+// the gold disk that PrepareGold decided on (spec.GoldDisk), with its format
+// given explicitly. It costs the same for any image size.
 func (d *Driver) Clone(ctx context.Context, spec hypervisor.Spec) error {
 	if err := checkSpec(spec); err != nil {
 		return err
@@ -315,31 +322,25 @@ func (d *Driver) Clone(ctx context.Context, spec hypervisor.Spec) error {
 	if _, err := d.plan(spec); err != nil {
 		return err
 	}
+	if err := checkGold(spec.GoldDisk); err != nil {
+		return err
+	}
 	l := d.vmLock(spec.ID)
 	l.life.Lock()
 	defer l.life.Unlock()
 
-	gold, err := findGoldDisk(spec.GoldDir)
-	if err != nil {
-		return err
-	}
-	info, err := d.qemuImgInfo(ctx, gold.Path, true)
-	if err != nil {
-		return errdefs.New(errdefs.ErrInvalid, "image-bad-disk", "the image's disk is not readable by qemu-img", err)
-	}
-	format := gold.Format
-	if info.Format == "qcow2" || info.Format == "vmdk" || info.Format == "raw" {
-		format = info.Format
-	}
+	gold := spec.GoldDisk
 	disk := p(spec.Dir, fileDisk)
 	if _, err := os.Stat(disk); err == nil {
-		if _, err := d.qemuImgInfo(ctx, disk, false); err != nil && isLockError(err.Error()) {
+		if _, err := d.qemuImgInfo(ctx, disk, "qcow2", false); err != nil && isLockError(err.Error()) {
 			return lockedErr(err)
 		}
 	}
 	tmp := p(spec.Dir, fileDiskTmp)
 	os.Remove(tmp)
-	if _, err := d.run(ctx, d.cfg.QemuImg, "create", "-q", "-f", "qcow2", "-b", gold.Path, "-F", format, tmp); err != nil {
+	// -u: the backing file is not opened; its size comes from its record.
+	if _, err := d.run(ctx, d.cfg.QemuImg, "create", "-q", "-u", "-f", "qcow2", "-b", gold.Path, "-F", gold.Format,
+		tmp, strconv.FormatInt(gold.VirtualSize, 10)); err != nil {
 		os.Remove(tmp)
 		return errdefs.New(errdefs.ErrUnavailable, "clone-failed", "cannot create the linked clone", err)
 	}
@@ -360,7 +361,7 @@ func (d *Driver) Clone(ctx context.Context, spec hypervisor.Spec) error {
 		return fmt.Errorf("clone: %w", err)
 	}
 	syncFile(spec.Dir)
-	d.log.Debug("cloned", "vm", spec.ID, "gold", gold.Path, "format", format)
+	d.log.Debug("cloned", "vm", spec.ID, "gold", gold.Path, "format", gold.Format)
 	return nil
 }
 
@@ -428,6 +429,9 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 	if spec.MemoryMiB <= 0 || spec.CPUs < 0 {
 		return errdefs.Newf(errdefs.ErrInvalid, "invalid-size", "invalid VM size: %d CPUs, %d MiB", spec.CPUs, spec.MemoryMiB)
 	}
+	if err := checkGold(spec.GoldDisk); err != nil {
+		return err
+	}
 	np, err := d.plan(spec)
 	if err != nil {
 		return err
@@ -473,6 +477,7 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 		ID: spec.ID, Dir: spec.Dir, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
 		Machine: d.cfg.Machine, Accel: d.accel.Args, Display: d.display(spec),
 		Sandbox: d.cfg.Sandbox, MAC: macFor(spec.ID), Net: np,
+		GoldPath: spec.GoldDisk.Path, GoldFormat: spec.GoldDisk.Format,
 	}
 	var extra []*os.File
 	if cred != nil && !np.User {
@@ -949,7 +954,7 @@ func (d *Driver) Destroy(ctx context.Context, spec hypervisor.Spec) error {
 	}
 	disk := p(spec.Dir, fileDisk)
 	if _, err := os.Stat(disk); err == nil {
-		if _, err := d.qemuImgInfo(ctx, disk, false); err != nil && isLockError(err.Error()) {
+		if _, err := d.qemuImgInfo(ctx, disk, "qcow2", false); err != nil && isLockError(err.Error()) {
 			return lockedErr(err)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/goldvm/goldvm/internal/diskfmt/diskfmttest"
 	"io"
 	"log/slog"
 	"net"
@@ -149,7 +150,7 @@ func newSpec(t *testing.T, id, gold, network string) hypervisor.Spec {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	return hypervisor.Spec{ID: id, Dir: dir, GoldDir: gold, CPUs: 1, MemoryMiB: 128, Network: network, Headless: true}
+	return hypervisor.Spec{ID: id, Dir: dir, GoldDir: gold, GoldDisk: preparedGold(t, gold), CPUs: 1, MemoryMiB: 128, Network: network, Headless: true}
 }
 
 // destroyOnCleanup makes sure no QEMU outlives the test.
@@ -211,7 +212,7 @@ func TestE2ELifecycle(t *testing.T) {
 	}
 
 	// The overlay is a linked clone of the gold disk.
-	ii, err := d.qemuImgInfo(ctx, filepath.Join(spec.Dir, fileDisk), true)
+	ii, err := d.qemuImgInfo(ctx, filepath.Join(spec.Dir, fileDisk), "qcow2", true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -467,8 +468,8 @@ func TestE2ELockedOverlay(t *testing.T) {
 			case <-ctx.Done():
 				t.Fatalf("the other QEMU never locked the disk: %s", oerr.String())
 			case <-time.After(50 * time.Millisecond):
-				if hasOpen(other.Process.Pid, disk) {
-					_, err := d.qemuImgInfo(ctx, disk, false)
+				if diskfmttest.HasOpen(other.Process.Pid, disk) {
+					_, err := d.qemuImgInfo(ctx, disk, "qcow2", false)
 					locked = err != nil && isLockError(err.Error())
 				}
 				continue
@@ -518,7 +519,8 @@ func TestE2EOutlivesDaemon(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		spec := hypervisor.Spec{ID: filepath.Base(dir), Dir: dir, GoldDir: os.Getenv("GOLDVM_TEST_GOLD"), CPUs: 1, MemoryMiB: 128, Network: api.NetworkNAT, Headless: true}
+		gold := os.Getenv("GOLDVM_TEST_GOLD")
+		spec := hypervisor.Spec{ID: filepath.Base(dir), Dir: dir, GoldDir: gold, GoldDisk: preparedGold(t, gold), CPUs: 1, MemoryMiB: 128, Network: api.NetworkNAT, Headless: true}
 		ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
 		defer cancel()
 		if err := d.Clone(ctx, spec); err != nil {
@@ -579,7 +581,7 @@ func TestE2EOutlivesDaemon(t *testing.T) {
 }
 
 // TestE2EGoldFormats boots linked clones of VMDK (split sparse: a descriptor
-// plus extents) and raw gold disks.
+// plus extents, converted to qcow2 at publish) and raw gold disks.
 func TestE2EGoldFormats(t *testing.T) {
 	guest := testGuest(t)
 	d, err := New(Config{UserNet: true, Logger: testLogger(t)})
@@ -613,24 +615,17 @@ func TestE2EGoldFormats(t *testing.T) {
 			bootAndDiscover(t, d, spec)
 			ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
 			defer cancel()
-			ii, err := d.qemuImgInfo(ctx, filepath.Join(spec.Dir, fileDisk), true)
+			ii, err := d.qemuImgInfo(ctx, filepath.Join(spec.Dir, fileDisk), "qcow2", true)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if ii.BackingFormat != tc.format || filepath.Base(ii.BackingFilename) != tc.file {
-				t.Errorf("overlay backing: %+v", ii)
+			// A VMDK is served as the qcow2 converted from it at publish.
+			if ii.BackingFormat != spec.GoldDisk.Format || ii.BackingFilename != spec.GoldDisk.Path {
+				t.Errorf("overlay backing: %+v, gold %+v", ii, spec.GoldDisk)
+			}
+			if want := map[string]string{"vmdk": "qcow2", "raw": "raw"}[tc.format]; spec.GoldDisk.Format != want {
+				t.Errorf("%s gold served as %+v", tc.format, spec.GoldDisk)
 			}
 		})
 	}
-}
-
-// hasOpen reports whether process pid has file open.
-func hasOpen(pid int, file string) bool {
-	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	for _, fd := range fds {
-		if target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && target == file {
-			return true
-		}
-	}
-	return false
 }

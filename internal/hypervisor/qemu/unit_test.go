@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"errors"
+	"github.com/goldvm/goldvm/internal/diskfmt/diskfmttest"
 	"io"
 	"log/slog"
 	"os"
@@ -86,7 +87,8 @@ func TestBuildArgs(t *testing.T) {
 		"-name goldvm-vm1", "-machine q35", "-accel tcg,tb-size=32", "-smp 2", "-m 128",
 		"-nodefaults", "-no-user-config", "-display none", "-vga std",
 		"-serial file:/data/vms/a,,b/console.log",
-		"-drive file=/data/vms/a,,b/disk.qcow2,if=virtio,format=qcow2",
+		`"filename":"/data/vms/a,b/disk.qcow2"`,
+		"-device virtio-blk-pci,drive=disk",
 		"-netdev tap,id=n0,ifname=gv0123456789ab,script=no,downscript=no",
 		"-device virtio-net-pci,netdev=n0,mac=52:54:00:01:02:03",
 		"-chardev socket,id=qga0,path=/data/vms/a,,b/qga.sock,server=on,wait=off",
@@ -211,7 +213,7 @@ func writeFile(t *testing.T, path string, data []byte) {
 }
 
 func TestFindGoldDisk(t *testing.T) {
-	qcow := append([]byte("QFI\xfb"), make([]byte, 100)...)
+	qcow := diskfmttest.Qcow2(3, "", "", false)
 	code := func(err error) string { c, _ := errdefs.CodeOf(err); return c }
 
 	dir := t.TempDir()
