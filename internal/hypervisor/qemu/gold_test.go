@@ -41,9 +41,16 @@ func preparedGold(tb testing.TB, gold string) hypervisor.GoldDisk {
 	return g
 }
 
+// qemuImg runs qemu-img in the directory of its last argument (relative
+// names it writes into an image, e.g. a data file, land beside it).
 func qemuImg(tb testing.TB, args ...string) {
 	tb.Helper()
-	if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
+	cmd := exec.Command("qemu-img", args...)
+	cmd.Dir = filepath.Dir(args[len(args)-1])
+	if len(args) > 1 && !filepath.IsAbs(args[len(args)-1]) {
+		cmd.Dir = filepath.Dir(args[len(args)-2])
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
 		tb.Fatalf("qemu-img %s: %v: %s", strings.Join(args, " "), err, out)
 	}
 }
