@@ -70,7 +70,8 @@ func TestMemoryJSON(t *testing.T) {
 		{in: `"1gib"`, want: 1024},
 		{in: `"1024mib"`, want: 1024},
 		{in: `"1048576kib"`, want: 1024},
-		{in: `"1.0gib"`, want: 1024}, // the original service's own reply format
+		{in: `"1.0gib"`, want: 1024},  // the original service's documented reply
+		{in: `"1.0 gib"`, want: 1024}, // what its code wrote (go-humanize's IBytes, lower-cased)
 		{in: `"1.5gib"`, want: 1536},
 		{in: `"0.5GiB"`, want: 512},
 		{in: `"2.25gib"`, want: 2304},
