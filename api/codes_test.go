@@ -324,7 +324,7 @@ func (m *module) codeUses(t *testing.T) []codeUse {
 					}
 					code, ok := m.constString(dir, f, n.Args[1])
 					if !ok {
-						t.Errorf("%s: the code of this error is not a constant", pos)
+						t.Errorf("%s: the code of this error is not a constant (use an api.Code… constant, so that TestCodesInSource can check it)", pos)
 						return true
 					}
 					uses = append(uses, codeUse{pos: pos, code: code, status: status})
