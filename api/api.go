@@ -90,19 +90,31 @@ const (
 
 // VM is a virtual machine as the API shows it.
 type VM struct {
-	ID               string   `json:"id"`
-	Status           Status   `json:"status"`
-	Phase            Phase    `json:"phase,omitempty"`
-	Backend          string   `json:"backend"`
-	CPUs             int      `json:"cpus"`
-	MemoryMiB        int64    `json:"memory"` // MiB
-	NetworkType      string   `json:"network_type"`
-	Image            Image    `json:"image"`
-	Headless         bool     `json:"headless"`
-	CallbackURL      string   `json:"callback_url,omitempty"`
+	ID          string `json:"id"`
+	Status      Status `json:"status"`
+	Phase       Phase  `json:"phase,omitempty"`
+	Backend     string `json:"backend"`
+	CPUs        int    `json:"cpus"`
+	MemoryMiB   int64  `json:"memory"` // MiB
+	NetworkType string `json:"network_type"`
+	Image       Image  `json:"image"`
+	Headless    bool   `json:"headless"`
+	// LaunchGUI is the inverse of Headless, answered too because the
+	// original service's clients read it.
+	LaunchGUI   bool   `json:"launch_gui"`
+	CallbackURL string `json:"callback_url,omitempty"`
+	// ToolsInitTimeout is written as integer seconds.
 	ToolsInitTimeout Duration `json:"tools_init_timeout"`
-	IPAddress        string   `json:"ip_address,omitempty"`
-	GuestOS          string   `json:"guest_os,omitempty"`
+	// IPAddress and GuestOS are "" until creation has learnt them.
+	IPAddress string `json:"ip_address"`
+	// GuestOS identifies the guest's OS for programs: with the vmware
+	// backend the .vmx guestOS identifier ("other26xlinux-64",
+	// "darwin23-64"), as VMware and the original service give it; with
+	// the qemu backend the guest agent's OS name (os-release PRETTY_NAME).
+	GuestOS string `json:"guest_os"`
+	// GuestOSName is a readable name of the guest's OS ("Linux (64-bit)",
+	// "Debian GNU/Linux 12 (bookworm)").
+	GuestOSName string `json:"guest_os_name,omitempty"`
 	// SSHAddress is a host:port on the goldvm host forwarded to the
 	// guest's SSH port (22), set when ip_address is the guest's own address
 	// and not reachable from the host (user-mode networking, when goldvm

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/big"
 	"strconv"
 	"strings"
 	"time"
@@ -26,45 +27,92 @@ var siUnits = map[string]string{
 	"k": "kib", "m": "mib", "g": "gib", "t": "tib",
 }
 
-// ParseIEC parses a size such as "1gib", "1024MiB" or "1048576 kib" into
-// bytes. Only IEC binary units are accepted: "1gb" is refused with an error
+// maxSizeDigits bounds the number part of a size, so that a hostile value
+// cannot make the exact decimal arithmetic below expensive.
+const maxSizeDigits = 40
+
+// parseSize parses a size such as "1gib", "1.5GiB" or "1048576 kib" into an
+// exact number of bytes (a fraction when the decimal does not come to whole
+// bytes). Only IEC binary units are accepted: "1gb" is refused with an error
 // that says so, since it is ambiguous (10^9 or 2^30).
-func ParseIEC(s string) (int64, error) {
+func parseSize(s string) (*big.Rat, error) {
 	t := strings.ToLower(strings.TrimSpace(s))
 	if t == "" {
-		return 0, errors.New("empty size")
+		return nil, errors.New("empty size")
 	}
 	i := 0
 	for i < len(t) && (t[i] >= '0' && t[i] <= '9') {
 		i++
 	}
 	if i == 0 {
-		return 0, fmt.Errorf("size %q must start with a whole number", s)
+		return nil, fmt.Errorf("size %q must start with a number such as 1 or 1.5", s)
+	}
+	if i < len(t) && t[i] == '.' {
+		j := i + 1
+		for j < len(t) && (t[j] >= '0' && t[j] <= '9') {
+			j++
+		}
+		if j == i+1 {
+			return nil, fmt.Errorf("size %q: a decimal point must be followed by digits", s)
+		}
+		i = j
 	}
 	num, unit := t[:i], strings.TrimSpace(t[i:])
-	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("size %q: number out of range", s)
+	if len(num) > maxSizeDigits {
+		return nil, fmt.Errorf("size %q: number out of range", s)
 	}
 	if unit == "" {
-		return 0, fmt.Errorf("size %q has no unit: use an IEC unit such as kib, mib or gib", s)
+		return nil, fmt.Errorf("size %q has no unit: use an IEC unit such as kib, mib or gib", s)
 	}
 	mult, ok := iecUnits[unit]
 	if !ok {
 		if iec, si := siUnits[unit]; si {
-			return 0, fmt.Errorf("size %q uses %q, which is not an IEC unit: write %s%s", s, unit, num, iec)
+			return nil, fmt.Errorf("size %q uses %q, which is not an IEC unit: write %s%s", s, unit, num, iec)
 		}
-		return 0, fmt.Errorf("size %q has unknown unit %q: use b, kib, mib, gib or tib", s, unit)
+		return nil, fmt.Errorf("size %q has unknown unit %q: use b, kib, mib, gib or tib", s, unit)
 	}
-	if n > math.MaxInt64/mult {
-		return 0, fmt.Errorf("size %q is too large", s)
+	r, ok := new(big.Rat).SetString(num)
+	if !ok {
+		return nil, fmt.Errorf("size %q: %q is not a number", s, num)
 	}
-	return n * mult, nil
+	r.Mul(r, new(big.Rat).SetInt64(mult))
+	if r.Cmp(new(big.Rat).SetInt64(math.MaxInt64)) > 0 {
+		return nil, fmt.Errorf("size %q is too large", s)
+	}
+	return r, nil
+}
+
+// ParseIEC parses a size such as "1gib", "1024MiB", "1.5gib" or
+// "1048576 kib" into bytes. Only IEC binary units are accepted: "1gb" is
+// refused with an error that says so, since it is ambiguous (10^9 or 2^30).
+// A decimal number is accepted when it comes to a whole number of bytes.
+func ParseIEC(s string) (int64, error) {
+	r, err := parseSize(s)
+	if err != nil {
+		return 0, err
+	}
+	if !r.IsInt() {
+		return 0, fmt.Errorf("size %q is %s bytes, not a whole number of bytes", s, exactDecimal(r))
+	}
+	return r.Num().Int64(), nil
+}
+
+// exactDecimal writes r in decimal without rounding (r is a decimal number
+// times a power of two, so its expansion ends), or with 12 places if longer.
+func exactDecimal(r *big.Rat) string {
+	for prec := 1; prec <= 12; prec++ {
+		s := r.FloatString(prec)
+		if back, ok := new(big.Rat).SetString(s); ok && back.Cmp(r) == 0 {
+			return s
+		}
+	}
+	return r.FloatString(12) + "…"
 }
 
 // Memory is a guest memory size in MiB. In JSON it is either an integer
-// (MiB) or an IEC string ("1gib", "1024mib", "1048576kib"); it is always
-// written back as an integer number of MiB.
+// (MiB) or an IEC string ("1gib", "1024mib", "1048576kib", and decimals
+// that come to a whole number of MiB such as "1.0gib" or "1.5gib"); it is
+// always written back as an integer number of MiB.
 type Memory int64
 
 // UnmarshalJSON accepts an integer MiB or an IEC string that is a whole number of MiB.
@@ -75,14 +123,15 @@ func (m *Memory) UnmarshalJSON(b []byte) error {
 		if err := json.Unmarshal(b, &s); err != nil {
 			return err
 		}
-		n, err := ParseIEC(s)
+		r, err := parseSize(s)
 		if err != nil {
-			return err
+			return fmt.Errorf("memory: %w", err)
 		}
-		if n%(1<<20) != 0 {
-			return fmt.Errorf("memory %q is not a whole number of MiB", s)
+		mib := r.Quo(r, big.NewRat(1<<20, 1))
+		if !mib.IsInt() {
+			return fmt.Errorf("memory %q is %s MiB, not a whole number of MiB", s, exactDecimal(mib))
 		}
-		*m = Memory(n >> 20)
+		*m = Memory(mib.Num().Int64())
 		return nil
 	}
 	var n json.Number
@@ -99,8 +148,9 @@ func (m *Memory) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Duration is a time span. In JSON it is either an integer number of seconds
-// or a Go duration string ("90s", "5m"); it is written as a duration string.
+// Duration is a time span. In JSON it is read from an integer number of
+// seconds or a Go duration string ("90s", "5m") and written as an integer
+// number of seconds, as the original service's clients expect.
 type Duration time.Duration
 
 // UnmarshalJSON accepts seconds or a Go duration string.
@@ -129,9 +179,14 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// MarshalJSON writes the duration as a Go duration string.
+// MarshalJSON writes the duration as an integer number of seconds, rounded
+// up (a request's duration is validated to be whole seconds).
 func (d Duration) MarshalJSON() ([]byte, error) {
-	return json.Marshal(time.Duration(d).String())
+	secs := time.Duration(d) / time.Second
+	if time.Duration(d)%time.Second > 0 {
+		secs++
+	}
+	return strconv.AppendInt(nil, int64(secs), 10), nil
 }
 
 // CreateVMRequest is the body of POST /vms.

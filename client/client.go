@@ -35,11 +35,16 @@ func New(addr, token string) *Client {
 	return &Client{BaseURL: strings.TrimRight(addr, "/"), Token: token}
 }
 
+// CodeHTTPError is the Code of an APIError whose reply was not a JSON
+// error body (a proxy's error page, say); its Message is the reply's text.
+const CodeHTTPError = "http-error"
+
 // APIError is an error reply from the daemon.
 type APIError struct {
 	// Status is the HTTP status code.
 	Status int
-	// Code is the stable error code, e.g. "vm-not-found".
+	// Code is the stable error code (one of api.Codes, e.g.
+	// api.CodeVMNotFound), or CodeHTTPError.
 	Code string
 	// Message explains the error.
 	Message string
@@ -84,7 +89,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if resp.StatusCode >= 300 {
 		var body api.Error
 		if json.Unmarshal(data, &body) != nil || body.Code == "" {
-			body.Code, body.Message = "http-error", strings.TrimSpace(string(data))
+			body.Code, body.Message = CodeHTTPError, strings.TrimSpace(string(data))
 		}
 		return &APIError{Status: resp.StatusCode, Code: body.Code, Message: body.Message}
 	}

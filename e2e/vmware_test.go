@@ -69,8 +69,8 @@ func TestVMwareBackendThroughTheDaemon(t *testing.T) {
 	req.CPUs, req.Memory, req.NetworkType = 2, 1025, "hostonly"
 	v := mustCreate(t, d, req)
 	got := waitVM(t, d, v.ID, time.Minute)
-	if got.Status != api.StatusRunning || got.IPAddress == "" || !strings.Contains(got.GuestOS, "Debian") || got.Backend != "vmware" {
-		t.Fatalf("got %s, want a running vmware VM with IP and a Debian guest OS", fmtVM(got))
+	if got.Status != api.StatusRunning || got.IPAddress == "" || got.GuestOS != "debian12-64" || !strings.Contains(got.GuestOSName, "Debian") || got.Backend != "vmware" {
+		t.Fatalf("got %s, want a running vmware VM with IP, the .vmx guestOS identifier in guest_os and a Debian guest_os_name", fmtVM(got))
 	}
 	if body := cb.waitCallback(t, v.ID, 30*time.Second); body.Status != api.StatusRunning {
 		t.Errorf("callback %s", fmtVM(&body))

@@ -55,7 +55,7 @@ func runCreate(args []string) error {
 	var cf clientFlags
 	cf.register(fs)
 	cpus := fs.Int("cpus", 1, "virtual CPUs")
-	memory := fs.String("memory", "512mib", "memory: MiB or an IEC size such as 1gib")
+	memory := fs.String("memory", "512mib", "memory: MiB or an IEC size such as 1gib or 1.5gib")
 	network := fs.String("network", "nat", "network type: nat, bridged or hostonly")
 	imageURL := fs.String("image", "", "image URL (http or https)")
 	checksum := fs.String("checksum", "", "image checksum, hex")
@@ -104,7 +104,7 @@ func runCreate(args []string) error {
 	printVM(os.Stdout, v)
 	if v.Status == api.StatusError && v.Error != nil {
 		err := fmt.Errorf("%s: %s", v.Error.Code, v.Error.Message)
-		if v.Error.Code == "discovery-timeout" || v.Error.Code == "vm-not-running" {
+		if v.Error.Code == api.CodeDiscoveryTimeout || v.Error.Code == api.CodeVMNotRunning {
 			// The guest booted, or tried to: its console says how far.
 			err = fmt.Errorf("%w\n(goldvm console %s shows what the guest printed)", err, v.ID)
 		}
@@ -180,7 +180,7 @@ func runList(args []string) error {
 		if v.Error != nil {
 			status += " (" + v.Error.Code + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\n", v.ID, status, v.CPUs, v.MemoryMiB, dash(v.IPAddress), dash(v.GuestOS), age(v.CreatedAt))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\n", v.ID, status, v.CPUs, v.MemoryMiB, dash(v.IPAddress), dash(cmp.Or(v.GuestOSName, v.GuestOS)), age(v.CreatedAt))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -328,13 +328,23 @@ func printVM(w io.Writer, v *api.VM) {
 	if v.SSHAddress != "" {
 		row("SSH", v.SSHAddress+" (forwarded to the guest's port 22)")
 	}
-	row("Guest OS", dash(v.GuestOS))
+	row("Guest OS", guestOS(v))
 	row("Image", v.Image.URL)
 	if v.Callback != nil {
 		row("Callback", fmt.Sprintf("%s (%d attempts)", v.Callback.State, v.Callback.Attempts))
 	}
 	row("Created", v.CreatedAt.Local().Format(time.RFC3339))
 	tw.Flush()
+}
+
+// guestOS shows the guest's OS to people: its readable name, with the
+// identifier the API gives in guest_os when that differs.
+func guestOS(v *api.VM) string {
+	name := cmp.Or(v.GuestOSName, v.GuestOS)
+	if v.GuestOS != "" && v.GuestOS != name {
+		name += " (" + v.GuestOS + ")"
+	}
+	return dash(name)
 }
 
 func dash(s string) string {

@@ -45,8 +45,13 @@ type GuestInfo struct {
 	// IPAddress is the guest's address, reachable from the host where the
 	// network type allows it.
 	IPAddress string
-	// GuestOS is a human-readable OS name, e.g. "Debian GNU/Linux 12 (bookworm)".
+	// GuestOS names the guest's OS as the API's guest_os gives it: the
+	// .vmx guestOS identifier with VMware ("other26xlinux-64"), the guest
+	// agent's OS name with QEMU ("Debian GNU/Linux 12 (bookworm)").
 	GuestOS string
+	// GuestOSName is a readable OS name when GuestOS is an identifier
+	// ("Linux (64-bit)"); empty when GuestOS is already readable.
+	GuestOSName string
 	// SSHAddress is a host:port on the host forwarded to the guest's SSH
 	// port, set when IPAddress is not reachable from the host (QEMU
 	// user-mode networking).

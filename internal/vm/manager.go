@@ -5,6 +5,7 @@
 package vm
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -205,7 +206,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest) (*api.VM,
 		VM: api.VM{
 			ID: id, Status: api.StatusCreating, Phase: api.PhasePending, Backend: m.cfg.Driver.Name(),
 			CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, NetworkType: v.NetworkType, Image: v.Image,
-			Headless: v.Headless, CallbackURL: v.CallbackURL, ToolsInitTimeout: api.Duration(v.ToolsInitTimeout),
+			Headless: v.Headless, LaunchGUI: !v.Headless, CallbackURL: v.CallbackURL, ToolsInitTimeout: api.Duration(v.ToolsInitTimeout),
 			CreatedAt: now, UpdatedAt: now,
 		},
 		Dir: filepath.Join(m.cfg.VMDir, id),
@@ -274,6 +275,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 		_, uerr := m.update(id, func(r *store.Record) error {
 			r.Status, r.Phase, r.Progress, r.Error = api.StatusRunning, "", nil, nil
 			r.IPAddress, r.GuestOS, r.SSHAddress = info.IPAddress, info.GuestOS, info.SSHAddress
+			r.GuestOSName = cmp.Or(info.GuestOSName, info.GuestOS)
 			return nil
 		})
 		if uerr != nil {

@@ -36,7 +36,7 @@ var checksumHexLen = map[string]int{
 }
 
 func invalid(format string, args ...any) error {
-	return errdefs.Newf(errdefs.ErrInvalid, "invalid-request", format, args...)
+	return errdefs.Newf(errdefs.ErrInvalid, api.CodeInvalidRequest, format, args...)
 }
 
 // Validated is a create request after validation, with defaults applied.
@@ -120,6 +120,9 @@ func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
 		timeout = DefaultToolsInitTimeout
 	case timeout < time.Second:
 		return v, invalid("tools_init_timeout %s is too short (at least 1s)", timeout)
+	case timeout%time.Second != 0:
+		// Replies give it in integer seconds, as the original service did.
+		return v, invalid("tools_init_timeout %s is not a whole number of seconds", timeout)
 	case timeout > lim.MaxToolsInitTimeout:
 		return v, invalid("tools_init_timeout %s is more than the maximum %s", timeout, lim.MaxToolsInitTimeout)
 	}

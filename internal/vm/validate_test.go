@@ -76,6 +76,7 @@ func TestValidate(t *testing.T) {
 		{desc: "md5 length for sha256", mutate: func(r *api.CreateVMRequest) { r.Image.Checksum = strings.Repeat("a", 32) }, wantErr: "64 hex digits"},
 		{desc: "contradiction", mutate: func(r *api.CreateVMRequest) { r.Headless = ptr(true); r.LaunchGUI = ptr(true) }, wantErr: "contradict"},
 		{desc: "bad callback", mutate: func(r *api.CreateVMRequest) { r.CallbackURL = "ftp://x" }, wantErr: "callback_url"},
+		{desc: "timeout not whole seconds", mutate: func(r *api.CreateVMRequest) { r.ToolsInitTimeout = api.Duration(1500 * time.Millisecond) }, wantErr: "not a whole number of seconds"},
 		{desc: "timeout too short", mutate: func(r *api.CreateVMRequest) { r.ToolsInitTimeout = api.Duration(time.Millisecond) }, wantErr: "too short"},
 		{desc: "timeout too long", mutate: func(r *api.CreateVMRequest) { r.ToolsInitTimeout = api.Duration(2 * time.Hour) }, wantErr: "more than the maximum"},
 	}

@@ -232,9 +232,9 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 		d.log.Debug("tools state", "id", spec.ID, "state", out)
 	}
 	if f, err := vmx.ReadFile(path); err == nil {
-		info.GuestOS = guestOSName(f)
+		info.GuestOS, info.GuestOSName = guestOS(f)
 	}
-	d.log.Info("discovered", "id", spec.ID, "ip", info.IPAddress, "guest_os", info.GuestOS)
+	d.log.Info("discovered", "id", spec.ID, "ip", info.IPAddress, "guest_os", info.GuestOS, "guest_os_name", info.GuestOSName)
 	return info, nil
 }
 
@@ -408,17 +408,20 @@ func removeLeftovers(spec hypervisor.Spec) error {
 	return errors.Join(errs...)
 }
 
-// guestOSName turns the .vmx's guest information into a readable OS name:
-// the pretty name VMware Tools records (guestInfo.detailed.data) when
-// present, else a name for the guestOS identifier.
-func guestOSName(f *vmx.File) string {
+// guestOS reads the guest's OS from the .vmx: id is its guestOS identifier
+// (e.g. "other26xlinux-64"), which VMware's own tools and the original OS X
+// Builder service answer as guest_os; name is readable: the pretty name
+// VMware Tools records (guestInfo.detailed.data) when present, else a name
+// for the identifier.
+func guestOS(f *vmx.File) (id, name string) {
+	id, _ = f.Get("guestOS")
+	id = strings.TrimSpace(id)
 	if data, ok := f.Get("guestInfo.detailed.data"); ok {
 		if m := prettyName.FindStringSubmatch(data); m != nil && m[1] != "" {
-			return m[1]
+			return id, m[1]
 		}
 	}
-	id, _ := f.Get("guestOS")
-	return GuestOSName(id)
+	return id, GuestOSName(id)
 }
 
 var prettyName = regexp.MustCompile(`prettyName='([^']*)'`)

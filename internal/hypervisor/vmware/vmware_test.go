@@ -95,8 +95,8 @@ func TestLifecycle(t *testing.T) {
 	if net.ParseIP(info.IPAddress) == nil {
 		t.Errorf("IP %q", info.IPAddress)
 	}
-	if info.GuestOS != "Debian GNU/Linux 12 (64-bit)" {
-		t.Errorf("GuestOS %q", info.GuestOS)
+	if info.GuestOS != "debian12-64" || info.GuestOSName != "Debian GNU/Linux 12 (64-bit)" {
+		t.Errorf("GuestOS %q, GuestOSName %q; want the .vmx identifier and its readable name", info.GuestOS, info.GuestOSName)
 	}
 
 	must(t, d.Destroy(ctx, s))
@@ -708,8 +708,9 @@ func TestStateComparesPaths(t *testing.T) {
 	must(t, d.Destroy(ctx, s))
 }
 
-// TestGuestOSName checks the readable names of common guestOS values and
-// that the pretty name recorded by VMware Tools wins.
+// TestGuestOSName checks the readable names of common guestOS values, that
+// the pretty name recorded by VMware Tools wins, and that the identifier is
+// kept as the .vmx gives it.
 func TestGuestOSName(t *testing.T) {
 	cases := map[string]string{
 		"darwin23-64":           "macOS 14",
@@ -739,8 +740,12 @@ func TestGuestOSName(t *testing.T) {
 		}
 	}
 	f := vmx.Parse([]byte("guestOS = \"debian12-64\"\nguestInfo.detailed.data = \"bitness='64' prettyName='Debian GNU/Linux 12 (bookworm)'\"\n"))
-	if got := guestOSName(f); got != "Debian GNU/Linux 12 (bookworm)" {
-		t.Errorf("pretty name: %q", got)
+	if id, name := guestOS(f); id != "debian12-64" || name != "Debian GNU/Linux 12 (bookworm)" {
+		t.Errorf("guestOS with a pretty name = %q, %q", id, name)
+	}
+	f = vmx.Parse([]byte("guestOS = \"other26xlinux-64\"\n"))
+	if id, name := guestOS(f); id != "other26xlinux-64" || name != "Linux (64-bit)" {
+		t.Errorf("guestOS = %q, %q; want the identifier as the .vmx gives it and a readable name", id, name)
 	}
 }
 
