@@ -127,6 +127,10 @@ func (x *extractor) extractStream(raw io.Reader, urlPath string) (needsSpool boo
 	switch {
 	case hasPrefix(head, magicZip) || hasPrefix(head, magicZipEnd):
 		x.format = "zip"
+		if spoolAllZips {
+			x.spoolReason = errors.New("every zip is unpacked after its download (spoolAllZips)")
+			return true, nil
+		}
 		err := x.extractZipStream(br)
 		if errors.Is(err, zipstream.ErrNeedsSpool) {
 			x.spoolReason = err

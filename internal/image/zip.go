@@ -17,6 +17,11 @@ import (
 	"github.com/klauspost/compress/flate"
 )
 
+// spoolAllZips makes extractStream hand every zip to the spool path, as
+// if it could not be read as a stream. Tests set it to unpack the same
+// archive both ways.
+var spoolAllZips bool
+
 // extractZipStream unpacks a zip archive from a stream, entry by entry,
 // and then checks the files against its central directory, which alone
 // tells the entries' modes: symlinks are written as small files first and
@@ -140,14 +145,20 @@ func (x *extractor) extractZip(ra io.ReaderAt, size int64) error {
 	if errors.Is(err, zip.ErrInsecurePath) {
 		return errUnsafe("zip archive has an entry with an insecure path")
 	}
+	if errors.Is(err, zip.ErrFormat) {
+		return errCorrupt("zip archive has no valid end record or central directory (it is cut short, damaged, or not a zip archive)", err)
+	}
 	if err != nil {
-		return errCorrupt("reading the zip archive", err)
+		return errCorrupt("reading the zip archive's central directory", err)
 	}
 	if x.lim.maxEntries > 0 && len(zr.File) > x.lim.maxEntries {
 		return errTooLarge("archive has %d entries; the limit is %d", len(zr.File), x.lim.maxEntries)
 	}
 	var total uint64
 	for _, f := range zr.File {
+		if f.Flags&0x1 != 0 { // as the stream reader, whatever the entry
+			return errUnsupported("zip entry %q is encrypted", f.Name)
+		}
 		total += f.UncompressedSize64
 		if total > uint64(x.lim.maxBytes) || f.UncompressedSize64 > uint64(x.lim.maxBytes) {
 			return errTooLarge("zip archive declares more than %d bytes", x.lim.maxBytes)
