@@ -3,6 +3,7 @@
 package image
 
 import (
+	"archive/zip"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -28,7 +29,9 @@ func TestDiskFull(t *testing.T) {
 		data []byte
 	}{
 		{desc: "tar.zst", data: zst(t, buildTar(t, []entry{{name: "disk.qcow2", body: diskBytes("QFI\xfb", 6<<20, 5)}}))},
-		{desc: "zip spool", data: buildZip(t, []entry{{name: "disk.qcow2", body: diskBytes("QFI\xfb", 6<<20, 6)}})},
+		{desc: "zip streamed", data: buildZip(t, []entry{{name: "disk.qcow2", body: diskBytes("QFI\xfb", 6<<20, 6)}})},
+		// Stored, sized after its data: taken for the spool path.
+		{desc: "zip spooled", data: buildZipMethod(t, []entry{{name: "disk.qcow2", body: diskBytes("QFI\xfb", 6<<20, 6)}}, zip.Store)},
 	} {
 		t.Run(tt.desc, func(t *testing.T) {
 			s, err := NewStore(filepath.Join(dir, "images"), testOptions())

@@ -994,7 +994,7 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 
 	if needsSpool {
 		// The partial download has every raw byte: unpack from it.
-		log.Info("zip archive cannot be unpacked as it streams; unpacking it after the download")
+		log.Info("zip archive cannot be unpacked as it streams; unpacking it after the download", "reason", x.spoolReason)
 		if err := openFiles(); err != nil {
 			return nil, err
 		}

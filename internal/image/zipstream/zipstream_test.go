@@ -1,4 +1,4 @@
-package image
+package zipstream
 
 import (
 	"archive/zip"
@@ -11,30 +11,31 @@ import (
 	"hash/crc32"
 	"io"
 	"io/fs"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"testing/iotest"
 
-	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/klauspost/compress/flate"
 )
 
-// zsGot is one entry as the streaming reader returned it.
-type zsGot struct {
-	loc     zipLocal
+// readEntry is one entry as the streaming reader returned it.
+type readEntry struct {
+	loc     Local
 	content []byte
 }
 
-// zsReadAll reads a whole archive with zipStream: every entry's content,
+// readAll reads a whole archive with Reader: every entry's content,
 // then Finish.
-func zsReadAll(r io.Reader) ([]zsGot, []zipCentral, error) {
-	z := newZipStream(r)
-	var got []zsGot
+func readAll(r io.Reader) ([]readEntry, []Central, error) {
+	z := NewReader(r)
+	var got []readEntry
 	for {
 		loc, rd, err := z.Next()
 		if err == io.EOF {
@@ -47,14 +48,14 @@ func zsReadAll(r io.Reader) ([]zsGot, []zipCentral, error) {
 		if err != nil {
 			return got, nil, err
 		}
-		got = append(got, zsGot{*loc, b})
+		got = append(got, readEntry{*loc, b})
 	}
 	c, err := z.Finish()
 	return got, c, err
 }
 
-// zsFile describes an entry for zsGoZip.
-type zsFile struct {
+// goFile describes an entry for goZip.
+type goFile struct {
 	name   string
 	body   []byte
 	method uint16
@@ -62,8 +63,8 @@ type zsFile struct {
 	raw    bool        // written with CreateRaw and known sizes: no data descriptor
 }
 
-// zsGoZip writes an archive with archive/zip.
-func zsGoZip(t testing.TB, files []zsFile, comment string) []byte {
+// goZip writes an archive with archive/zip.
+func goZip(t testing.TB, files []goFile, comment string) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	w := zip.NewWriter(&buf)
@@ -77,7 +78,7 @@ func zsGoZip(t testing.TB, files []zsFile, comment string) []byte {
 		if f.raw {
 			data := f.body
 			if f.method == zip.Deflate {
-				data = zsDeflate(t, f.body)
+				data = deflateBytes(t, f.body)
 			}
 			fh.CRC32 = crc32.ChecksumIEEE(f.body)
 			fh.CompressedSize64 = uint64(len(data))
@@ -103,7 +104,7 @@ func zsGoZip(t testing.TB, files []zsFile, comment string) []byte {
 	return buf.Bytes()
 }
 
-func zsDeflate(t testing.TB, b []byte) []byte {
+func deflateBytes(t testing.TB, b []byte) []byte {
 	t.Helper()
 	var out bytes.Buffer
 	fw, err := flate.NewWriter(&out, flate.DefaultCompression)
@@ -117,8 +118,8 @@ func zsDeflate(t testing.TB, b []byte) []byte {
 	return out.Bytes()
 }
 
-// zsText is compressible text of about n bytes.
-func zsText(n int, seed uint64) []byte {
+// genText is compressible text of about n bytes.
+func genText(n int, seed uint64) []byte {
 	r := rand.New(rand.NewPCG(seed, 1))
 	words := []string{"disk", "image", "sector", "/usr/lib/x86_64-linux-gnu", "goldvm", "boot", "kernel", "initrd", "\n"}
 	var b bytes.Buffer
@@ -129,17 +130,17 @@ func zsText(n int, seed uint64) []byte {
 	return b.Bytes()[:n]
 }
 
-// zsRandom is n incompressible bytes.
-func zsRandom(n int, seed uint64) []byte {
+// genRandom is n incompressible bytes.
+func genRandom(n int, seed uint64) []byte {
 	b := make([]byte, n)
 	r := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)})
 	r.Read(b)
 	return b
 }
 
-// zsCheckStd checks that the streamed entries and Finish's result equal
+// checkStd checks that the streamed entries and Finish's result equal
 // what archive/zip reads from the same bytes.
-func zsCheckStd(t *testing.T, data []byte, got []zsGot, central []zipCentral) {
+func checkStd(t *testing.T, data []byte, got []readEntry, central []Central) {
 	t.Helper()
 	zr, err := zip.NewReader(bytes.NewReader(data), int64(len(data)))
 	if err != nil && !errors.Is(err, zip.ErrInsecurePath) {
@@ -168,7 +169,7 @@ func zsCheckStd(t *testing.T, data []byte, got []zsGot, central []zipCentral) {
 		}
 		h := data[g.Offset:]
 		if !bytes.HasPrefix(h, []byte("PK\x03\x04")) ||
-			g.Offset+zsLocalLen+int64(binary.LittleEndian.Uint16(h[26:]))+int64(binary.LittleEndian.Uint16(h[28:])) != dataOff {
+			g.Offset+localLen+int64(binary.LittleEndian.Uint16(h[26:]))+int64(binary.LittleEndian.Uint16(h[28:])) != dataOff {
 			t.Errorf("entry %q: local header offset %d does not lead to archive/zip's data offset %d", f.Name, g.Offset, dataOff)
 		}
 		rc, err := f.Open()
@@ -189,63 +190,63 @@ func zsCheckStd(t *testing.T, data []byte, got []zsGot, central []zipCentral) {
 // TestZipStreamRoundTrip reads archives written by archive/zip and checks
 // every entry against what was written and against archive/zip's reader.
 func TestZipStreamRoundTrip(t *testing.T) {
-	text, random := zsText(300<<10, 1), zsRandom(200<<10, 2)
-	many := make([]zsFile, 65536+3) // > 0xffff entries: archive/zip writes zip64 end records
+	text, random := genText(300<<10, 1), genRandom(200<<10, 2)
+	many := make([]goFile, 65536+3) // > 0xffff entries: archive/zip writes zip64 end records
 	for i := range many {
-		many[i] = zsFile{name: fmt.Sprintf("f%05d", i), body: []byte{byte(i)}, method: zip.Store, raw: true}
+		many[i] = goFile{name: fmt.Sprintf("f%05d", i), body: []byte{byte(i)}, method: zip.Store, raw: true}
 	}
 	tests := []struct {
 		name    string
-		files   []zsFile
+		files   []goFile
 		comment string
 		want64  bool // archive/zip wrote a zip64 end record
 	}{
-		{name: "deflate with data descriptors", files: []zsFile{
+		{name: "deflate with data descriptors", files: []goFile{
 			{name: "text.txt", body: text, method: zip.Deflate},
 			{name: "random.bin", body: random, method: zip.Deflate},
 			{name: "small", body: []byte("hello, zip\n"), method: zip.Deflate},
 		}},
-		{name: "stored with known sizes", files: []zsFile{
+		{name: "stored with known sizes", files: []goFile{
 			{name: "text.txt", body: text, method: zip.Store, raw: true},
 			{name: "random.bin", body: random, method: zip.Store, raw: true},
 			{name: "empty", method: zip.Store, raw: true},
 		}},
-		{name: "deflate with known sizes", files: []zsFile{
+		{name: "deflate with known sizes", files: []goFile{
 			{name: "a/text.txt", body: text, method: zip.Deflate, raw: true},
 			{name: "a/empty", method: zip.Deflate, raw: true},
 			{name: "a/small", body: []byte("x"), method: zip.Deflate, raw: true},
 		}},
-		{name: "directories and an empty file", files: []zsFile{
+		{name: "directories and an empty file", files: []goFile{
 			{name: "dir/"},
 			{name: "dir/sub/"},
 			{name: "dir/sub/empty", method: zip.Deflate},
 			{name: "dir/file", body: text[:1000], method: zip.Deflate},
 		}},
-		{name: "symlink and modes", files: []zsFile{
+		{name: "symlink and modes", files: []goFile{
 			{name: "bin/", mode: fs.ModeDir | 0o755},
 			{name: "bin/tool", body: []byte("#!/bin/sh\necho hi\n"), method: zip.Deflate, mode: 0o755},
 			{name: "bin/link", body: []byte("tool"), method: zip.Deflate, mode: fs.ModeSymlink | 0o777},
 			{name: "ro", body: []byte("read only"), method: zip.Store, raw: true, mode: 0o444},
 		}},
-		{name: "mixed methods", files: []zsFile{
+		{name: "mixed methods", files: []goFile{
 			{name: "1", body: text[:5000], method: zip.Deflate},
 			{name: "2", body: random[:5000], method: zip.Store, raw: true},
 			{name: "3", body: text[5000:9000], method: zip.Deflate, raw: true},
 			{name: "4/"},
 			{name: "4/5", body: text, method: zip.Deflate},
 		}},
-		{name: "archive comment", files: []zsFile{{name: "f", body: []byte("data"), method: zip.Deflate}}, comment: "a comment\nwith two lines"},
+		{name: "archive comment", files: []goFile{{name: "f", body: []byte("data"), method: zip.Deflate}}, comment: "a comment\nwith two lines"},
 		{name: "empty archive"},
 		{name: "empty archive with comment", comment: "nothing here"},
 		{name: "65539 entries", files: many, want64: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			data := zsGoZip(t, tt.files, tt.comment)
+			data := goZip(t, tt.files, tt.comment)
 			if has := bytes.Contains(data, []byte("PK\x06\x06")); has != tt.want64 {
 				t.Fatalf("zip64 end record present: %v, want %v", has, tt.want64)
 			}
-			got, central, err := zsReadAll(bytes.NewReader(data))
+			got, central, err := readAll(bytes.NewReader(data))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -271,7 +272,7 @@ func TestZipStreamRoundTrip(t *testing.T) {
 					t.Errorf("entry %q: mode %v, want %v", f.name, central[i].Mode, f.mode)
 				}
 			}
-			zsCheckStd(t, data, got, central)
+			checkStd(t, data, got, central)
 		})
 	}
 }
@@ -279,18 +280,18 @@ func TestZipStreamRoundTrip(t *testing.T) {
 // TestZipStreamSkipsUnreadData calls Next without reading entries (or
 // after reading part of one): the data is still read and checked.
 func TestZipStreamSkipsUnreadData(t *testing.T) {
-	text := zsText(200<<10, 3)
-	files := []zsFile{
+	text := genText(200<<10, 3)
+	files := []goFile{
 		{name: "a", body: text, method: zip.Deflate},
 		{name: "b", body: text[:70000], method: zip.Store, raw: true},
 		{name: "c", body: text[1000:], method: zip.Deflate},
 	}
-	data := zsGoZip(t, files, "")
-	z := newZipStream(bytes.NewReader(data))
+	data := goZip(t, files, "")
+	z := NewReader(bytes.NewReader(data))
 	if _, err := z.Finish(); err == nil {
 		t.Fatal("Finish before the entries were read succeeded")
 	}
-	var locs []*zipLocal
+	var locs []*Local
 	var first io.Reader
 	for i := 0; ; i++ {
 		loc, r, err := z.Next()
@@ -344,12 +345,12 @@ func TestZipStreamSkipsUnreadData(t *testing.T) {
 	}
 	bad := bytes.Clone(data)
 	bad[off+int64(zr.File[0].CompressedSize64)/2] ^= 0x55
-	z = newZipStream(bytes.NewReader(bad))
+	z = NewReader(bytes.NewReader(bad))
 	if _, _, err := z.Next(); err != nil {
 		t.Fatal(err)
 	}
 	_, _, err = z.Next()
-	zsWantCode(t, err, CodeCorrupt, "")
+	wantErr(t, err, ErrCorrupt, "")
 	if _, err := z.Finish(); err == nil {
 		t.Error("Finish after a failure succeeded")
 	}
@@ -358,12 +359,12 @@ func TestZipStreamSkipsUnreadData(t *testing.T) {
 // TestZipStreamReaderShapes reads through readers that return little data
 // per call, or data together with io.EOF.
 func TestZipStreamReaderShapes(t *testing.T) {
-	files := []zsFile{
-		{name: "a", body: zsText(50<<10, 4), method: zip.Deflate},
-		{name: "b", body: zsRandom(3000, 5), method: zip.Store, raw: true},
+	files := []goFile{
+		{name: "a", body: genText(50<<10, 4), method: zip.Deflate},
+		{name: "b", body: genRandom(3000, 5), method: zip.Store, raw: true},
 		{name: "c/"},
 	}
-	data := zsGoZip(t, files, "c")
+	data := goZip(t, files, "c")
 	for name, r := range map[string]io.Reader{
 		"one byte":  iotest.OneByteReader(bytes.NewReader(data)),
 		"half":      iotest.HalfReader(bytes.NewReader(data)),
@@ -371,11 +372,11 @@ func TestZipStreamReaderShapes(t *testing.T) {
 		"bufio 16B": bufio.NewReaderSize(bytes.NewReader(data), 16),
 	} {
 		t.Run(name, func(t *testing.T) {
-			got, central, err := zsReadAll(r)
+			got, central, err := readAll(r)
 			if err != nil {
 				t.Fatal(err)
 			}
-			zsCheckStd(t, data, got, central)
+			checkStd(t, data, got, central)
 		})
 	}
 }
@@ -398,7 +399,7 @@ func TestZipStreamMode(t *testing.T) {
 			}
 			for _, ext := range attrs {
 				fh := zip.FileHeader{Name: name, CreatorVersion: creator<<8 | 20, ExternalAttrs: ext}
-				if got, want := zsMode(fh.CreatorVersion, ext, name), fh.Mode(); got != want {
+				if got, want := fileMode(fh.CreatorVersion, ext, name), fh.Mode(); got != want {
 					t.Errorf("creator %d, attrs %#x, name %q: mode %v, archive/zip %v", creator, ext, name, got, want)
 				}
 				n++
@@ -410,135 +411,347 @@ func TestZipStreamMode(t *testing.T) {
 	}
 }
 
-// zsWantCode fails unless err is an *errdefs.Error with code (in the
-// invalid category) whose message contains msg.
-func zsWantCode(t *testing.T, err error, code, msg string) {
+// wantErr fails unless err is an *Error of the given kind whose message
+// contains msg.
+func wantErr(t *testing.T, err error, kind error, msg string) {
 	t.Helper()
-	if err == nil {
-		t.Fatalf("want error %s, got nil", code)
+	var ze *Error
+	if !errors.As(err, &ze) {
+		t.Fatalf("want an *Error (%v), got %T: %v", kind, err, err)
 	}
-	if got, _ := errdefs.CodeOf(err); got != code {
-		t.Fatalf("want code %s, got %s: %v", code, got, err)
-	}
-	if !errors.Is(err, errdefs.ErrInvalid) {
-		t.Fatalf("error %v is not in the invalid category", err)
+	if !errors.Is(err, kind) {
+		t.Fatalf("want %v, got %v: %v", kind, ze.Kind, err)
 	}
 	if !strings.Contains(err.Error(), msg) {
 		t.Fatalf("error %q does not mention %q", err, msg)
 	}
 }
 
-// TestZipStreamInfoZip reads archives written by the Info-ZIP zip command:
-// to a file (sizes in the local headers), stored, to a pipe (data
-// descriptors, stored entries with sizes in their local headers), from
-// stdin (zip64 extra and 8-byte data descriptor), and forced zip64.
-func TestZipStreamInfoZip(t *testing.T) {
-	if _, err := exec.LookPath("zip"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("the zip command is required in CI")
-		}
-		t.Skip("zip command not installed")
-	}
-	dir := t.TempDir()
-	text := zsText(120<<10, 6)
-	files := map[string][]byte{
-		"d/a.txt":     text,
-		"d/r.bin":     zsRandom(70<<10, 7),
+// infoZipFiles is the tree the Info-ZIP tests archive, as name -> content
+// ("d/link" is a symlink to "a.txt", names ending in "/" directories).
+func infoZipFiles() map[string][]byte {
+	return map[string][]byte{
+		"d/":          nil,
+		"d/a.txt":     genText(120<<10, 6),
+		"d/r.bin":     genRandom(70<<10, 7),
 		"d/empty":     nil,
+		"d/link":      []byte("a.txt"),
+		"d/sub/":      nil,
 		"d/sub/b.txt": []byte("short\n"),
 	}
-	for name, body := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
+}
+
+// infoZipExtra is what Info-ZIP on Unix adds to every header: the
+// extended timestamp ("UT") and Unix uid/gid ("ux") fields.
+var infoZipExtra = []byte{
+	'U', 'T', 5, 0, 3, 0x7f, 0x4d, 0x09, 0x6b,
+	'u', 'x', 11, 0, 1, 4, 0, 0, 0, 0, 4, 0, 0, 0, 0,
+}
+
+// infoZipLayout builds, byte for byte, the archive of infoZipFiles that
+// Info-ZIP writes in one of its modes: entries in the order zip -r adds
+// them, written as hand says for each (name, content, mode set here).
+func infoZipLayout(t testing.TB, end endKind, hand func(name string, e *handEntry)) []byte {
+	files := infoZipFiles()
+	var ents []handEntry
+	for _, name := range []string{"d/", "d/empty", "d/link", "d/a.txt", "d/r.bin", "d/sub/", "d/sub/b.txt"} {
+		e := handEntry{name: name, body: files[name], mode: 0o640, extra: infoZipExtra}
+		switch {
+		case name == "d/link":
+			e.mode = fs.ModeSymlink | 0o777
+		case strings.HasSuffix(name, "/"):
+			e.mode = fs.ModeDir | 0o755
 		}
-		if err := os.WriteFile(p, body, 0o640); err != nil {
-			t.Fatal(err)
-		}
+		hand(name, &e)
+		ents = append(ents, e)
 	}
-	if err := os.Symlink("a.txt", filepath.Join(dir, "d/link")); err != nil {
+	return build(t, ents, end)
+}
+
+// infoZipCases are the layouts Info-ZIP writes, built in Go: each case
+// says what the stream reader must make of it. spool names the entry at
+// which the reader must give up with ErrNeedsSpool; kind and msg the
+// error it must fail with otherwise; no error: it reads every entry of
+// infoZipFiles (with "d/link" a symlink).
+type infoZipCase struct {
+	name      string
+	data      []byte
+	spool     string
+	kind      error
+	msg       string
+	stdOpens  bool // archive/zip reads it (checked either way)
+	stdinOnly bool // one entry "-" holding d/a.txt
+}
+
+func infoZipCases(t testing.TB) []infoZipCase {
+	regular := func(name string) bool { return !strings.HasSuffix(name, "/") && name != "d/link" }
+	deflated := func(name string) bool { return regular(name) && name != "d/empty" }
+	toFile := infoZipLayout(t, endPlain, func(name string, e *handEntry) { e.deflate = deflated(name) })
+	// To a pipe, Info-ZIP deflates every file and gives its sizes in a
+	// data descriptor, keeping the uncompressed size in the local header;
+	// a symlink it stores: some builds with its sizes in the local header,
+	// others (Debian 12's zip 3.0) with its sizes only after its data.
+	toPipe := func(linkSizes bool) []byte {
+		return infoZipLayout(t, endPlain, func(name string, e *handEntry) {
+			switch {
+			case deflated(name):
+				e.deflate, e.desc, e.descSig, e.keepUsize = true, true, true, true
+			case name == "d/link":
+				e.desc, e.descSig, e.keepCsize, e.keepUsize = true, true, linkSizes, linkSizes
+			}
+		})
+	}
+	pipeNoSizes := toPipe(false)
+	linkEnd := bytes.Index(pipeNoSizes, []byte("a.txtPK\x07\x08")) + len("a.txt")
+	stdin := build(t, []handEntry{{name: "-", body: infoZipFiles()["d/a.txt"], deflate: true, desc: true, descSig: true,
+		descWide: true, localZip64: true, extra: infoZipExtra}}, endPlain)
+	forced := func(end endKind) []byte {
+		return infoZipLayout(t, end, func(name string, e *handEntry) {
+			e.deflate, e.localZip64, e.central64 = deflated(name), true, true
+		})
+	}
+	return []infoZipCase{
+		{name: "to a file", data: toFile, stdOpens: true},
+		{name: "to a pipe, symlink with its sizes", data: toPipe(true), stdOpens: true},
+		{name: "to a pipe, symlink sized after its data", data: pipeNoSizes, spool: "d/link", stdOpens: true},
+		// What Debian 12's zip 3.0 writes to a pipe before it fails with
+		// "zip -0 not supported for I/O on pipes or devices".
+		{name: "to a pipe, cut after the symlink", data: pipeNoSizes[:linkEnd], spool: "d/link"},
+		{name: "stdin to a pipe", data: stdin, stdOpens: true, stdinOnly: true},
+		{name: "forced zip64", data: forced(endZip64), stdOpens: true},
+		// archive/zip finds the directory anyway; the stream reader refuses
+		// an end record that contradicts the archive.
+		{name: "forced zip64 to a pipe", data: forced(endBroken64), kind: ErrCorrupt, msg: brokenEndMsg, stdOpens: true},
+	}
+}
+
+// checkInfoZip checks what the stream reader makes of data against c.
+func checkInfoZip(t *testing.T, c infoZipCase) {
+	t.Helper()
+	got, central, err := readAll(bytes.NewReader(c.data))
+	zr, stdErr := zip.NewReader(bytes.NewReader(c.data), int64(len(c.data)))
+	if (stdErr == nil) != c.stdOpens {
+		t.Errorf("archive/zip: %v, expected it to read the archive: %v", stdErr, c.stdOpens)
+	}
+	switch {
+	case c.spool != "":
+		wantErr(t, err, ErrNeedsSpool, fmt.Sprintf("%q", c.spool))
+		if stdErr == nil {
+			// Spooled, the archive is read by its central directory.
+			for _, f := range zr.File {
+				if rc, err := f.Open(); err != nil {
+					t.Errorf("archive/zip cannot open %q: %v", f.Name, err)
+				} else if _, err := io.Copy(io.Discard, rc); err != nil {
+					t.Errorf("archive/zip cannot read %q: %v", f.Name, err)
+				}
+			}
+		}
+		return
+	case c.kind != nil:
+		wantErr(t, err, c.kind, c.msg)
+		return
+	case err != nil:
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "stdin.txt"), text, 0o644); err != nil {
-		t.Fatal(err)
+	checkStd(t, c.data, got, central)
+	want := infoZipFiles()
+	if c.stdinOnly {
+		want = map[string][]byte{"-": want["d/a.txt"]}
 	}
-	tests := []struct {
-		name string
-		cmd  string // run in dir; writes out.zip
-		// broken: the command may write an archive that archive/zip cannot
-		// read either (Info-ZIP 3.0 with -fz to a pipe writes an end record
-		// whose directory offset is 0xffffffff without a zip64 end record);
-		// the stream reader must then refuse it as corrupt.
-		broken bool
-	}{
-		{name: "to a file", cmd: "zip -q -r -y out.zip d"},
-		{name: "stored", cmd: "zip -q -0 -r -y out.zip d"},
-		{name: "to a pipe", cmd: "zip -q -r -y - d | cat > out.zip"},
-		{name: "forced zip64", cmd: "zip -q -fz -r -y out.zip d"},
-		{name: "forced zip64 to a pipe", cmd: "zip -q -fz -r -y - d | cat > out.zip", broken: true},
-		{name: "stdin to a pipe", cmd: "zip -q - - < stdin.txt | cat > out.zip"},
+	if len(got) != len(want) {
+		t.Fatalf("%d entries, want %d", len(got), len(want))
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			os.Remove(filepath.Join(dir, "out.zip"))
-			cmd := exec.Command("sh", "-c", tt.cmd)
-			cmd.Dir = dir
-			if out, err := cmd.CombinedOutput(); err != nil {
-				t.Fatalf("%s: %v\n%s", tt.cmd, err, out)
-			}
-			data, err := os.ReadFile(filepath.Join(dir, "out.zip"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, central, err := zsReadAll(bytes.NewReader(data))
-			if err != nil && tt.broken {
-				zsWantCode(t, err, CodeCorrupt, "places the central directory at offset 4294967295")
-				if zr, err := zip.NewReader(bytes.NewReader(data), int64(len(data))); err == nil {
-					for _, f := range zr.File {
-						if _, err := f.Open(); err == nil && !strings.HasSuffix(f.Name, "/") {
-							t.Errorf("archive/zip can open %q of the archive the stream reader refused", f.Name)
-						}
-					}
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			zsCheckStd(t, data, got, central)
-			want := map[string][]byte{"-": text}
-			if !strings.Contains(tt.cmd, "stdin") {
-				want = map[string][]byte{"d/": nil, "d/sub/": nil, "d/link": []byte("a.txt")}
-				for k, v := range files {
-					want[k] = v
-				}
-			}
-			if len(got) != len(want) {
-				t.Fatalf("%d entries, want %d", len(got), len(want))
-			}
-			for i, g := range got {
-				body, ok := want[g.loc.Name]
-				if !ok || !bytes.Equal(body, g.content) {
-					t.Errorf("entry %q: %d bytes, want %d (known: %v)", g.loc.Name, len(g.content), len(body), ok)
-				}
-				wantType := fs.FileMode(0)
-				switch {
-				case g.loc.Name == "d/link":
-					wantType = fs.ModeSymlink
-				case strings.HasSuffix(g.loc.Name, "/"):
-					wantType = fs.ModeDir
-				}
-				if central[i].Mode.Type() != wantType {
-					t.Errorf("entry %q: mode %v, want type %v", g.loc.Name, central[i].Mode, wantType)
-				}
+	for i, g := range got {
+		body, ok := want[g.loc.Name]
+		if !ok || !bytes.Equal(body, g.content) {
+			t.Errorf("entry %q: %d bytes, want %d (known: %v)", g.loc.Name, len(g.content), len(body), ok)
+		}
+		wantType := fs.FileMode(0)
+		switch {
+		case g.loc.Name == "d/link":
+			wantType = fs.ModeSymlink
+		case strings.HasSuffix(g.loc.Name, "/"):
+			wantType = fs.ModeDir
+		}
+		if central[i].Mode.Type() != wantType {
+			t.Errorf("entry %q: mode %v, want type %v", g.loc.Name, central[i].Mode, wantType)
+		}
+	}
+}
+
+// TestInfoZipLayouts reads the layouts Info-ZIP writes to a file, to a
+// pipe (data descriptors; a symlink stored with or without its sizes in
+// its local header, or the archive cut after it), from stdin (zip64 extra
+// and 8-byte data descriptor), and with forced zip64 (to a pipe, zip 3.0
+// writes an end record that points nowhere), all built in Go.
+func TestInfoZipLayouts(t *testing.T) {
+	for _, c := range infoZipCases(t) {
+		t.Run(c.name, func(t *testing.T) {
+			checkInfoZip(t, c)
+			// TestInfoZip's inspection must come to the same expectation.
+			in := inspectInfoZip(t, c.data)
+			if in.spool != c.spool || in.kind != c.kind || in.kind != nil && !strings.Contains(c.msg, in.msg) || in.stdOpens != c.stdOpens {
+				t.Errorf("inspection expects spool %q, error %v %q, archive/zip %v", in.spool, in.kind, in.msg, in.stdOpens)
 			}
 		})
 	}
 }
 
-// zsHand is an entry of a hand-built archive (zsBuild), for layouts
+// TestInfoZip reads what the installed Info-ZIP zip command writes, to a
+// file, to a pipe and from stdin. What it writes differs between builds
+// and machines (a symlink to a pipe: with its sizes, without them, or zip
+// fails and leaves the archive cut), so the expectation follows what the
+// archive holds (inspectInfoZip); TestInfoZipLayouts has each layout
+// byte for byte.
+func TestInfoZip(t *testing.T) {
+	if _, err := exec.LookPath("zip"); err != nil {
+		t.Skip("zip command not installed")
+	}
+	dir := t.TempDir()
+	files := infoZipFiles()
+	for _, name := range slices.Sorted(maps.Keys(files)) { // parents first
+		body, p := files[name], filepath.Join(dir, name)
+		var err error
+		switch {
+		case strings.HasSuffix(name, "/"):
+			err = os.MkdirAll(p, 0o755)
+		case name == "d/link":
+			err = os.Symlink(string(body), p)
+		default:
+			if err = os.MkdirAll(filepath.Dir(p), 0o755); err == nil {
+				err = os.WriteFile(p, body, 0o640)
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name  string
+		args  []string
+		pipe  bool // the archive is zip's standard output, a pipe
+		stdin bool // zip reads d/a.txt from its standard input
+	}{
+		{name: "to a file", args: []string{"-q", "-r", "-y", "out.zip", "d"}},
+		{name: "stored", args: []string{"-q", "-0", "-r", "-y", "out.zip", "d"}},
+		{name: "to a pipe", args: []string{"-q", "-r", "-y", "-", "d"}, pipe: true},
+		{name: "forced zip64", args: []string{"-q", "-fz", "-r", "-y", "out.zip", "d"}},
+		{name: "forced zip64 to a pipe", args: []string{"-q", "-fz", "-r", "-y", "-", "d"}, pipe: true},
+		{name: "stdin to a pipe", args: []string{"-q", "-", "-"}, pipe: true, stdin: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out := filepath.Join(dir, "out.zip")
+			os.Remove(out)
+			cmd := exec.Command("zip", tt.args...)
+			cmd.Dir = dir
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr // pipes
+			if tt.stdin {
+				f, err := os.Open(filepath.Join(dir, "d/a.txt")) // a file, not a pipe: "-" is then regular
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close()
+				cmd.Stdin = f
+			}
+			zipErr := cmd.Run()
+			if zipErr != nil {
+				t.Logf("zip %v: %v: %s", tt.args, zipErr, bytes.TrimSpace(stderr.Bytes()))
+			}
+			data := stdout.Bytes()
+			if !tt.pipe {
+				var err error
+				if data, err = os.ReadFile(out); err != nil {
+					if zipErr != nil {
+						t.Skipf("zip wrote no archive")
+					}
+					t.Fatal(err)
+				}
+			}
+			c := inspectInfoZip(t, data)
+			c.stdinOnly = tt.stdin
+			t.Logf("expecting: archive/zip reads it %v, spool at %q, error %v %q", c.stdOpens, c.spool, c.kind, c.msg)
+			if c.kind == nil && c.spool == "" && zipErr != nil {
+				t.Fatalf("zip failed, yet the archive is whole: %v", zipErr)
+			}
+			checkInfoZip(t, c)
+		})
+	}
+}
+
+// inspectInfoZip decides what the stream reader must make of an archive
+// Info-ZIP wrote, from what it holds: the first entry stored with its
+// sizes only after its data makes it give up (ErrNeedsSpool); before such
+// an entry, an archive archive/zip cannot read must fail as corrupt (cut,
+// or with an end record that points nowhere); otherwise it must read it
+// whole.
+func inspectInfoZip(t *testing.T, data []byte) infoZipCase {
+	c := infoZipCase{name: "inspected", data: data}
+	le := binary.LittleEndian
+	// Walk the local headers (inflating deflated data to find its end) up
+	// to the first stored entry whose end its header does not tell.
+	off := 0
+	for off+localLen <= len(data) && le.Uint32(data[off:]) == localSig {
+		h := data[off:]
+		flags, method := le.Uint16(h[6:]), le.Uint16(h[8:])
+		csize, usize := uint64(le.Uint32(h[18:])), uint64(le.Uint32(h[22:]))
+		nl, el := int(le.Uint16(h[26:])), int(le.Uint16(h[28:]))
+		if off+localLen+nl+el > len(data) {
+			break
+		}
+		name := string(h[localLen : localLen+nl])
+		z64, wide := extraField(h[localLen+nl:localLen+nl+el], zip64ID)
+		if wide && len(z64) >= 16 {
+			usize, csize = le.Uint64(z64), le.Uint64(z64[8:])
+		}
+		off += localLen + nl + el
+		desc := flags&flagDesc != 0
+		switch {
+		case method == 8 && (desc || csize > 0):
+			br := bytes.NewReader(data[off:])
+			if _, err := io.Copy(io.Discard, flate.NewReader(br)); err != nil {
+				return c // the reader fails on it too; checkInfoZip sees how
+			}
+			off = len(data) - br.Len()
+		case method == 0 && desc && (csize != usize || csize == 0) &&
+			!bytes.HasPrefix(data[off:], []byte("PK\x07\x08\x00\x00\x00\x00")):
+			c.spool = name
+		default:
+			off += int(csize)
+		}
+		if c.spool != "" {
+			break
+		}
+		if desc {
+			off += 4 + 12 // signature (Info-ZIP writes it), CRC, sizes
+			if wide {
+				off += 8
+			}
+		}
+	}
+	_, stdErr := zip.NewReader(bytes.NewReader(data), int64(len(data)))
+	c.stdOpens = stdErr == nil
+	end := len(data) - endLen
+	switch {
+	case c.spool != "":
+	case !c.stdOpens:
+		c.kind, c.msg = ErrCorrupt, "zip archive"
+	case end >= loc64Len && le.Uint32(data[end:]) == endSig && le.Uint32(data[end+16:]) == max32 &&
+		le.Uint32(data[end-loc64Len:]) != loc64Sig:
+		// zip -fz to a pipe (zip 3.0): no zip64 end record.
+		c.kind, c.msg = ErrCorrupt, brokenEndMsg
+	}
+	return c
+}
+
+// brokenEndMsg is the stream reader's complaint about an end record that
+// puts the central directory at 0xffffffff without a zip64 end record.
+const brokenEndMsg = "places the central directory at offset 4294967295"
+
+// handEntry is an entry of a hand-built archive (build), for layouts
 // archive/zip does not write.
-type zsHand struct {
+type handEntry struct {
 	name       string
 	body       []byte
 	deflate    bool
@@ -548,15 +761,46 @@ type zsHand struct {
 	localZip64 bool // zip64 extra in the local header, 32-bit sizes 0xffffffff
 	central64  bool // zip64 extra in the central header, sizes and offset 0xffffffff
 	noData     bool // deflate method without any compressed bytes
+	// keepUsize and keepCsize keep the uncompressed and compressed size in
+	// a local header although a data descriptor follows (Info-ZIP writing
+	// to a pipe keeps the first for deflated entries, both for the stored
+	// ones it can stream).
+	keepUsize, keepCsize bool
+	mode                 fs.FileMode // Unix mode in the central header; 0: regular 0644
+	extra                []byte      // more extra fields, in both headers
 }
 
-// zsBuild writes a hand-built archive. With end64 it adds a zip64 end
-// record and locator, and saturates the end record.
-func zsBuild(t testing.TB, ents []zsHand, end64 bool) []byte {
+// endKind is how build ends an archive.
+type endKind int
+
+const (
+	endPlain endKind = iota // end record only
+	endZip64                // zip64 end record and locator, saturated end record
+	// endBroken64 saturates the end record's directory offset without a
+	// zip64 end record, as Info-ZIP 3.0 does with -fz writing to a pipe.
+	endBroken64
+)
+
+// stMode is the Unix st_mode of m, for external attributes.
+func stMode(m fs.FileMode) uint32 {
+	u := uint32(m.Perm())
+	switch {
+	case m&fs.ModeSymlink != 0:
+		u |= 0o120000
+	case m.IsDir():
+		u |= 0o040000
+	default:
+		u |= 0o100000
+	}
+	return u
+}
+
+// build writes a hand-built archive, ended as end says.
+func build(t testing.TB, ents []handEntry, end endKind) []byte {
 	var b bytes.Buffer
 	le := binary.LittleEndian
 	type cent struct {
-		h                    zsHand
+		h                    handEntry
 		method, flags        uint16
 		crc                  uint32
 		csize, usize, offset uint64
@@ -565,14 +809,14 @@ func zsBuild(t testing.TB, ents []zsHand, end64 bool) []byte {
 	for _, e := range ents {
 		data, method := e.body, uint16(0)
 		if e.deflate {
-			data, method = zsDeflate(t, e.body), 8
+			data, method = deflateBytes(t, e.body), 8
 		}
 		if e.noData {
 			data, method = nil, 8
 		}
 		var flags uint16
 		if e.desc {
-			flags |= zsFlagDesc
+			flags |= flagDesc
 		}
 		c := cent{h: e, method: method, flags: flags, crc: crc32.ChecksumIEEE(e.body),
 			csize: uint64(len(data)), usize: uint64(len(e.body)), offset: uint64(b.Len())}
@@ -580,7 +824,7 @@ func zsBuild(t testing.TB, ents []zsHand, end64 bool) []byte {
 		var extra []byte
 		crc, cs, us := c.crc, uint32(c.csize), uint32(c.usize)
 		if e.localZip64 {
-			extra = le.AppendUint16(extra, zsZip64ID)
+			extra = le.AppendUint16(extra, zip64ID)
 			extra = le.AppendUint16(extra, 16)
 			if e.desc && e.deflate {
 				// Info-ZIP streaming: sizes unknown yet. (It repeats the
@@ -590,15 +834,19 @@ func zsBuild(t testing.TB, ents []zsHand, end64 bool) []byte {
 				extra = le.AppendUint64(extra, c.usize)
 				extra = le.AppendUint64(extra, c.csize)
 			}
-			cs, us = zsMax32, zsMax32
+			cs, us = max32, max32
 		}
 		if e.desc {
 			crc = 0
-			if !e.localZip64 {
-				cs, us = 0, 0
+			if !e.localZip64 && !e.keepCsize {
+				cs = 0
+			}
+			if !e.localZip64 && !e.keepUsize {
+				us = 0
 			}
 		}
-		h := le.AppendUint32(nil, zsLocalSig)
+		extra = append(extra, e.extra...)
+		h := le.AppendUint32(nil, localSig)
 		h = le.AppendUint16(h, 45)
 		h = le.AppendUint16(h, flags)
 		h = le.AppendUint16(h, method)
@@ -615,7 +863,7 @@ func zsBuild(t testing.TB, ents []zsHand, end64 bool) []byte {
 		if e.desc {
 			var d []byte
 			if e.descSig {
-				d = le.AppendUint32(d, zsDescSig)
+				d = le.AppendUint32(d, descSig)
 			}
 			d = le.AppendUint32(d, c.crc)
 			if e.descWide {
@@ -633,14 +881,19 @@ func zsBuild(t testing.TB, ents []zsHand, end64 bool) []byte {
 		var extra []byte
 		cs, us, off := uint32(c.csize), uint32(c.usize), uint32(c.offset)
 		if c.h.central64 {
-			extra = le.AppendUint16(extra, zsZip64ID)
+			extra = le.AppendUint16(extra, zip64ID)
 			extra = le.AppendUint16(extra, 24)
 			extra = le.AppendUint64(extra, c.usize)
 			extra = le.AppendUint64(extra, c.csize)
 			extra = le.AppendUint64(extra, c.offset)
-			cs, us, off = zsMax32, zsMax32, zsMax32
+			cs, us, off = max32, max32, max32
 		}
-		h := le.AppendUint32(nil, zsCentralSig)
+		extra = append(extra, c.h.extra...)
+		mode := c.h.mode
+		if mode == 0 {
+			mode = 0o644
+		}
+		h := le.AppendUint32(nil, centralSig)
 		h = le.AppendUint16(h, 3<<8|45) // made by Unix
 		h = le.AppendUint16(h, 45)
 		h = le.AppendUint16(h, c.flags)
@@ -651,10 +904,10 @@ func zsBuild(t testing.TB, ents []zsHand, end64 bool) []byte {
 		h = le.AppendUint32(h, us)
 		h = le.AppendUint16(h, uint16(len(c.h.name)))
 		h = le.AppendUint16(h, uint16(len(extra)))
-		h = le.AppendUint16(h, 0)            // comment
-		h = le.AppendUint16(h, 0)            // disk
-		h = le.AppendUint16(h, 0)            // internal attributes
-		h = le.AppendUint32(h, 0o100644<<16) // regular file 0644
+		h = le.AppendUint16(h, 0) // comment
+		h = le.AppendUint16(h, 0) // disk
+		h = le.AppendUint16(h, 0) // internal attributes
+		h = le.AppendUint32(h, stMode(mode)<<16)
 		h = le.AppendUint32(h, off)
 		b.Write(h)
 		b.WriteString(c.h.name)
@@ -663,10 +916,13 @@ func zsBuild(t testing.TB, ents []zsHand, end64 bool) []byte {
 	dirSize := uint64(b.Len()) - dirOff
 	n := uint64(len(cds))
 	e16, e32size, e32off := uint16(n), uint32(dirSize), uint32(dirOff)
-	if end64 {
+	switch end {
+	case endBroken64:
+		e32off = max32
+	case endZip64:
 		recOff := uint64(b.Len())
-		h := le.AppendUint32(nil, zs64EndSig)
-		h = le.AppendUint64(h, zs64EndLen-12)
+		h := le.AppendUint32(nil, end64Sig)
+		h = le.AppendUint64(h, end64Len-12)
 		h = le.AppendUint16(h, 45)
 		h = le.AppendUint16(h, 45)
 		h = le.AppendUint32(h, 0)
@@ -675,14 +931,14 @@ func zsBuild(t testing.TB, ents []zsHand, end64 bool) []byte {
 		h = le.AppendUint64(h, n)
 		h = le.AppendUint64(h, dirSize)
 		h = le.AppendUint64(h, dirOff)
-		h = le.AppendUint32(h, zs64LocSig)
+		h = le.AppendUint32(h, loc64Sig)
 		h = le.AppendUint32(h, 0)
 		h = le.AppendUint64(h, recOff)
 		h = le.AppendUint32(h, 1)
 		b.Write(h)
-		e16, e32size, e32off = zsMax16, zsMax32, zsMax32
+		e16, e32size, e32off = max16, max32, max32
 	}
-	h := le.AppendUint32(nil, zsEndSig)
+	h := le.AppendUint32(nil, endSig)
 	h = le.AppendUint32(h, 0)
 	h = le.AppendUint16(h, e16)
 	h = le.AppendUint16(h, e16)
@@ -697,46 +953,46 @@ func zsBuild(t testing.TB, ents []zsHand, end64 bool) []byte {
 // does not write: zip64 extra fields in local and central headers, zip64
 // end records, and data descriptors in every layout found in the wild.
 func TestZipStreamHandBuilt(t *testing.T) {
-	text := zsText(40000, 8)
+	text := genText(40000, 8)
 	tests := []struct {
-		name  string
-		ents  []zsHand
-		end64 bool
+		name string
+		ents []handEntry
+		end  endKind
 	}{
-		{name: "zip64 everywhere", end64: true, ents: []zsHand{
+		{name: "zip64 everywhere", end: endZip64, ents: []handEntry{
 			{name: "stored", body: text[:3000], localZip64: true, central64: true},
 			{name: "deflated", body: text, deflate: true, localZip64: true, central64: true},
 			{name: "streamed", body: text[100:], deflate: true, desc: true, descSig: true, descWide: true, localZip64: true, central64: true},
 			{name: "streamed-stored", body: text[:10], desc: true, descSig: true, descWide: true, localZip64: true, central64: true},
 		}},
-		{name: "descriptor without signature", ents: []zsHand{
+		{name: "descriptor without signature", ents: []handEntry{
 			{name: "a", body: text, deflate: true, desc: true},
 			{name: "b", body: text[:500], deflate: true, desc: true},
 		}},
-		{name: "8-byte descriptor without zip64 extra", ents: []zsHand{
+		{name: "8-byte descriptor without zip64 extra", ents: []handEntry{
 			{name: "a", body: text, deflate: true, desc: true, descSig: true, descWide: true},
 			{name: "empty", deflate: true, desc: true, descSig: true, descWide: true},
 			{name: "b", body: text[:7], deflate: true, desc: true, descWide: true},
 		}},
-		{name: "4-byte descriptor with zip64 extra", end64: true, ents: []zsHand{
+		{name: "4-byte descriptor with zip64 extra", end: endZip64, ents: []handEntry{
 			{name: "a", body: text, deflate: true, desc: true, descSig: true, localZip64: true},
 			{name: "b", body: text[:9], deflate: true, desc: true, localZip64: true, central64: true},
 		}},
-		{name: "empty stored entries with descriptors", ents: []zsHand{
+		{name: "empty stored entries with descriptors", ents: []handEntry{
 			{name: "e1", desc: true, descSig: true},
 			{name: "e2", desc: true, descSig: true, descWide: true, localZip64: true},
 			{name: "f", body: []byte("after")},
 		}},
-		{name: "zip64 end record of an empty archive", end64: true},
-		{name: "deflated directory without compressed bytes", ents: []zsHand{
+		{name: "zip64 end record of an empty archive", end: endZip64},
+		{name: "deflated directory without compressed bytes", ents: []handEntry{
 			{name: "dir/", noData: true},
 			{name: "dir/f", body: []byte("f"), deflate: true},
 		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			data := zsBuild(t, tt.ents, tt.end64)
-			got, central, err := zsReadAll(bytes.NewReader(data))
+			data := build(t, tt.ents, tt.end)
+			got, central, err := readAll(bytes.NewReader(data))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -762,39 +1018,39 @@ func TestZipStreamHandBuilt(t *testing.T) {
 					t.Errorf("entry %q: mode %v, want %v", e.name, central[i].Mode, wantMode)
 				}
 			}
-			zsCheckStd(t, data, got, central)
+			checkStd(t, data, got, central)
 		})
 	}
 }
 
-// zsSplit splits an archive written by archive/zip (no comment, no zip64)
+// split splits an archive written by archive/zip (no comment, no zip64)
 // into its entries, central directory headers and end record.
-func zsSplit(t *testing.T, data []byte) (body []byte, cds [][]byte) {
+func split(t *testing.T, data []byte) (body []byte, cds [][]byte) {
 	t.Helper()
-	end := data[len(data)-zsEndLen:]
-	if binary.LittleEndian.Uint32(end) != zsEndSig {
+	end := data[len(data)-endLen:]
+	if binary.LittleEndian.Uint32(end) != endSig {
 		t.Fatal("no end record at the end")
 	}
 	off := binary.LittleEndian.Uint32(end[16:])
 	n := int(binary.LittleEndian.Uint16(end[10:]))
 	body = data[:off]
-	rest := data[off : len(data)-zsEndLen]
+	rest := data[off : len(data)-endLen]
 	for range n {
-		l := zsCentralLen + int(binary.LittleEndian.Uint16(rest[28:])) + int(binary.LittleEndian.Uint16(rest[30:])) + int(binary.LittleEndian.Uint16(rest[32:]))
+		l := centralLen + int(binary.LittleEndian.Uint16(rest[28:])) + int(binary.LittleEndian.Uint16(rest[30:])) + int(binary.LittleEndian.Uint16(rest[32:]))
 		cds = append(cds, bytes.Clone(rest[:l]))
 		rest = rest[l:]
 	}
 	return bytes.Clone(body), cds
 }
 
-// zsJoin assembles entries, central headers and a consistent end record.
-func zsJoin(body []byte, cds [][]byte) []byte {
+// join assembles entries, central headers and a consistent end record.
+func join(body []byte, cds [][]byte) []byte {
 	out := bytes.Clone(body)
 	for _, c := range cds {
 		out = append(out, c...)
 	}
 	le := binary.LittleEndian
-	out = le.AppendUint32(out, zsEndSig)
+	out = le.AppendUint32(out, endSig)
 	out = le.AppendUint32(out, 0)
 	out = le.AppendUint16(out, uint16(len(cds)))
 	out = le.AppendUint16(out, uint16(len(cds)))
@@ -806,8 +1062,8 @@ func zsJoin(body []byte, cds [][]byte) []byte {
 // TestZipStreamCorrupt damages archives in many ways; each must fail with
 // the right code and a message naming the problem.
 func TestZipStreamCorrupt(t *testing.T) {
-	text := zsText(60000, 9)
-	base := zsGoZip(t, []zsFile{
+	text := genText(60000, 9)
+	base := goZip(t, []goFile{
 		{name: "a.txt", body: text, method: zip.Deflate},
 		{name: "s.bin", body: text[:10000], method: zip.Store, raw: true},
 		{name: "k.txt", body: text[:30000], method: zip.Deflate, raw: true},
@@ -825,10 +1081,10 @@ func TestZipStreamCorrupt(t *testing.T) {
 	}
 	localOff := func(i int) int { // the entry's local header
 		f := zr.File[i]
-		return dataOff(i) - zsLocalLen - len(f.Name) - len(f.Extra)
+		return dataOff(i) - localLen - len(f.Name) - len(f.Extra)
 	}
 	descOff := dataOff(0) + int(zr.File[0].CompressedSize64) // a.txt's data descriptor
-	body, cds := zsSplit(t, base)
+	body, cds := split(t, base)
 	dirOff := len(body)
 	le := binary.LittleEndian
 	patch := func(data []byte, f func(b []byte)) []byte {
@@ -836,7 +1092,7 @@ func TestZipStreamCorrupt(t *testing.T) {
 		f(b)
 		return b
 	}
-	spooled := zsGoZip(t, []zsFile{
+	spooled := goZip(t, []goFile{
 		{name: "first", body: text[:100], method: zip.Deflate},
 		{name: "stored-streamed", body: text[:1000], method: zip.Store},
 	}, "")
@@ -844,62 +1100,56 @@ func TestZipStreamCorrupt(t *testing.T) {
 	tests := []struct {
 		name  string
 		data  []byte
-		code  string // "" means errZipNeedsSpool
+		kind  error
 		msg   string
 		trunc bool // errors.Is(err, io.ErrUnexpectedEOF)
 	}{
-		{name: "flipped byte in deflate data", data: patch(base, func(b []byte) { b[dataOff(0)+2000] ^= 0x10 }), code: CodeCorrupt, msg: `"a.txt"`},
-		{name: "flipped byte in stored data", data: patch(base, func(b []byte) { b[dataOff(1)+5000] ^= 0x01 }), code: CodeCorrupt, msg: `zip entry "s.bin" fails its CRC check`},
-		{name: "wrong CRC in data descriptor", data: patch(base, func(b []byte) { b[descOff+4]++ }), code: CodeCorrupt, msg: `zip entry "a.txt" fails its CRC check`},
-		{name: "wrong size in data descriptor", data: patch(base, func(b []byte) { b[descOff+12]++ }), code: CodeCorrupt, msg: "its data descriptor says"},
-		{name: "wrong size in local header", data: patch(base, func(b []byte) { b[localOff(2)+22]++ }), code: CodeCorrupt, msg: `zip entry "k.txt" inflates to`},
-		{name: "compressed size too small in local header", data: patch(base, func(b []byte) { le.PutUint32(b[localOff(2)+18:], 100) }), code: CodeCorrupt, msg: `"k.txt" has more than the 100 compressed bytes`},
-		{name: "uncompressed size too small in local header", data: patch(base, func(b []byte) { le.PutUint32(b[localOff(2)+22:], 100) }), code: CodeCorrupt, msg: `zip entry "k.txt" inflates to more than the 100 bytes its header says`},
-		{name: "compressed size too large in local header", data: patch(base, func(b []byte) { b[localOff(2)+18]++ }), code: CodeCorrupt, msg: `compressed bytes, its header says`},
-		{name: "wrong CRC in local header", data: patch(base, func(b []byte) { b[localOff(1)+14]++ }), code: CodeCorrupt, msg: `"s.bin" fails its CRC check`},
-		{name: "stored sizes differ", data: patch(base, func(b []byte) { b[localOff(1)+22]++ }), code: CodeCorrupt, msg: "is stored but"},
-		{name: "truncated in deflate data", data: base[:dataOff(0)+3000], code: CodeCorrupt, msg: `truncated in the data of entry "a.txt"`, trunc: true},
-		{name: "truncated in stored data", data: base[:dataOff(1)+3000], code: CodeCorrupt, msg: `truncated in the data of entry "s.bin"`, trunc: true},
-		{name: "truncated in data descriptor", data: base[:descOff+10], code: CodeCorrupt, msg: `truncated in the data descriptor of entry "a.txt"`, trunc: true},
-		{name: "truncated in a local header", data: base[:localOff(1)+20], code: CodeCorrupt, msg: `truncated in a local file header after entry "a.txt"`, trunc: true},
-		{name: "truncated before the central directory", data: base[:dirOff], code: CodeCorrupt, msg: "truncated", trunc: true},
-		{name: "truncated in the central directory", data: base[:dirOff+60], code: CodeCorrupt, msg: "truncated in the central directory", trunc: true},
-		{name: "truncated in the end record", data: base[:len(base)-5], code: CodeCorrupt, msg: "truncated in the end record", trunc: true},
-		{name: "empty input", data: nil, code: CodeCorrupt, msg: "truncated", trunc: true},
-		{name: "central directory names another entry", data: zsJoin(body, [][]byte{cds[0], patch(cds[1], func(b []byte) { b[zsCentralLen] = 'x' }), cds[2]}), code: CodeCorrupt, msg: `entry 1 is named "x.bin", the archive's entry "s.bin"`},
-		{name: "central directory misses an entry", data: zsJoin(body, cds[:2]), code: CodeCorrupt, msg: `entry "k.txt" is missing`},
-		{name: "central directory has an extra entry", data: zsJoin(body, append(cds[:3:3], cds[0])), code: CodeCorrupt, msg: `more entries than the archive has: "a.txt"`},
-		{name: "central directory in another order", data: zsJoin(body, [][]byte{cds[1], cds[0], cds[2]}), code: CodeCorrupt, msg: "is named"},
-		{name: "central CRC differs", data: zsJoin(body, [][]byte{cds[0], patch(cds[1], func(b []byte) { b[16]++ }), cds[2]}), code: CodeCorrupt, msg: `disagrees with entry "s.bin": CRC-32`},
-		{name: "central size differs", data: zsJoin(body, [][]byte{cds[0], cds[1], patch(cds[2], func(b []byte) { b[24]++ })}), code: CodeCorrupt, msg: `disagrees with entry "k.txt": uncompressed size`},
-		{name: "central method differs", data: zsJoin(body, [][]byte{patch(cds[0], func(b []byte) { b[10] = 0 }), cds[1], cds[2]}), code: CodeCorrupt, msg: `disagrees with entry "a.txt": method 0`},
-		{name: "central offset differs", data: zsJoin(body, [][]byte{cds[0], patch(cds[1], func(b []byte) { b[42]++ }), cds[2]}), code: CodeCorrupt, msg: `disagrees with entry "s.bin": local header offset`},
-		{name: "central encryption flag differs", data: zsJoin(body, [][]byte{cds[0], patch(cds[1], func(b []byte) { b[8] |= 1 }), cds[2]}), code: CodeCorrupt, msg: "encryption flag"},
-		{name: "directory offset points elsewhere", data: patch(base, func(b []byte) { le.PutUint32(b[len(b)-6:], uint32(dirOff-1)) }), code: CodeCorrupt, msg: "places the central directory at offset"},
-		{name: "directory size wrong", data: patch(base, func(b []byte) { b[len(b)-10]++ }), code: CodeCorrupt, msg: "gives a central directory of"},
-		{name: "entry count wrong", data: patch(base, func(b []byte) { b[len(b)-12]++ }), code: CodeCorrupt, msg: "end record counts 4 entries"},
-		{name: "multi-disk", data: patch(base, func(b []byte) { b[len(b)-18] = 1 }), code: CodeUnsupported, msg: "multi-disk"},
-		{name: "junk between two entries", data: slicesConcat(base[:localOff(1)], []byte("JUNKJUNK"), base[localOff(1):]), code: CodeCorrupt, msg: `unexpected bytes "JUNK" at offset ` + fmt.Sprint(localOff(1)) + `, after entry "a.txt"`},
-		{name: "junk after the end record", data: slicesConcat(base, []byte{0}), code: CodeCorrupt, msg: "data after its end record"},
-		{name: "junk instead of the end record", data: slicesConcat(base[:len(base)-zsEndLen], []byte("garbage garbage garbage")), code: CodeCorrupt, msg: "after its central directory"},
-		{name: "not a zip", data: []byte("#!/bin/sh\necho this is no zip archive\n"), code: CodeCorrupt, msg: "at the start of the archive"},
-		{name: "end record signature in the comment", data: zsGoZip(t, []zsFile{{name: "f", body: []byte("x"), method: zip.Deflate}}, "fake PK\x05\x06"), code: CodeCorrupt, msg: "comment"},
-		{name: "encrypted central directory", data: []byte("PK\x06\x08\x10\x00\x00\x00encrypted stuff!"), code: CodeUnsupported, msg: "encrypted central directory"},
-		{name: "encrypted entry", data: patch(base, func(b []byte) { b[localOff(1)+6] |= 1 }), code: CodeUnsupported, msg: `zip entry "s.bin" is encrypted`},
-		{name: "bzip2 entry", data: patch(base, func(b []byte) { b[localOff(0)+8] = 12 }), code: CodeUnsupported, msg: `zip entry "a.txt" uses unsupported compression method 12 (bzip2)`},
-		{name: "stored entry with data descriptor", data: spooled, msg: `"stored-streamed"`},
-		{name: "stored entry with size only in the central directory", data: patch(base, func(b []byte) { le.PutUint32(b[localOff(1)+18:], zsMax32) }), msg: `"s.bin"`},
+		{name: "flipped byte in deflate data", data: patch(base, func(b []byte) { b[dataOff(0)+2000] ^= 0x10 }), kind: ErrCorrupt, msg: `"a.txt"`},
+		{name: "flipped byte in stored data", data: patch(base, func(b []byte) { b[dataOff(1)+5000] ^= 0x01 }), kind: ErrCorrupt, msg: `zip entry "s.bin" fails its CRC check`},
+		{name: "wrong CRC in data descriptor", data: patch(base, func(b []byte) { b[descOff+4]++ }), kind: ErrCorrupt, msg: `zip entry "a.txt" fails its CRC check`},
+		{name: "wrong size in data descriptor", data: patch(base, func(b []byte) { b[descOff+12]++ }), kind: ErrCorrupt, msg: "its data descriptor says"},
+		{name: "wrong size in local header", data: patch(base, func(b []byte) { b[localOff(2)+22]++ }), kind: ErrCorrupt, msg: `zip entry "k.txt" inflates to`},
+		{name: "compressed size too small in local header", data: patch(base, func(b []byte) { le.PutUint32(b[localOff(2)+18:], 100) }), kind: ErrCorrupt, msg: `"k.txt" has more than the 100 compressed bytes`},
+		{name: "uncompressed size too small in local header", data: patch(base, func(b []byte) { le.PutUint32(b[localOff(2)+22:], 100) }), kind: ErrCorrupt, msg: `zip entry "k.txt" inflates to more than the 100 bytes its header says`},
+		{name: "compressed size too large in local header", data: patch(base, func(b []byte) { b[localOff(2)+18]++ }), kind: ErrCorrupt, msg: `compressed bytes, its header says`},
+		{name: "wrong CRC in local header", data: patch(base, func(b []byte) { b[localOff(1)+14]++ }), kind: ErrCorrupt, msg: `"s.bin" fails its CRC check`},
+		{name: "stored sizes differ", data: patch(base, func(b []byte) { b[localOff(1)+22]++ }), kind: ErrCorrupt, msg: "is stored but"},
+		{name: "truncated in deflate data", data: base[:dataOff(0)+3000], kind: ErrCorrupt, msg: `truncated in the data of entry "a.txt"`, trunc: true},
+		{name: "truncated in stored data", data: base[:dataOff(1)+3000], kind: ErrCorrupt, msg: `truncated in the data of entry "s.bin"`, trunc: true},
+		{name: "truncated in data descriptor", data: base[:descOff+10], kind: ErrCorrupt, msg: `truncated in the data descriptor of entry "a.txt"`, trunc: true},
+		{name: "truncated in a local header", data: base[:localOff(1)+20], kind: ErrCorrupt, msg: `truncated in a local file header after entry "a.txt"`, trunc: true},
+		{name: "truncated before the central directory", data: base[:dirOff], kind: ErrCorrupt, msg: "truncated", trunc: true},
+		{name: "truncated in the central directory", data: base[:dirOff+60], kind: ErrCorrupt, msg: "truncated in the central directory", trunc: true},
+		{name: "truncated in the end record", data: base[:len(base)-5], kind: ErrCorrupt, msg: "truncated in the end record", trunc: true},
+		{name: "empty input", data: nil, kind: ErrCorrupt, msg: "truncated", trunc: true},
+		{name: "central directory names another entry", data: join(body, [][]byte{cds[0], patch(cds[1], func(b []byte) { b[centralLen] = 'x' }), cds[2]}), kind: ErrCorrupt, msg: `entry 1 is named "x.bin", the archive's entry "s.bin"`},
+		{name: "central directory misses an entry", data: join(body, cds[:2]), kind: ErrCorrupt, msg: `entry "k.txt" is missing`},
+		{name: "central directory has an extra entry", data: join(body, append(cds[:3:3], cds[0])), kind: ErrCorrupt, msg: `more entries than the archive has: "a.txt"`},
+		{name: "central directory in another order", data: join(body, [][]byte{cds[1], cds[0], cds[2]}), kind: ErrCorrupt, msg: "is named"},
+		{name: "central CRC differs", data: join(body, [][]byte{cds[0], patch(cds[1], func(b []byte) { b[16]++ }), cds[2]}), kind: ErrCorrupt, msg: `disagrees with entry "s.bin": CRC-32`},
+		{name: "central size differs", data: join(body, [][]byte{cds[0], cds[1], patch(cds[2], func(b []byte) { b[24]++ })}), kind: ErrCorrupt, msg: `disagrees with entry "k.txt": uncompressed size`},
+		{name: "central method differs", data: join(body, [][]byte{patch(cds[0], func(b []byte) { b[10] = 0 }), cds[1], cds[2]}), kind: ErrCorrupt, msg: `disagrees with entry "a.txt": method 0`},
+		{name: "central offset differs", data: join(body, [][]byte{cds[0], patch(cds[1], func(b []byte) { b[42]++ }), cds[2]}), kind: ErrCorrupt, msg: `disagrees with entry "s.bin": local header offset`},
+		{name: "central encryption flag differs", data: join(body, [][]byte{cds[0], patch(cds[1], func(b []byte) { b[8] |= 1 }), cds[2]}), kind: ErrCorrupt, msg: "encryption flag"},
+		{name: "directory offset points elsewhere", data: patch(base, func(b []byte) { le.PutUint32(b[len(b)-6:], uint32(dirOff-1)) }), kind: ErrCorrupt, msg: "places the central directory at offset"},
+		{name: "directory size wrong", data: patch(base, func(b []byte) { b[len(b)-10]++ }), kind: ErrCorrupt, msg: "gives a central directory of"},
+		{name: "entry count wrong", data: patch(base, func(b []byte) { b[len(b)-12]++ }), kind: ErrCorrupt, msg: "end record counts 4 entries"},
+		{name: "multi-disk", data: patch(base, func(b []byte) { b[len(b)-18] = 1 }), kind: ErrUnsupported, msg: "multi-disk"},
+		{name: "junk between two entries", data: slicesConcat(base[:localOff(1)], []byte("JUNKJUNK"), base[localOff(1):]), kind: ErrCorrupt, msg: `unexpected bytes "JUNK" at offset ` + fmt.Sprint(localOff(1)) + `, after entry "a.txt"`},
+		{name: "junk after the end record", data: slicesConcat(base, []byte{0}), kind: ErrCorrupt, msg: "data after its end record"},
+		{name: "junk instead of the end record", data: slicesConcat(base[:len(base)-endLen], []byte("garbage garbage garbage")), kind: ErrCorrupt, msg: "after its central directory"},
+		{name: "not a zip", data: []byte("#!/bin/sh\necho this is no zip archive\n"), kind: ErrCorrupt, msg: "at the start of the archive"},
+		{name: "end record signature in the comment", data: goZip(t, []goFile{{name: "f", body: []byte("x"), method: zip.Deflate}}, "fake PK\x05\x06"), kind: ErrCorrupt, msg: "comment"},
+		{name: "encrypted central directory", data: []byte("PK\x06\x08\x10\x00\x00\x00encrypted stuff!"), kind: ErrUnsupported, msg: "encrypted central directory"},
+		{name: "encrypted entry", data: patch(base, func(b []byte) { b[localOff(1)+6] |= 1 }), kind: ErrUnsupported, msg: `zip entry "s.bin" is encrypted`},
+		{name: "bzip2 entry", data: patch(base, func(b []byte) { b[localOff(0)+8] = 12 }), kind: ErrUnsupported, msg: `zip entry "a.txt" uses unsupported compression method 12 (bzip2)`},
+		{name: "stored entry with data descriptor", data: spooled, kind: ErrNeedsSpool, msg: `"stored-streamed"`},
+		{name: "stored entry with size only in the central directory", data: patch(base, func(b []byte) { le.PutUint32(b[localOff(1)+18:], max32) }), kind: ErrNeedsSpool, msg: `"s.bin"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, _, err := zsReadAll(bytes.NewReader(tt.data))
-			if tt.code == "" {
-				if !errors.Is(err, errZipNeedsSpool) || !strings.Contains(fmt.Sprint(err), tt.msg) {
-					t.Fatalf("want errZipNeedsSpool naming %s, got %v", tt.msg, err)
-				}
-				return
-			}
-			zsWantCode(t, err, tt.code, tt.msg)
+			_, _, err := readAll(bytes.NewReader(tt.data))
+			wantErr(t, err, tt.kind, tt.msg)
 			if errors.Is(err, io.ErrUnexpectedEOF) != tt.trunc {
 				t.Errorf("errors.Is(err, io.ErrUnexpectedEOF) = %v, want %v: %v", !tt.trunc, tt.trunc, err)
 			}
@@ -912,11 +1162,11 @@ func slicesConcat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 // TestZipStreamZip64Corrupt damages the zip64 records of a hand-built
 // archive.
 func TestZipStreamZip64Corrupt(t *testing.T) {
-	good := zsBuild(t, []zsHand{
-		{name: "a", body: zsText(5000, 10), deflate: true, localZip64: true, central64: true},
+	good := build(t, []handEntry{
+		{name: "a", body: genText(5000, 10), deflate: true, localZip64: true, central64: true},
 		{name: "b", body: []byte("b"), localZip64: true, central64: true},
-		{name: "c", body: zsText(3000, 11), deflate: true, desc: true, descSig: true, descWide: true, localZip64: true, central64: true},
-	}, true)
+		{name: "c", body: genText(3000, 11), deflate: true, desc: true, descSig: true, descWide: true, localZip64: true, central64: true},
+	}, endZip64)
 	le := binary.LittleEndian
 	rec := bytes.Index(good, []byte("PK\x06\x06"))
 	loc := bytes.Index(good, []byte("PK\x06\x07"))
@@ -935,37 +1185,37 @@ func TestZipStreamZip64Corrupt(t *testing.T) {
 		{name: "record directory size", msg: "zip64 end record gives a central directory of", data: patch(func(b []byte) { b[rec+40]++ })},
 		{name: "record directory offset", msg: "zip64 end record places the central directory", data: patch(func(b []byte) { b[rec+48]++ })},
 		{name: "8-byte descriptor CRC", msg: `zip entry "c" fails its CRC check`, data: patch(func(b []byte) { b[desc+4]++ })},
-		{name: "8-byte descriptor size", msg: fmt.Sprintf("has %[1]d compressed and 3000 uncompressed bytes, its data descriptor says %[1]d and 4294970296", len(zsDeflate(t, zsText(3000, 11)))), data: patch(func(b []byte) { b[desc+20] = 1 })},
+		{name: "8-byte descriptor size", msg: fmt.Sprintf("has %[1]d compressed and 3000 uncompressed bytes, its data descriptor says %[1]d and 4294970296", len(deflateBytes(t, genText(3000, 11)))), data: patch(func(b []byte) { b[desc+20] = 1 })},
 		{name: "locator offset", msg: "zip64 end locator points at offset", data: patch(func(b []byte) { b[loc+8]++ })},
-		{name: "no locator", msg: "not followed by its locator", data: slicesConcat(good[:loc], good[loc+zs64LocLen:])},
+		{name: "no locator", msg: "not followed by its locator", data: slicesConcat(good[:loc], good[loc+loc64Len:])},
 		{name: "locator without record", msg: "locator without a zip64 end record", data: slicesConcat(good[:rec], good[loc:])},
 		{name: "central zip64 offset", msg: `disagrees with entry "b": local header offset`, data: patch(func(b []byte) {
 			second := cd + bytes.Index(good[cd+4:], []byte("PK\x01\x02")) + 4
-			le.PutUint64(b[second+zsCentralLen+1+4+16:], 1)
+			le.PutUint64(b[second+centralLen+1+4+16:], 1)
 		})},
 		{name: "short central zip64 extra", msg: "short zip64 extra field", data: patch(func(b []byte) {
-			le.PutUint16(b[cd+zsCentralLen+1+2:], 8) // the field claims 8 bytes, the rest becomes a bogus field
+			le.PutUint16(b[cd+centralLen+1+2:], 8) // the field claims 8 bytes, the rest becomes a bogus field
 		})},
 	}
-	if _, _, err := zsReadAll(bytes.NewReader(good)); err != nil {
+	if _, _, err := readAll(bytes.NewReader(good)); err != nil {
 		t.Fatal(err)
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, _, err := zsReadAll(bytes.NewReader(tt.data))
-			zsWantCode(t, err, CodeCorrupt, tt.msg)
+			_, _, err := readAll(bytes.NewReader(tt.data))
+			wantErr(t, err, ErrCorrupt, tt.msg)
 		})
 	}
 }
 
-// zsFailingReader returns the first n bytes of data, then err.
-type zsFailingReader struct {
+// failingReader returns the first n bytes of data, then err.
+type failingReader struct {
 	data []byte
 	n    int
 	err  error
 }
 
-func (r *zsFailingReader) Read(p []byte) (int, error) {
+func (r *failingReader) Read(p []byte) (int, error) {
 	if r.n == 0 {
 		return 0, r.err
 	}
@@ -977,54 +1227,49 @@ func (r *zsFailingReader) Read(p []byte) (int, error) {
 // TestZipStreamSourceError checks that a failing source is reported as
 // itself (wrapped), wherever it fails, and not as a corrupt archive.
 func TestZipStreamSourceError(t *testing.T) {
-	data := zsGoZip(t, []zsFile{
-		{name: "a", body: zsText(400<<10, 11), method: zip.Deflate},
-		{name: "b", body: zsText(300<<10, 12), method: zip.Store, raw: true},
+	data := goZip(t, []goFile{
+		{name: "a", body: genText(400<<10, 11), method: zip.Deflate},
+		{name: "b", body: genText(300<<10, 12), method: zip.Store, raw: true},
 	}, "")
 	boom := errors.New("connection reset by peer")
-	download := errDownload("image server failed", boom)
+	download := fmt.Errorf("image server failed: %w", boom)
 	for _, at := range []int{0, 10, 40, 100 << 10, 300 << 10, len(data) - 40, len(data) - 5, len(data)} {
 		for _, cause := range []error{boom, download} {
 			t.Run(fmt.Sprintf("%d/%v", at, cause), func(t *testing.T) {
-				_, _, err := zsReadAll(&zsFailingReader{data: data, n: at, err: cause})
-				if !errors.Is(err, boom) {
+				_, _, err := readAll(&failingReader{data: data, n: at, err: cause})
+				if !errors.Is(err, cause) {
 					t.Fatalf("got %v, want the source's error", err)
 				}
-				code, _ := errdefs.CodeOf(err)
-				want := "internal-error"
-				if cause == download {
-					want = CodeDownloadFailed
-				}
-				if code != want {
-					t.Fatalf("code %s, want %s: %v", code, want, err)
+				if ze := (*Error)(nil); errors.As(err, &ze) {
+					t.Fatalf("a failing source is reported as a bad archive: %v", err)
 				}
 			})
 		}
 	}
 }
 
-// zsSeeds are small archives of many layouts, for the fuzz target.
-func zsSeeds(t testing.TB) [][]byte {
-	text := zsText(3000, 13)
+// seedArchives are small archives of many layouts, for the fuzz target.
+func seedArchives(t testing.TB) [][]byte {
+	text := genText(3000, 13)
 	return [][]byte{
-		zsGoZip(t, []zsFile{
+		goZip(t, []goFile{
 			{name: "a", body: text, method: zip.Deflate},
 			{name: "d/"},
 			{name: "l", body: []byte("a"), method: zip.Deflate, mode: fs.ModeSymlink | 0o777},
 		}, ""),
-		zsGoZip(t, []zsFile{
+		goZip(t, []goFile{
 			{name: "s", body: text[:200], method: zip.Store, raw: true},
 			{name: "k", body: text[:900], method: zip.Deflate, raw: true},
 		}, "comment"),
-		zsGoZip(t, nil, ""),
-		zsBuild(t, []zsHand{
+		goZip(t, nil, ""),
+		build(t, []handEntry{
 			{name: "z", body: text[:300], deflate: true, desc: true, descSig: true, descWide: true, localZip64: true, central64: true},
 			{name: "y", body: text[:50], localZip64: true, central64: true},
-		}, true),
-		zsBuild(t, []zsHand{
+		}, endZip64),
+		build(t, []handEntry{
 			{name: "e", desc: true, descSig: true},
 			{name: "n", body: text[:70], deflate: true, desc: true},
-		}, false),
+		}, endPlain),
 	}
 }
 
@@ -1032,17 +1277,17 @@ func zsSeeds(t testing.TB) [][]byte {
 // not panic, and when it accepts an archive, archive/zip must read the
 // same entries, metadata and contents from the same bytes.
 func FuzzZipStream(f *testing.F) {
-	for _, s := range zsSeeds(f) {
+	for _, s := range seedArchives(f) {
 		f.Add(s)
 	}
-	f.Fuzz(func(t *testing.T, data []byte) { zsDifferential(t, data) })
+	f.Fuzz(func(t *testing.T, data []byte) { differential(t, data) })
 }
 
 // TestZipStreamMutations runs the differential check of FuzzZipStream on
 // every single-byte change (several values per byte) of small archives,
 // which reaches the header checks far more often than random fuzzing.
 func TestZipStreamMutations(t *testing.T) {
-	seeds := zsSeeds(t)
+	seeds := seedArchives(t)
 	if testing.Short() {
 		seeds = seeds[:2]
 	}
@@ -1059,7 +1304,7 @@ func TestZipStreamMutations(t *testing.T) {
 					continue
 				}
 				data[i] = v
-				if zsDifferential(t, data) {
+				if differential(t, data) {
 					accepted++
 				}
 				runs++
@@ -1075,17 +1320,17 @@ func TestZipStreamMutations(t *testing.T) {
 	}
 }
 
-// zsDifferential reads data with zipStream; if it accepts the archive,
+// differential reads data with Reader; if it accepts the archive,
 // archive/zip must read the same entries, metadata and contents. It
-// reports whether zipStream accepted the archive.
-func zsDifferential(t *testing.T, data []byte) bool {
+// reports whether Reader accepted the archive.
+func differential(t *testing.T, data []byte) bool {
 	const limit = 8 << 20 // per entry; a small input may inflate a lot
 	type entry struct {
-		loc zipLocal
+		loc Local
 		sum [sha256.Size]byte
 	}
 	var ents []entry
-	z := newZipStream(bytes.NewReader(data))
+	z := NewReader(bytes.NewReader(data))
 	buf := make([]byte, 32<<10)
 	for {
 		loc, r, err := z.Next()
@@ -1126,7 +1371,7 @@ func zsDifferential(t *testing.T, data []byte) bool {
 			t.Fatalf("entry %q: mode %v, archive/zip %v", f.Name, central[i].Mode, f.Mode())
 		}
 		h := data[g.Offset:]
-		want := g.Offset + zsLocalLen + int64(binary.LittleEndian.Uint16(h[26:])) + int64(binary.LittleEndian.Uint16(h[28:]))
+		want := g.Offset + localLen + int64(binary.LittleEndian.Uint16(h[26:])) + int64(binary.LittleEndian.Uint16(h[28:]))
 		if off, err := f.DataOffset(); err != nil || off != want {
 			t.Fatalf("entry %q: local header at %d says data at %d, archive/zip's data at %d (%v)", f.Name, g.Offset, want, off, err)
 		}
@@ -1154,12 +1399,12 @@ func zsDifferential(t *testing.T, data []byte) bool {
 	return true
 }
 
-// zsBench is the benchmark archive: ~64 MiB of disk-like data (random,
+// benchArchive is the benchmark archive: ~64 MiB of disk-like data (random,
 // text and zero blocks) deflated into one entry, plus a few small ones.
-var zsBench = sync.OnceValues(func() ([]byte, int64) {
+var benchArchive = sync.OnceValues(func() ([]byte, int64) {
 	const size = 64 << 20
 	disk := make([]byte, size)
-	text := zsText(64<<10, 14)
+	text := genText(64<<10, 14)
 	rnd := rand.NewChaCha8([32]byte{14})
 	for off := 0; off < size; off += 64 << 10 {
 		blk := disk[off : off+64<<10]
@@ -1190,13 +1435,13 @@ var zsBench = sync.OnceValues(func() ([]byte, int64) {
 	return buf.Bytes(), total
 })
 
-// BenchmarkZipStream reads the benchmark archive with zipStream.
+// BenchmarkZipStream reads the benchmark archive with Reader.
 func BenchmarkZipStream(b *testing.B) {
-	arch, total := zsBench()
+	arch, total := benchArchive()
 	b.SetBytes(total)
 	buf := make([]byte, 1<<20)
 	for b.Loop() {
-		z := newZipStream(bytes.NewReader(arch))
+		z := NewReader(bytes.NewReader(arch))
 		var n int64
 		for {
 			_, r, err := z.Next()
@@ -1227,7 +1472,7 @@ func BenchmarkZipStream(b *testing.B) {
 // today: archive/zip for the directory, klauspost's inflater over a 1 MiB
 // bufio.Reader for each entry, with the CRC check.
 func BenchmarkZipRandomAccess(b *testing.B) {
-	arch, total := zsBench()
+	arch, total := benchArchive()
 	b.SetBytes(total)
 	buf := make([]byte, 1<<20)
 	for b.Loop() {

@@ -1,4 +1,11 @@
-package image
+// Package zipstream reads a zip archive as a stream, front to back: each
+// entry's data as it arrives, checked against its CRC-32 and sizes, and at
+// the end the central directory, checked against the entries read. A zip
+// that cannot be read so (a stored entry whose size only its data
+// descriptor or the central directory gives) is reported with
+// ErrNeedsSpool, for the caller to read it by its central directory once
+// it is whole.
+package zipstream
 
 import (
 	"bufio"
@@ -12,79 +19,72 @@ import (
 	"math"
 	"strings"
 
-	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/klauspost/compress/flate"
 )
 
 // Record signatures and fixed lengths of the zip format (APPNOTE.TXT).
 const (
-	zsLocalSig    = 0x04034b50 // local file header
-	zsCentralSig  = 0x02014b50 // central directory file header
-	zsEndSig      = 0x06054b50 // end of central directory record
-	zs64EndSig    = 0x06064b50 // zip64 end of central directory record
-	zs64LocSig    = 0x07064b50 // zip64 end of central directory locator
-	zsDescSig     = 0x08074b50 // optional data descriptor signature
-	zsExtraDatSig = 0x08064b50 // archive extra data record (central directory encryption)
+	localSig    = 0x04034b50 // local file header
+	centralSig  = 0x02014b50 // central directory file header
+	endSig      = 0x06054b50 // end of central directory record
+	end64Sig    = 0x06064b50 // zip64 end of central directory record
+	loc64Sig    = 0x07064b50 // zip64 end of central directory locator
+	descSig     = 0x08074b50 // optional data descriptor signature
+	extraDatSig = 0x08064b50 // archive extra data record (central directory encryption)
 
-	zsLocalLen   = 30
-	zsCentralLen = 46
-	zsEndLen     = 22
-	zs64EndLen   = 56
-	zs64LocLen   = 20
-	// zsDescPeek covers the longest data descriptor (signature, CRC,
+	localLen   = 30
+	centralLen = 46
+	endLen     = 22
+	end64Len   = 56
+	loc64Len   = 20
+	// descPeek covers the longest data descriptor (signature, CRC,
 	// two 8-byte sizes) and the signature of the record after it.
-	zsDescPeek = 4 + 4 + 16 + 4
+	descPeek = 4 + 4 + 16 + 4
 
-	zsZip64ID = 0x0001 // zip64 extended information extra field
+	zip64ID = 0x0001 // zip64 extended information extra field
 
-	zsFlagEncrypted = 0x0001
-	zsFlagDesc      = 0x0008
-	zsFlagStrong    = 0x0040 // strong encryption
-	zsFlagMasked    = 0x2000 // local header values masked (encrypted directory)
+	flagEncrypted = 0x0001
+	flagDesc      = 0x0008
+	flagStrong    = 0x0040 // strong encryption
+	flagMasked    = 0x2000 // local header values masked (encrypted directory)
 
-	zsMax16 = 0xffff
-	zsMax32 = 0xffffffff
+	max16 = 0xffff
+	max32 = 0xffffffff
 
-	// zsBufSize is the read buffer. It must hold the longest record this
+	// bufSize is the read buffer. It must hold the longest record this
 	// reader peeks at whole: a central directory header with a 64 KiB
 	// name, extra field and comment (46 + 3*65535 bytes).
-	zsBufSize = 256 << 10
-	// zsMax64Ext bounds the extensible data of a zip64 end record.
-	zsMax64Ext = 1 << 20
+	bufSize = 256 << 10
+	// max64Ext bounds the extensible data of a zip64 end record.
+	max64Ext = 1 << 20
 )
 
-// errZipNeedsSpool means the archive cannot be read as a stream (e.g. a
-// stored entry whose sizes are only in a data descriptor, so its end cannot
-// be found): the caller falls back to spooling it and reading it by its
-// central directory.
-var errZipNeedsSpool = errors.New("zip archive cannot be read as a stream")
-
-// zipStream reads a zip archive as a stream, front to back.
-type zipStream struct {
-	src     zsCounter
+// Reader reads a zip archive as a stream, front to back.
+type Reader struct {
+	src     counter
 	br      *bufio.Reader
-	fr      io.ReadCloser   // inflater, created for the first deflated entry
-	frReset flate.Resetter  // fr, to reuse it for later entries
-	cur     *zipStreamEntry // entry whose data Next handed out last
-	ents    []zipLocal      // finished entries, in archive order
-	err     error           // sticky: the first failure
-	atDir   bool            // Next met the central directory (or end records)
-	dirOff  int64           // offset of that record
-	central []zipCentral    // Finish's result, once it succeeded
-	scratch []byte          // for skipping unread entry data
+	fr      io.ReadCloser  // inflater, created for the first deflated entry
+	frReset flate.Resetter // fr, to reuse it for later entries
+	cur     *entryReader   // entry whose data Next handed out last
+	ents    []Local        // finished entries, in archive order
+	err     error          // sticky: the first failure
+	atDir   bool           // Next met the central directory (or end records)
+	dirOff  int64          // offset of that record
+	central []Central      // Finish's result, once it succeeded
+	scratch []byte         // for skipping unread entry data
 }
 
-// zsCounter counts the bytes read from the source and remembers the
+// counter counts the bytes read from the source and remembers the
 // source's first error other than io.EOF, so that a failed download is
 // told apart from a corrupt archive.
-type zsCounter struct {
+type counter struct {
 	r   io.Reader
 	n   int64
 	err error
 }
 
 // Read reads from the source, counting and recording its failure.
-func (c *zsCounter) Read(p []byte) (int, error) {
+func (c *counter) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	if err != nil && err != io.EOF && c.err == nil {
@@ -93,16 +93,16 @@ func (c *zsCounter) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// newZipStream starts reading a zip archive at the first byte of r.
-func newZipStream(r io.Reader) *zipStream {
-	z := &zipStream{src: zsCounter{r: r}}
-	z.br = bufio.NewReaderSize(&z.src, zsBufSize)
+// NewReader starts reading a zip archive at the first byte of r.
+func NewReader(r io.Reader) *Reader {
+	z := &Reader{src: counter{r: r}}
+	z.br = bufio.NewReaderSize(&z.src, bufSize)
 	return z
 }
 
-// zipLocal is one entry as read from its local header (and, after its
+// Local is one entry as read from its local header (and, after its
 // data, its data descriptor).
-type zipLocal struct {
+type Local struct {
 	Name             string
 	Method           uint16
 	Flags            uint16
@@ -116,20 +116,20 @@ type zipLocal struct {
 	DeclaredSize int64
 }
 
-// zipCentral is what the central directory says about an entry that only
+// Central is what the central directory says about an entry that only
 // it knows.
-type zipCentral struct {
+type Central struct {
 	Name string
 	// Mode is from the external attributes, as archive/zip's
 	// FileHeader.Mode computes it.
 	Mode fs.FileMode
 }
 
-// zipStreamEntry reads the data of one entry, checking its CRC-32 and sizes
+// entryReader reads the data of one entry, checking its CRC-32 and sizes
 // when the data ends.
-type zipStreamEntry struct {
-	z       *zipStream
-	loc     *zipLocal
+type entryReader struct {
+	z       *Reader
+	loc     *Local
 	deflate bool
 	desc    bool   // a data descriptor follows the data
 	zip64   bool   // the local header has a zip64 extra field
@@ -146,10 +146,10 @@ type zipStreamEntry struct {
 }
 
 // pos is the archive offset of the next byte the reader will consume.
-func (z *zipStream) pos() int64 { return z.src.n - int64(z.br.Buffered()) }
+func (z *Reader) pos() int64 { return z.src.n - int64(z.br.Buffered()) }
 
 // fail records err as the stream's failure and returns it.
-func (z *zipStream) fail(err error) error {
+func (z *Reader) fail(err error) error {
 	if z.err == nil {
 		z.err = err
 	}
@@ -160,23 +160,23 @@ func (z *zipStream) fail(err error) error {
 // "in the central directory"): a failure of the source passes through
 // (wrapped), an early end means the archive is truncated, anything else
 // (an inflate error) means it is corrupt.
-func (z *zipStream) readErr(where string, err error) error {
+func (z *Reader) readErr(where string, err error) error {
 	if z.src.err != nil {
 		return fmt.Errorf("zip: reading the archive failed %s: %w", where, z.src.err)
 	}
 	if err == nil || err == io.EOF || err == io.ErrUnexpectedEOF {
-		return errCorrupt("zip archive is truncated "+where, io.ErrUnexpectedEOF)
+		return corrupt("zip archive is truncated "+where, io.ErrUnexpectedEOF)
 	}
-	var typed *errdefs.Error
+	var typed *Error
 	if errors.As(err, &typed) {
 		return err
 	}
-	return errCorrupt("zip archive is corrupt "+where, err)
+	return corrupt("zip archive is corrupt "+where, err)
 }
 
 // need returns the next n bytes without consuming them, failing the
 // stream if fewer are left.
-func (z *zipStream) need(n int, where string) ([]byte, error) {
+func (z *Reader) need(n int, where string) ([]byte, error) {
 	b, err := z.br.Peek(n)
 	if len(b) < n {
 		return nil, z.fail(z.readErr(where, err))
@@ -185,9 +185,9 @@ func (z *zipStream) need(n int, where string) ([]byte, error) {
 }
 
 // skip consumes n bytes (n may exceed the buffer).
-func (z *zipStream) skip(n int64, where string) error {
+func (z *Reader) skip(n int64, where string) error {
 	for n > 0 {
-		step := int(min(n, zsBufSize))
+		step := int(min(n, bufSize))
 		d, err := z.br.Discard(step)
 		n -= int64(d)
 		if d < step {
@@ -198,17 +198,17 @@ func (z *zipStream) skip(n int64, where string) error {
 }
 
 // lastName says where the entries end so far, for error messages.
-func (z *zipStream) lastName() string {
+func (z *Reader) lastName() string {
 	if len(z.ents) == 0 {
 		return "at the start of the archive"
 	}
 	return fmt.Sprintf("after entry %q", z.ents[len(z.ents)-1].Name)
 }
 
-// zsU16, zsU32 and zsU64 decode little-endian integers.
-func zsU16(b []byte) uint16 { return binary.LittleEndian.Uint16(b) }
-func zsU32(b []byte) uint32 { return binary.LittleEndian.Uint32(b) }
-func zsU64(b []byte) uint64 { return binary.LittleEndian.Uint64(b) }
+// u16, u32 and u64 decode little-endian integers.
+func u16(b []byte) uint16 { return binary.LittleEndian.Uint16(b) }
+func u32(b []byte) uint32 { return binary.LittleEndian.Uint32(b) }
+func u64(b []byte) uint64 { return binary.LittleEndian.Uint64(b) }
 
 // Next skips whatever is left of the previous entry's data (reading it,
 // checking it), then returns the next entry and a reader of its
@@ -216,7 +216,7 @@ func zsU64(b []byte) uint64 { return binary.LittleEndian.Uint64(b) }
 // the CRC-32 and both sizes (against the local header, or the data
 // descriptor that follows the data). Next returns io.EOF when the next
 // record is the central directory (or the end record of an empty archive).
-func (z *zipStream) Next() (*zipLocal, io.Reader, error) {
+func (z *Reader) Next() (*Local, io.Reader, error) {
 	if z.err != nil {
 		return nil, nil, z.err
 	}
@@ -234,61 +234,61 @@ func (z *zipStream) Next() (*zipLocal, io.Reader, error) {
 	if len(b) < 4 {
 		return nil, nil, z.fail(z.readErr(z.lastName(), err))
 	}
-	switch zsU32(b) {
-	case zsLocalSig:
-	case zsCentralSig, zsEndSig, zs64EndSig:
+	switch u32(b) {
+	case localSig:
+	case centralSig, endSig, end64Sig:
 		z.atDir, z.dirOff = true, off
 		return nil, nil, io.EOF
-	case zsExtraDatSig:
-		return nil, nil, z.fail(errUnsupported("zip archive has an encrypted central directory"))
+	case extraDatSig:
+		return nil, nil, z.fail(unsupportedf("zip archive has an encrypted central directory"))
 	default:
-		return nil, nil, z.fail(errCorrupt(fmt.Sprintf("zip archive has unexpected bytes %q at offset %d, %s", b, off, z.lastName()), nil))
+		return nil, nil, z.fail(corruptf("zip archive has unexpected bytes %q at offset %d, %s", b, off, z.lastName()))
 	}
 
-	hlen := zsLocalLen
+	hlen := localLen
 	h, err := z.br.Peek(hlen)
 	if len(h) == hlen {
-		hlen += int(zsU16(h[26:])) + int(zsU16(h[28:]))
+		hlen += int(u16(h[26:])) + int(u16(h[28:]))
 		h, err = z.br.Peek(hlen)
 	}
 	if len(h) < hlen {
 		return nil, nil, z.fail(z.readErr("in a local file header "+z.lastName(), err))
 	}
-	nameEnd := zsLocalLen + int(zsU16(h[26:]))
-	loc := &zipLocal{
-		Name:         string(h[zsLocalLen:nameEnd]),
-		Flags:        zsU16(h[6:]),
-		Method:       zsU16(h[8:]),
+	nameEnd := localLen + int(u16(h[26:]))
+	loc := &Local{
+		Name:         string(h[localLen:nameEnd]),
+		Flags:        u16(h[6:]),
+		Method:       u16(h[8:]),
 		Offset:       off,
 		DeclaredSize: -1,
 	}
-	e := &zipStreamEntry{
+	e := &entryReader{
 		z:       z,
 		loc:     loc,
 		deflate: loc.Method == 8,
-		desc:    loc.Flags&zsFlagDesc != 0,
-		crc:     zsU32(h[14:]),
-		csize:   uint64(zsU32(h[18:])),
-		usize:   uint64(zsU32(h[22:])),
+		desc:    loc.Flags&flagDesc != 0,
+		crc:     u32(h[14:]),
+		csize:   uint64(u32(h[18:])),
+		usize:   uint64(u32(h[22:])),
 	}
-	e.cKnown, e.uKnown = e.csize != zsMax32, e.usize != zsMax32
-	if f, ok := zsExtraField(h[nameEnd:hlen], zsZip64ID); ok {
+	e.cKnown, e.uKnown = e.csize != max32, e.usize != max32
+	if f, ok := extraField(h[nameEnd:hlen], zip64ID); ok {
 		e.zip64 = true
 		if len(f) >= 16 {
 			// APPNOTE 4.5.3: in a local header the field holds both sizes.
 			if !e.uKnown {
-				e.usize, e.uKnown = zsU64(f), true
+				e.usize, e.uKnown = u64(f), true
 			}
 			if !e.cKnown {
-				e.csize, e.cKnown = zsU64(f[8:]), true
+				e.csize, e.cKnown = u64(f[8:]), true
 			}
 		} else {
 			if !e.uKnown && len(f) >= 8 {
-				e.usize, e.uKnown = zsU64(f), true
+				e.usize, e.uKnown = u64(f), true
 				f = f[8:]
 			}
 			if !e.cKnown && len(f) >= 8 {
-				e.csize, e.cKnown = zsU64(f), true
+				e.csize, e.cKnown = u64(f), true
 			}
 		}
 	}
@@ -297,11 +297,11 @@ func (z *zipStream) Next() (*zipLocal, io.Reader, error) {
 	}
 	e.start = z.pos()
 
-	if loc.Flags&(zsFlagEncrypted|zsFlagStrong|zsFlagMasked) != 0 {
-		return nil, nil, z.fail(errUnsupported("zip entry %q is encrypted", loc.Name))
+	if loc.Flags&(flagEncrypted|flagStrong|flagMasked) != 0 {
+		return nil, nil, z.fail(unsupportedf("zip entry %q is encrypted", loc.Name))
 	}
 	if loc.Method != 0 && loc.Method != 8 {
-		return nil, nil, z.fail(errUnsupported("zip entry %q uses unsupported compression method %d%s", loc.Name, loc.Method, zsMethodName(loc.Method)))
+		return nil, nil, z.fail(unsupportedf("zip entry %q uses unsupported compression method %d%s", loc.Name, loc.Method, methodName(loc.Method)))
 	}
 	if err := e.plan(); err != nil {
 		return nil, nil, z.fail(err)
@@ -320,7 +320,7 @@ func (z *zipStream) Next() (*zipLocal, io.Reader, error) {
 
 // plan decides, from the local header, how the end of the entry's data is
 // found and what it is checked against.
-func (e *zipStreamEntry) plan() error {
+func (e *entryReader) plan() error {
 	loc := e.loc
 	if e.desc {
 		// The header's CRC and sizes are meant to be zero; only a stored
@@ -336,13 +336,13 @@ func (e *zipStreamEntry) plan() error {
 		case e.cKnown && e.uKnown && e.csize == 0 && e.usize == 0 && e.z.emptyDescFollows(e.zip64):
 			e.remain = 0
 		default:
-			return fmt.Errorf("zip entry %q is stored with its size only in a data descriptor: %w", loc.Name, errZipNeedsSpool)
+			return needsSpoolf("zip entry %q is stored with its size only in a data descriptor", loc.Name)
 		}
 		return nil
 	}
 	if e.uKnown {
 		if e.usize > math.MaxInt64 {
-			return errCorrupt(fmt.Sprintf("zip entry %q declares an impossible size %d", loc.Name, e.usize), nil)
+			return corruptf("zip entry %q declares an impossible size %d", loc.Name, e.usize)
 		}
 		loc.DeclaredSize = int64(e.usize)
 	}
@@ -354,10 +354,10 @@ func (e *zipStreamEntry) plan() error {
 	}
 	if !e.deflate {
 		if !e.cKnown {
-			return fmt.Errorf("zip entry %q is stored with its size only in the central directory: %w", loc.Name, errZipNeedsSpool)
+			return needsSpoolf("zip entry %q is stored with its size only in the central directory", loc.Name)
 		}
 		if e.uKnown && e.usize != e.csize && loc.Method == 0 {
-			return errCorrupt(fmt.Sprintf("zip entry %q is stored but its local header gives %d compressed and %d uncompressed bytes", loc.Name, e.csize, e.usize), nil)
+			return corruptf("zip entry %q is stored but its local header gives %d compressed and %d uncompressed bytes", loc.Name, e.csize, e.usize)
 		}
 		e.remain = e.csize
 	}
@@ -366,13 +366,13 @@ func (e *zipStreamEntry) plan() error {
 
 // emptyDescFollows reports whether the next bytes are a data descriptor
 // (with signature) of an empty entry, followed by the next record.
-func (z *zipStream) emptyDescFollows(zip64 bool) bool {
-	b, _ := z.br.Peek(zsDescPeek)
-	if len(b) < 4 || zsU32(b) != zsDescSig {
+func (z *Reader) emptyDescFollows(zip64 bool) bool {
+	b, _ := z.br.Peek(descPeek)
+	if len(b) < 4 || u32(b) != descSig {
 		return false
 	}
 	for _, wide := range [2]bool{zip64, !zip64} {
-		if n := zsDescriptorLen(b, 0, 0, 0, wide, false); n > 0 && len(b) >= n+4 && zsRecordFollows(b[n:]) {
+		if n := descriptorLen(b, 0, 0, 0, wide, false); n > 0 && len(b) >= n+4 && recordFollows(b[n:]) {
 			return true
 		}
 	}
@@ -381,7 +381,7 @@ func (z *zipStream) emptyDescFollows(zip64 bool) bool {
 
 // Read reads the entry's uncompressed content. At the end of the data it
 // checks the CRC-32 and sizes and only then returns io.EOF.
-func (e *zipStreamEntry) Read(p []byte) (int, error) {
+func (e *entryReader) Read(p []byte) (int, error) {
 	z := e.z
 	if z.cur != e {
 		return 0, errors.New("zip: entry read after Next moved past it")
@@ -422,9 +422,9 @@ func (e *zipStreamEntry) Read(p []byte) (int, error) {
 		if !e.desc {
 			// Fail early rather than inflate a lying entry to its end.
 			if e.uKnown && e.n > e.usize {
-				err = errCorrupt(fmt.Sprintf("zip entry %q inflates to more than the %d bytes its header says", e.loc.Name, e.usize), nil)
+				err = corruptf("zip entry %q inflates to more than the %d bytes its header says", e.loc.Name, e.usize)
 			} else if e.cKnown && e.deflate && uint64(z.pos()-e.start) > e.csize {
-				err = errCorrupt(fmt.Sprintf("zip entry %q has more than the %d compressed bytes its header says", e.loc.Name, e.csize), nil)
+				err = corruptf("zip entry %q has more than the %d compressed bytes its header says", e.loc.Name, e.csize)
 			}
 		}
 	case err == io.EOF:
@@ -444,7 +444,7 @@ func (e *zipStreamEntry) Read(p []byte) (int, error) {
 // finish checks the entry's data once it ended: against the data
 // descriptor that follows it, or the local header. It returns io.EOF when
 // everything agrees.
-func (e *zipStreamEntry) finish() error {
+func (e *entryReader) finish() error {
 	z, loc := e.z, e.loc
 	csize := uint64(z.pos() - e.start)
 	if e.desc {
@@ -454,11 +454,11 @@ func (e *zipStreamEntry) finish() error {
 	} else {
 		switch {
 		case e.cKnown && csize != e.csize:
-			return errCorrupt(fmt.Sprintf("zip entry %q has %d compressed bytes, its header says %d", loc.Name, csize, e.csize), nil)
+			return corruptf("zip entry %q has %d compressed bytes, its header says %d", loc.Name, csize, e.csize)
 		case e.uKnown && e.n != e.usize:
-			return errCorrupt(fmt.Sprintf("zip entry %q inflates to %d bytes, its header says %d", loc.Name, e.n, e.usize), nil)
+			return corruptf("zip entry %q inflates to %d bytes, its header says %d", loc.Name, e.n, e.usize)
 		case e.sum != e.crc:
-			return errCorrupt(fmt.Sprintf("zip entry %q fails its CRC check (data %08x, header %08x)", loc.Name, e.sum, e.crc), nil)
+			return corruptf("zip entry %q fails its CRC check (data %08x, header %08x)", loc.Name, e.sum, e.crc)
 		}
 	}
 	loc.CRC32, loc.CompressedSize, loc.UncompressedSize = e.sum, csize, e.n
@@ -470,36 +470,36 @@ func (e *zipStreamEntry) finish() error {
 // data. Its sizes are 8 bytes each when the local header has a zip64 extra
 // field or a size does not fit in 32 bits (as archive/zip writes them),
 // otherwise 4; the other width is accepted if only it matches.
-func (e *zipStreamEntry) readDescriptor(csize uint64) error {
+func (e *entryReader) readDescriptor(csize uint64) error {
 	z, name := e.z, e.loc.Name
-	b, perr := z.br.Peek(zsDescPeek)
-	wide := e.zip64 || csize >= zsMax32 || e.n >= zsMax32
-	n := zsDescriptorLen(b, e.sum, csize, e.n, wide, true)
+	b, perr := z.br.Peek(descPeek)
+	wide := e.zip64 || csize >= max32 || e.n >= max32
+	n := descriptorLen(b, e.sum, csize, e.n, wide, true)
 	if n == 0 {
-		n = zsDescriptorLen(b, e.sum, csize, e.n, !wide, true)
+		n = descriptorLen(b, e.sum, csize, e.n, !wide, true)
 	}
 	if n == 0 {
-		n = zsDescriptorLen(b, e.sum, csize, e.n, wide, false)
+		n = descriptorLen(b, e.sum, csize, e.n, wide, false)
 	}
 	if n == 0 {
 		off := 0
-		if len(b) >= 8 && zsU32(b) == zsDescSig && (e.sum != zsDescSig || zsU32(b[4:]) == zsDescSig) {
+		if len(b) >= 8 && u32(b) == descSig && (e.sum != descSig || u32(b[4:]) == descSig) {
 			off = 4
 		}
 		var crc uint32
 		var cs, us uint64
 		switch {
 		case wide && len(b) >= off+20:
-			crc, cs, us = zsU32(b[off:]), zsU64(b[off+4:]), zsU64(b[off+12:])
+			crc, cs, us = u32(b[off:]), u64(b[off+4:]), u64(b[off+12:])
 		case !wide && len(b) >= off+12:
-			crc, cs, us = zsU32(b[off:]), uint64(zsU32(b[off+4:])), uint64(zsU32(b[off+8:]))
+			crc, cs, us = u32(b[off:]), uint64(u32(b[off+4:])), uint64(u32(b[off+8:]))
 		default:
 			return z.readErr(fmt.Sprintf("in the data descriptor of entry %q", name), perr)
 		}
 		if crc != e.sum {
-			return errCorrupt(fmt.Sprintf("zip entry %q fails its CRC check (data %08x, data descriptor %08x)", name, e.sum, crc), nil)
+			return corruptf("zip entry %q fails its CRC check (data %08x, data descriptor %08x)", name, e.sum, crc)
 		}
-		return errCorrupt(fmt.Sprintf("zip entry %q has %d compressed and %d uncompressed bytes, its data descriptor says %d and %d", name, csize, e.n, cs, us), nil)
+		return corruptf("zip entry %q has %d compressed and %d uncompressed bytes, its data descriptor says %d and %d", name, csize, e.n, cs, us)
 	}
 	if _, err := z.br.Discard(n); err != nil {
 		return z.readErr(fmt.Sprintf("in the data descriptor of entry %q", name), err)
@@ -507,13 +507,13 @@ func (e *zipStreamEntry) readDescriptor(csize uint64) error {
 	return nil
 }
 
-// zsDescriptorLen returns the length of the data descriptor at the start
+// descriptorLen returns the length of the data descriptor at the start
 // of b if it records sum, csize and usize (with or without its signature;
 // 8-byte sizes when wide, 4-byte otherwise), else 0. With strict, a record
 // signature must follow it, unless b ends there.
-func zsDescriptorLen(b []byte, sum uint32, csize, usize uint64, wide, strict bool) int {
+func descriptorLen(b []byte, sum uint32, csize, usize uint64, wide, strict bool) int {
 	off := 0
-	if len(b) >= 8 && zsU32(b) == zsDescSig && (sum != zsDescSig || zsU32(b[4:]) == zsDescSig) {
+	if len(b) >= 8 && u32(b) == descSig && (sum != descSig || u32(b[4:]) == descSig) {
 		off = 4
 	}
 	var n int
@@ -523,34 +523,34 @@ func zsDescriptorLen(b []byte, sum uint32, csize, usize uint64, wide, strict boo
 		if n = off + 20; len(b) < n {
 			return 0
 		}
-		crc, cs, us = zsU32(b[off:]), zsU64(b[off+4:]), zsU64(b[off+12:])
+		crc, cs, us = u32(b[off:]), u64(b[off+4:]), u64(b[off+12:])
 	} else {
 		if n = off + 12; len(b) < n {
 			return 0
 		}
-		crc, cs, us = zsU32(b[off:]), uint64(zsU32(b[off+4:])), uint64(zsU32(b[off+8:]))
+		crc, cs, us = u32(b[off:]), uint64(u32(b[off+4:])), uint64(u32(b[off+8:]))
 	}
 	if crc != sum || cs != csize || us != usize {
 		return 0
 	}
-	if strict && len(b) >= n+4 && !zsRecordFollows(b[n:]) {
+	if strict && len(b) >= n+4 && !recordFollows(b[n:]) {
 		return 0
 	}
 	return n
 }
 
-// zsRecordFollows reports whether b starts with the signature of a record
+// recordFollows reports whether b starts with the signature of a record
 // that may follow an entry.
-func zsRecordFollows(b []byte) bool {
-	switch zsU32(b) {
-	case zsLocalSig, zsCentralSig, zsEndSig, zs64EndSig, zsExtraDatSig:
+func recordFollows(b []byte) bool {
+	switch u32(b) {
+	case localSig, centralSig, endSig, end64Sig, extraDatSig:
 		return true
 	}
 	return false
 }
 
 // drain reads what is left of the entry, checking it.
-func (e *zipStreamEntry) drain() error {
+func (e *entryReader) drain() error {
 	if e.z.scratch == nil {
 		e.z.scratch = make([]byte, 64<<10)
 	}
@@ -565,11 +565,11 @@ func (e *zipStreamEntry) drain() error {
 	}
 }
 
-// zsExtraField returns the data of the first extra field with the given id.
+// extraField returns the data of the first extra field with the given id.
 // Like archive/zip, it stops at a malformed field.
-func zsExtraField(extra []byte, id uint16) ([]byte, bool) {
+func extraField(extra []byte, id uint16) ([]byte, bool) {
 	for len(extra) >= 4 {
-		tag, size := zsU16(extra), int(zsU16(extra[2:]))
+		tag, size := u16(extra), int(u16(extra[2:]))
 		if len(extra)-4 < size {
 			break
 		}
@@ -581,8 +581,8 @@ func zsExtraField(extra []byte, id uint16) ([]byte, bool) {
 	return nil, false
 }
 
-// zsMethodName names well-known compression methods for error messages.
-func zsMethodName(m uint16) string {
+// methodName names well-known compression methods for error messages.
+func methodName(m uint16) string {
 	switch m {
 	case 1:
 		return " (shrink)"
@@ -614,7 +614,7 @@ func zsMethodName(m uint16) string {
 // where the last entry ended; the end record's counts, directory size and
 // offset agree (zip64 values when present); nothing follows the end
 // record's comment. It returns the entries' central information in order.
-func (z *zipStream) Finish() ([]zipCentral, error) {
+func (z *Reader) Finish() ([]Central, error) {
 	if z.err != nil {
 		return nil, z.err
 	}
@@ -624,13 +624,13 @@ func (z *zipStream) Finish() ([]zipCentral, error) {
 	if !z.atDir {
 		return nil, errors.New("zip: Finish called before Next returned io.EOF")
 	}
-	out := make([]zipCentral, 0, len(z.ents))
+	out := make([]Central, 0, len(z.ents))
 	for {
 		b, err := z.need(4, "in the central directory")
 		if err != nil {
 			return nil, err
 		}
-		if zsU32(b) != zsCentralSig {
+		if u32(b) != centralSig {
 			break
 		}
 		c, err := z.readCentral(len(out))
@@ -640,7 +640,7 @@ func (z *zipStream) Finish() ([]zipCentral, error) {
 		out = append(out, c)
 	}
 	if len(out) < len(z.ents) {
-		return nil, z.fail(errCorrupt(fmt.Sprintf("zip central directory lists %d entries, the archive has %d: entry %q is missing", len(out), len(z.ents), z.ents[len(out)].Name), nil))
+		return nil, z.fail(corruptf("zip central directory lists %d entries, the archive has %d: entry %q is missing", len(out), len(z.ents), z.ents[len(out)].Name))
 	}
 	if err := z.readEnd(uint64(len(out)), uint64(z.pos()-z.dirOff)); err != nil {
 		return nil, z.fail(err)
@@ -651,31 +651,31 @@ func (z *zipStream) Finish() ([]zipCentral, error) {
 
 // readCentral reads the i-th central directory header and checks it
 // against the i-th entry.
-func (z *zipStream) readCentral(i int) (zipCentral, error) {
-	h, err := z.need(zsCentralLen, "in the central directory")
+func (z *Reader) readCentral(i int) (Central, error) {
+	h, err := z.need(centralLen, "in the central directory")
 	if err != nil {
-		return zipCentral{}, err
+		return Central{}, err
 	}
-	nl, el, cl := int(zsU16(h[28:])), int(zsU16(h[30:])), int(zsU16(h[32:]))
-	hlen := zsCentralLen + nl + el + cl
+	nl, el, cl := int(u16(h[28:])), int(u16(h[30:])), int(u16(h[32:]))
+	hlen := centralLen + nl + el + cl
 	if h, err = z.need(hlen, "in the central directory"); err != nil {
-		return zipCentral{}, err
+		return Central{}, err
 	}
-	name := h[zsCentralLen : zsCentralLen+nl]
+	name := h[centralLen : centralLen+nl]
 	if i >= len(z.ents) {
-		return zipCentral{}, errCorrupt(fmt.Sprintf("zip central directory lists more entries than the archive has: %q", name), nil)
+		return Central{}, corruptf("zip central directory lists more entries than the archive has: %q", name)
 	}
 	l := &z.ents[i]
 	if string(name) != l.Name {
-		return zipCentral{}, errCorrupt(fmt.Sprintf("zip central directory entry %d is named %q, the archive's entry %q", i, name, l.Name), nil)
+		return Central{}, corruptf("zip central directory entry %d is named %q, the archive's entry %q", i, name, l.Name)
 	}
-	madeBy, flags, method := zsU16(h[4:]), zsU16(h[8:]), zsU16(h[10:])
-	crc := zsU32(h[16:])
-	csize, usize := uint64(zsU32(h[20:])), uint64(zsU32(h[24:]))
-	disk := uint32(zsU16(h[34:]))
-	ext := zsU32(h[38:])
-	off := uint64(zsU32(h[42:]))
-	if f, ok := zsExtraField(h[zsCentralLen+nl:zsCentralLen+nl+el], zsZip64ID); ok {
+	madeBy, flags, method := u16(h[4:]), u16(h[8:]), u16(h[10:])
+	crc := u32(h[16:])
+	csize, usize := uint64(u32(h[20:])), uint64(u32(h[24:]))
+	disk := uint32(u16(h[34:]))
+	ext := u32(h[38:])
+	off := uint64(u32(h[42:]))
+	if f, ok := extraField(h[centralLen+nl:centralLen+nl+el], zip64ID); ok {
 		// Only the fields whose 32-bit (16-bit) value is saturated are
 		// present, in this order.
 		bad := false
@@ -684,22 +684,22 @@ func (z *zipStream) readCentral(i int) (zipCentral, error) {
 				bad = true
 				return
 			}
-			*v, f = zsU64(f), f[8:]
+			*v, f = u64(f), f[8:]
 		}
-		if usize == zsMax32 {
+		if usize == max32 {
 			take(&usize)
 		}
-		if csize == zsMax32 {
+		if csize == max32 {
 			take(&csize)
 		}
-		if off == zsMax32 {
+		if off == max32 {
 			take(&off)
 		}
-		if disk == zsMax16 && len(f) >= 4 {
-			disk = zsU32(f)
+		if disk == max16 && len(f) >= 4 {
+			disk = u32(f)
 		}
 		if bad {
-			return zipCentral{}, errCorrupt(fmt.Sprintf("zip central directory entry %q has a short zip64 extra field", l.Name), nil)
+			return Central{}, corruptf("zip central directory entry %q has a short zip64 extra field", l.Name)
 		}
 	}
 	var what string
@@ -710,7 +710,7 @@ func (z *zipStream) readCentral(i int) (zipCentral, error) {
 		what = fmt.Sprintf("disk number %d", disk)
 	case method != l.Method:
 		what = fmt.Sprintf("method %d, local header %d", method, l.Method)
-	case flags&zsFlagEncrypted != l.Flags&zsFlagEncrypted:
+	case flags&flagEncrypted != l.Flags&flagEncrypted:
 		what = "encryption flag"
 	case crc != l.CRC32:
 		what = fmt.Sprintf("CRC-32 %08x, data %08x", crc, l.CRC32)
@@ -720,11 +720,11 @@ func (z *zipStream) readCentral(i int) (zipCentral, error) {
 		what = fmt.Sprintf("uncompressed size %d, data %d", usize, l.UncompressedSize)
 	}
 	if what != "" {
-		return zipCentral{}, errCorrupt(fmt.Sprintf("zip central directory disagrees with entry %q: %s", l.Name, what), nil)
+		return Central{}, corruptf("zip central directory disagrees with entry %q: %s", l.Name, what)
 	}
-	c := zipCentral{Name: l.Name, Mode: zsMode(madeBy, ext, l.Name)}
+	c := Central{Name: l.Name, Mode: fileMode(madeBy, ext, l.Name)}
 	if _, err := z.br.Discard(hlen); err != nil {
-		return zipCentral{}, z.readErr("in the central directory", err)
+		return Central{}, z.readErr("in the central directory", err)
 	}
 	return c, nil
 }
@@ -732,109 +732,109 @@ func (z *zipStream) readCentral(i int) (zipCentral, error) {
 // readEnd reads the zip64 end record and locator if present and the end
 // record, and checks them against the count and size of the central
 // directory just read (which started at z.dirOff). Nothing may follow.
-func (z *zipStream) readEnd(count, dirSize uint64) error {
+func (z *Reader) readEnd(count, dirSize uint64) error {
 	dirOff := uint64(z.dirOff)
 	b, err := z.need(4, "after the central directory")
 	if err != nil {
 		return err
 	}
 	has64 := false
-	switch zsU32(b) {
-	case zs64EndSig:
+	switch u32(b) {
+	case end64Sig:
 		has64 = true
 		recOff := z.pos()
-		h, err := z.need(zs64EndLen, "in the zip64 end record")
+		h, err := z.need(end64Len, "in the zip64 end record")
 		if err != nil {
 			return err
 		}
-		size := zsU64(h[4:])
-		if size < zs64EndLen-12 || size-(zs64EndLen-12) > zsMax64Ext {
-			return errCorrupt(fmt.Sprintf("zip64 end record has an invalid size %d", size), nil)
+		size := u64(h[4:])
+		if size < end64Len-12 || size-(end64Len-12) > max64Ext {
+			return corruptf("zip64 end record has an invalid size %d", size)
 		}
-		diskNbr, dirDisk := zsU32(h[16:]), zsU32(h[20:])
-		recsDisk, recs := zsU64(h[24:]), zsU64(h[32:])
-		dsize, doff := zsU64(h[40:]), zsU64(h[48:])
+		diskNbr, dirDisk := u32(h[16:]), u32(h[20:])
+		recsDisk, recs := u64(h[24:]), u64(h[32:])
+		dsize, doff := u64(h[40:]), u64(h[48:])
 		switch {
 		case diskNbr != 0 || dirDisk != 0:
-			return errUnsupported("multi-disk zip archives are not supported")
+			return unsupportedf("multi-disk zip archives are not supported")
 		case recsDisk != count || recs != count:
-			return errCorrupt(fmt.Sprintf("zip64 end record counts %d entries, the central directory has %d", recs, count), nil)
+			return corruptf("zip64 end record counts %d entries, the central directory has %d", recs, count)
 		case dsize != dirSize:
-			return errCorrupt(fmt.Sprintf("zip64 end record gives a central directory of %d bytes, it has %d", dsize, dirSize), nil)
+			return corruptf("zip64 end record gives a central directory of %d bytes, it has %d", dsize, dirSize)
 		case doff != dirOff:
-			return errCorrupt(fmt.Sprintf("zip64 end record places the central directory at offset %d, it is at %d", doff, dirOff), nil)
+			return corruptf("zip64 end record places the central directory at offset %d, it is at %d", doff, dirOff)
 		}
 		if err := z.skip(int64(size)+12, "in the zip64 end record"); err != nil {
 			return err
 		}
-		h, err = z.need(zs64LocLen, "in the zip64 end locator")
+		h, err = z.need(loc64Len, "in the zip64 end locator")
 		if err != nil {
 			return err
 		}
 		switch {
-		case zsU32(h) != zs64LocSig:
-			return errCorrupt("zip64 end record is not followed by its locator", nil)
-		case zsU32(h[4:]) != 0 || zsU32(h[16:]) != 1:
-			return errUnsupported("multi-disk zip archives are not supported")
-		case zsU64(h[8:]) != uint64(recOff):
-			return errCorrupt(fmt.Sprintf("zip64 end locator points at offset %d, the record is at %d", zsU64(h[8:]), recOff), nil)
+		case u32(h) != loc64Sig:
+			return corruptf("zip64 end record is not followed by its locator")
+		case u32(h[4:]) != 0 || u32(h[16:]) != 1:
+			return unsupportedf("multi-disk zip archives are not supported")
+		case u64(h[8:]) != uint64(recOff):
+			return corruptf("zip64 end locator points at offset %d, the record is at %d", u64(h[8:]), recOff)
 		}
-		if _, err := z.br.Discard(zs64LocLen); err != nil {
+		if _, err := z.br.Discard(loc64Len); err != nil {
 			return z.readErr("in the zip64 end locator", err)
 		}
-	case zs64LocSig:
-		return errCorrupt("zip64 end locator without a zip64 end record", nil)
-	case zsEndSig:
+	case loc64Sig:
+		return corruptf("zip64 end locator without a zip64 end record")
+	case endSig:
 	default:
-		return errCorrupt(fmt.Sprintf("zip archive has unexpected bytes %q at offset %d, after its central directory", b, z.pos()), nil)
+		return corruptf("zip archive has unexpected bytes %q at offset %d, after its central directory", b, z.pos())
 	}
 
-	h, err := z.need(zsEndLen, "in the end record")
+	h, err := z.need(endLen, "in the end record")
 	if err != nil {
 		return err
 	}
-	if zsU32(h) != zsEndSig {
-		return errCorrupt(fmt.Sprintf("zip archive has unexpected bytes %q at offset %d, where its end record should be", h[:4], z.pos()), nil)
+	if u32(h) != endSig {
+		return corruptf("zip archive has unexpected bytes %q at offset %d, where its end record should be", h[:4], z.pos())
 	}
-	ok16 := func(v uint16, want uint64) bool { return v == uint16(want) || has64 && v == zsMax16 }
-	ok32 := func(v uint32, want uint64) bool { return uint64(v) == want || has64 && v == zsMax32 }
+	ok16 := func(v uint16, want uint64) bool { return v == uint16(want) || has64 && v == max16 }
+	ok32 := func(v uint32, want uint64) bool { return uint64(v) == want || has64 && v == max32 }
 	switch {
-	case !ok16(zsU16(h[4:]), 0) || !ok16(zsU16(h[6:]), 0):
-		return errUnsupported("multi-disk zip archives are not supported")
-	case !ok16(zsU16(h[8:]), count) || !ok16(zsU16(h[10:]), count):
-		return errCorrupt(fmt.Sprintf("zip end record counts %d entries, the central directory has %d", zsU16(h[10:]), count), nil)
-	case !ok32(zsU32(h[12:]), dirSize):
-		return errCorrupt(fmt.Sprintf("zip end record gives a central directory of %d bytes, it has %d", zsU32(h[12:]), dirSize), nil)
-	case !ok32(zsU32(h[16:]), dirOff):
-		return errCorrupt(fmt.Sprintf("zip end record places the central directory at offset %d, it is at %d", zsU32(h[16:]), dirOff), nil)
+	case !ok16(u16(h[4:]), 0) || !ok16(u16(h[6:]), 0):
+		return unsupportedf("multi-disk zip archives are not supported")
+	case !ok16(u16(h[8:]), count) || !ok16(u16(h[10:]), count):
+		return corruptf("zip end record counts %d entries, the central directory has %d", u16(h[10:]), count)
+	case !ok32(u32(h[12:]), dirSize):
+		return corruptf("zip end record gives a central directory of %d bytes, it has %d", u32(h[12:]), dirSize)
+	case !ok32(u32(h[16:]), dirOff):
+		return corruptf("zip end record places the central directory at offset %d, it is at %d", u32(h[16:]), dirOff)
 	}
-	cl := zsEndLen + int(zsU16(h[20:]))
+	cl := endLen + int(u16(h[20:]))
 	if h, err = z.need(cl, "in the end record's comment"); err != nil {
 		return err
 	}
 	// A comment holding an end signature would let readers that search
 	// backwards for the end record see a different archive.
-	if bytes.Contains(h[zsEndLen:cl], []byte("PK\x05\x06")) {
-		return errCorrupt("zip archive comment contains an end record signature", nil)
+	if bytes.Contains(h[endLen:cl], []byte("PK\x05\x06")) {
+		return corruptf("zip archive comment contains an end record signature")
 	}
 	if _, err := z.br.Discard(cl); err != nil {
 		return z.readErr("in the end record's comment", err)
 	}
 	if b, err := z.br.Peek(1); len(b) > 0 {
-		return errCorrupt(fmt.Sprintf("zip archive has data after its end record, at offset %d", z.pos()), nil)
+		return corruptf("zip archive has data after its end record, at offset %d", z.pos())
 	} else if err != io.EOF {
 		return z.readErr("at the end of the archive", err)
 	}
 	return nil
 }
 
-// zsMode computes an entry's mode from the central directory's "version
+// fileMode computes an entry's mode from the central directory's "version
 // made by" and external attributes, as archive/zip's FileHeader.Mode does.
-func zsMode(madeBy uint16, ext uint32, name string) fs.FileMode {
+func fileMode(madeBy uint16, ext uint32, name string) fs.FileMode {
 	var m fs.FileMode
 	switch madeBy >> 8 {
 	case 3, 19: // Unix, OS X
-		m = zsUnixMode(ext >> 16)
+		m = unixMode(ext >> 16)
 	case 0, 11, 14: // MS-DOS/FAT, NTFS, VFAT
 		m = 0o666
 		if ext&0x10 != 0 { // directory
@@ -850,8 +850,8 @@ func zsMode(madeBy uint16, ext uint32, name string) fs.FileMode {
 	return m
 }
 
-// zsUnixMode converts a Unix st_mode to an fs.FileMode.
-func zsUnixMode(u uint32) fs.FileMode {
+// unixMode converts a Unix st_mode to an fs.FileMode.
+func unixMode(u uint32) fs.FileMode {
 	m := fs.FileMode(u & 0o777)
 	switch u & 0xf000 {
 	case 0x1000:
