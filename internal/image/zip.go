@@ -120,11 +120,10 @@ func zipErr(err error) error {
 	if !errors.As(err, &ze) || ze.Kind == zipstream.ErrNeedsSpool || isTyped(err) {
 		return err
 	}
-	code := CodeCorrupt
 	if ze.Kind == zipstream.ErrUnsupported {
-		code = CodeUnsupported
+		return errdefs.New(errdefs.ErrInvalid, CodeUnsupported, ze.Msg, ze.Err)
 	}
-	return errdefs.New(errdefs.ErrInvalid, code, ze.Msg, ze.Err)
+	return errdefs.New(errdefs.ErrInvalid, CodeCorrupt, ze.Msg, ze.Err)
 }
 
 // unwriteFile removes a regular file written earlier and its record.
