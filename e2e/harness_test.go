@@ -69,6 +69,7 @@ func startDaemonEnv(t *testing.T, dataDir string, env []string, extra ...string)
 // startDaemonAs is startDaemonEnv as another user (cred nil: this one).
 func startDaemonAs(t *testing.T, dataDir string, env []string, cred *syscall.Credential, extra ...string) *daemon {
 	t.Helper()
+	searchableParents(t, dataDir)
 	d := &daemon{t: t, dataDir: dataDir, addr: freeAddr(t), env: env, cred: cred,
 		logPath: filepath.Join(dataDir, "..", filepath.Base(dataDir)+"-daemon.log")}
 	d.start(extra...)
@@ -568,6 +569,23 @@ func testBridge(t *testing.T, name, cidr string) {
 		}
 		if i == 0 {
 			t.Cleanup(func() { exec.Command("ip", "link", "del", name).Run() })
+		}
+	}
+}
+
+// searchableParents lets other users search the test's directories above
+// dataDir (t.TempDir makes them 0700): a root daemon runs QEMU under user
+// ids of its own by default, and QEMU opens the disks below by path.
+func searchableParents(t *testing.T, dataDir string) {
+	t.Helper()
+	tmp := filepath.Clean(os.TempDir())
+	for dir := filepath.Dir(filepath.Clean(dataDir)); strings.HasPrefix(dir, tmp+string(filepath.Separator)); dir = filepath.Dir(dir) {
+		fi, err := os.Stat(dir)
+		if err != nil {
+			continue // made later, by the daemon
+		}
+		if err := os.Chmod(dir, fi.Mode().Perm()|0o001); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

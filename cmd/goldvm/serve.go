@@ -73,8 +73,8 @@ func runServe(args []string) error {
 	cbTimeout := fs.Duration("callback-timeout", envDuration("GOLDVM_CALLBACK_TIMEOUT", 10*time.Second), "timeout of one callback attempt")
 	urlAllow := fs.String("url-allow", os.Getenv("GOLDVM_URL_ALLOW"), "networks (CIDR, comma-separated) image downloads and callbacks may connect to; empty: any not denied ($GOLDVM_URL_ALLOW)")
 	urlDeny := fs.String("url-deny", envOr("GOLDVM_URL_DENY", netpolicy.DefaultDeny), "networks image downloads and callbacks may not connect to; default: link-local, where clouds serve instance credentials ($GOLDVM_URL_DENY)")
-	qemuUser := fs.String("qemu-user", os.Getenv("GOLDVM_QEMU_USER"), "as root, run QEMU as this user instead of root (e.g. a system user goldvm-qemu); it owns each VM's directory, disk and tap ($GOLDVM_QEMU_USER)")
-	qemuUIDs := fs.String("qemu-uid-range", os.Getenv("GOLDVM_QEMU_UID_RANGE"), "as root, run each VM's QEMU as a user id of its own from FIRST-LAST (ids no one else uses, e.g. 600000-600999): one VM's QEMU cannot reach another's disk ($GOLDVM_QEMU_UID_RANGE)")
+	qemuUser := fs.String("qemu-user", os.Getenv("GOLDVM_QEMU_USER"), "as root, run every QEMU as this user (e.g. a system user goldvm-qemu), which owns each VM's directory, disk and tap; \"root\" runs QEMU as root (not recommended) ($GOLDVM_QEMU_USER)")
+	qemuUIDs := fs.String("qemu-uid-range", os.Getenv("GOLDVM_QEMU_UID_RANGE"), "as root, run each VM's QEMU as a user id of its own from FIRST-LAST, ids no account or process uses (checked at start): one VM's QEMU cannot reach another's disk; the default when neither this nor --qemu-user is given is "+qemu.DefaultUIDRange+" ($GOLDVM_QEMU_UID_RANGE)")
 	logLevel := fs.String("log-level", envOr("GOLDVM_LOG_LEVEL", "info"), "debug, info, warn or error")
 	fs.Parse(args)
 
@@ -121,6 +121,9 @@ func runServe(args []string) error {
 	var driver hypervisor.Driver
 	switch *backend {
 	case "qemu":
+		if err := chooseQEMUUser(qemuUser, qemuUIDs, log); err != nil {
+			return err
+		}
 		d, err := qemu.New(qemu.Config{
 			Accel: *accel, RunDir: filepath.Join(*dataDir, "run"), VMRoot: filepath.Join(*dataDir, "vms"),
 			BridgedBridge: *bridge, Sandbox: true, RunAs: *qemuUser, RunAsRange: *qemuUIDs, Logger: log,
@@ -309,7 +312,7 @@ func openForQEMU(dataDir string) error {
 			return err
 		}
 		if fi.Mode().Perm()&0o001 == 0 {
-			return fmt.Errorf("QEMU cannot reach %s: %s is not searchable by other users (chmod o+x %s, or choose another --data-dir)", dataDir, dir, dir)
+			return fmt.Errorf("QEMU, which runs as an unprivileged user, cannot reach %s: %s is not searchable by other users (chmod o+x %s, choose another --data-dir, or run QEMU as root with --qemu-user root)", dataDir, dir, dir)
 		}
 		if dir == filepath.Dir(dir) {
 			break
@@ -336,6 +339,31 @@ func openForQEMU(dataDir string) error {
 		// Searchable, not listable: QEMU opens the paths it is given.
 		if err := os.Chmod(d, fi.Mode().Perm()&^0o044|0o011); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// chooseQEMUUser settles who QEMU runs as when the daemon is root: by
+// default each VM's QEMU gets a user id of its own from
+// qemu.DefaultUIDRange, checked to be unused; "--qemu-user root" is the
+// explicit opt-in to root-run QEMU.
+func chooseQEMUUser(user, uidRange *string, log *slog.Logger) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	switch {
+	case *user == "root" || *user == "0":
+		log.Warn("QEMU runs as root (--qemu-user root): a guest that escapes QEMU owns the host")
+		*user = ""
+	case *user == "" && *uidRange == "":
+		if err := qemu.CheckUIDRangeFree(qemu.DefaultUIDRange); err != nil {
+			return fmt.Errorf("QEMU runs under user ids of its own by default, but %w: give --qemu-uid-range FIRST-LAST with ids no one uses, or --qemu-user USER", err)
+		}
+		*uidRange = qemu.DefaultUIDRange
+	case *uidRange != "":
+		if err := qemu.CheckUIDRangeFree(*uidRange); err != nil {
+			return fmt.Errorf("--qemu-uid-range: %w", err)
 		}
 	}
 	return nil

@@ -102,3 +102,58 @@ func (d *Driver) credFor(spec hypervisor.Spec) (*syscall.Credential, error) {
 	return nil, errdefs.Newf(errdefs.ErrUnavailable, "qemu-uids-exhausted",
 		"every user id from %d to %d belongs to a VM: delete VMs or widen the daemon's --qemu-uid-range", d.uidRange.first, d.uidRange.last)
 }
+
+// DefaultUIDRange is the range of user ids that `goldvm serve` gives each
+// VM's QEMU from when it runs as root and is told nothing else: in the
+// block systemd leaves unused (1879048192-2147483647), so that no account
+// or container of the host has them (CheckUIDRangeFree checks).
+const DefaultUIDRange = "1990000000-1990000999"
+
+// CheckUIDRangeFree reports an error when an id of the range s belongs to
+// an account or group of the host (/etc/passwd, /etc/group) or to a
+// running process other than a goldvm QEMU: handing such an id to a VM's
+// QEMU would let it reach that user's files.
+func CheckUIDRangeFree(s string) error {
+	r, err := parseUIDRange(s)
+	if err != nil {
+		return err
+	}
+	for _, db := range []string{"/etc/passwd", "/etc/group"} {
+		b, err := os.ReadFile(db)
+		if err != nil && !os.IsNotExist(err) {
+			return err
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Split(line, ":")
+			if len(f) < 3 {
+				continue
+			}
+			if id, err := strconv.ParseUint(f[2], 10, 32); err == nil && r.contains(uint32(id)) {
+				return fmt.Errorf("id %d of the range %s is %s's in %s", id, s, f[0], db)
+			}
+		}
+	}
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return err
+	}
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		fi, err := os.Stat(filepath.Join("/proc", p.Name()))
+		if err != nil {
+			continue // gone
+		}
+		uid := fi.Sys().(*syscall.Stat_t).Uid
+		if !r.contains(uid) {
+			continue
+		}
+		if qemuVMID(procArgs(pid)) != "" {
+			continue // a VM's QEMU, of this daemon or another
+		}
+		return fmt.Errorf("id %d of the range %s runs process %d", uid, s, pid)
+	}
+	return nil
+}
