@@ -25,7 +25,6 @@ const (
 	CodeVMNotFound           = "vm-not-found"
 	CodeImageNotFound        = "image-not-found"
 	CodeImageInUse           = "image-in-use"
-	CodeImageFetching        = "image-fetching"
 	CodeInternalError        = "internal-error"
 
 	// Errors of a VM: in a reply about it, or in its record when creation
@@ -106,7 +105,6 @@ var Codes = []CodeInfo{
 	{CodeVMNotFound, http.StatusNotFound, "no VM has this id"},
 	{CodeImageNotFound, http.StatusNotFound, "no image has this key"},
 	{CodeImageInUse, http.StatusConflict, "`DELETE /images/{key}` while a VM depends on the image"},
-	{CodeImageFetching, http.StatusConflict, "the image is being fetched"},
 	{CodeInternalError, http.StatusInternalServerError, "an unexpected error; the daemon's log has the details"},
 
 	{CodeVMLocked, http.StatusConflict, "the VM's files are locked by another process (or, with VMware, its .vmx is locked or corrupt)"},
@@ -133,7 +131,7 @@ var Codes = []CodeInfo{
 	{CodeImageDownloadFailed, http.StatusServiceUnavailable, "the image server answered a final 4xx, or errors persisted after the retries (the message names the HTTP status)"},
 	{CodeImageCorrupt, http.StatusBadRequest, "the package cannot be decompressed or read as an archive, or is truncated"},
 	{CodeImageUnsafeArchive, http.StatusBadRequest, "an archive entry would land outside the image directory (`../`, an absolute path, a link pointing out) or is a device node or fifo"},
-	{CodeImageUnsafeDisk, http.StatusBadRequest, "a disk image names a backing file, data file or extent outside the image"},
+	{CodeImageUnsafeDisk, http.StatusBadRequest, "a disk image names a file outside the image (a backing file, data file, extent or parent), or is in a format goldvm does not open (only qcow2, VMDK and raw)"},
 	{CodeImageTooLarge, http.StatusBadRequest, "the download or the unpacked image is over the limits"},
 	{CodeImageUnsupported, http.StatusBadRequest, "neither a supported archive nor a disk image, or an archive that cannot be read (the message says why)"},
 	{CodeImageNoDisk, http.StatusBadRequest, "the image holds no disk (qemu)"},

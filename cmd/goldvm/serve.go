@@ -55,7 +55,7 @@ func runServe(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	listen := fs.String("listen", envOr("GOLDVM_LISTEN", "127.0.0.1:12345"), "address to listen on ($GOLDVM_LISTEN)")
 	dataDir := fs.String("data-dir", envOr("GOLDVM_DATA_DIR", defaultDataDir()), "where images, VMs and the database live ($GOLDVM_DATA_DIR)")
-	token := fs.String("token", os.Getenv("GOLDVM_TOKEN"), "bearer token clients must send; required when not listening on loopback ($GOLDVM_TOKEN)")
+	token := fs.String("token", os.Getenv("GOLDVM_TOKEN"), "bearer token clients must send, at least 16 bytes; required when not listening on loopback ($GOLDVM_TOKEN)")
 	backend := fs.String("backend", envOr("GOLDVM_BACKEND", "qemu"), "hypervisor backend: qemu or vmware ($GOLDVM_BACKEND)")
 	accel := fs.String("accel", envOr("GOLDVM_ACCEL", "auto"), "QEMU acceleration: auto, kvm or tcg ($GOLDVM_ACCEL)")
 	bridge := fs.String("bridge", os.Getenv("GOLDVM_BRIDGE"), "host bridge for network_type=bridged ($GOLDVM_BRIDGE)")
@@ -72,7 +72,7 @@ func runServe(args []string) error {
 	cbBackoff := fs.Duration("callback-backoff", envDuration("GOLDVM_CALLBACK_BACKOFF", time.Second), "wait after the first failed callback; doubles each time, up to a minute")
 	cbTimeout := fs.Duration("callback-timeout", envDuration("GOLDVM_CALLBACK_TIMEOUT", 10*time.Second), "timeout of one callback attempt")
 	urlAllow := fs.String("url-allow", os.Getenv("GOLDVM_URL_ALLOW"), "networks (CIDR, comma-separated) image downloads and callbacks may connect to; empty: any not denied ($GOLDVM_URL_ALLOW)")
-	urlDeny := fs.String("url-deny", envOr("GOLDVM_URL_DENY", netpolicy.DefaultDeny), "networks image downloads and callbacks may not connect to; default: link-local, where clouds serve instance credentials ($GOLDVM_URL_DENY)")
+	urlDeny := fs.String("url-deny", os.Getenv("GOLDVM_URL_DENY"), "more networks (CIDR, comma-separated) image downloads and callbacks may not connect to; link-local ("+netpolicy.DefaultDeny+"), where clouds serve instance credentials, is always denied ($GOLDVM_URL_DENY)")
 	qemuUser := fs.String("qemu-user", os.Getenv("GOLDVM_QEMU_USER"), "as root, run every QEMU as this user (e.g. a system user goldvm-qemu), which owns each VM's directory, disk and tap; \"root\" runs QEMU as root (not recommended) ($GOLDVM_QEMU_USER)")
 	qemuUIDs := fs.String("qemu-uid-range", os.Getenv("GOLDVM_QEMU_UID_RANGE"), "as root, run each VM's QEMU as a user id of its own from FIRST-LAST, ids no account or process uses (checked at start): one VM's QEMU cannot reach another's disk; the default when neither this nor --qemu-user is given is "+qemu.DefaultUIDRange+" ($GOLDVM_QEMU_UID_RANGE)")
 	logLevel := fs.String("log-level", envOr("GOLDVM_LOG_LEVEL", "info"), "debug, info, warn or error")
@@ -87,6 +87,9 @@ func runServe(args []string) error {
 
 	if err := checkListen(*listen, *token); err != nil {
 		return err
+	}
+	if err := server.CheckToken(*token); err != nil {
+		return fmt.Errorf("--token/$GOLDVM_TOKEN: %w", err)
 	}
 	limits := vm.Limits{MaxCPUs: *maxCPUs}
 	if *maxMemory != "" {
@@ -169,6 +172,13 @@ func runServe(args []string) error {
 	// Closed after the manager (defers run last-in first-out): fetches under
 	// way then stop cleanly and keep their partial bytes for the next start.
 	defer images.Close()
+	// Resumes the pre-fetches a restart interrupted; closed before the
+	// store, so that they stop as a shutdown and resume at the next start.
+	prefetcher, err := image.NewPrefetcher(images, image.PrefetchOptions{Logger: log})
+	if err != nil {
+		return fmt.Errorf("image pre-fetches: %w", err)
+	}
+	defer prefetcher.Close()
 
 	// API clients see "$GOLDVM_DATA_DIR/…" instead of where the data lives
 	// (messages name files by the absolute paths goldvm uses).
@@ -203,7 +213,7 @@ func runServe(args []string) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	srv := &http.Server{
-		Handler:           server.New(server.Config{VMs: mgr, Images: images, Token: *token, Redactor: redactor, Logger: log}),
+		Handler:           server.New(server.Config{VMs: mgr, Images: images, Prefetcher: prefetcher, Token: *token, Redactor: redactor, Logger: log}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/goldvm/goldvm/internal/netpolicy"
@@ -60,7 +63,9 @@ func (e *retryableError) Unwrap() error { return e.err }
 // request the stream cannot continue and Read returns errRestart.
 //
 // Network errors, stalls and 5xx/408/429 answers are retried with
-// exponential backoff; other 4xx answers are final.
+// exponential backoff; other 4xx answers, redirect loops, redirects to
+// anything but http(s) and other client-side errors (a bad certificate, a
+// malformed answer) are final (classifyRequestError).
 type remote struct {
 	ctx         context.Context
 	client      *http.Client
@@ -94,9 +99,112 @@ type remote struct {
 	complete  bool
 }
 
+// maxRedirects is how many redirects one request follows (as net/http's
+// default policy).
+const maxRedirects = 10
+
+// redirectError is a redirect the download does not follow: final.
+type redirectError struct{ msg string }
+
+func (e *redirectError) Error() string { return e.msg }
+
+// checkRedirect follows at most maxRedirects redirects, and only to http
+// and https URLs (net/http would try a file:// or ftp:// redirect and fail
+// with an error that looks like a network error).
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= maxRedirects {
+		return &redirectError{fmt.Sprintf("stopped after %d redirects (a redirect loop?)", maxRedirects)}
+	}
+	if req.URL.Scheme != "http" && req.URL.Scheme != "https" {
+		return &redirectError{fmt.Sprintf("redirected to a %s URL; only http and https are fetched", quoteScheme(req.URL.Scheme))}
+	}
+	return nil
+}
+
+// quoteScheme quotes a URL scheme for a message, cut short.
+func quoteScheme(s string) string {
+	if len(s) > 16 {
+		s = s[:16] + "…"
+	}
+	return strconv.Quote(s)
+}
+
+// withRedirectPolicy returns a copy of c that applies checkRedirect before
+// c's own policy, if any.
+func withRedirectPolicy(c *http.Client) *http.Client {
+	cc := *c
+	own := c.CheckRedirect
+	cc.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if err := checkRedirect(req, via); err != nil {
+			return err
+		}
+		if own != nil {
+			return own(req, via)
+		}
+		return nil
+	}
+	return &cc
+}
+
+// classifyRequestError sorts an error of http.Client.Do (the request got no
+// answer) into a final refusal and a transient failure worth a retry.
+// stalled: the stall timer cut the request; connected: a connection to the
+// server was made. Only network errors (a net.Error below the url.Error:
+// timeouts, refused or reset connections, DNS failures), a connection
+// closed early (also on HTTP/2) and stalls are transient; the network
+// policy's refusal, redirect loops, redirects to other schemes,
+// certificate errors and malformed answers are final. A failure to
+// connect is told without its cause: the message must not tell a closed
+// port from a filtered one (the cause goes to the log).
+func (r *remote) classifyRequestError(err error, stalled, connected bool) error {
+	if errors.Is(err, netpolicy.ErrNotAllowed) {
+		return errDownload("the image server's address is not allowed", &refusedError{fmt.Errorf("GET %s: %w", r.display, err)})
+	}
+	var rerr *redirectError
+	if errors.As(err, &rerr) {
+		return errDownload("the image server's redirect was not followed", &refusedError{fmt.Errorf("GET %s: %w", r.display, rerr)})
+	}
+	var dns *net.DNSError
+	if !connected && !errors.As(err, &dns) {
+		r.log.Warn("cannot connect to the image server", "url", r.display, "stalled", stalled, "err", err)
+		return &retryableError{fmt.Errorf("GET %s: cannot connect to %s (closed, filtered or unreachable)", r.display, hostOf(r.url))}
+	}
+	if stalled {
+		return &retryableError{fmt.Errorf("GET %s: no answer for %s: %w", r.display, r.stall, errStalled)}
+	}
+	inner := err
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		inner = ue.Err
+	}
+	var ne net.Error
+	// HTTP/2's connection-level failures (GOAWAY, a lost connection) have
+	// unexported types; they are transient too.
+	if errors.As(inner, &ne) || errors.Is(inner, io.EOF) || errors.Is(inner, io.ErrUnexpectedEOF) ||
+		errors.Is(inner, syscall.ECONNRESET) || strings.HasPrefix(inner.Error(), "http2: ") {
+		return &retryableError{fmt.Errorf("GET %s: %w", r.display, err)}
+	}
+	return errDownload("the image request failed", &refusedError{fmt.Errorf("GET %s: %w", r.display, err)})
+}
+
+// hostOf returns the host:port a URL connects to (without credentials).
+func hostOf(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "the server"
+	}
+	if u.Port() != "" {
+		return u.Host
+	}
+	if u.Scheme == "https" {
+		return u.Host + ":443"
+	}
+	return u.Host + ":80"
+}
+
 func newRemote(ctx context.Context, rawURL string, o *Options, log *slog.Logger) *remote {
 	return &remote{
-		ctx: ctx, client: o.HTTPClient, url: rawURL, display: displayURL(rawURL), log: log,
+		ctx: ctx, client: withRedirectPolicy(o.HTTPClient), url: rawURL, display: displayURL(rawURL), log: log,
 		retries: o.Retries, backoff: o.RetryBackoff, stall: o.StallTimeout,
 		maxDownload: o.MaxDownloadBytes, total: -1,
 	}
@@ -246,6 +354,14 @@ func (r *remote) connect() error {
 		return err
 	}
 	rctx, cancel := context.WithCancel(r.ctx)
+	// connected: the last connection attempt (of this request or of a
+	// redirect) reached the server.
+	var connected atomic.Bool
+	rctx = httptrace.WithClientTrace(rctx, &httptrace.ClientTrace{
+		ConnectStart: func(string, string) { connected.Store(false) },
+		ConnectDone:  func(_, _ string, err error) { connected.Store(err == nil) },
+		GotConn:      func(httptrace.GotConnInfo) { connected.Store(true) },
+	})
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, r.url, nil)
 	if err != nil {
 		cancel()
@@ -279,13 +395,7 @@ func (r *remote) connect() error {
 		if cerr := r.ctx.Err(); cerr != nil {
 			return cerr
 		}
-		if stalled {
-			err = fmt.Errorf("no answer for %s: %w", r.stall, errStalled)
-		}
-		if errors.Is(err, netpolicy.ErrNotAllowed) {
-			return errDownload("the image server's address is not allowed", &refusedError{fmt.Errorf("GET %s: %w", r.display, err)})
-		}
-		return &retryableError{fmt.Errorf("GET %s: %w", r.display, err)}
+		return r.classifyRequestError(err, stalled, connected.Load())
 	}
 	r.body = resp.Body
 	statusErr := fmt.Errorf("GET %s: HTTP %s", r.display, resp.Status)

@@ -381,6 +381,8 @@ func (s *Store) recover() error {
 			}
 		case strings.HasPrefix(name, partialPrefix):
 			// Handled below, once damaged images are gone.
+		case name == prefetchDirName:
+			// The Prefetcher's records (prefetch.go).
 		case strings.HasPrefix(name, delPrefix):
 			s.log.Warn("finishing interrupted image delete", "dir", p)
 			if err := removeTree(p); err != nil {

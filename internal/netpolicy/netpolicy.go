@@ -19,9 +19,9 @@ import (
 	"time"
 )
 
-// DefaultDeny is denied unless a policy says otherwise: link-local
+// DefaultDeny is denied by every Policy that Parse makes: link-local
 // addresses, where clouds serve instance metadata and credentials
-// (169.254.169.254).
+// (169.254.169.254). A deny list adds to it; no list removes it.
 const DefaultDeny = "169.254.0.0/16,fe80::/10"
 
 // ErrNotAllowed is wrapped by the error of a connection the policy refuses.
@@ -35,13 +35,16 @@ type Policy struct {
 }
 
 // Parse makes a Policy from comma-separated lists of CIDR prefixes or
-// addresses, e.g. "10.0.0.0/8,192.168.1.20".
+// addresses, e.g. "10.0.0.0/8,192.168.1.20". The denied networks are
+// DefaultDeny and those of deny: an operator's list adds to the default
+// instead of replacing it, so naming one more network cannot open the
+// cloud's metadata service by accident.
 func Parse(allow, deny string) (*Policy, error) {
 	a, err := parseList(allow)
 	if err != nil {
 		return nil, fmt.Errorf("allowed networks: %w", err)
 	}
-	d, err := parseList(deny)
+	d, err := parseList(DefaultDeny + "," + deny)
 	if err != nil {
 		return nil, fmt.Errorf("denied networks: %w", err)
 	}

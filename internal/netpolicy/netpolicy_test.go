@@ -14,7 +14,17 @@ func TestCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lan, err := Parse("10.0.0.0/8, 192.168.1.20", DefaultDeny+",10.9.0.0/16")
+	lan, err := Parse("10.0.0.0/8, 192.168.1.20", "10.9.0.0/16")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A deny list adds to the default; it never reopens link-local.
+	more, err := Parse("", "203.0.113.0/24")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Allowing link-local does not override the default deny either.
+	allowMeta, err := Parse("169.254.0.0/16", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,6 +44,12 @@ func TestCheck(t *testing.T) {
 		{lan, "192.168.1.21", false},
 		{lan, "10.9.1.1", false}, // denied inside an allowed network
 		{lan, "127.0.0.1", false},
+		{lan, "169.254.169.254", false},
+		{more, "203.0.113.9", false},
+		{more, "169.254.169.254", false},
+		{more, "fe80::1", false},
+		{more, "127.0.0.1", true},
+		{allowMeta, "169.254.169.254", false},
 	} {
 		err := tt.p.Check(netip.MustParseAddr(tt.addr))
 		if (err == nil) != tt.ok || (err != nil && !errors.Is(err, ErrNotAllowed)) {

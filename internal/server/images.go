@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"sync"
-	"time"
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
@@ -13,54 +11,18 @@ import (
 	"github.com/goldvm/goldvm/internal/vm"
 )
 
-// prefetches tracks POST /images fetches still running or failed, so that
-// GET /images can show them next to the published images.
-type prefetches struct {
-	mu    sync.Mutex
-	state map[string]api.ImageInfo
-}
-
-func (p *prefetches) set(info api.ImageInfo) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.state == nil {
-		p.state = map[string]api.ImageInfo{}
+// prefetchInfo shows a pre-fetch under way or failed as GET /images does.
+func (s *Server) prefetchInfo(p image.PrefetchInfo) api.ImageInfo {
+	info := api.ImageInfo{Key: p.Key, URL: p.Spec.URL, ChecksumType: p.Spec.ChecksumType, Checksum: p.Spec.Checksum,
+		State: p.State, CreatedAt: p.Started}
+	if pr := p.Progress; pr != nil {
+		info.Phase, info.Progress = api.Phase(pr.Phase), &api.Progress{BytesDone: pr.BytesDone, BytesTotal: pr.BytesTotal}
 	}
-	p.state[info.Key] = info
-}
-
-// update changes the record of key, if there is one.
-func (p *prefetches) update(key string, f func(*api.ImageInfo)) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if info, ok := p.state[key]; ok {
-		f(&info)
-		p.state[key] = info
+	if p.Err != nil {
+		code, msg := s.redact.CodeOf(p.Err)
+		info.Error = &api.Error{Code: code, Message: clipMessage(msg)}
 	}
-}
-
-// get returns the record of key.
-func (p *prefetches) get(key string) (api.ImageInfo, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	info, ok := p.state[key]
-	return info, ok
-}
-
-func (p *prefetches) remove(key string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.state, key)
-}
-
-func (p *prefetches) list() []api.ImageInfo {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make([]api.ImageInfo, 0, len(p.state))
-	for _, v := range p.state {
-		out = append(out, v)
-	}
-	return out
+	return info
 }
 
 func imageInfo(i image.ImageInfo, users int) api.ImageInfo {
@@ -83,9 +45,9 @@ func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
 		ready[i.Key] = true
 		out.Images = append(out.Images, imageInfo(i, users[i.Key]))
 	}
-	for _, p := range s.prefetch.list() {
+	for _, p := range s.prefetch.List() {
 		if !ready[p.Key] {
-			out.Images = append(out.Images, p)
+			out.Images = append(out.Images, s.prefetchInfo(p))
 		}
 	}
 	writeJSON(w, http.StatusOK, out)
@@ -100,8 +62,8 @@ func (s *Server) getImage(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, imageInfo(i, s.vms.ImageUsage()[key]))
 		return
 	}
-	if info, ok := s.prefetch.get(key); ok && errors.Is(err, errdefs.ErrNotFound) {
-		writeJSON(w, http.StatusOK, info)
+	if p, ok := s.prefetch.Get(key); ok && errors.Is(err, errdefs.ErrNotFound) {
+		writeJSON(w, http.StatusOK, s.prefetchInfo(p))
 		return
 	}
 	s.writeError(w, err)
@@ -132,34 +94,28 @@ func (s *Server) prefetchImage(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, api.ImageInfo{Key: g.Key, URL: g.Spec.URL, ChecksumType: img.ChecksumType, Checksum: img.Checksum, SizeBytes: g.Size, State: "ready"})
 		return
 	}
-	info := api.ImageInfo{Key: key, URL: img.URL, ChecksumType: img.ChecksumType, Checksum: img.Checksum, State: "fetching", CreatedAt: time.Now().UTC()}
-	s.prefetch.set(info)
-	go func() {
-		_, err := s.images.Ensure(context.Background(), spec, func(p image.Progress) {
-			s.prefetch.update(key, func(i *api.ImageInfo) {
-				i.Phase, i.Progress = api.Phase(p.Phase), &api.Progress{BytesDone: p.BytesDone, BytesTotal: p.BytesTotal}
-			})
-		})
-		if err != nil {
-			code, msg := s.redact.CodeOf(err)
-			s.prefetch.update(key, func(i *api.ImageInfo) {
-				i.State, i.Phase, i.Progress, i.Error = "error", "", nil, &api.Error{Code: code, Message: msg}
-			})
-			s.log.Error("prefetch failed", "key", key, "err", err)
-			return
-		}
-		s.prefetch.remove(key)
-	}()
+	p, err := s.prefetch.Start(spec)
+	if err != nil {
+		s.writeError(w, err)
+		return
+	}
 	w.Header().Set("Location", "/images/"+key)
-	writeJSON(w, http.StatusAccepted, info)
+	writeJSON(w, http.StatusAccepted, s.prefetchInfo(p))
 }
 
-// deleteImage removes a published image no VM uses, and forgets a failed
-// pre-fetch of that key (which alone also answers 204).
+// deleteImage removes a published image no VM uses. It also ends a
+// pre-fetch of that key (which alone also answers 204): a failed one is
+// forgotten, one under way is cancelled and its partial download removed
+// (409 image-in-use instead while a VM waits for that image).
 func (s *Server) deleteImage(w http.ResponseWriter, r *http.Request) {
 	key := r.PathValue("key")
-	_, tracked := s.prefetch.get(key)
-	s.prefetch.remove(key)
+	// A delete, once begun, finishes even if the client goes away.
+	ctx := context.WithoutCancel(r.Context())
+	tracked, err := s.prefetch.Cancel(ctx, key, s.vms.ImageUsers)
+	if err != nil {
+		s.writeError(w, err)
+		return
+	}
 	if err := s.images.Delete(key, s.vms.ImageUsers); err != nil && !(tracked && errors.Is(err, errdefs.ErrNotFound)) {
 		s.writeError(w, err)
 		return

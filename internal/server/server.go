@@ -9,9 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"mime"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -38,13 +36,15 @@ type Server struct {
 	log    *slog.Logger
 	mux    *http.ServeMux
 
-	prefetch prefetches
+	prefetch *image.Prefetcher
 }
 
 // Config wires a Server.
 type Config struct {
 	VMs    *vm.Manager
 	Images *image.Store
+	// Prefetcher runs the pre-fetches of POST /images (Images' own).
+	Prefetcher *image.Prefetcher
 	// Redactor hides host directories in error messages (nil: shown).
 	Redactor *errdefs.Redactor
 	// Token, when set, is required as "Authorization: Bearer <token>".
@@ -57,7 +57,7 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Server{vms: cfg.VMs, images: cfg.Images, token: cfg.Token, redact: cfg.Redactor, log: cfg.Logger, mux: http.NewServeMux()}
+	s := &Server{vms: cfg.VMs, images: cfg.Images, prefetch: cfg.Prefetcher, token: cfg.Token, redact: cfg.Redactor, log: cfg.Logger, mux: http.NewServeMux()}
 	s.mux.HandleFunc("POST /vms", s.createVM)
 	s.mux.HandleFunc("GET /vms", s.listVMs)
 	s.mux.HandleFunc("GET /vms/{id}", s.getVM)
@@ -71,17 +71,38 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "backend": s.vms.DriverName()})
 	})
-	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		s.writeError(w, errdefs.Newf(errdefs.ErrNotFound, "not-found", "no such endpoint: %s %s", r.Method, r.URL.Path))
-	})
+	s.mux.HandleFunc("/", s.noRoute)
 	return s
+}
+
+// routeMethods are the methods the routes above use.
+var routeMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodDelete}
+
+// noRoute answers a request no route takes: 405 method-not-allowed, with
+// an Allow header, when the path has routes for other methods, else 404.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range routeMethods {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := s.mux.Handler(probe); pattern != "" && pattern != "/" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeJSON(w, http.StatusMethodNotAllowed, api.Error{Code: "method-not-allowed",
+			Message: fmt.Sprintf("%s is not allowed on %s; use %s", quote(r.Method), quote(r.URL.Path), strings.Join(allow, ", "))})
+		return
+	}
+	s.writeError(w, errdefs.Newf(errdefs.ErrNotFound, "not-found", "no such endpoint: %s %s", quote(r.Method), quote(r.URL.Path)))
 }
 
 // ServeHTTP authenticates, logs and routes a request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	if s.token != "" && r.URL.Path != "/healthz" {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		got, ok := bearerToken(r.Header.Get("Authorization"))
 		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="goldvm"`)
 			writeJSON(w, http.StatusUnauthorized, api.Error{Code: "unauthorized", Message: "a valid bearer token is required"})
@@ -91,6 +112,39 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 	s.mux.ServeHTTP(rec, r)
 	s.log.Debug("http", "method", r.Method, "path", r.URL.Path, "status", rec.status, "dur", time.Since(start))
+}
+
+// MinTokenBytes is the shortest bearer token the daemon accepts.
+const MinTokenBytes = 16
+
+// CheckToken refuses a bearer token the daemon should not start with:
+// shorter than MinTokenBytes, or with characters a client cannot send in
+// an Authorization header (spaces, control characters). "" (no token) is
+// allowed.
+func CheckToken(token string) error {
+	if token == "" {
+		return nil
+	}
+	if len(token) < MinTokenBytes {
+		return fmt.Errorf("the bearer token has %d bytes; use at least %d (e.g. openssl rand -hex 32)", len(token), MinTokenBytes)
+	}
+	for _, c := range []byte(token) {
+		if c <= ' ' || c == 0x7f {
+			return fmt.Errorf("the bearer token contains a space or control character")
+		}
+	}
+	return nil
+}
+
+// bearerToken returns the credentials of an Authorization header that uses
+// the Bearer scheme. Scheme names are case-insensitive (RFC 7235 2.1), and
+// one or more spaces may separate the scheme from the token.
+func bearerToken(header string) (string, bool) {
+	scheme, rest, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	return strings.TrimLeft(rest, " "), true
 }
 
 type statusRecorder struct {
@@ -129,7 +183,46 @@ func (s *Server) writeError(w http.ResponseWriter, err error) {
 		s.log.Error("internal error", "err", err)
 		code, msg = "internal-error", "internal error; see the daemon's log"
 	}
-	writeJSON(w, status, api.Error{Code: code, Message: msg})
+	writeJSON(w, status, api.Error{Code: code, Message: clipMessage(msg)})
+}
+
+// maxMessage bounds an error message sent to a client.
+const maxMessage = 1024
+
+// clipMessage cuts every quoted string in msg (where messages echo what
+// the caller sent: ids, keys, field names, values) to maxEcho bytes, and
+// the whole message to maxMessage bytes. The places that echo input quote
+// it short already (quote); this also covers messages made elsewhere.
+func clipMessage(msg string) string {
+	var b strings.Builder
+	for {
+		i := strings.IndexByte(msg, '"')
+		if i < 0 {
+			b.WriteString(msg)
+			break
+		}
+		b.WriteString(msg[:i])
+		q, err := strconv.QuotedPrefix(msg[i:])
+		if err != nil {
+			b.WriteString(msg[i:])
+			break
+		}
+		if u, err := strconv.Unquote(q); err == nil && len(u) > maxEcho {
+			b.WriteString(quote(u))
+		} else {
+			b.WriteString(q)
+		}
+		msg = msg[i+len(q):]
+	}
+	out := b.String()
+	if len(out) > maxMessage {
+		cut := maxMessage
+		for cut > 0 && !isRuneStart(out[cut]) {
+			cut--
+		}
+		out = out[:cut] + "…"
+	}
+	return out
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -138,86 +231,6 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
-}
-
-// decodeJSON reads a JSON request body into v, strictly: the media type must
-// be application/json, the body at most MaxBodyBytes, no unknown fields, one
-// value only. Syntax errors name the line and column.
-func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
-	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil || mt != "application/json" {
-		return errdefs.Newf(errdefs.ErrUnsupportedMedia, "unsupported-media-type",
-			"request body must be application/json (Content-Type was %q)", r.Header.Get("Content-Type"))
-	}
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return errdefs.Newf(errdefs.ErrInvalid, "request-too-large", "request body is larger than %d bytes", MaxBodyBytes)
-		}
-		return errdefs.New(errdefs.ErrInvalid, "invalid-json", "could not read request body", err)
-	}
-	return DecodeStrict(data, v)
-}
-
-// DecodeStrict decodes one JSON value from data into v with the API's rules
-// and error codes: "invalid-json" for malformed JSON (with line and column),
-// "invalid-request" for well-formed JSON with wrong or unknown fields.
-func DecodeStrict(data []byte, v any) error {
-	dec := json.NewDecoder(strings.NewReader(string(data)))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
-	if err == nil {
-		if dec.More() {
-			line, col := position(data, int(dec.InputOffset()))
-			return errdefs.Newf(errdefs.ErrInvalid, "invalid-json", "unexpected data after the JSON object at line %d, column %d", line, col)
-		}
-		var extra json.RawMessage
-		if dec.Decode(&extra) != io.EOF {
-			line, col := position(data, int(dec.InputOffset()))
-			return errdefs.Newf(errdefs.ErrInvalid, "invalid-json", "unexpected data after the JSON object at line %d, column %d", line, col)
-		}
-		return nil
-	}
-	var syn *json.SyntaxError
-	var typ *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &syn):
-		// Offset counts the bytes read including the offending one.
-		line, col := position(data, max(int(syn.Offset)-1, 0))
-		return errdefs.Newf(errdefs.ErrInvalid, "invalid-json", "malformed JSON at line %d, column %d: %s", line, col, syn.Error())
-	case errors.Is(err, io.EOF):
-		return errdefs.Newf(errdefs.ErrInvalid, "invalid-json", "request body is empty")
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		line, col := position(data, len(data))
-		return errdefs.Newf(errdefs.ErrInvalid, "invalid-json", "malformed JSON: body ends early at line %d, column %d", line, col)
-	case errors.As(err, &typ):
-		field := typ.Field
-		if field == "" {
-			field = "body"
-		}
-		return errdefs.Newf(errdefs.ErrInvalid, "invalid-request", "field %q must be %s, not JSON %s", field, typ.Type, typ.Value)
-	case strings.HasPrefix(err.Error(), "json: unknown field"):
-		return errdefs.Newf(errdefs.ErrInvalid, "invalid-request", "%s", strings.TrimPrefix(err.Error(), "json: "))
-	default:
-		// Errors from our own UnmarshalJSON methods (memory, durations).
-		return errdefs.Newf(errdefs.ErrInvalid, "invalid-request", "%s", strings.TrimPrefix(err.Error(), "json: "))
-	}
-}
-
-// position turns a byte offset into a 1-based line and column.
-func position(data []byte, off int) (line, col int) {
-	off = min(off, len(data))
-	line, col = 1, 1
-	for _, c := range data[:off] {
-		if c == '\n' {
-			line++
-			col = 1
-		} else {
-			col++
-		}
-	}
-	return line, col
 }
 
 func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
@@ -248,7 +261,7 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 		case api.StatusCreating, api.StatusRunning, api.StatusStopped, api.StatusError, api.StatusDeleting:
 			want[st] = true
 		default:
-			s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "invalid-query", "status %q: use creating, running, stopped, error or deleting", st))
+			s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "invalid-query", "status %s: use creating, running, stopped, error or deleting", quote(string(st))))
 			return
 		}
 	}
@@ -259,7 +272,7 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 	}
 	after := q.Get("after")
 	if after != "" && !store.ValidID(after) {
-		s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "invalid-query", "after %q is not a VM id", after))
+		s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "invalid-query", "after %s is not a VM id", quote(after)))
 		return
 	}
 	vms, err := s.vms.List(r.Context())
@@ -309,7 +322,7 @@ func queryCount(q url.Values, name string, def, max int) (int, error) {
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 || n > max {
-		return 0, errdefs.Newf(errdefs.ErrInvalid, "invalid-query", "%s %q: use a number from 1 to %d", name, v, max)
+		return 0, errdefs.Newf(errdefs.ErrInvalid, "invalid-query", "%s %s: use a number from 1 to %d", name, quote(v), max)
 	}
 	return n, nil
 }
