@@ -56,8 +56,8 @@ func TestFaultImageReferencesHostFiles(t *testing.T) {
 		t.Run(tc.desc, func(t *testing.T) {
 			v := mustCreate(t, d, createReq(tc.img, ""))
 			got := waitVM(t, d, v.ID, bootTimeout)
-			if got.Status != api.StatusError || got.Error == nil || got.Error.Code != "image-unsafe-archive" {
-				t.Errorf("an image whose disk reads a host file in %s was not refused as image-unsafe-archive: %s", host, fmtVM(got))
+			if got.Status != api.StatusError || got.Error == nil || got.Error.Code != "image-unsafe-disk" {
+				t.Errorf("an image whose disk reads a host file in %s was not refused as image-unsafe-disk: %s", host, fmtVM(got))
 			} else {
 				t.Logf("refused: %s", got.Error.Message)
 			}
