@@ -121,6 +121,7 @@ func runServe(args []string) error {
 	images, err := image.NewStore(filepath.Join(*dataDir, "images"), image.Options{
 		MaxImageBytes: maxImageBytes, Logger: log, HTTPClient: &http.Client{Transport: netPolicy.Transport()},
 		StallTimeout: *stallTimeout, Retries: *imageRetries, RetryBackoff: *imageBackoff,
+		InUse: vm.ImageUsers(db),
 	})
 	if err != nil {
 		return fmt.Errorf("image store: %w", err)
@@ -149,7 +150,7 @@ func runServe(args []string) error {
 		driver = d
 		limits.MinMemoryMiB = 80 // measured: smaller guests die while the kernel unpacks
 	case "vmware":
-		d, err := vmware.New(vmware.Config{VmrunPath: *vmrun, Logger: log})
+		d, err := vmware.New(vmware.Config{VmrunPath: *vmrun, StateDir: filepath.Join(*dataDir, "vmware"), Logger: log})
 		if err != nil {
 			return fmt.Errorf("vmware backend: %w", err)
 		}

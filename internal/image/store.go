@@ -178,6 +178,11 @@ type Options struct {
 	MaxPartialAge time.Duration
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
+	// InUse tells NewStore how many VMs depend on an image (nil: none).
+	// An image that fails its check at start-up is removed only when no
+	// VM depends on it; otherwise it is kept and reported as damaged
+	// (ImageInfo.Damaged) until Release finds it unused.
+	InUse func(key string) int
 }
 
 func (o *Options) setDefaults() {
@@ -257,6 +262,9 @@ type ImageInfo struct {
 	DiskBytes    int64     `json:"disk_bytes"` // bytes allocated on disk
 	Created      time.Time `json:"created"`
 	LastUsed     time.Time `json:"last_used"`
+	// Damaged, when set, says why the image failed its start-up check. It
+	// is kept because VMs depend on it, and not given to new VMs.
+	Damaged string `json:"damaged,omitempty"`
 }
 
 // marker is the completion marker, written last into a fetched image.
@@ -285,6 +293,10 @@ type Store struct {
 	mu      sync.Mutex
 	flights map[string]*flight
 	closed  bool
+	// dmu guards damaged: key -> why the image failed its start-up check
+	// (kept for its VMs). Taken alone, also under mu.
+	dmu     sync.Mutex
+	damaged map[string]string
 	delMu   sync.Mutex // serialises Delete and Evict
 	// plocks: a fetch holds its key's lock while it uses the key's partial
 	// download (a cancelled fetch may still be saving it when the next
@@ -313,7 +325,7 @@ func NewStore(dir string, opts Options) (*Store, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{dir: abs, opts: opts, log: opts.Logger.With("component", "image"), ctx: ctx, cancel: cancel,
-		flights: map[string]*flight{}, checkpointEvery: checkpointInterval}
+		flights: map[string]*flight{}, damaged: map[string]string{}, checkpointEvery: checkpointInterval}
 	if err := s.recover(); err != nil {
 		cancel()
 		return nil, err
@@ -323,6 +335,10 @@ func NewStore(dir string, opts Options) (*Store, error) {
 
 // Dir returns the store's directory.
 func (s *Store) Dir() string { return s.dir }
+
+// GoldDir returns where the files of image key are once it is published
+// (Gold.Dir). It only computes the path: the image need not exist.
+func (s *Store) GoldDir(key string) string { return filepath.Join(s.dir, key, filesDirName) }
 
 // Close cancels fetches in progress and waits for them to clean up.
 func (s *Store) Close() error {
@@ -361,6 +377,14 @@ func (s *Store) recover() error {
 				continue
 			}
 			if err := s.check(name); err != nil {
+				if n := s.users(name); n > 0 {
+					// Its VMs' disks depend on it: removing it would break
+					// them. It is kept, reported, and not given to new VMs.
+					s.log.Error("image is damaged but VMs depend on it; keeping it until they are deleted",
+						"key", name, "vms", n, "reason", err)
+					s.damaged[name] = err.Error()
+					continue
+				}
 				s.log.Warn("removing incomplete or damaged image", "key", name, "reason", err)
 				if err := removeTree(p); err != nil {
 					return err
@@ -404,6 +428,40 @@ func (s *Store) check(key string) error {
 	return nil
 }
 
+// users asks Options.InUse how many VMs depend on key.
+func (s *Store) users(key string) int {
+	if s.opts.InUse == nil {
+		return 0
+	}
+	return s.opts.InUse(key)
+}
+
+// damagedReason returns why key was found damaged, or "".
+func (s *Store) damagedReason(key string) string {
+	s.dmu.Lock()
+	defer s.dmu.Unlock()
+	return s.damaged[key]
+}
+
+// Release tells the store that a VM depending on key is gone. A damaged
+// image (see Options.InUse) for which inUse now answers 0 is removed, so the
+// next VM fetches it again.
+func (s *Store) Release(key string, inUse func(key string) int) error {
+	if s.damagedReason(key) == "" {
+		return nil
+	}
+	s.delMu.Lock()
+	defer s.delMu.Unlock()
+	if inUse != nil && inUse(key) > 0 {
+		return nil
+	}
+	err := s.deleteLocked(key, inUse)
+	if err == nil {
+		s.log.Info("removed damaged image after its last VM", "key", key)
+	}
+	return err
+}
+
 func (s *Store) readMarker(key string) (*marker, error) {
 	b, err := os.ReadFile(filepath.Join(s.dir, key, markerName))
 	if err != nil {
@@ -420,7 +478,7 @@ func (s *Store) readMarker(key string) (*marker, error) {
 }
 
 func (s *Store) gold(key string, m *marker, spec *Spec) *Gold {
-	g := &Gold{Key: key, Dir: filepath.Join(s.dir, key, filesDirName), Size: m.Size, Format: m.Format,
+	g := &Gold{Key: key, Dir: s.GoldDir(key), Size: m.Size, Format: m.Format,
 		Spec: Spec{URL: m.URL, Checksum: m.Checksum, ChecksumType: m.ChecksumType}}
 	if spec != nil {
 		g.Spec = *spec
@@ -438,6 +496,10 @@ func (s *Store) gold(key string, m *marker, spec *Spec) *Gold {
 func (s *Store) Get(key string) (*Gold, error) {
 	if _, _, err := parseKey(key); err != nil {
 		return nil, err
+	}
+	if why := s.damagedReason(key); why != "" {
+		return nil, errdefs.Newf(errdefs.ErrConflict, CodeDamaged,
+			"image %s is damaged (%s); it is kept for the VMs that depend on it and refetched once they are deleted", key, why)
 	}
 	m, err := s.readMarker(key)
 	if err != nil {
@@ -492,8 +554,13 @@ func (s *Store) Info(key string) (ImageInfo, error) {
 // info describes the image key, a valid key; found is false when it has no
 // readable marker (not published, or half-made) or its files are gone.
 func (s *Store) info(key string) (info ImageInfo, found bool, err error) {
+	why := s.damagedReason(key)
 	m, err := s.readMarker(key)
 	if err != nil {
+		if why != "" {
+			_, disk, _ := treeSize(filepath.Join(s.dir, key))
+			return ImageInfo{Key: key, DiskBytes: disk, Damaged: why}, true, nil
+		}
 		return info, false, nil
 	}
 	_, disk, err := treeSize(filepath.Join(s.dir, key, filesDirName))
@@ -504,7 +571,7 @@ func (s *Store) info(key string) (info ImageInfo, found bool, err error) {
 		return info, false, err
 	}
 	return ImageInfo{Key: key, URL: m.URL, Checksum: m.Checksum, ChecksumType: m.ChecksumType,
-		Format: m.Format, Size: m.Size, DiskBytes: disk, Created: m.Created, LastUsed: s.lastUsed(key, m.Created)}, true, nil
+		Format: m.Format, Size: m.Size, DiskBytes: disk, Created: m.Created, LastUsed: s.lastUsed(key, m.Created), Damaged: why}, true, nil
 }
 
 func (s *Store) lastUsed(key string, created time.Time) time.Time {
@@ -545,7 +612,7 @@ func (s *Store) Delete(key string, inUse func(key string) int) error {
 }
 
 func (s *Store) deleteLocked(key string, inUse func(key string) int) error {
-	if _, err := s.Get(key); err != nil {
+	if _, err := s.Get(key); err != nil && s.damagedReason(key) == "" {
 		return err
 	}
 	if inUse != nil {
@@ -565,6 +632,9 @@ func (s *Store) deleteLocked(key string, inUse func(key string) int) error {
 	if err := os.Rename(filepath.Join(s.dir, key), tomb); err != nil {
 		return ioErr("deleting image", err)
 	}
+	s.dmu.Lock()
+	delete(s.damaged, key)
+	s.dmu.Unlock()
 	if err := syncDir(s.dir); err != nil {
 		return err
 	}
@@ -639,7 +709,7 @@ func (s *Store) Evict(policy EvictPolicy, inUse func(key string) int) ([]string,
 			s.log.Info("evicted partial image download", "key", p.key, "idle", idle, "disk_bytes", in.DiskBytes)
 			continue
 		}
-		if !idle && !over {
+		if !idle && !over && in.Damaged == "" {
 			continue
 		}
 		if inUse != nil && inUse(in.Key) > 0 {
@@ -723,10 +793,14 @@ func (s *Store) Ensure(ctx context.Context, spec Spec, progress func(Progress)) 
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, errdefs400URL(err)
 	}
-	if g, err := s.Get(key); err == nil {
+	g, err := s.Get(key)
+	if err == nil {
 		s.Touch(key)
 		g.Spec = spec
 		return g, nil
+	}
+	if s.damagedReason(key) != "" {
+		return nil, err
 	}
 	s.mu.Lock()
 	if s.closed {
