@@ -60,6 +60,7 @@ type Host struct {
 
 	mu       sync.Mutex
 	machines map[string]*machine // running machines, by VM id
+	reasons  map[string]string   // why the last machine of a VM id stopped
 	calls    map[string]int      // "op id" -> count
 }
 
@@ -71,7 +72,7 @@ type machine struct {
 
 // NewHost returns an empty host.
 func NewHost() *Host {
-	return &Host{machines: map[string]*machine{}, calls: map[string]int{}}
+	return &Host{machines: map[string]*machine{}, reasons: map[string]string{}, calls: map[string]int{}}
 }
 
 // New returns a driver instance on h (a daemon start).
@@ -111,6 +112,7 @@ func (h *Host) Boot(id string) {
 	defer h.mu.Unlock()
 	if h.machines[id] == nil {
 		h.machines[id] = &machine{stopped: make(chan struct{})}
+		delete(h.reasons, id)
 	}
 }
 
@@ -120,6 +122,7 @@ func (h *Host) stopLocked(id, reason string) bool {
 		return false
 	}
 	m.reason = reason
+	h.reasons[id] = reason
 	close(m.stopped)
 	delete(h.machines, id)
 	return true
@@ -298,14 +301,20 @@ func (d *Driver) Destroy(ctx context.Context, spec hypervisor.Spec) error {
 	return nil
 }
 
-// Watch waits until the machine stops or ctx ends.
+// Watch waits until the machine stops or ctx ends. A machine that already
+// stopped answers at once, with the reason it stopped for.
 func (d *Driver) Watch(ctx context.Context, spec hypervisor.Spec) (string, error) {
 	if err := d.host.enter(ctx, OpWatch, spec); err != nil {
 		return "", err
 	}
-	m := d.host.machine(spec.ID)
+	d.host.mu.Lock()
+	m, reason := d.host.machines[spec.ID], d.host.reasons[spec.ID]
+	d.host.mu.Unlock()
 	if m == nil {
-		return "machine is not running", nil
+		if reason == "" {
+			reason = "machine is not running"
+		}
+		return reason, nil
 	}
 	select {
 	case <-m.stopped:
