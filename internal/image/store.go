@@ -780,7 +780,8 @@ func (f *flight) report(p Progress) {
 //
 // Errors are *errdefs.Error with the codes of this package (invalid-checksum,
 // invalid-image-url, checksum-mismatch, image-download-failed, image-corrupt,
-// image-unsafe-archive, image-too-large, disk-full, image-unsupported), a
+// image-unsafe-archive, image-too-large, disk-full, image-unsupported,
+// image-damaged), a
 // context error, or an internal error. On any failure no image is stored;
 // only a cancelled fetch, or one whose server kept failing transiently,
 // leaves its partial download for the next Ensure.

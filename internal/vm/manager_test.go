@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -54,7 +55,7 @@ func newImageServer(t *testing.T, body []byte) *imageServer {
 		s.mu.Lock()
 		hold, started := s.hold, s.started
 		s.mu.Unlock()
-		w.Header().Set("Content-Length", itoa(len(s.body)))
+		w.Header().Set("Content-Length", strconv.Itoa(len(s.body)))
 		if hold == nil {
 			w.Write(s.body)
 			return
@@ -81,17 +82,6 @@ func (s *imageServer) holdNext() (started <-chan struct{}, release func()) {
 	h := s.hold
 	var once sync.Once
 	return s.started, func() { once.Do(func() { close(h) }) }
-}
-
-func itoa(n int) string {
-	b := []byte{}
-	for {
-		b = append([]byte{byte('0' + n%10)}, b...)
-		n /= 10
-		if n == 0 {
-			return string(b)
-		}
-	}
 }
 
 // goldTar is a tar holding one disk file.
