@@ -148,7 +148,10 @@ type ImageInfo struct {
 	Checksum     string `json:"checksum"`
 	SizeBytes    int64  `json:"size_bytes"`
 	VMs          int    `json:"vms"`
-	State        string `json:"state"` // "ready", "fetching" or "error"
+	// State is "ready", "fetching", "error", or "damaged": the stored
+	// image no longer matches what was published, and is kept (not given
+	// to new VMs) until the VMs that depend on it are deleted.
+	State string `json:"state"`
 	// Phase and Progress show a fetch under way: "downloading",
 	// "verifying" or "unpacking", and the bytes downloaded so far.
 	Phase     Phase     `json:"phase,omitempty"`

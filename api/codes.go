@@ -62,12 +62,16 @@ const (
 	CodeImageBadDisk        = "image-bad-disk"
 	CodeImageNoVMX          = "image-no-vmx"
 	CodeImageManyVMX        = "image-many-vmx"
+	CodeImageBadVMX         = "image-bad-vmx"
+	CodeImageDamaged        = "image-damaged"
+	CodeInvalidImageKey     = "invalid-image-key"
 
 	// Errors of the daemon's set-up, which stop `goldvm serve` at start
 	// (or a driver given an impossible VM); no request causes them.
 	CodeHypervisorNotInstalled = "hypervisor-not-installed"
 	CodeSandboxUnsupported     = "sandbox-unsupported"
 	CodeInvalidAccel           = "invalid-accel"
+	CodeVMwareNoStateDir       = "vmware-no-state-dir"
 	CodeInvalidHostType        = "invalid-host-type"
 	CodeInvalidQEMUUser        = "invalid-qemu-user"
 	CodeInvalidSize            = "invalid-size"
@@ -139,10 +143,14 @@ var Codes = []CodeInfo{
 	{CodeImageBadDisk, http.StatusBadRequest, "the image's disk is not readable by qemu-img"},
 	{CodeImageNoVMX, http.StatusBadRequest, "the image holds no .vmx (vmware)"},
 	{CodeImageManyVMX, http.StatusBadRequest, "the image holds several .vmx files (vmware)"},
+	{CodeImageBadVMX, http.StatusBadRequest, "the image's .vmx cannot be read or pointed at the gold disk (vmware)"},
+	{CodeImageDamaged, http.StatusConflict, "the image failed its check at start-up and is kept for the VMs that depend on it; it is fetched again once they are deleted"},
+	{CodeInvalidImageKey, http.StatusBadRequest, "a driver was given an image key it cannot use as a directory name"},
 
 	{CodeHypervisorNotInstalled, http.StatusServiceUnavailable, "QEMU or a tool it needs is not installed (the message names the package)"},
 	{CodeSandboxUnsupported, http.StatusServiceUnavailable, "QEMU was built without `-sandbox` (seccomp) support"},
 	{CodeInvalidAccel, http.StatusBadRequest, "`--accel` names an accelerator this host cannot use"},
+	{CodeVMwareNoStateDir, http.StatusBadRequest, "the VMware driver was given no state directory"},
 	{CodeInvalidHostType, http.StatusBadRequest, "an unknown VMware host type"},
 	{CodeInvalidQEMUUser, http.StatusBadRequest, "`--qemu-user` and `--qemu-uid-range` given together, or unusable"},
 	{CodeInvalidSize, http.StatusBadRequest, "a driver was given a VM of no CPUs or memory"},

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,27 +40,8 @@ const testVMDK = "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffff
 // and guest OS -> delete, through the real API and image store. It proves the
 // wiring, not VMware itself (see internal/hypervisor/vmware/README.md).
 func TestVMwareBackendThroughTheDaemon(t *testing.T) {
-	if goldvmBin == "" {
-		t.Fatalf("goldvm was not built: %v", setupErr)
-	}
 	tmp := t.TempDir()
-	vmrun := filepath.Join(tmp, "vmrun")
-	build := exec.Command("go", "build", "-o", vmrun, "./internal/hypervisor/vmware/testdata/fakevmrun")
-	build.Dir = repoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build stand-in vmrun: %v\n%s", err, out)
-	}
-	state := filepath.Join(tmp, "vmrun-state")
-	os.MkdirAll(state, 0o700)
-
-	srv := newImageServer(t)
-	pkg := filepath.Join(tmp, "pkg", "debian12")
-	bundle := filepath.Join(pkg, "Debian 12.vmwarevm")
-	os.MkdirAll(bundle, 0o755)
-	os.WriteFile(filepath.Join(bundle, "Debian 12.vmx"), []byte(testVMX), 0o644)
-	os.WriteFile(filepath.Join(bundle, "Debian 12.vmdk"), []byte(testVMDK), 0o644)
-	run(t, filepath.Join(tmp, "pkg"), "tar", "-czf", filepath.Join(srv.dir, "debian12.tar.gz"), "debian12")
-	img := api.Image{URL: srv.URL + "/debian12.tar.gz", Checksum: sha256File(t, filepath.Join(srv.dir, "debian12.tar.gz")), ChecksumType: "sha256"}
+	vmrun, state, _, img := vmwareSetup(t, tmp)
 
 	cb := newCallbackServer(t)
 	d := startDaemonEnv(t, filepath.Join(tmp, "data"),
@@ -96,5 +78,131 @@ func TestVMwareBackendThroughTheDaemon(t *testing.T) {
 	assertGone(t, d, v.ID)
 	if running, _ := os.ReadDir(filepath.Join(state, "running")); len(running) != 0 {
 		t.Errorf("stand-in vmrun still has %d running VMs", len(running))
+	}
+}
+
+// vmwareSetup builds the stand-in vmrun into tmp, makes its state
+// directory, and serves a packaged gold VMware VM; it returns vmrun's
+// path, its state directory, the image server and the image.
+func vmwareSetup(t *testing.T, tmp string) (vmrun, state string, srv *imageServer, img api.Image) {
+	t.Helper()
+	if goldvmBin == "" {
+		t.Fatalf("goldvm was not built: %v", setupErr)
+	}
+	vmrun = filepath.Join(tmp, "vmrun")
+	build := exec.Command("go", "build", "-o", vmrun, "./internal/hypervisor/vmware/testdata/fakevmrun")
+	build.Dir = repoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build stand-in vmrun: %v\n%s", err, out)
+	}
+	state = filepath.Join(tmp, "vmrun-state")
+	os.MkdirAll(state, 0o700)
+
+	srv = newImageServer(t)
+	pkg := filepath.Join(tmp, "pkg", "debian12")
+	bundle := filepath.Join(pkg, "Debian 12.vmwarevm")
+	os.MkdirAll(bundle, 0o755)
+	os.WriteFile(filepath.Join(bundle, "Debian 12.vmx"), []byte(testVMX), 0o644)
+	os.WriteFile(filepath.Join(bundle, "Debian 12.vmdk"), []byte(testVMDK), 0o644)
+	run(t, filepath.Join(tmp, "pkg"), "tar", "-czf", filepath.Join(srv.dir, "debian12.tar.gz"), "debian12")
+	img = api.Image{URL: srv.URL + "/debian12.tar.gz", Checksum: sha256File(t, filepath.Join(srv.dir, "debian12.tar.gz")), ChecksumType: "sha256"}
+
+	return vmrun, state, srv, img
+}
+
+// treeListing describes every entry under root: path, mode and size.
+func treeListing(t *testing.T, root string) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		fmt.Fprintf(&b, "%s %v %d\n", rel, fi.Mode(), fi.Size())
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+// TestVMwareRestartKeepsGold restarts a vmware daemon with two VMs of one
+// gold image: the gold tree is exactly as published (VMware's snapshot
+// state is in the driver's own directory), the image is neither removed
+// nor fetched again, both VMs are still running, a third VM is cloned from
+// the same image, and all of it deletes cleanly afterwards; the driver's
+// per-image directory goes with the image.
+func TestVMwareRestartKeepsGold(t *testing.T) {
+	tmp := t.TempDir()
+	vmrun, state, srv, img := vmwareSetup(t, tmp)
+	data := filepath.Join(tmp, "data")
+	d := startDaemonEnv(t, data, []string{"VMRUN_PATH=" + vmrun, "FAKEVMRUN_STATE=" + state}, "--backend", "vmware")
+	ctx := context.Background()
+	var ids []string
+	for range 2 {
+		v := mustCreate(t, d, createReq(img, ""))
+		if got := waitVM(t, d, v.ID, time.Minute); got.Status != api.StatusRunning {
+			t.Fatalf("got %s, want running", fmtVM(got))
+		}
+		ids = append(ids, v.ID)
+	}
+	key := "sha256-" + img.Checksum
+	goldDir := filepath.Join(data, "images", key, "files")
+	before := treeListing(t, goldDir)
+	if _, err := os.Stat(filepath.Join(data, "vmware", key, "base.vmsd")); err != nil {
+		t.Errorf("no snapshot state in the driver's directory: %v", err)
+	}
+
+	d.stop()
+	d.start("--backend", "vmware")
+	if log, _ := os.ReadFile(d.logPath); strings.Contains(string(log), "damaged") {
+		t.Errorf("the restarted daemon found the image damaged:\n%s", lastLines(string(log), 30))
+	}
+	if after := treeListing(t, goldDir); after != before {
+		t.Errorf("the gold tree changed across the restart:\nbefore:\n%safter:\n%s", before, after)
+	}
+	info, err := d.client.GetImage(ctx, key)
+	if err != nil || info.State != "ready" || info.VMs != 2 {
+		t.Fatalf("image after restart: %+v, %v; want ready with 2 VMs", info, err)
+	}
+	for _, id := range ids {
+		if v, err := d.client.GetVM(ctx, id); err != nil || v.Status != api.StatusRunning {
+			t.Fatalf("VM %s after restart: %v, %v", id, v, err)
+		}
+	}
+	fetches := srv.count("/debian12.tar.gz")
+	v := mustCreate(t, d, createReq(img, ""))
+	if got := waitVM(t, d, v.ID, time.Minute); got.Status != api.StatusRunning {
+		t.Fatalf("third VM after restart: %s", fmtVM(got))
+	}
+	ids = append(ids, v.ID)
+	if n := srv.count("/debian12.tar.gz"); n != fetches {
+		t.Errorf("the image was fetched again after the restart (%d requests, were %d)", n, fetches)
+	}
+
+	for _, id := range ids {
+		if err := d.client.DeleteVM(ctx, id); err != nil {
+			t.Fatalf("delete %s: %v", id, err)
+		}
+		assertGone(t, d, id)
+	}
+	if running, _ := os.ReadDir(filepath.Join(state, "running")); len(running) != 0 {
+		t.Errorf("stand-in vmrun still has %d running VMs", len(running))
+	}
+	if left, _ := os.ReadDir(filepath.Join(data, "vms")); len(left) != 0 {
+		t.Errorf("VM directories left: %v", left)
+	}
+	if after := treeListing(t, goldDir); after != before {
+		t.Errorf("the gold tree changed:\nbefore:\n%safter:\n%s", before, after)
+	}
+	if err := d.client.DeleteImage(ctx, key); err != nil {
+		t.Fatalf("delete image: %v", err)
+	}
+	d.stop()
+	d.start("--backend", "vmware")
+	if _, err := os.Stat(filepath.Join(data, "vmware", key)); !os.IsNotExist(err) {
+		t.Errorf("the driver's directory of the deleted image is still there: %v", err)
 	}
 }

@@ -144,7 +144,7 @@ func runServe(args []string) error {
 		driver = d
 		limits.MinMemoryMiB = 80 // measured: smaller guests die while the kernel unpacks
 	case "vmware":
-		d, err := vmware.New(vmware.Config{VmrunPath: *vmrun, Logger: log})
+		d, err := vmware.New(vmware.Config{VmrunPath: *vmrun, StateDir: filepath.Join(*dataDir, "vmware"), Logger: log})
 		if err != nil {
 			return fmt.Errorf("vmware backend: %w", err)
 		}
@@ -156,6 +156,7 @@ func runServe(args []string) error {
 	imageOpts := image.Options{
 		MaxImageBytes: maxImageBytes, Logger: log, HTTPClient: &http.Client{Transport: netPolicy.Transport()},
 		StallTimeout: *stallTimeout, Retries: *imageRetries, RetryBackoff: *imageBackoff,
+		InUse: vm.ImageUsers(db),
 	}
 	if gp, ok := driver.(hypervisor.GoldPreparer); ok {
 		// The driver decides each image's disk, and its format, before the

@@ -7,10 +7,24 @@
 //	State / Watch                         (while it lives, and after a daemon restart)
 //	Destroy                               (delete, or undo of a failed creation)
 //
-// Every method takes the same Spec; a driver keeps all of its per-VM state
-// (overlay, pidfile, sockets, logs) inside Spec.Dir, so that after a restart
-// the daemon can reattach from the record alone. Destroy must be safe on a
-// half-made VM and safe to call twice.
+// Every method takes the same Spec, filled from the VM's record on every call
+// (GoldDir and ImageKey included, also on Destroy, State and after a
+// restart). A driver keeps all of its per-VM state (overlay, pidfile,
+// sockets, logs) inside Spec.Dir, so that after a restart the daemon can
+// reattach from the record alone. Destroy must be safe on a half-made VM and
+// safe to call twice.
+//
+// A driver never writes into Spec.GoldDir: the image store seals a gold
+// tree when it publishes it and checks it on every start. State a driver
+// keeps per gold image (VMware's snapshotted base VM, say) lives in a
+// directory the driver owns, keyed by Spec.ImageKey (see
+// docs/architecture.md for who writes where).
+//
+// Optional capabilities are the small interfaces below (ConsoleReader,
+// Screenshotter, Watcher, Reaper, NetworkChecker); every driver states the
+// ones it has with compile-time checks, and the package
+// internal/hypervisor/drivertest is the conformance suite every driver
+// passes.
 package hypervisor
 
 import (
@@ -25,11 +39,15 @@ type Spec struct {
 	// Dir is the VM's own directory (mode 0700). It exists before Clone is called.
 	// Everything the driver creates for this VM lives here.
 	Dir string
-	// GoldDir is the root of the unpacked, read-only gold image.
+	// GoldDir is the root of the unpacked, read-only gold image. Drivers
+	// read it and never write into it.
 	GoldDir string
 	// GoldDisk is the gold image's disk as the driver's PrepareGold
 	// decided it (zero for drivers without one).
 	GoldDisk GoldDisk
+	// ImageKey is the gold image's store key ("sha256-…"), the name under
+	// which a driver keeps state of its own about that image.
+	ImageKey string
 	// CPUs is the number of virtual CPUs.
 	CPUs int
 	// MemoryMiB is the guest RAM in MiB.
@@ -117,4 +135,21 @@ type ConsoleReader interface {
 type Screenshotter interface {
 	// Screenshot returns a PNG image of the VM's display.
 	Screenshot(ctx context.Context, spec Spec) ([]byte, error)
+}
+
+// Reaper is implemented by drivers that can find and remove hypervisor
+// processes, host devices and per-image state that no record owns (strays
+// after a crash). The manager calls it once, at the end of its recovery.
+type Reaper interface {
+	// Reap removes what belongs to no VM for which known returns true.
+	Reap(ctx context.Context, known func(id string) bool) error
+}
+
+// NetworkChecker is implemented by drivers that support only some network
+// types on this host (bridged needs a configured bridge, say). The manager
+// asks it before it accepts a create request.
+type NetworkChecker interface {
+	// SupportsNetwork returns an error with a stable code when VMs of
+	// networkType cannot be made here, nil when they can.
+	SupportsNetwork(networkType string) error
 }

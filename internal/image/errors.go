@@ -53,6 +53,10 @@ const (
 	CodeNotFound = "image-not-found"
 	// CodeInUse: the image is used by a VM and cannot be deleted (ErrConflict).
 	CodeInUse = "image-in-use"
+	// CodeDamaged: the stored image no longer matches its completion
+	// marker, but VMs depend on it, so it is kept (not served to new VMs)
+	// until the last of them is gone (ErrConflict).
+	CodeDamaged = "image-damaged"
 	// CodeInvalidURL: the image URL is not an absolute http(s) URL (ErrInvalid).
 	CodeInvalidURL = "invalid-image-url"
 )

@@ -187,6 +187,11 @@ type Options struct {
 	// fail the fetch as they are. Images published without it (an older
 	// goldvm, or another backend) are damaged to a store that has it.
 	PrepareDisk func(ctx context.Context, files, scratch string) (Disk, error)
+	// InUse tells NewStore how many VMs depend on an image (nil: none).
+	// An image that fails its check at start-up is removed only when no
+	// VM depends on it; otherwise it is kept and reported as damaged
+	// (ImageInfo.Damaged) until Release finds it unused.
+	InUse func(key string) int
 }
 
 // Disk is an image's disk as PrepareDisk decided it.
@@ -286,6 +291,9 @@ type ImageInfo struct {
 	DiskBytes    int64     `json:"disk_bytes"` // bytes allocated on disk
 	Created      time.Time `json:"created"`
 	LastUsed     time.Time `json:"last_used"`
+	// Damaged, when set, says why the image failed its start-up check. It
+	// is kept because VMs depend on it, and not given to new VMs.
+	Damaged string `json:"damaged,omitempty"`
 }
 
 // marker is the completion marker, written last into a fetched image.
@@ -316,6 +324,10 @@ type Store struct {
 	mu      sync.Mutex
 	flights map[string]*flight
 	closed  bool
+	// dmu guards damaged: key -> why the image failed its start-up check
+	// (kept for its VMs). Taken alone, also under mu.
+	dmu     sync.Mutex
+	damaged map[string]string
 	delMu   sync.Mutex // serialises Delete and Evict
 	// plocks: a fetch holds its key's lock while it uses the key's partial
 	// download (a cancelled fetch may still be saving it when the next
@@ -344,7 +356,7 @@ func NewStore(dir string, opts Options) (*Store, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{dir: abs, opts: opts, log: opts.Logger.With("component", "image"), ctx: ctx, cancel: cancel,
-		flights: map[string]*flight{}, checkpointEvery: checkpointInterval}
+		flights: map[string]*flight{}, damaged: map[string]string{}, checkpointEvery: checkpointInterval}
 	if err := s.recover(); err != nil {
 		cancel()
 		return nil, err
@@ -354,6 +366,10 @@ func NewStore(dir string, opts Options) (*Store, error) {
 
 // Dir returns the store's directory.
 func (s *Store) Dir() string { return s.dir }
+
+// GoldDir returns where the files of image key are once it is published
+// (Gold.Dir). It only computes the path: the image need not exist.
+func (s *Store) GoldDir(key string) string { return filepath.Join(s.dir, key, filesDirName) }
 
 // Close cancels fetches in progress and waits for them to clean up.
 func (s *Store) Close() error {
@@ -394,6 +410,14 @@ func (s *Store) recover() error {
 				continue
 			}
 			if err := s.check(name); err != nil {
+				if n := s.users(name); n > 0 {
+					// Its VMs' disks depend on it: removing it would break
+					// them. It is kept, reported, and not given to new VMs.
+					s.log.Error("image is damaged but VMs depend on it; keeping it until they are deleted",
+						"key", name, "vms", n, "reason", err)
+					s.damaged[name] = err.Error()
+					continue
+				}
 				s.log.Warn("removing incomplete or damaged image", "key", name, "reason", err)
 				if err := removeTree(p); err != nil {
 					return err
@@ -449,6 +473,40 @@ func (s *Store) check(key string) error {
 	return nil
 }
 
+// users asks Options.InUse how many VMs depend on key.
+func (s *Store) users(key string) int {
+	if s.opts.InUse == nil {
+		return 0
+	}
+	return s.opts.InUse(key)
+}
+
+// damagedReason returns why key was found damaged, or "".
+func (s *Store) damagedReason(key string) string {
+	s.dmu.Lock()
+	defer s.dmu.Unlock()
+	return s.damaged[key]
+}
+
+// Release tells the store that a VM depending on key is gone. A damaged
+// image (see Options.InUse) for which inUse now answers 0 is removed, so the
+// next VM fetches it again.
+func (s *Store) Release(key string, inUse func(key string) int) error {
+	if s.damagedReason(key) == "" {
+		return nil
+	}
+	s.delMu.Lock()
+	defer s.delMu.Unlock()
+	if inUse != nil && inUse(key) > 0 {
+		return nil
+	}
+	err := s.deleteLocked(key, inUse)
+	if err == nil {
+		s.log.Info("removed damaged image after its last VM", "key", key)
+	}
+	return err
+}
+
 func (s *Store) readMarker(key string) (*marker, error) {
 	b, err := os.ReadFile(filepath.Join(s.dir, key, markerName))
 	if err != nil {
@@ -465,7 +523,7 @@ func (s *Store) readMarker(key string) (*marker, error) {
 }
 
 func (s *Store) gold(key string, m *marker, spec *Spec) *Gold {
-	g := &Gold{Key: key, Dir: filepath.Join(s.dir, key, filesDirName), Size: m.Size, Format: m.Format,
+	g := &Gold{Key: key, Dir: s.GoldDir(key), Size: m.Size, Format: m.Format,
 		Spec: Spec{URL: m.URL, Checksum: m.Checksum, ChecksumType: m.ChecksumType}}
 	if spec != nil {
 		g.Spec = *spec
@@ -488,6 +546,10 @@ func (s *Store) gold(key string, m *marker, spec *Spec) *Gold {
 func (s *Store) Get(key string) (*Gold, error) {
 	if _, _, err := parseKey(key); err != nil {
 		return nil, err
+	}
+	if why := s.damagedReason(key); why != "" {
+		return nil, errdefs.Newf(errdefs.ErrConflict, CodeDamaged,
+			"image %s is damaged (%s); it is kept for the VMs that depend on it and refetched once they are deleted", key, why)
 	}
 	m, err := s.readMarker(key)
 	if err != nil {
@@ -542,8 +604,13 @@ func (s *Store) Info(key string) (ImageInfo, error) {
 // info describes the image key, a valid key; found is false when it has no
 // readable marker (not published, or half-made) or its files are gone.
 func (s *Store) info(key string) (info ImageInfo, found bool, err error) {
+	why := s.damagedReason(key)
 	m, err := s.readMarker(key)
 	if err != nil {
+		if why != "" {
+			_, disk, _ := treeSize(filepath.Join(s.dir, key))
+			return ImageInfo{Key: key, DiskBytes: disk, Damaged: why}, true, nil
+		}
 		return info, false, nil
 	}
 	_, disk, err := treeSize(filepath.Join(s.dir, key, filesDirName))
@@ -560,7 +627,7 @@ func (s *Store) info(key string) (info ImageInfo, found bool, err error) {
 		}
 	}
 	return ImageInfo{Key: key, URL: m.URL, Checksum: m.Checksum, ChecksumType: m.ChecksumType,
-		Format: m.Format, Size: m.Size, DiskBytes: disk, Created: m.Created, LastUsed: s.lastUsed(key, m.Created)}, true, nil
+		Format: m.Format, Size: m.Size, DiskBytes: disk, Created: m.Created, LastUsed: s.lastUsed(key, m.Created), Damaged: why}, true, nil
 }
 
 func (s *Store) lastUsed(key string, created time.Time) time.Time {
@@ -601,7 +668,7 @@ func (s *Store) Delete(key string, inUse func(key string) int) error {
 }
 
 func (s *Store) deleteLocked(key string, inUse func(key string) int) error {
-	if _, err := s.Get(key); err != nil {
+	if _, err := s.Get(key); err != nil && s.damagedReason(key) == "" {
 		return err
 	}
 	if inUse != nil {
@@ -621,6 +688,9 @@ func (s *Store) deleteLocked(key string, inUse func(key string) int) error {
 	if err := os.Rename(filepath.Join(s.dir, key), tomb); err != nil {
 		return ioErr("deleting image", err)
 	}
+	s.dmu.Lock()
+	delete(s.damaged, key)
+	s.dmu.Unlock()
 	if err := syncDir(s.dir); err != nil {
 		return err
 	}
@@ -695,7 +765,7 @@ func (s *Store) Evict(policy EvictPolicy, inUse func(key string) int) ([]string,
 			s.log.Info("evicted partial image download", "key", p.key, "idle", idle, "disk_bytes", in.DiskBytes)
 			continue
 		}
-		if !idle && !over {
+		if !idle && !over && in.Damaged == "" {
 			continue
 		}
 		if inUse != nil && inUse(in.Key) > 0 {
@@ -766,7 +836,8 @@ func (f *flight) report(p Progress) {
 //
 // Errors are *errdefs.Error with the codes of this package (invalid-checksum,
 // invalid-image-url, checksum-mismatch, image-download-failed, image-corrupt,
-// image-unsafe-archive, image-too-large, disk-full, image-unsupported), a
+// image-unsafe-archive, image-too-large, disk-full, image-unsupported,
+// image-damaged), a
 // context error, or an internal error. On any failure no image is stored;
 // only a cancelled fetch, or one whose server kept failing transiently,
 // leaves its partial download for the next Ensure.
@@ -779,10 +850,14 @@ func (s *Store) Ensure(ctx context.Context, spec Spec, progress func(Progress)) 
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, errdefs400URL(err)
 	}
-	if g, err := s.Get(key); err == nil {
+	g, err := s.Get(key)
+	if err == nil {
 		s.Touch(key)
 		g.Spec = spec
 		return g, nil
+	}
+	if s.damagedReason(key) != "" {
+		return nil, err
 	}
 	s.mu.Lock()
 	if s.closed {

@@ -26,10 +26,16 @@ func (s *Server) prefetchInfo(p image.PrefetchInfo) api.ImageInfo {
 }
 
 func imageInfo(i image.ImageInfo, users int) api.ImageInfo {
-	return api.ImageInfo{
+	info := api.ImageInfo{
 		Key: i.Key, URL: i.URL, ChecksumType: i.ChecksumType, Checksum: i.Checksum,
 		SizeBytes: i.DiskBytes, VMs: users, State: "ready", CreatedAt: i.Created, LastUsed: i.LastUsed,
 	}
+	if i.Damaged != "" {
+		// Kept for the VMs that depend on it (see image.Options.InUse).
+		info.State = "damaged"
+		info.Error = &api.Error{Code: image.CodeDamaged, Message: i.Damaged}
+	}
+	return info
 }
 
 func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {

@@ -18,7 +18,6 @@ import (
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
-	"github.com/goldvm/goldvm/internal/hypervisor"
 	"github.com/goldvm/goldvm/internal/image"
 	"github.com/goldvm/goldvm/internal/store"
 	"github.com/goldvm/goldvm/internal/vm"
@@ -348,14 +347,9 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, err)
 		return
 	}
-	cr, ok := s.vms.Driver().(hypervisor.ConsoleReader)
-	if !ok {
-		s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "not-supported", "the %s backend keeps no console output", s.vms.DriverName()))
-		return
-	}
-	out, err := cr.Console(r.Context(), s.vms.Spec(v.ID), int64(tail))
+	out, err := s.vms.Console(r.Context(), v.ID, int64(tail))
 	if err != nil {
-		s.writeError(w, fmt.Errorf("console: %w", err))
+		s.writeError(w, err)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -369,18 +363,9 @@ func (s *Server) screenshot(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, err)
 		return
 	}
-	shot, ok := s.vms.Driver().(hypervisor.Screenshotter)
-	if !ok {
-		s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "not-supported", "the %s backend cannot take screenshots", s.vms.DriverName()))
-		return
-	}
-	if v.Status != api.StatusRunning {
-		s.writeError(w, errdefs.Newf(errdefs.ErrConflict, "vm-not-running", "VM %s is %s, not running", v.ID, v.Status))
-		return
-	}
-	png, err := shot.Screenshot(r.Context(), s.vms.Spec(v.ID))
+	png, err := s.vms.Screenshot(r.Context(), v.ID)
 	if err != nil {
-		s.writeError(w, fmt.Errorf("screenshot: %w", err))
+		s.writeError(w, err)
 		return
 	}
 	w.Header().Set("Content-Type", "image/png")

@@ -31,18 +31,12 @@ type ImageStore interface {
 	Ensure(ctx context.Context, spec image.Spec, progress func(image.Progress)) (*image.Gold, error)
 	// Touch marks an image as just used.
 	Touch(key string)
-}
-
-// NetworkChecker is implemented by drivers that support only some network
-// types on this host (e.g. bridged needs a configured bridge).
-type NetworkChecker interface {
-	SupportsNetwork(networkType string) error
-}
-
-// Reaper is implemented by drivers that can find and remove hypervisor
-// processes and host devices that no record owns (strays after a crash).
-type Reaper interface {
-	Reap(ctx context.Context, known func(id string) bool) error
+	// GoldDir is where the gold image key's files are (or would be) once
+	// published; it is computed, the image need not exist.
+	GoldDir(key string) string
+	// Release tells the store a VM that depended on key is gone (a damaged
+	// image is removed once inUse answers 0 for it).
+	Release(key string, inUse func(key string) int) error
 }
 
 // Config wires a Manager.
@@ -126,9 +120,6 @@ func (m *Manager) Close() {
 // DriverName is the backend in use.
 func (m *Manager) DriverName() string { return m.cfg.Driver.Name() }
 
-// Driver returns the backend, for optional features (screenshots).
-func (m *Manager) Driver() hypervisor.Driver { return m.cfg.Driver }
-
 func (m *Manager) crashPoint(point string) {
 	if m.cfg.CrashPoint != nil {
 		m.cfg.CrashPoint(point)
@@ -181,11 +172,18 @@ func (m *Manager) stop(set map[string]*task, id string) {
 	}
 }
 
-func (m *Manager) spec(r *store.Record, goldDir string) hypervisor.Spec {
-	return hypervisor.Spec{
-		ID: r.ID, Dir: r.Dir, GoldDir: goldDir, CPUs: r.CPUs, MemoryMiB: r.MemoryMiB,
+// spec is the driver's view of the VM r, the same on every call: the gold
+// image's key and directory come from the record's image, whether or not
+// the image is (still) there.
+func (m *Manager) spec(r *store.Record) hypervisor.Spec {
+	s := hypervisor.Spec{
+		ID: r.ID, Dir: r.Dir, CPUs: r.CPUs, MemoryMiB: r.MemoryMiB,
 		Network: r.NetworkType, Headless: r.Headless,
 	}
+	if key, err := image.Key(imageSpec(r)); err == nil {
+		s.ImageKey, s.GoldDir = key, m.cfg.Images.GoldDir(key)
+	}
+	return s
 }
 
 // Create validates req, stores a record in status "creating" and starts the
@@ -195,7 +193,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest) (*api.VM,
 	if err != nil {
 		return nil, err
 	}
-	if nc, ok := m.cfg.Driver.(NetworkChecker); ok {
+	if nc, ok := m.cfg.Driver.(hypervisor.NetworkChecker); ok {
 		if err := nc.SupportsNetwork(v.NetworkType); err != nil {
 			return nil, err
 		}
@@ -250,7 +248,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 		log.Error("create: record vanished", "err", err)
 		return
 	}
-	info, goldDir, err := m.create(ctx, r)
+	info, err := m.create(ctx, r)
 	if ctx.Err() != nil {
 		log.Info("create interrupted; left for recovery or delete", "phase", r.Phase)
 		return
@@ -259,7 +257,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 		code, msg := m.cfg.Redactor.CodeOf(err)
 		log.Error("create failed", "code", code, "err", err)
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.DestroyTimeout)
-		if derr := m.cfg.Driver.Destroy(dctx, m.spec(r, goldDir)); derr != nil {
+		if derr := m.cfg.Driver.Destroy(dctx, m.spec(r)); derr != nil {
 			log.Error("undo of failed create", "err", derr)
 		}
 		cancel()
@@ -289,11 +287,11 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 	m.deliverCallback(ctx, id)
 }
 
-// create runs the steps; it returns the gold dir so a failure can be undone.
-func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.GuestInfo, string, error) {
+// create runs the steps.
+func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.GuestInfo, error) {
 	id := r.ID
 	if err := m.setPhase(id, api.PhaseDownloading); err != nil {
-		return hypervisor.GuestInfo{}, "", err
+		return hypervisor.GuestInfo{}, err
 	}
 	var lastWrite time.Time
 	var lastPhase string
@@ -322,32 +320,32 @@ func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.Guest
 	}
 	gold, err := m.cfg.Images.Ensure(ctx, imageSpec(r), progress)
 	if err != nil {
-		return hypervisor.GuestInfo{}, "", err
+		return hypervisor.GuestInfo{}, err
 	}
 	m.cfg.Images.Touch(gold.Key)
 	if err := m.setPhase(id, api.PhaseCloning); err != nil {
-		return hypervisor.GuestInfo{}, gold.Dir, err
+		return hypervisor.GuestInfo{}, err
 	}
-	spec := m.spec(r, gold.Dir)
+	spec := m.spec(r)
 	if d := gold.Disk; d != nil {
 		spec.GoldDisk = hypervisor.GoldDisk{Path: d.Path, Format: d.Format, VirtualSize: d.VirtualSize, Source: d.Source}
 	}
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
-		return hypervisor.GuestInfo{}, gold.Dir, fmt.Errorf("create VM directory: %w", err)
+		return hypervisor.GuestInfo{}, fmt.Errorf("create VM directory: %w", err)
 	}
 	if err := m.cfg.Driver.Clone(ctx, spec); err != nil {
-		return hypervisor.GuestInfo{}, gold.Dir, err
+		return hypervisor.GuestInfo{}, err
 	}
 	m.crashPoint(CrashCloned)
 	if err := m.setPhase(id, api.PhaseBooting); err != nil {
-		return hypervisor.GuestInfo{}, gold.Dir, err
+		return hypervisor.GuestInfo{}, err
 	}
 	if err := m.cfg.Driver.Start(ctx, spec); err != nil {
-		return hypervisor.GuestInfo{}, gold.Dir, err
+		return hypervisor.GuestInfo{}, err
 	}
 	m.crashPoint(CrashBooting)
 	if err := m.setPhase(id, api.PhaseDiscovering); err != nil {
-		return hypervisor.GuestInfo{}, gold.Dir, err
+		return hypervisor.GuestInfo{}, err
 	}
 	m.crashPoint(CrashDiscovering)
 	dctx, cancel := context.WithTimeout(ctx, time.Duration(r.ToolsInitTimeout))
@@ -359,7 +357,7 @@ func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.Guest
 				fmt.Sprintf("the guest did not report its address within tools_init_timeout (%s)", time.Duration(r.ToolsInitTimeout)), err)
 		}
 	}
-	return info, gold.Dir, err
+	return info, err
 }
 
 // deliverCallback posts the record to callback_url, persisting each attempt.
@@ -403,7 +401,7 @@ func (m *Manager) startWatch(id string) {
 		if err != nil {
 			return
 		}
-		reason, err := w.Watch(ctx, m.spec(r, ""))
+		reason, err := w.Watch(ctx, m.spec(r))
 		if ctx.Err() != nil {
 			return
 		}
@@ -439,7 +437,7 @@ func (m *Manager) Get(ctx context.Context, id string) (*api.VM, error) {
 	}
 	// Drivers that cannot watch are asked on each read.
 	if _, ok := m.cfg.Driver.(hypervisor.Watcher); !ok && r.Status == api.StatusRunning {
-		if st, err := m.cfg.Driver.State(ctx, m.spec(r, "")); err == nil && st == hypervisor.StateStopped {
+		if st, err := m.cfg.Driver.State(ctx, m.spec(r)); err == nil && st == hypervisor.StateStopped {
 			m.markStopped(id, "machine is no longer running")
 			if r2, err := m.get(id); err == nil {
 				r = r2
@@ -476,6 +474,25 @@ func (m *Manager) ImageUsage() map[string]int {
 	if err != nil {
 		return nil
 	}
+	return imageUsage(recs)
+}
+
+// ImageUsers returns, for the image store's start-up check
+// (image.Options.InUse, asked before there is a Manager), how many of
+// db's VMs depend on an image; as Manager.ImageUsers, "many" when the
+// records cannot be read.
+func ImageUsers(db *store.Store) func(key string) int {
+	return func(key string) int {
+		recs, err := db.List()
+		if err != nil {
+			return 1 << 30
+		}
+		return imageUsage(recs)[key]
+	}
+}
+
+// imageUsage counts the records per gold image key (see ImageUsage).
+func imageUsage(recs []*store.Record) map[string]int {
 	usage := map[string]int{}
 	for _, r := range recs {
 		if r.Status == api.StatusError {
@@ -535,7 +552,7 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 func (m *Manager) destroy(ctx context.Context, r *store.Record) error {
 	dctx, cancel := context.WithTimeout(ctx, m.cfg.DestroyTimeout)
 	defer cancel()
-	if err := m.cfg.Driver.Destroy(dctx, m.spec(r, "")); err != nil {
+	if err := m.cfg.Driver.Destroy(dctx, m.spec(r)); err != nil {
 		return fmt.Errorf("destroy vm %s: %w", r.ID, err)
 	}
 	m.crashPoint(CrashDestroyed)
@@ -547,6 +564,11 @@ func (m *Manager) destroy(ctx context.Context, r *store.Record) error {
 	}
 	m.forget(r.ID)
 	m.log.Info("vm deleted", "vm", r.ID)
+	if key, err := image.Key(imageSpec(r)); err == nil {
+		if err := m.cfg.Images.Release(key, m.ImageUsers); err != nil {
+			m.log.Error("release the vm's image", "vm", r.ID, "key", key, "err", err)
+		}
+	}
 	return nil
 }
 
@@ -563,7 +585,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 	for _, r := range recs {
 		known[r.ID] = true
 		log := m.log.With("vm", r.ID)
-		spec := m.spec(r, "")
+		spec := m.spec(r)
 		switch r.Status {
 		case api.StatusCreating:
 			// Whatever was half made is removed; the pipeline starts again
@@ -628,7 +650,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 		}
 		os.RemoveAll(dir)
 	}
-	if rp, ok := m.cfg.Driver.(Reaper); ok {
+	if rp, ok := m.cfg.Driver.(hypervisor.Reaper); ok {
 		if err := rp.Reap(ctx, func(id string) bool { return known[id] }); err != nil {
 			m.log.Error("recover: reap strays", "err", err)
 		}
@@ -636,13 +658,46 @@ func (m *Manager) Recover(ctx context.Context) error {
 	return nil
 }
 
-// Spec returns the driver's view of a VM, for optional driver features.
-func (m *Manager) Spec(id string) hypervisor.Spec {
+// Console returns at most the last limit bytes of the VM's serial console
+// (see hypervisor.ConsoleReader). A backend that keeps none answers
+// errdefs.ErrInvalid with code "not-supported".
+func (m *Manager) Console(ctx context.Context, id string, limit int64) ([]byte, error) {
+	cr, ok := m.cfg.Driver.(hypervisor.ConsoleReader)
+	if !ok {
+		return nil, errdefs.Newf(errdefs.ErrInvalid, "not-supported", "the %s backend keeps no console output", m.cfg.Driver.Name())
+	}
 	r, err := m.get(id)
 	if err != nil {
-		return hypervisor.Spec{ID: id}
+		return nil, err
 	}
-	return m.spec(r, "")
+	out, err := cr.Console(ctx, m.spec(r), limit)
+	if err != nil {
+		return nil, fmt.Errorf("console: %w", err)
+	}
+	return out, nil
+}
+
+// Screenshot returns a PNG of the running VM's display (see
+// hypervisor.Screenshotter). A backend that cannot take one answers
+// errdefs.ErrInvalid with code "not-supported"; a VM that is not running,
+// errdefs.ErrConflict with code "vm-not-running".
+func (m *Manager) Screenshot(ctx context.Context, id string) ([]byte, error) {
+	shot, ok := m.cfg.Driver.(hypervisor.Screenshotter)
+	if !ok {
+		return nil, errdefs.Newf(errdefs.ErrInvalid, "not-supported", "the %s backend cannot take screenshots", m.cfg.Driver.Name())
+	}
+	r, err := m.get(id)
+	if err != nil {
+		return nil, err
+	}
+	if r.Status != api.StatusRunning {
+		return nil, errdefs.Newf(errdefs.ErrConflict, "vm-not-running", "VM %s is %s, not running", r.ID, r.Status)
+	}
+	png, err := shot.Screenshot(ctx, m.spec(r))
+	if err != nil {
+		return nil, fmt.Errorf("screenshot: %w", err)
+	}
+	return png, nil
 }
 
 // dirHasEntries reports whether dir exists and is not empty.

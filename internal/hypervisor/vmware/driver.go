@@ -44,10 +44,11 @@ func exists(p string) bool {
 }
 
 // Clone makes a linked clone of the gold VM in spec.Dir as <id>.vmx: it
-// makes sure the gold VM has the driver's snapshot, runs
-// `vmrun clone <gold.vmx> <dir>/<id>.vmx linked -snapshot=<name> -cloneName=<id>`
+// makes sure the driver's base VM of the image exists and has the driver's
+// snapshot (see ensureBase; the gold folder itself is only read), runs
+// `vmrun clone <base.vmx> <dir>/<id>.vmx linked -snapshot=<name> -cloneName=<id>`
 // and then edits the clone's .vmx for spec (see configure). All vmrun work on
-// one gold VM is serialized, since VMware locks the gold VM while it works.
+// one base VM is serialized, since VMware locks it while it works.
 func (d *Driver) Clone(ctx context.Context, spec hypervisor.Spec) error {
 	if err := checkSpec(spec); err != nil {
 		return err
@@ -59,27 +60,35 @@ func (d *Driver) Clone(ctx context.Context, spec hypervisor.Spec) error {
 	if err != nil {
 		return err
 	}
+	dir, err := d.baseDir(spec)
+	if err != nil {
+		return err
+	}
 	dst := vmxPath(spec)
 	if exists(dst) {
 		return errdefs.Newf(errdefs.ErrConflict, "vm-exists", "the VM directory already holds a clone (%s)", filepath.Base(dst))
 	}
-	g := d.gold(goldVMX)
+	g := d.gold(dir)
 	if err := g.lock(ctx); err != nil {
 		return err
 	}
-	err = withWritableGold(goldVMX, func() error {
-		if err := d.ensureSnapshot(ctx, g, goldVMX); err != nil {
+	err = func() error {
+		base, err := d.ensureBase(spec, goldVMX)
+		if err != nil {
 			return err
 		}
-		_, err := d.run(ctx, false, "clone", goldVMX, dst, "linked",
+		if err := d.ensureSnapshot(ctx, g, base); err != nil {
+			return err
+		}
+		_, err = d.run(ctx, false, "clone", base, dst, "linked",
 			"-snapshot="+d.cfg.SnapshotName, "-cloneName="+spec.ID)
 		if err != nil && !keepsSnapshot(err) {
 			// The snapshot may have been deleted behind our back: check
 			// again next time.
 			g.snapshot = false
 		}
-		return mapErr("cloning the gold VM", err)
-	})
+		return mapErr("cloning the base VM", err)
+	}()
 	g.unlock()
 	if err != nil {
 		return err
@@ -335,25 +344,19 @@ func (d *Driver) stop(ctx context.Context, spec hypervisor.Spec, path string) er
 	return mapErr("stopping the VM", err)
 }
 
-// deleteVM runs `vmrun deleteVM`. VMware updates the gold VM's record of
-// its linked clones while doing so, so it runs under the gold's lock and
-// writable window when the gold VM is still there.
+// deleteVM runs `vmrun deleteVM`. VMware updates the base VM's record of
+// its linked clones while doing so, so it runs under the image's lock when
+// spec names the image (the manager always does; a stray directory found
+// without a record does not).
 func (d *Driver) deleteVM(ctx context.Context, spec hypervisor.Spec, path string) error {
-	del := func() error {
-		_, err := d.run(ctx, false, "deleteVM", path)
-		return err
-	}
-	var err error
-	if goldVMX, gerr := findGoldVMX(spec.GoldDir); gerr == nil && spec.GoldDir != "" {
-		g := d.gold(goldVMX)
+	if dir, derr := d.baseDir(spec); derr == nil {
+		g := d.gold(dir)
 		if err := g.lock(ctx); err != nil {
 			return err
 		}
-		err = withWritableGold(goldVMX, del)
-		g.unlock()
-	} else {
-		err = del()
+		defer g.unlock()
 	}
+	_, err := d.run(ctx, false, "deleteVM", path)
 	if err == nil || isNotFound(err) {
 		return nil
 	}

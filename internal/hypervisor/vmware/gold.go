@@ -7,10 +7,13 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 
 	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/hypervisor"
+	"github.com/goldvm/goldvm/internal/hypervisor/vmware/vmx"
 )
 
 // findGoldVMX returns the one .vmx file anywhere under root (a VM folder,
@@ -57,90 +60,155 @@ func findGoldVMX(root string) (string, error) {
 		"the image has %d .vmx files (%s); it must hold exactly one VM", len(found), strings.Join(rel, ", "))
 }
 
-// withWritableGold runs fn while the folder holding the gold .vmx, and the
-// files in it other than disks, are writable by their owner.
-//
-// goldvm keeps gold images read-only (folders 0555, files 0444), but VMware
-// writes into a VM's folder when it snapshots it (a .vmsd, a new delta disk,
-// the rewritten .vmx), when it clones it (the .vmx.lck lock directory, the
-// clone's record in the .vmsd) and when a linked clone is deleted. The
-// window is opened only for those steps, under the gold's mutex; afterwards
-// every pre-existing entry gets its mode back and the new files VMware left
-// (the .vmsd, the snapshot's delta disk) are made read-only too. The .vmdk
-// files that existed before are never made writable: the base disk that all
-// clones share stays read-only throughout.
-//
-// A running clone only takes shared locks on the base disk, which VMware
-// manages without writing into a read-only folder.
-func withWritableGold(goldVMX string, fn func() error) (err error) {
-	dir := filepath.Dir(goldVMX)
-	dirInfo, err := os.Stat(dir)
-	if err != nil {
-		return err
+// baseName is the driver's copy of a gold .vmx in its per-image directory.
+const baseName = "base.vmx"
+
+// sourceName records, in the per-image directory, which gold .vmx the base
+// was made from (so a stale directory is recognised and rebuilt, and Reap
+// can tell when its image is gone).
+const sourceName = "source"
+
+// baseDir is the driver's directory for one gold image:
+// <Config.StateDir>/<image key>.
+func (d *Driver) baseDir(spec hypervisor.Spec) (string, error) {
+	if d.cfg.StateDir == "" {
+		return "", errdefs.Newf(errdefs.ErrInvalid, "vmware-no-state-dir", "the VMware driver has no state directory (Config.StateDir)")
 	}
-	before := map[string]os.FileMode{}
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return err
+	if !keyPattern.MatchString(spec.ImageKey) {
+		return "", errdefs.Newf(errdefs.ErrInvalid, "invalid-image-key", "image key %q is not usable as a directory name", spec.ImageKey)
 	}
-	for _, e := range ents {
-		if info, err := e.Info(); err == nil {
-			before[e.Name()] = info.Mode()
-		}
-	}
-	defer func() {
-		var errs []error
-		after, rerr := os.ReadDir(dir)
-		if rerr != nil {
-			errs = append(errs, rerr)
-		}
-		for _, e := range after {
-			p := filepath.Join(dir, e.Name())
-			mode, existed := before[e.Name()]
-			switch {
-			case existed && !e.IsDir():
-				if info, err := e.Info(); err == nil && info.Mode().Perm() != mode.Perm() {
-					errs = append(errs, os.Chmod(p, mode.Perm()))
-				}
-			case !existed && e.Type().IsRegular():
-				if info, err := e.Info(); err == nil {
-					errs = append(errs, os.Chmod(p, info.Mode().Perm()&^0o222))
-				}
-			}
-		}
-		errs = append(errs, os.Chmod(dir, dirInfo.Mode().Perm()))
-		if rerr := errors.Join(errs...); rerr != nil {
-			err = errors.Join(err, fmt.Errorf("restoring the gold image's read-only modes: %w", rerr))
-		}
-	}()
-	if err := os.Chmod(dir, dirInfo.Mode().Perm()|0o700); err != nil {
-		return fmt.Errorf("making the gold VM folder writable: %w", err)
-	}
-	for _, e := range ents {
-		if !e.Type().IsRegular() || strings.EqualFold(filepath.Ext(e.Name()), ".vmdk") {
-			continue
-		}
-		mode := before[e.Name()]
-		if mode.Perm()&0o200 == 0 {
-			if err := os.Chmod(filepath.Join(dir, e.Name()), mode.Perm()|0o200); err != nil {
-				return fmt.Errorf("making %s writable: %w", e.Name(), err)
-			}
-		}
-	}
-	return fn()
+	return filepath.Join(d.cfg.StateDir, spec.ImageKey), nil
 }
 
-// ensureSnapshot makes sure the gold VM has the driver's snapshot. It asks
-// vmrun once per gold and driver (the answer is remembered) and creates the
+// keyPattern is what an image key may look like ("sha256-<hex>").
+var keyPattern = regexp.MustCompile(`^[a-z0-9]+-[0-9a-f]{16,128}$`)
+
+// ensureBase makes sure the driver's base VM of the gold image exists and
+// returns its .vmx. The base VM is what vmrun snapshots and clones from: a
+// copy of the gold .vmx in the driver's own directory whose disk
+// references (every "*.fileName" naming a file of the gold folder) are
+// rewritten to the gold files' absolute paths. VMware writes the
+// snapshot's state (.vmsd, the base's new delta disk, the rewritten .vmx,
+// lock directories, the clones' records) beside the base .vmx, never into
+// the gold folder, and the linked clones' delta disks have the gold disk
+// as their parent. The caller holds the image's lock.
+func (d *Driver) ensureBase(spec hypervisor.Spec, goldVMX string) (string, error) {
+	dir, err := d.baseDir(spec)
+	if err != nil {
+		return "", err
+	}
+	base := filepath.Join(dir, baseName)
+	if src, err := os.ReadFile(filepath.Join(dir, sourceName)); err == nil && exists(base) {
+		if comparablePath(strings.TrimSpace(string(src))) == comparablePath(goldVMX) {
+			return base, nil
+		}
+		d.log.Warn("rebuilding the base VM of a moved gold image", "dir", dir, "was", strings.TrimSpace(string(src)), "now", goldVMX)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return "", fmt.Errorf("removing a stale base VM: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("creating the base VM directory: %w", err)
+	}
+	f, err := vmx.ReadFile(goldVMX)
+	if err != nil {
+		return "", errdefs.New(errdefs.ErrInvalid, "image-bad-vmx", "cannot read the gold image's .vmx", err)
+	}
+	goldFolder := filepath.Dir(goldVMX)
+	for _, k := range f.Keys() {
+		if !strings.HasSuffix(strings.ToLower(k), ".filename") {
+			continue
+		}
+		v, _ := f.Get(k)
+		if v == "" || filepath.IsAbs(v) {
+			continue
+		}
+		p := filepath.Join(goldFolder, v)
+		if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
+			continue // a device name ("auto detect"), or not shipped with the image
+		}
+		if err := f.Set(k, p); err != nil {
+			return "", errdefs.New(errdefs.ErrInvalid, "image-bad-vmx", "cannot point the base VM at the gold disk", err)
+		}
+	}
+	if err := f.WriteFile(base, 0o600); err != nil {
+		return "", fmt.Errorf("writing the base VM's .vmx: %w", err)
+	}
+	// The source record is written last: a base without it is rebuilt.
+	if err := writeFileSynced(filepath.Join(dir, sourceName), []byte(goldVMX+"\n")); err != nil {
+		return "", fmt.Errorf("recording the base VM's gold image: %w", err)
+	}
+	d.log.Info("made base VM", "vmx", base, "gold", goldVMX)
+	return base, nil
+}
+
+// writeFileSynced writes data to path through a synced temporary file and
+// a rename.
+func writeFileSynced(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err != nil {
+		return err
+	}
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
+}
+
+// Reap removes the per-image directories whose gold image is gone (the
+// image store deleted or evicted it after its last VM). VMs are not
+// touched: VMware's processes are not the driver's children, and vmrun
+// lists them by .vmx, which the manager's records name.
+func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
+	if d.cfg.StateDir == "" {
+		return nil
+	}
+	ents, err := os.ReadDir(d.cfg.StateDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		if !e.IsDir() || !keyPattern.MatchString(e.Name()) {
+			continue
+		}
+		dir := filepath.Join(d.cfg.StateDir, e.Name())
+		src, err := os.ReadFile(filepath.Join(dir, sourceName))
+		if err == nil && exists(strings.TrimSpace(string(src))) {
+			continue
+		}
+		d.log.Info("removing the base VM of a gone gold image", "dir", dir)
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ensureSnapshot makes sure the base VM has the driver's snapshot. It asks
+// vmrun once per image and driver (the answer is remembered) and creates the
 // snapshot if missing; "already exists" (made meanwhile by someone else) is
-// fine. The caller holds g's lock and the writable window.
-func (d *Driver) ensureSnapshot(ctx context.Context, g *goldState, goldVMX string) error {
+// fine. The caller holds g's lock.
+func (d *Driver) ensureSnapshot(ctx context.Context, g *goldState, baseVMX string) error {
 	if g.snapshot {
 		return nil
 	}
-	out, err := d.run(ctx, false, "listSnapshots", goldVMX)
+	out, err := d.run(ctx, false, "listSnapshots", baseVMX)
 	if err != nil {
-		return mapErr("listing the gold VM's snapshots", err)
+		return mapErr("listing the base VM's snapshots", err)
 	}
 	for _, line := range strings.Split(out, "\n") {
 		line = strings.TrimSpace(line)
@@ -149,9 +217,9 @@ func (d *Driver) ensureSnapshot(ctx context.Context, g *goldState, goldVMX strin
 			return nil
 		}
 	}
-	d.log.Info("creating gold snapshot", "vmx", goldVMX, "snapshot", d.cfg.SnapshotName)
-	if _, err := d.run(ctx, false, "snapshot", goldVMX, d.cfg.SnapshotName); err != nil && !isExists(err) {
-		return mapErr("snapshotting the gold VM", err)
+	d.log.Info("creating the base VM snapshot", "vmx", baseVMX, "snapshot", d.cfg.SnapshotName)
+	if _, err := d.run(ctx, false, "snapshot", baseVMX, d.cfg.SnapshotName); err != nil && !isExists(err) {
+		return mapErr("snapshotting the base VM", err)
 	}
 	g.snapshot = true
 	return nil

@@ -2,6 +2,8 @@ package vmware
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -73,8 +75,11 @@ const goldDisk = "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffff
 // gold is a gold image laid out as goldvm unpacks it.
 type gold struct {
 	root string // spec.GoldDir
+	key  string // spec.ImageKey
 	vmx  string
 	vmdk string
+	// tree is every entry under root as made: its mode and contents.
+	tree map[string]string
 }
 
 // makeGold unpacks a gold VM under a fresh directory: root/<top>/Debian
@@ -96,7 +101,54 @@ func makeGold(t *testing.T, top string) gold {
 	must(t, os.WriteFile(filepath.Join(root, "__MACOSX", top, "._Debian 12.vmx"), []byte("junk"), 0o644))
 	setReadOnly(t, root)
 	t.Cleanup(func() { setWritable(root) })
+	sum := sha256.Sum256([]byte(root))
+	g.key = "sha256-" + hex.EncodeToString(sum[:])
+	g.tree = treeOf(t, root)
 	return g
+}
+
+// treeOf describes every entry under root: its mode and, for files, contents.
+func treeOf(t *testing.T, root string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	must(t, filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := e.Info()
+		if err != nil {
+			return err
+		}
+		desc := info.Mode().String()
+		if info.Mode().IsRegular() {
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			desc += " " + string(data)
+		}
+		out[p] = desc
+		return nil
+	}))
+	return out
+}
+
+// checkGoldUntouched checks the gold image is exactly as published: the
+// same entries, modes and contents (VMware's snapshot state lives in the
+// driver's own directory).
+func checkGoldUntouched(t *testing.T, g gold) {
+	t.Helper()
+	got := treeOf(t, g.root)
+	for p, want := range g.tree {
+		if got[p] != want {
+			t.Errorf("gold entry %s changed: %q, want %q", p, got[p], want)
+		}
+	}
+	for p := range got {
+		if _, ok := g.tree[p]; !ok {
+			t.Errorf("gold image gained %s", p)
+		}
+	}
 }
 
 func setReadOnly(t *testing.T, root string) {
@@ -137,19 +189,26 @@ func must(t testing.TB, err error) {
 	}
 }
 
-// env is a stand-in vmrun's world: its state directory.
+// env is a stand-in vmrun's world: its state directory, and the driver's
+// own directory (kept across driver instances, as across daemon restarts).
 type env struct {
-	state string
+	state    string
+	stateDir string
 }
 
 func newEnv(t *testing.T) env {
-	return env{state: t.TempDir()}
+	return env{state: t.TempDir(), stateDir: filepath.Join(t.TempDir(), "vmware")}
+}
+
+// base is the driver's base VM of g.
+func (e env) base(g gold) string {
+	return filepath.Join(e.stateDir, g.key, baseName)
 }
 
 // driver returns a Driver running the stand-in vmrun with the given knobs.
 func (e env) driver(t *testing.T, knobs ...string) *Driver {
 	t.Helper()
-	d, err := New(Config{VmrunPath: fakeVmrun, HostType: "fusion", Logger: testLogger(t), StopTimeout: 5 * time.Second})
+	d, err := New(Config{VmrunPath: fakeVmrun, HostType: "fusion", StateDir: e.stateDir, Logger: testLogger(t), StopTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +253,7 @@ func spec(t *testing.T, g gold, id string) hypervisor.Spec {
 	must(t, os.MkdirAll(dir, 0o700))
 	must(t, os.WriteFile(filepath.Join(dir, "record.json"), []byte("{}"), 0o600))
 	return hypervisor.Spec{
-		ID: id, Dir: dir, GoldDir: g.root,
+		ID: id, Dir: dir, GoldDir: g.root, ImageKey: g.key,
 		CPUs: 3, MemoryMiB: 1025, Network: api.NetworkNAT, Headless: true,
 	}
 }

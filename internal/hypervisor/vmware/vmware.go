@@ -35,7 +35,13 @@ type Config struct {
 	// HostType is vmrun's -T argument: "fusion", "ws" or "player". Empty:
 	// "fusion" on macOS, "ws" elsewhere.
 	HostType string
-	// SnapshotName is the snapshot made once in each gold VM and cloned
+	// StateDir is the driver's own directory (goldvm serve:
+	// <data-dir>/vmware). It holds one directory per gold image, named by
+	// the image key, with the base VM that is snapshotted and cloned from
+	// (see Driver.Clone); the gold image itself is never written. Required
+	// for Clone.
+	StateDir string
+	// SnapshotName is the snapshot made once in each base VM and cloned
 	// from. Empty: "goldvm-base".
 	SnapshotName string
 	// StopTimeout bounds the graceful `vmrun stop … soft` in Destroy before
@@ -78,11 +84,11 @@ type Driver struct {
 	waitDelay time.Duration
 
 	mu    sync.Mutex
-	golds map[string]*goldState // by comparable gold .vmx path
+	golds map[string]*goldState // by comparable base VM directory
 }
 
-// goldState serializes the operations on one gold VM and remembers that its
-// snapshot exists.
+// goldState serializes the operations on one gold image's base VM and
+// remembers that its snapshot exists.
 type goldState struct {
 	sem      chan struct{} // holds one token while an operation runs
 	snapshot bool          // guarded by sem
@@ -101,7 +107,11 @@ func (g *goldState) lock(ctx context.Context) error {
 // unlock frees the gold VM.
 func (g *goldState) unlock() { <-g.sem }
 
-var _ hypervisor.Driver = (*Driver)(nil)
+// The contract and the optional capabilities the driver has.
+var (
+	_ hypervisor.Driver = (*Driver)(nil)
+	_ hypervisor.Reaper = (*Driver)(nil)
+)
 
 // New returns a Driver, after finding vmrun. It fails with a clear error,
 // naming every place it looked, when vmrun is not installed, so that the
@@ -208,9 +218,9 @@ func quoteAll(ss []string) []string {
 	return out
 }
 
-// gold returns the state of the gold VM at vmx.
-func (d *Driver) gold(vmx string) *goldState {
-	k := comparablePath(vmx)
+// gold returns the state of the base VM in dir.
+func (d *Driver) gold(dir string) *goldState {
+	k := comparablePath(dir)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	g := d.golds[k]

@@ -122,7 +122,7 @@ func TestLifecycle(t *testing.T) {
 			}
 		}
 		if c[2] == "clone" {
-			wantArgs := []string{g.vmx, clone, "linked", "-snapshot=goldvm-base", "-cloneName=vm-1"}
+			wantArgs := []string{e.base(g), clone, "linked", "-snapshot=goldvm-base", "-cloneName=vm-1"}
 			if !slices.Equal(c[3:], wantArgs) {
 				t.Errorf("clone call %q, want %q", c[3:], wantArgs)
 			}
@@ -135,36 +135,7 @@ func TestLifecycle(t *testing.T) {
 		t.Error("Destroy did not stop and delete the VM through vmrun")
 	}
 
-	checkGoldReadOnly(t, g)
-}
-
-// checkGoldReadOnly checks the gold image is read-only again after the
-// driver opened it for VMware: the old files keep their modes and contents,
-// and the files VMware added (.vmsd, snapshot delta) are read-only too.
-func checkGoldReadOnly(t *testing.T, g gold) {
-	t.Helper()
-	dir := filepath.Dir(g.vmx)
-	if m := fileMode(t, dir); m != 0o555 {
-		t.Errorf("gold VM folder mode %v, want 0555", m)
-	}
-	if m := fileMode(t, g.vmdk); m != 0o444 {
-		t.Errorf("gold disk mode %v", m)
-	}
-	if !bytes.Equal(readFile(t, g.vmdk), []byte(goldDisk)) {
-		t.Error("gold disk was modified")
-	}
-	for _, name := range listDir(t, dir) {
-		p := filepath.Join(dir, name)
-		if st, _ := os.Stat(p); !st.IsDir() && fileMode(t, p)&0o222 != 0 {
-			t.Errorf("gold file %s left writable (%v)", name, fileMode(t, p))
-		}
-		if strings.HasSuffix(name, ".lck") {
-			t.Errorf("lock %s left in the gold folder", name)
-		}
-	}
-	if _, err := os.Stat(strings.TrimSuffix(g.vmx, ".vmx") + ".vmsd"); err != nil {
-		t.Errorf("no .vmsd next to the gold .vmx: %v", err)
-	}
+	checkGoldUntouched(t, g)
 }
 
 // TestSnapshotOnce proves the gold snapshot is made once: two clones by one
@@ -191,7 +162,7 @@ func TestSnapshotOnce(t *testing.T) {
 	if n := e.count(t, "listSnapshots"); n != 2 {
 		t.Errorf("after restart listSnapshots ran %d times, want 2", n)
 	}
-	checkGoldReadOnly(t, g)
+	checkGoldUntouched(t, g)
 }
 
 // TestSnapshotAlreadyExists proves "A snapshot with the name already exists"
@@ -240,7 +211,7 @@ func TestConcurrentClonesSerialized(t *testing.T) {
 	if n := e.count(t, "clone"); n != 4 {
 		t.Errorf("clone ran %d times", n)
 	}
-	checkGoldReadOnly(t, g)
+	checkGoldUntouched(t, g)
 }
 
 // TestLocked proves a locked VM maps to ErrConflict with code "vm-locked"
@@ -260,26 +231,23 @@ func TestLocked(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(s.Dir, "x.vmx")); err == nil {
 			t.Error("a failed clone left a .vmx")
 		}
-		checkGoldReadOnly(t, g)
+		checkGoldUntouched(t, g)
 	})
 	t.Run("lock-dir", func(t *testing.T) {
 		e := newEnv(t)
 		g := makeGold(t, "img")
 		d := e.driver(t)
-		dir := filepath.Dir(g.vmx)
-		must(t, os.Chmod(dir, 0o755))
-		must(t, os.Mkdir(g.vmx+".lck", 0o755))
-		must(t, os.Chmod(dir, 0o555))
+		must(t, d.Clone(ctx, spec(t, g, "a")))
+		must(t, os.Mkdir(e.base(g)+".lck", 0o755))
 		err := d.Clone(ctx, spec(t, g, "x"))
 		if !errors.Is(err, errdefs.ErrConflict) || code(err) != "vm-locked" {
 			t.Fatalf("Clone of a locked VM: %v (code %s)", err, code(err))
 		}
 		// Once the other process lets go, the same driver clones: the
 		// failed attempt did not poison its state.
-		must(t, os.Chmod(dir, 0o755))
-		must(t, os.Remove(g.vmx+".lck"))
-		must(t, os.Chmod(dir, 0o555))
+		must(t, os.Remove(e.base(g)+".lck"))
 		must(t, d.Clone(ctx, spec(t, g, "y")))
+		checkGoldUntouched(t, g)
 	})
 	t.Run("start", func(t *testing.T) {
 		e := newEnv(t)
@@ -406,7 +374,7 @@ func TestDestroy(t *testing.T) {
 		if got := listDir(t, s.Dir); !slices.Equal(got, []string{"record.json"}) {
 			t.Errorf("left %v", got)
 		}
-		checkGoldReadOnly(t, g)
+		checkGoldUntouched(t, g)
 	})
 	t.Run("soft-stop-hangs", func(t *testing.T) {
 		e := newEnv(t)
@@ -756,7 +724,7 @@ func TestCloneWaitsForGoldUnderCtx(t *testing.T) {
 	e := newEnv(t)
 	g := makeGold(t, "img")
 	d := e.driver(t)
-	busy := d.gold(g.vmx)
+	busy := d.gold(filepath.Dir(e.base(g)))
 	must(t, busy.lock(context.Background()))
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
@@ -769,4 +737,45 @@ func TestCloneWaitsForGoldUnderCtx(t *testing.T) {
 	}
 	busy.unlock()
 	must(t, d.Clone(context.Background(), spec(t, g, "r")))
+}
+
+// TestBaseVMOutsideGold proves the snapshot state lives in the driver's own
+// directory: the base .vmx points at the gold disk by absolute path, the
+// .vmsd and the delta disk VMware writes lie beside it, a new driver (a
+// restart) reuses it, and Reap removes it only once its gold image is gone.
+func TestBaseVMOutsideGold(t *testing.T) {
+	e := newEnv(t)
+	g := makeGold(t, "img")
+	other := makeGold(t, "other")
+	ctx := context.Background()
+	must(t, e.driver(t).Clone(ctx, spec(t, g, "a")))
+	must(t, e.driver(t).Clone(ctx, spec(t, other, "b")))
+	f, err := vmx.ReadFile(e.base(g))
+	must(t, err)
+	if v, _ := f.Get("scsi0:0.fileName"); v != g.vmdk {
+		t.Errorf("base VM disk %q, want the gold disk %q", v, g.vmdk)
+	}
+	if got := listDir(t, filepath.Dir(e.base(g))); !slices.Equal(got, []string{"base-000001.vmdk", "base.vmsd", "base.vmx", "source"}) {
+		t.Errorf("base VM directory holds %v", got)
+	}
+	d := e.driver(t)
+	must(t, d.Clone(ctx, spec(t, g, "c")))
+	if n := e.count(t, "snapshot"); n != 2 {
+		t.Errorf("snapshot ran %d times, want 2 (one per image)", n)
+	}
+	checkGoldUntouched(t, g)
+
+	must(t, d.Reap(ctx, func(string) bool { return true }))
+	if !exists(e.base(g)) || !exists(e.base(other)) {
+		t.Fatal("Reap removed the base VM of an image that is still there")
+	}
+	setWritable(other.root)
+	must(t, os.RemoveAll(other.root))
+	must(t, d.Reap(ctx, func(string) bool { return true }))
+	if exists(filepath.Dir(e.base(other))) {
+		t.Error("Reap kept the base VM of a gone image")
+	}
+	if !exists(e.base(g)) {
+		t.Error("Reap removed the base VM of an image that is still there")
+	}
 }
