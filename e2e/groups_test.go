@@ -63,6 +63,18 @@ func groupIDs(g *api.Group) []string {
 	return ids
 }
 
+// qcow2Daemon publishes the test guest as a qcow2 image and starts a
+// daemon (with extra flags) that is stopped, its strays killed, at the end.
+func qcow2Daemon(t *testing.T, extra ...string) (*daemon, *imageServer, api.Image) {
+	t.Helper()
+	srv := newImageServer(t)
+	img := publish(t, srv, "qcow2")
+	dir := t.TempDir()
+	d := startDaemon(t, dir, extra...)
+	t.Cleanup(func() { d.stop(); killStrays(t, dir) })
+	return d, srv, img
+}
+
 // TestGroup drives a group of tiny real guests through the daemon: it
 // comes up at its size with its tags; a VM whose QEMU is killed and a VM
 // deleted through the API are replaced; it scales 2→1→2; suspend keeps a
@@ -71,11 +83,8 @@ func groupIDs(g *api.Group) []string {
 // a scale-up leaves no duplicate; deleting the group destroys its VMs.
 func TestGroup(t *testing.T) {
 	requireEnv(t)
-	srv := newImageServer(t)
-	img := publish(t, srv, "qcow2")
-	dir := t.TempDir()
-	d := startDaemon(t, dir)
-	t.Cleanup(func() { d.stop(); killStrays(t, dir) })
+	d, _, img := qcow2Daemon(t)
+	dir := d.dataDir
 	ctx := context.Background()
 	c := d.client
 
@@ -217,12 +226,8 @@ func TestGroup(t *testing.T) {
 // backs off instead of creating VMs in a loop.
 func TestGroupDegraded(t *testing.T) {
 	requireEnv(t)
-	srv := newImageServer(t)
-	img := publish(t, srv, "qcow2")
+	d, srv, img := qcow2Daemon(t, "--group-retry-backoff", "500ms")
 	img.Checksum = strings.Repeat("0", 64)
-	dir := t.TempDir()
-	d := startDaemon(t, dir, "--group-retry-backoff", "500ms")
-	t.Cleanup(func() { d.stop(); killStrays(t, dir) })
 	ctx := context.Background()
 	path := strings.TrimPrefix(img.URL, srv.URL)
 	if _, err := d.client.PutGroup(ctx, "bad", api.GroupSpec{Size: 2, MaxSurge: 2, Template: createReq(img, "")}); err != nil {

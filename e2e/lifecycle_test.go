@@ -13,11 +13,7 @@ import (
 // where its status does not allow the action.
 func TestLifecycleActions(t *testing.T) {
 	requireEnv(t)
-	srv := newImageServer(t)
-	img := publish(t, srv, "qcow2")
-	dir := t.TempDir()
-	d := startDaemon(t, dir)
-	t.Cleanup(func() { d.stop(); killStrays(t, dir) })
+	d, _, img := qcow2Daemon(t)
 	ctx := context.Background()
 	c := d.client
 	v := waitVM(t, d, mustCreate(t, d, createReq(img, "")).ID, 3*time.Minute)
