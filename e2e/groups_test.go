@@ -262,4 +262,8 @@ func TestGroupDegraded(t *testing.T) {
 	if g.State != api.GroupOK || g.Failures != 0 {
 		t.Errorf("fixed group: state %s, %d failures; want ok, 0", g.State, g.Failures)
 	}
+	if err := d.client.DeleteGroup(ctx, "bad", false); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, d, g.VMs[0].ID)
 }
