@@ -16,11 +16,14 @@ const (
 	StatusStopped  Status = "stopped"
 	StatusError    Status = "error"
 	StatusDeleting Status = "deleting"
+	// StatusSuspended is a VM paused by POST /vms/{id}/suspend: its
+	// machine keeps its memory but runs no guest code until resumed.
+	StatusSuspended Status = "suspended"
 )
 
 // IsFinal reports whether creation has ended in this status (successfully or not).
 func (s Status) IsFinal() bool {
-	return s == StatusRunning || s == StatusStopped || s == StatusError
+	return s == StatusRunning || s == StatusStopped || s == StatusError || s == StatusSuspended
 }
 
 // Phase names the step a VM in StatusCreating is at.
@@ -122,11 +125,14 @@ type VM struct {
 	SSHAddress string `json:"ssh_address,omitempty"`
 	Error      *Error `json:"error,omitempty"`
 	// StopReason says why a VM that was running stopped.
-	StopReason string            `json:"stop_reason,omitempty"`
-	Progress   *Progress         `json:"progress,omitempty"`
-	Callback   *CallbackDelivery `json:"callback,omitempty"`
-	CreatedAt  time.Time         `json:"created_at"`
-	UpdatedAt  time.Time         `json:"updated_at"`
+	StopReason string `json:"stop_reason,omitempty"`
+	// Tags are the VM's labels (see ValidTagKey); a group's VMs carry
+	// TagGroup and TagTemplate.
+	Tags      map[string]string `json:"tags,omitempty"`
+	Progress  *Progress         `json:"progress,omitempty"`
+	Callback  *CallbackDelivery `json:"callback,omitempty"`
+	CreatedAt time.Time         `json:"created_at"`
+	UpdatedAt time.Time         `json:"updated_at"`
 }
 
 // VMList is the reply of GET /vms.

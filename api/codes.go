@@ -25,12 +25,14 @@ const (
 	CodeVMNotFound           = "vm-not-found"
 	CodeImageNotFound        = "image-not-found"
 	CodeImageInUse           = "image-in-use"
+	CodeGroupNotFound        = "group-not-found"
 	CodeInternalError        = "internal-error"
 
 	// Errors of a VM: in a reply about it, or in its record when creation
 	// failed.
 	CodeVMLocked          = "vm-locked"
 	CodeVMNotRunning      = "vm-not-running"
+	CodeVMInvalidState    = "vm-invalid-state"
 	CodeVMExists          = "vm-exists"
 	CodeVMNotCloned       = "vm-not-cloned"
 	CodeVMDiskMissing     = "vm-disk-missing"
@@ -109,10 +111,12 @@ var Codes = []CodeInfo{
 	{CodeVMNotFound, http.StatusNotFound, "no VM has this id"},
 	{CodeImageNotFound, http.StatusNotFound, "no image has this key"},
 	{CodeImageInUse, http.StatusConflict, "`DELETE /images/{key}` while a VM depends on the image"},
+	{CodeGroupNotFound, http.StatusNotFound, "no group has this name"},
 	{CodeInternalError, http.StatusInternalServerError, "an unexpected error; the daemon's log has the details"},
 
 	{CodeVMLocked, http.StatusConflict, "the VM's files are locked by another process (or, with VMware, its .vmx is locked or corrupt)"},
 	{CodeVMNotRunning, http.StatusConflict, "the VM is not running (a screenshot of a stopped VM; the guest stopped while booting)"},
+	{CodeVMInvalidState, http.StatusConflict, "the VM's status does not allow the action (`/resume` of a running VM, `/start` of one being created, a change to one being deleted)"},
 	{CodeVMExists, http.StatusConflict, "the VM's directory already holds a clone (vmware)"},
 	{CodeVMNotCloned, http.StatusConflict, "the VM has no .vmx to start (vmware)"},
 	{CodeVMDiskMissing, http.StatusConflict, "the VM has no disk to start (qemu)"},

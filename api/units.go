@@ -200,4 +200,8 @@ type CreateVMRequest struct {
 	LaunchGUI        *bool    `json:"launch_gui,omitempty"`
 	CallbackURL      string   `json:"callback_url,omitempty"`
 	ToolsInitTimeout Duration `json:"tools_init_timeout,omitempty"`
+	// Tags label the VM: at most MaxTags, keys of 1-63 characters from
+	// [a-z0-9._/-], values of at most MaxTagValueBytes bytes. Keys that
+	// start with "goldvm." are the daemon's own.
+	Tags map[string]string `json:"tags,omitempty"`
 }

@@ -8,8 +8,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -141,6 +143,8 @@ type ListOptions struct {
 	Limit int
 	// After lists only VMs older than the one with this id (a reply's Next).
 	After string
+	// Tags keeps only VMs that carry all these tags.
+	Tags map[string]string
 }
 
 // ListVMsPage returns the VMs opts selects, newest first.
@@ -158,6 +162,9 @@ func (c *Client) ListVMsPage(ctx context.Context, opts ListOptions) (*api.VMList
 	}
 	if opts.After != "" {
 		q.Set("after", opts.After)
+	}
+	for _, k := range slices.Sorted(maps.Keys(opts.Tags)) {
+		q.Add("tag", k+"="+opts.Tags[k])
 	}
 	path := "/vms"
 	if len(q) > 0 {

@@ -148,6 +148,8 @@ func runList(args []string) error {
 	status := fs.String("status", "", "only VMs in these statuses, comma-separated (creating, running, stopped, error, deleting)")
 	limit := fs.Int("limit", 0, fmt.Sprintf("at most this many VMs, newest first (1 to %d; 0: all)", api.MaxPageSize))
 	after := fs.String("after", "", "only VMs older than this id (the previous page names it)")
+	var tags tagFlags
+	fs.Var(&tags, "tag", "only VMs with this tag, key=value (repeat: all of them)")
 	fs.Parse(args)
 	if fs.NArg() != 0 {
 		return fmt.Errorf("ls takes no arguments, got %q", fs.Args())
@@ -158,7 +160,7 @@ func runList(args []string) error {
 			opts.Status = append(opts.Status, api.Status(st))
 		}
 	}
-	opts.Limit, opts.After = *limit, *after
+	opts.Limit, opts.After, opts.Tags = *limit, *after, tags.m
 	l, err := cf.client().ListVMsPage(context.Background(), opts)
 	if err != nil {
 		return err

@@ -17,6 +17,9 @@ Usage:
   goldvm ls      [flags]            list VMs, newest first
   goldvm rm      [flags] ID...      delete VMs and free their disks
   goldvm images  [ls|pull|rm] ...   list, pre-fetch or delete gold images
+  goldvm group   [set|ls|get|rm] .. keep groups of VMs at a size
+  goldvm stop|start|restart|suspend|resume ID
+                                    run a lifecycle action on a VM
 
 Client commands talk to $GOLDVM_ADDR (default 127.0.0.1:12345) with the bearer
 token $GOLDVM_TOKEN if set; --json prints JSON for scripts.
@@ -45,6 +48,10 @@ func main() {
 		err = runRemove(args)
 	case "images":
 		err = runImages(args)
+	case "group", "groups":
+		err = runGroup(args)
+	case "stop", "start", "restart", "suspend", "resume":
+		err = runAction(os.Args[1], args)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

@@ -20,6 +20,7 @@ import (
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/callback"
 	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/group"
 	"github.com/goldvm/goldvm/internal/hypervisor"
 	"github.com/goldvm/goldvm/internal/hypervisor/qemu"
 	"github.com/goldvm/goldvm/internal/hypervisor/vmware"
@@ -75,6 +76,8 @@ func runServe(args []string) error {
 	urlDeny := fs.String("url-deny", os.Getenv("GOLDVM_URL_DENY"), "more networks (CIDR, comma-separated) image downloads and callbacks may not connect to; link-local ("+netpolicy.DefaultDeny+"), where clouds serve instance credentials, is always denied ($GOLDVM_URL_DENY)")
 	qemuUser := fs.String("qemu-user", os.Getenv("GOLDVM_QEMU_USER"), "as root, run every QEMU as this user (e.g. a system user goldvm-qemu), which owns each VM's directory, disk and tap; \"root\" runs QEMU as root (not recommended) ($GOLDVM_QEMU_USER)")
 	qemuUIDs := fs.String("qemu-uid-range", os.Getenv("GOLDVM_QEMU_UID_RANGE"), "as root, run each VM's QEMU as a user id of its own from FIRST-LAST, ids no account or process uses (checked at start): one VM's QEMU cannot reach another's disk; the default when neither this nor --qemu-user is given is "+qemu.DefaultUIDRange+" ($GOLDVM_QEMU_UID_RANGE)")
+	maxGroupSize := fs.Int("max-group-size", envInt("GOLDVM_MAX_GROUP_SIZE", 100), "largest size a group may ask for ($GOLDVM_MAX_GROUP_SIZE)")
+	groupRetry := fs.Duration("group-retry-backoff", envDuration("GOLDVM_GROUP_RETRY_BACKOFF", 2*time.Second), "wait after a group's first failed creation; doubles with each failure in a row, up to 5m")
 	logLevel := fs.String("log-level", envOr("GOLDVM_LOG_LEVEL", "info"), "debug, info, warn or error")
 	fs.Parse(args)
 
@@ -209,12 +212,18 @@ func runServe(args []string) error {
 	stopEvict := startEviction(images, policy, mgr.ImageUsers, log)
 	defer stopEvict()
 
+	groups := group.New(group.Config{Store: db, VMs: mgr, MaxSize: *maxGroupSize, RetryBase: *groupRetry, Logger: log})
+	gctx, stopGroups := context.WithCancel(context.Background())
+	groupsDone := make(chan struct{})
+	go func() { defer close(groupsDone); groups.Run(gctx) }()
+	defer func() { stopGroups(); <-groupsDone }()
+
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
 	srv := &http.Server{
-		Handler:           server.New(server.Config{VMs: mgr, Images: images, Prefetcher: prefetcher, Token: *token, Redactor: redactor, Logger: log}),
+		Handler:           server.New(server.Config{VMs: mgr, Groups: groups, Images: images, Prefetcher: prefetcher, Token: *token, Redactor: redactor, Logger: log}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,

@@ -18,6 +18,7 @@ import (
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/group"
 	"github.com/goldvm/goldvm/internal/image"
 	"github.com/goldvm/goldvm/internal/store"
 	"github.com/goldvm/goldvm/internal/vm"
@@ -29,6 +30,7 @@ const MaxBodyBytes = 1 << 20
 // Server serves the API.
 type Server struct {
 	vms    *vm.Manager
+	groups *group.Manager
 	images *image.Store
 	token  string
 	redact *errdefs.Redactor
@@ -40,7 +42,9 @@ type Server struct {
 
 // Config wires a Server.
 type Config struct {
-	VMs    *vm.Manager
+	VMs *vm.Manager
+	// Groups serves /groups (nil: no groups).
+	Groups *group.Manager
 	Images *image.Store
 	// Prefetcher runs the pre-fetches of POST /images (Images' own).
 	Prefetcher *image.Prefetcher
@@ -56,13 +60,23 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Server{vms: cfg.VMs, images: cfg.Images, prefetch: cfg.Prefetcher, token: cfg.Token, redact: cfg.Redactor, log: cfg.Logger, mux: http.NewServeMux()}
+	s := &Server{vms: cfg.VMs, groups: cfg.Groups, images: cfg.Images, prefetch: cfg.Prefetcher, token: cfg.Token, redact: cfg.Redactor, log: cfg.Logger, mux: http.NewServeMux()}
 	s.mux.HandleFunc("POST /vms", s.createVM)
 	s.mux.HandleFunc("GET /vms", s.listVMs)
 	s.mux.HandleFunc("GET /vms/{id}", s.getVM)
 	s.mux.HandleFunc("DELETE /vms/{id}", s.deleteVM)
+	s.mux.HandleFunc("PATCH /vms/{id}", s.patchVM)
+	for _, a := range vmActions {
+		s.mux.HandleFunc("POST /vms/{id}/"+a, s.vmAction(a))
+	}
 	s.mux.HandleFunc("GET /vms/{id}/screenshot", s.screenshot)
 	s.mux.HandleFunc("GET /vms/{id}/console", s.console)
+	if s.groups != nil {
+		s.mux.HandleFunc("GET /groups", s.listGroups)
+		s.mux.HandleFunc("GET /groups/{name}", s.getGroup)
+		s.mux.HandleFunc("PUT /groups/{name}", s.putGroup)
+		s.mux.HandleFunc("DELETE /groups/{name}", s.deleteGroup)
+	}
 	s.mux.HandleFunc("GET /images", s.listImages)
 	s.mux.HandleFunc("GET /images/{key}", s.getImage)
 	s.mux.HandleFunc("POST /images", s.prefetchImage)
@@ -75,7 +89,7 @@ func New(cfg Config) *Server {
 }
 
 // routeMethods are the methods the routes above use.
-var routeMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodDelete}
+var routeMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
 
 // noRoute answers a request no route takes: 405 method-not-allowed, with
 // an Allow header, when the path has routes for other methods, else 404.
@@ -248,7 +262,8 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 }
 
 // listVMs answers GET /vms, newest first. Query parameters, all optional:
-// status (comma-separated statuses to keep), limit (1..api.MaxPageSize VMs
+// status (comma-separated statuses to keep), tag (key=value, repeated: VMs
+// with all of them), limit (1..api.MaxPageSize VMs
 // per page; the reply's "next" then continues) and after (an id: only VMs
 // created before it, i.e. the next page; the VM itself may be gone).
 func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
@@ -257,16 +272,21 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 	for _, st := range strings.Split(q.Get("status"), ",") {
 		switch st := api.Status(strings.TrimSpace(st)); st {
 		case "":
-		case api.StatusCreating, api.StatusRunning, api.StatusStopped, api.StatusError, api.StatusDeleting:
+		case api.StatusCreating, api.StatusRunning, api.StatusStopped, api.StatusError, api.StatusDeleting, api.StatusSuspended:
 			want[st] = true
 		default:
-			s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "invalid-query", "status %s: use creating, running, stopped, error or deleting", quote(string(st))))
+			s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "invalid-query", "status %s: use creating, running, suspended, stopped, error or deleting", quote(string(st))))
 			return
 		}
 	}
 	limit, err := queryCount(q, "limit", 0, api.MaxPageSize)
 	if err != nil {
 		s.writeError(w, err)
+		return
+	}
+	tags, err := vm.ParseTagFilter(q["tag"])
+	if err != nil {
+		s.writeError(w, errdefs.New(errdefs.ErrInvalid, api.CodeInvalidQuery, clipMessage(err.Error()), err))
 		return
 	}
 	after := q.Get("after")
@@ -281,7 +301,7 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 	}
 	out := api.VMList{VMs: []api.VM{}}
 	for _, v := range vms { // newest first: ids sort by creation time
-		if (after != "" && v.ID >= after) || (len(want) > 0 && !want[v.Status]) {
+		if (after != "" && v.ID >= after) || (len(want) > 0 && !want[v.Status]) || !vm.MatchTags(v.Tags, tags) {
 			continue
 		}
 		if limit > 0 && len(out.VMs) == limit {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/group"
 	"github.com/goldvm/goldvm/internal/image"
 	"github.com/goldvm/goldvm/internal/store"
 	"github.com/goldvm/goldvm/internal/vm"
@@ -45,7 +46,8 @@ func newTestServer(t *testing.T, token string) *Server {
 	t.Cleanup(func() { pf.Close() })
 	mgr := vm.New(vm.Config{VMDir: filepath.Join(dir, "vms"), Store: db, Images: images})
 	t.Cleanup(mgr.Close)
-	return New(Config{VMs: mgr, Images: images, Prefetcher: pf, Token: token, Logger: slog.New(slog.DiscardHandler)})
+	groups := group.New(group.Config{Store: db, VMs: mgr, MaxSize: 10, Logger: slog.New(slog.DiscardHandler)})
+	return New(Config{VMs: mgr, Groups: groups, Images: images, Prefetcher: pf, Token: token, Logger: slog.New(slog.DiscardHandler)})
 }
 
 // do sends a request through s and returns the status, headers and body.
@@ -86,7 +88,7 @@ func TestMethodNotAllowed(t *testing.T) {
 		allow        string
 	}{
 		{"DELETE", "/vms", 405, "GET, HEAD, POST"},
-		{"PUT", "/vms/vm-0000000000000000000a", 405, "GET, HEAD, DELETE"},
+		{"PUT", "/vms/vm-0000000000000000000a", 405, "GET, HEAD, PATCH, DELETE"},
 		{"POST", "/vms/vm-0000000000000000000a/console", 405, "GET, HEAD"},
 		{"PATCH", "/images", 405, "GET, HEAD, POST"},
 		{"POST", "/images/sha256-00", 405, "GET, HEAD, DELETE"},

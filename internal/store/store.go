@@ -3,7 +3,8 @@
 // Schema (bucket → key → value):
 //
 //	meta → "schema"   → "1"
-//	vms  → <vm id>    → JSON of Record
+//	vms    → <vm id>    → JSON of Record
+//	groups → <name>     → JSON of Group (see groups.go; made by the first write)
 //
 // VM ids sort by creation time (see NewID), so a reverse cursor walk lists
 // the newest first. Every write is one bbolt transaction: fsynced and atomic,

@@ -186,17 +186,35 @@ func (m *Manager) spec(r *store.Record) hypervisor.Spec {
 	return s
 }
 
+// goldSpec is spec with the gold disk the driver decided when gold was
+// published, for the calls that open it (Clone, Start).
+func (m *Manager) goldSpec(r *store.Record, gold *image.Gold) hypervisor.Spec {
+	s := m.spec(r)
+	s.GoldDir = gold.Dir
+	if d := gold.Disk; d != nil {
+		s.GoldDisk = hypervisor.GoldDisk{Path: d.Path, Format: d.Format, VirtualSize: d.VirtualSize, Source: d.Source}
+	}
+	return s
+}
+
 // Create validates req, stores a record in status "creating" and starts the
 // creation in the background. It returns the new record at once.
 func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest) (*api.VM, error) {
-	v, err := Validate(req, m.cfg.Limits)
+	return m.CreateTagged(ctx, req, nil)
+}
+
+// CreateTagged is Create with tags of the daemon's own (keys starting
+// with api.TagPrefixReserved, e.g. a group's) added to the request's. The
+// tags are in the record from the moment it is stored, in one transaction:
+// a VM never exists without them.
+func (m *Manager) CreateTagged(ctx context.Context, req api.CreateVMRequest, system map[string]string) (*api.VM, error) {
+	v, err := m.ValidateRequest(req)
 	if err != nil {
 		return nil, err
 	}
-	if nc, ok := m.cfg.Driver.(hypervisor.NetworkChecker); ok {
-		if err := nc.SupportsNetwork(v.NetworkType); err != nil {
-			return nil, err
-		}
+	tags, err := withSystemTags(v.Tags, system)
+	if err != nil {
+		return nil, err
 	}
 	now := time.Now().UTC()
 	id := store.NewID()
@@ -205,7 +223,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest) (*api.VM,
 			ID: id, Status: api.StatusCreating, Phase: api.PhasePending, Backend: m.cfg.Driver.Name(),
 			CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, NetworkType: v.NetworkType, Image: v.Image,
 			Headless: v.Headless, LaunchGUI: !v.Headless, CallbackURL: v.CallbackURL, ToolsInitTimeout: api.Duration(v.ToolsInitTimeout),
-			CreatedAt: now, UpdatedAt: now,
+			CreatedAt: now, UpdatedAt: now, Tags: tags,
 		},
 		Dir: filepath.Join(m.cfg.VMDir, id),
 	}
@@ -326,10 +344,7 @@ func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.Guest
 	if err := m.setPhase(id, api.PhaseCloning); err != nil {
 		return hypervisor.GuestInfo{}, err
 	}
-	spec := m.spec(r)
-	if d := gold.Disk; d != nil {
-		spec.GoldDisk = hypervisor.GoldDisk{Path: d.Path, Format: d.Format, VirtualSize: d.VirtualSize, Source: d.Source}
-	}
+	spec := m.goldSpec(r, gold)
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
 		return hypervisor.GuestInfo{}, fmt.Errorf("create VM directory: %w", err)
 	}
@@ -414,7 +429,7 @@ func (m *Manager) startWatch(id string) {
 
 func (m *Manager) markStopped(id, reason string) {
 	_, err := m.update(id, func(r *store.Record) error {
-		if r.Status != api.StatusRunning {
+		if r.Status != api.StatusRunning && r.Status != api.StatusSuspended {
 			return errors.New("not running")
 		}
 		r.Status = api.StatusStopped
@@ -603,18 +618,25 @@ func (m *Manager) Recover(ctx context.Context) error {
 				log.Error("recover: delete", "err", err)
 			}
 			continue
-		case api.StatusRunning, api.StatusStopped:
+		case api.StatusRunning, api.StatusStopped, api.StatusSuspended:
 			st, err := m.cfg.Driver.State(ctx, spec)
 			if err != nil {
 				log.Error("recover: state", "err", err)
 			}
+			if r.Status == api.StatusSuspended && suspendEndsProcess(m.cfg.Driver) && st == hypervisor.StateStopped {
+				continue // suspended to disk: no process until resumed
+			}
 			if st == hypervisor.StateRunning || st == hypervisor.StatePaused {
-				if r.Status != api.StatusRunning {
-					m.update(r.ID, func(r *store.Record) error { r.Status, r.StopReason = api.StatusRunning, ""; return nil })
+				want := api.StatusRunning
+				if r.Status == api.StatusSuspended && st == hypervisor.StatePaused {
+					want = api.StatusSuspended
+				}
+				if r.Status != want {
+					m.update(r.ID, func(r *store.Record) error { r.Status, r.StopReason = want, ""; return nil })
 				}
 				log.Info("recover: reattached to running vm")
 				m.startWatch(r.ID)
-			} else if r.Status == api.StatusRunning {
+			} else if r.Status == api.StatusRunning || r.Status == api.StatusSuspended {
 				m.markStopped(r.ID, "machine was not running when the daemon restarted")
 			}
 		case api.StatusError:

@@ -48,6 +48,7 @@ type Validated struct {
 	Headless         bool
 	CallbackURL      string
 	ToolsInitTimeout time.Duration
+	Tags             map[string]string
 }
 
 // Validate checks a create request field by field and returns it normalised
@@ -126,7 +127,12 @@ func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
 	case timeout > lim.MaxToolsInitTimeout:
 		return v, invalid("tools_init_timeout %s is more than the maximum %s", timeout, lim.MaxToolsInitTimeout)
 	}
+	tags, err := ValidateTags(req.Tags)
+	if err != nil {
+		return v, err
+	}
 	return Validated{
+		Tags:             tags,
 		CPUs:             req.CPUs,
 		MemoryMiB:        mem,
 		NetworkType:      nt,

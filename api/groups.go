@@ -1,0 +1,103 @@
+package api
+
+import "time"
+
+// Tag limits (POST /vms "tags", PATCH /vms/{id}).
+const (
+	// MaxTags is the most tags one VM may carry, the daemon's own included.
+	MaxTags = 32
+	// MaxTagKeyLen is the longest tag key.
+	MaxTagKeyLen = 63
+	// MaxTagValueBytes is the longest tag value, in bytes.
+	MaxTagValueBytes = 255
+	// TagPrefixReserved starts the keys of the tags goldvm sets itself;
+	// a request may not set or remove them.
+	TagPrefixReserved = "goldvm."
+	// TagGroup names the group a VM belongs to.
+	TagGroup = "goldvm.group"
+	// TagTemplate is the hash of the group template a VM was made from.
+	TagTemplate = "goldvm.template"
+)
+
+// ValidTagKey reports whether k is a tag key: 1 to MaxTagKeyLen characters
+// from a-z, 0-9, '.', '_', '/' and '-'.
+func ValidTagKey(k string) bool {
+	if len(k) < 1 || len(k) > MaxTagKeyLen {
+		return false
+	}
+	for _, c := range []byte(k) {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '/' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// PatchVMRequest is the body of PATCH /vms/{id}.
+type PatchVMRequest struct {
+	// Tags sets each key given to its value; a null value removes the key.
+	// Keys not named are left as they are.
+	Tags map[string]*string `json:"tags"`
+}
+
+// GroupSpec is the body of PUT /groups/{name}: the desired state of a group.
+type GroupSpec struct {
+	// Size is how many VMs the group keeps (suspended ones count, stopped
+	// or failed ones do not).
+	Size int `json:"size"`
+	// Template is the POST /vms body each of the group's VMs is made from.
+	Template CreateVMRequest `json:"template"`
+	// MaxSurge bounds the group's creations in flight (default 1).
+	MaxSurge int `json:"max_surge,omitempty"`
+	// MaxUnavailable is how many fewer than Size running VMs a rolling
+	// template change may leave (default 0: old VMs go only once their
+	// replacements run).
+	MaxUnavailable int `json:"max_unavailable,omitempty"`
+}
+
+// Group states.
+const (
+	// GroupOK: the group is at its size or on its way there.
+	GroupOK = "ok"
+	// GroupDegraded: creations from the template keep failing; the group
+	// retries slowly (see Group.Error) instead of creating VMs in a loop.
+	GroupDegraded = "degraded"
+)
+
+// GroupVM is one of a group's VMs, as GET /groups/{name} lists it.
+type GroupVM struct {
+	ID       string `json:"id"`
+	Status   Status `json:"status"`
+	Template string `json:"template"`
+	// Current is false for a VM of an earlier template, removed as the
+	// group rolls over.
+	Current bool `json:"current"`
+}
+
+// Group is a group as GET /groups/{name} shows it.
+type Group struct {
+	Name string    `json:"name"`
+	Spec GroupSpec `json:"spec"`
+	// TemplateHash is the hash of the template that new VMs carry in
+	// their goldvm.template tag.
+	TemplateHash string    `json:"template_hash"`
+	State        string    `json:"state"`
+	VMs          []GroupVM `json:"vms"`
+	// Running counts the group's VMs in status running.
+	Running int `json:"running"`
+	// Failures counts creations from this template that failed in a row.
+	Failures int `json:"failures,omitempty"`
+	// NextRetry is when a creation is tried again after failures.
+	NextRetry time.Time `json:"next_retry,omitzero"`
+	// Error is the last creation failure (or reconcile error).
+	Error *Error `json:"error,omitempty"`
+	// LastReconcile is when the reconcile loop last looked at the group.
+	LastReconcile time.Time `json:"last_reconcile,omitzero"`
+	CreatedAt     time.Time `json:"created_at"`
+	UpdatedAt     time.Time `json:"updated_at"`
+}
+
+// GroupList is the reply of GET /groups.
+type GroupList struct {
+	Groups []Group `json:"groups"`
+}

@@ -1,0 +1,30 @@
+package hypervisor
+
+import "context"
+
+// Stopper is implemented by drivers that can power a machine off and keep
+// it: its disk and configuration stay in Spec.Dir, and Driver.Start boots
+// it again (POST /vms/{id}/stop, /start, /restart).
+type Stopper interface {
+	// Stop shuts the machine down: the ACPI power button first, then,
+	// after the driver's power-down timeout, by force. It returns once no
+	// hypervisor process runs for the VM; a stopped machine is no error.
+	Stop(ctx context.Context, spec Spec) error
+}
+
+// Suspender is implemented by drivers that can suspend a machine and
+// resume it where it was (POST /vms/{id}/suspend, /resume). The guest's
+// clock and uptime carry on from where they were; its memory is kept.
+type Suspender interface {
+	// Suspend stops the guest's CPUs (QEMU) or saves its state to disk
+	// (VMware). It fails, wrapping ErrNotRunning, when the machine does
+	// not run.
+	Suspend(ctx context.Context, spec Spec) error
+	// Resume lets a suspended guest run again. It fails, wrapping
+	// ErrNotRunning, when there is no suspended machine to resume.
+	Resume(ctx context.Context, spec Spec) error
+	// SuspendEndsProcess reports whether a suspended machine has no
+	// hypervisor process (VMware writes it to disk and exits), so State
+	// answers StateStopped for it.
+	SuspendEndsProcess() bool
+}
