@@ -68,7 +68,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/events"
 )
 
 // Progress phases.
@@ -187,6 +189,11 @@ type Options struct {
 	// fail the fetch as they are. Images published without it (an older
 	// goldvm, or another backend) are damaged to a store that has it.
 	PrepareDisk func(ctx context.Context, files, scratch string) (Disk, error)
+	// Events receives the images' state changes: fetching, ready, error,
+	// deleted, evicted (nil: none).
+	Events *events.Bus
+	// Counters counts lookups and downloaded bytes for metrics (nil: none).
+	Counters Counters
 }
 
 // Disk is an image's disk as PrepareDisk decided it.
@@ -597,7 +604,11 @@ func (s *Store) Touch(key string) {
 func (s *Store) Delete(key string, inUse func(key string) int) error {
 	s.delMu.Lock()
 	defer s.delMu.Unlock()
-	return s.deleteLocked(key, inUse)
+	if err := s.deleteLocked(key, inUse); err != nil {
+		return err
+	}
+	s.announce(api.ActionDeleted, key, Spec{}, nil, nil)
+	return nil
 }
 
 func (s *Store) deleteLocked(key string, inUse func(key string) int) error {
@@ -712,6 +723,7 @@ func (s *Store) Evict(policy EvictPolicy, inUse func(key string) int) ([]string,
 		total -= in.DiskBytes
 		removed = append(removed, in.Key)
 		s.log.Info("evicted image", "key", in.Key, "idle", idle, "disk_bytes", in.DiskBytes)
+		s.announce(api.ActionEvicted, in.Key, Spec{URL: in.URL, Checksum: in.Checksum, ChecksumType: in.ChecksumType}, nil, nil)
 	}
 	return removed, errors.Join(errs...)
 }
@@ -780,6 +792,7 @@ func (s *Store) Ensure(ctx context.Context, spec Spec, progress func(Progress)) 
 		return nil, errdefs400URL(err)
 	}
 	if g, err := s.Get(key); err == nil {
+		s.count(LookupHit)
 		s.Touch(key)
 		g.Spec = spec
 		return g, nil
@@ -795,6 +808,7 @@ func (s *Store) Ensure(ctx context.Context, spec Spec, progress func(Progress)) 
 		// A fetch may have published between the check above and the lock.
 		if g, err := s.Get(key); err == nil {
 			s.mu.Unlock()
+			s.count(LookupHit)
 			s.Touch(key)
 			g.Spec = spec
 			return g, nil
@@ -804,6 +818,9 @@ func (s *Store) Ensure(ctx context.Context, spec Spec, progress func(Progress)) 
 		s.flights[key] = f
 		start = func() { go s.run(fctx, f, spec) }
 		s.wg.Add(1)
+		s.count(LookupMiss)
+	} else {
+		s.count(LookupJoined)
 	}
 	// Join before the fetch starts, so that its first caller sees every
 	// report (a later caller gets the latest one at once).
@@ -843,11 +860,14 @@ func (s *Store) run(ctx context.Context, f *flight, spec Spec) {
 	defer f.cancel()
 	log := s.log.With("key", f.key, "url", displayURL(spec.URL))
 	log.Info("fetching image")
+	s.announce(api.ActionFetching, f.key, spec, nil, nil)
 	g, err := s.fetch(ctx, spec, f.key, f.report, log)
 	if err != nil {
 		log.Warn("image fetch failed", "err", err)
+		s.announce(api.ActionError, f.key, spec, nil, err)
 	} else {
 		log.Info("image published", "size", g.Size, "format", g.Format)
+		s.announce(api.ActionReady, f.key, spec, g, nil)
 	}
 	f.gold, f.err = g, err
 	s.mu.Lock()
