@@ -153,9 +153,11 @@ func runServe(args []string) error {
 		return fmt.Errorf("--backend %q: use qemu or vmware", *backend)
 	}
 
+	bus, mets := newObservability()
 	imageOpts := image.Options{
 		MaxImageBytes: maxImageBytes, Logger: log, HTTPClient: &http.Client{Transport: netPolicy.Transport()},
 		StallTimeout: *stallTimeout, Retries: *imageRetries, RetryBackoff: *imageBackoff,
+		Events: bus, Counters: mets,
 	}
 	if gp, ok := driver.(hypervisor.GoldPreparer); ok {
 		// The driver decides each image's disk, and its format, before the
@@ -186,8 +188,9 @@ func runServe(args []string) error {
 	mgr := vm.New(vm.Config{
 		VMDir: filepath.Join(*dataDir, "vms"), Store: db, Images: images, Driver: driver,
 		Callbacks: callback.New(callback.Options{MaxAttempts: *cbAttempts, Backoff: *cbBackoff, Timeout: *cbTimeout, Transport: netPolicy.Transport()}), Limits: limits, Logger: log,
-		CrashPoint: crashPoint(log), Redactor: redactor,
+		CrashPoint: crashPoint(log), Redactor: redactor, Events: bus,
 	})
+	collectState(mets, mgr, images)
 	defer mgr.Close()
 	if err := os.MkdirAll(filepath.Join(*dataDir, "vms"), 0o700); err != nil {
 		return err
@@ -212,12 +215,14 @@ func runServe(args []string) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	handler := server.New(server.Config{VMs: mgr, Images: images, Prefetcher: prefetcher, Token: *token, Redactor: redactor, Logger: log, Events: bus, Metrics: mets})
 	srv := &http.Server{
-		Handler:           server.New(server.Config{VMs: mgr, Images: images, Prefetcher: prefetcher, Token: *token, Redactor: redactor, Logger: log}),
+		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,
 	}
+	srv.RegisterOnShutdown(handler.StopStreams)
 	log.Info("goldvm serving", "listen", ln.Addr().String(), "data_dir", *dataDir, "backend", driver.Name())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -160,6 +160,9 @@ func (b *Bus) LastID() uint64 {
 
 // Sub is one subscriber's stream of events.
 type Sub struct {
+	// Start is the id of the latest event published before the
+	// subscription began (live events have higher ids).
+	Start   uint64
 	b       *Bus
 	filter  Filter
 	c       chan api.Event
@@ -197,7 +200,7 @@ func (s *Sub) Cancel() {
 func (b *Bus) Subscribe(f Filter, resume bool, lastID uint64) (s *Sub, replay []api.Event, reset bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s = &Sub{b: b, filter: f, c: make(chan api.Event, b.opts.ClientBuffer)}
+	s = &Sub{Start: b.next - 1, b: b, filter: f, c: make(chan api.Event, b.opts.ClientBuffer)}
 	b.subs[s] = struct{}{}
 	if !resume {
 		return s, nil, false
