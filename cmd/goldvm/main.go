@@ -17,6 +17,7 @@ Usage:
   goldvm ls      [flags]            list VMs, newest first
   goldvm rm      [flags] ID...      delete VMs and free their disks
   goldvm images  [ls|pull|rm] ...   list, pre-fetch or delete gold images
+  goldvm events  [flags]            follow VM and image state changes
 
 Client commands talk to $GOLDVM_ADDR (default 127.0.0.1:12345) with the bearer
 token $GOLDVM_TOKEN if set; --json prints JSON for scripts.
@@ -45,6 +46,8 @@ func main() {
 		err = runRemove(args)
 	case "images":
 		err = runImages(args)
+	case "events":
+		err = runEvents(args)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return
