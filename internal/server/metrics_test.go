@@ -82,7 +82,6 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
-
 // TestWaitVMFallsBackToPolling: a daemon without GET /events (an older
 // one, or a proxy that refuses streams) still gets waited on, by polling.
 func TestWaitVMFallsBackToPolling(t *testing.T) {
