@@ -60,7 +60,7 @@ func runServe(args []string) error {
 	accel := fs.String("accel", envOr("GOLDVM_ACCEL", "auto"), "QEMU acceleration: auto, kvm or tcg ($GOLDVM_ACCEL)")
 	bridge := fs.String("bridge", os.Getenv("GOLDVM_BRIDGE"), "host bridge for network_type=bridged ($GOLDVM_BRIDGE)")
 	vmrun := fs.String("vmrun", os.Getenv("VMRUN_PATH"), "path of vmrun for the vmware backend ($VMRUN_PATH)")
-	maxCPUs := fs.Int("max-cpus", envInt("GOLDVM_MAX_CPUS", 0), "most vCPUs one VM may have (default 64)")
+	maxCPUs := fs.Int("max-cpus", envInt("GOLDVM_MAX_CPUS", 64), "most vCPUs one VM may have ($GOLDVM_MAX_CPUS)")
 	maxMemory := fs.String("max-memory", envOr("GOLDVM_MAX_MEMORY", ""), "most memory one VM may have, IEC (e.g. 16gib)")
 	maxImage := fs.String("max-image-size", envOr("GOLDVM_MAX_IMAGE_SIZE", "64gib"), "largest unpacked image accepted, IEC")
 	imageBudget := fs.String("image-budget", os.Getenv("GOLDVM_IMAGE_BUDGET"), "disk space gold images may take, IEC (e.g. 200gib); least recently used unused images are evicted beyond it ($GOLDVM_IMAGE_BUDGET)")
@@ -77,6 +77,9 @@ func runServe(args []string) error {
 	qemuUIDs := fs.String("qemu-uid-range", os.Getenv("GOLDVM_QEMU_UID_RANGE"), "as root, run each VM's QEMU as a user id of its own from FIRST-LAST, ids no account or process uses (checked at start): one VM's QEMU cannot reach another's disk; the default when neither this nor --qemu-user is given is "+qemu.DefaultUIDRange+" ($GOLDVM_QEMU_UID_RANGE)")
 	logLevel := fs.String("log-level", envOr("GOLDVM_LOG_LEVEL", "info"), "debug, info, warn or error")
 	fs.Parse(args)
+	if err := checkSettings(fs); err != nil {
+		return err
+	}
 
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -156,7 +159,7 @@ func runServe(args []string) error {
 	bus, mets := newObservability()
 	imageOpts := image.Options{
 		MaxImageBytes: maxImageBytes, Logger: log, HTTPClient: &http.Client{Transport: netPolicy.Transport()},
-		StallTimeout: *stallTimeout, Retries: *imageRetries, RetryBackoff: *imageBackoff,
+		StallTimeout: *stallTimeout, Retries: none(*imageRetries), RetryBackoff: noneDur(*imageBackoff),
 		Events: bus, Counters: mets,
 	}
 	if gp, ok := driver.(hypervisor.GoldPreparer); ok {
@@ -187,7 +190,7 @@ func runServe(args []string) error {
 	redactor := errdefs.NewRedactor(map[string]string{*dataDir: "$GOLDVM_DATA_DIR"})
 	mgr := vm.New(vm.Config{
 		VMDir: filepath.Join(*dataDir, "vms"), Store: db, Images: images, Driver: driver,
-		Callbacks: callback.New(callback.Options{MaxAttempts: *cbAttempts, Backoff: *cbBackoff, Timeout: *cbTimeout, Transport: netPolicy.Transport()}), Limits: limits, Logger: log,
+		Callbacks: callback.New(callback.Options{MaxAttempts: *cbAttempts, Backoff: noneDur(*cbBackoff), Timeout: *cbTimeout, Transport: netPolicy.Transport()}), Limits: limits, Logger: log,
 		CrashPoint: crashPoint(log), Redactor: redactor, Events: bus,
 	})
 	collectState(mets, mgr, images)
@@ -204,7 +207,7 @@ func runServe(args []string) error {
 
 	policy := image.EvictPolicy{MaxIdle: *imageMaxIdle}
 	if *imageBudget != "" {
-		if policy.MaxBytes, err = api.ParseIEC(*imageBudget); err != nil {
+		if policy.MaxBytes, err = budgetBytes(*imageBudget); err != nil {
 			return fmt.Errorf("--image-budget: %w", err)
 		}
 	}

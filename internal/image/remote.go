@@ -316,7 +316,7 @@ func (r *remote) fail(err error) error {
 		return errDownload(fmt.Sprintf("downloading %s failed after %d attempts", r.display, r.failures), err)
 	}
 	d := r.backoff << (r.failures - 1)
-	if d > maxBackoff || d <= 0 {
+	if d > maxBackoff || (d <= 0 && r.backoff > 0) { // d <= 0: the shift overflowed
 		d = maxBackoff
 	}
 	r.log.Warn("image download attempt failed; retrying", "url", r.display, "attempt", r.failures, "backoff", d, "err", err)

@@ -166,7 +166,7 @@ type Options struct {
 	// 1 MiB before failing resets the count. Default 5; negative: none.
 	Retries int
 	// RetryBackoff is the wait before the first retry; it doubles with each
-	// further one, up to 30s. Default 1s.
+	// further one, up to 30s. Default 1s; negative: no wait.
 	RetryBackoff time.Duration
 	// StallTimeout fails an attempt (and retries it) when no byte arrives
 	// for this long. Default 60s.
@@ -235,8 +235,11 @@ func (o *Options) setDefaults() {
 	case o.Retries < 0:
 		o.Retries = 0
 	}
-	if o.RetryBackoff <= 0 {
+	switch {
+	case o.RetryBackoff == 0:
 		o.RetryBackoff = time.Second
+	case o.RetryBackoff < 0:
+		o.RetryBackoff = 0
 	}
 	if o.StallTimeout <= 0 {
 		o.StallTimeout = 60 * time.Second
