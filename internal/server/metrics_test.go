@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -106,5 +108,36 @@ func TestWaitVMFallsBackToPolling(t *testing.T) {
 	t.Logf("polled %s times, %d states seen", polls, states)
 	if polls == "" || polls == "0" {
 		t.Fatal("WaitVM did not poll")
+	}
+}
+
+// TestRequestLog: every request is logged with its method, route pattern,
+// status and duration, and the VM or image it names.
+func TestRequestLog(t *testing.T) {
+	s := newTestServer(t, "")
+	var buf strings.Builder
+	s.log = slog.New(slog.NewJSONHandler(&buf, nil))
+	do(t, s, "GET", "/vms/vm-0000000000000000000000", "", "")
+	do(t, s, "DELETE", "/images/sha256-"+strings.Repeat("0", 64), "", "")
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("%d log lines: %q", len(lines), buf.String())
+	}
+	for i, want := range []map[string]any{
+		{"msg": "http", "method": "GET", "route": "GET /vms/{id}", "status": 404.0, "vm": "vm-0000000000000000000000"},
+		{"msg": "http", "method": "DELETE", "route": "DELETE /images/{key}", "status": 404.0, "image": "sha256-" + strings.Repeat("0", 64)},
+	} {
+		var got map[string]any
+		if err := json.Unmarshal([]byte(lines[i]), &got); err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("line %d: %s = %v, want %v (%s)", i, k, got[k], v, lines[i])
+			}
+		}
+		if _, ok := got["dur"]; !ok {
+			t.Errorf("line %d has no duration: %s", i, lines[i])
+		}
 	}
 }
