@@ -11,6 +11,7 @@ const (
 	CodeUnsupportedMediaType = "unsupported-media-type"
 	CodeInvalidJSON          = "invalid-json"
 	CodeInvalidQuery         = "invalid-query"
+	CodeInvalidEventID       = "invalid-event-id"
 	CodeInvalidRequest       = "invalid-request"
 	CodeRequestTooLarge      = "request-too-large"
 	CodeInvalidChecksum      = "invalid-checksum"
@@ -96,7 +97,8 @@ type CodeInfo struct {
 var Codes = []CodeInfo{
 	{CodeUnsupportedMediaType, http.StatusUnsupportedMediaType, "the body is not `application/json`"},
 	{CodeInvalidJSON, http.StatusBadRequest, "malformed JSON (with line and column)"},
-	{CodeInvalidQuery, http.StatusBadRequest, "`GET /vms` with an unknown status, a limit outside 1–1000 or an `after` that is not an id; a console `tail` outside 1 B–1 MiB"},
+	{CodeInvalidQuery, http.StatusBadRequest, "`GET /vms` with an unknown status, a limit outside 1–1000 or an `after` that is not an id; a console `tail` outside 1 B–1 MiB; `GET /events` with a `vm` that is not an id or an unknown `type`"},
+	{CodeInvalidEventID, http.StatusBadRequest, "`GET /events` with a `Last-Event-ID` that is not an event id (a decimal number)"},
 	{CodeInvalidRequest, http.StatusBadRequest, "a field is missing, wrong or out of limits (the message names it and says why)"},
 	{CodeRequestTooLarge, http.StatusBadRequest, "the body is over 1 MiB"},
 	{CodeInvalidChecksum, http.StatusBadRequest, "an image's `checksum_type` is unknown or its checksum is not hex of the right length"},

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -72,14 +73,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if c.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.Token)
-	}
-	hc := c.HTTP
-	if hc == nil {
-		hc = http.DefaultClient
-	}
-	resp, err := hc.Do(req)
+	resp, err := c.send(req)
 	if err != nil {
 		return err
 	}
@@ -89,11 +83,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return err
 	}
 	if resp.StatusCode >= 300 {
-		var body api.Error
-		if json.Unmarshal(data, &body) != nil || body.Code == "" {
-			body.Code, body.Message = CodeHTTPError, strings.TrimSpace(string(data))
-		}
-		return &APIError{Status: resp.StatusCode, Code: body.Code, Message: body.Message}
+		return replyError(resp.StatusCode, data)
 	}
 	if raw, ok := out.(*[]byte); ok {
 		*raw = data
@@ -105,6 +95,27 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		}
 	}
 	return nil
+}
+
+// send sends req with the token, by c.HTTP.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	return hc.Do(req)
+}
+
+// replyError is the *APIError of an error reply.
+func replyError(status int, data []byte) error {
+	var body api.Error
+	if json.Unmarshal(data, &body) != nil || body.Code == "" {
+		body.Code, body.Message = CodeHTTPError, strings.TrimSpace(string(data))
+	}
+	return &APIError{Status: status, Code: body.Code, Message: body.Message}
 }
 
 // CreateVM asks for a new VM; the reply is the record in status "creating".
@@ -196,9 +207,21 @@ func (c *Client) DeleteVM(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodDelete, "/vms/"+url.PathEscape(id), nil, nil)
 }
 
-// WaitVM polls a VM until its creation has ended (running, stopped or error)
-// or ctx ends. each, when not nil, sees every poll's record.
+// WaitVM waits until a VM's creation has ended (running, stopped or error)
+// or ctx ends. It follows the VM's events (GET /events), and polls instead
+// when the stream cannot be opened or breaks (an older daemon, a proxy
+// that buffers). each, when not nil, sees every state of the record.
 func (c *Client) WaitVM(ctx context.Context, id string, each func(*api.VM)) (*api.VM, error) {
+	v, err := c.waitVMEvents(ctx, id, each)
+	var apiErr *APIError
+	switch {
+	case err == nil:
+		return v, nil
+	case ctx.Err() != nil:
+		return v, ctx.Err()
+	case errors.As(err, &apiErr) && apiErr.Code == api.CodeVMNotFound:
+		return v, err
+	}
 	return poll(ctx, func() (*api.VM, error) { return c.GetVM(ctx, id) }, each, func(v *api.VM) bool { return v.Status.IsFinal() })
 }
 

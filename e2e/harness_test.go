@@ -91,7 +91,7 @@ func (d *daemon) start(extra ...string) {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	args := append([]string{"serve", "--listen", d.addr, "--data-dir", d.dataDir, "--accel", "tcg", "--log-level", "debug"}, extra...)
+	args := append([]string{"serve", "--listen", d.addr, "--data-dir", d.dataDir, "--accel", "tcg", "--log-level", "debug", "--log-format", "text"}, extra...)
 	d.cmd = exec.Command(goldvmBin, args...)
 	d.cmd.Env = append(os.Environ(), d.env...)
 	if d.cred != nil {

@@ -20,6 +20,7 @@ Usage:
   goldvm group   [set|ls|get|rm] .. keep groups of VMs at a size
   goldvm stop|start|restart|suspend|resume ID
                                     run a lifecycle action on a VM
+  goldvm events  [flags]            follow VM and image state changes
 
 Client commands talk to $GOLDVM_ADDR (default 127.0.0.1:12345) with the bearer
 token $GOLDVM_TOKEN if set; --json prints JSON for scripts.
@@ -52,6 +53,8 @@ func main() {
 		err = runGroup(args)
 	case "stop", "start", "restart", "suspend", "resume":
 		err = runAction(os.Args[1], args)
+	case "events":
+		err = runEvents(args)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

@@ -61,7 +61,7 @@ func runServe(args []string) error {
 	accel := fs.String("accel", envOr("GOLDVM_ACCEL", "auto"), "QEMU acceleration: auto, kvm or tcg ($GOLDVM_ACCEL)")
 	bridge := fs.String("bridge", os.Getenv("GOLDVM_BRIDGE"), "host bridge for network_type=bridged ($GOLDVM_BRIDGE)")
 	vmrun := fs.String("vmrun", os.Getenv("VMRUN_PATH"), "path of vmrun for the vmware backend ($VMRUN_PATH)")
-	maxCPUs := fs.Int("max-cpus", envInt("GOLDVM_MAX_CPUS", 0), "most vCPUs one VM may have (default 64)")
+	maxCPUs := fs.Int("max-cpus", envInt("GOLDVM_MAX_CPUS", 64), "most vCPUs one VM may have ($GOLDVM_MAX_CPUS)")
 	maxMemory := fs.String("max-memory", envOr("GOLDVM_MAX_MEMORY", ""), "most memory one VM may have, IEC (e.g. 16gib)")
 	maxImage := fs.String("max-image-size", envOr("GOLDVM_MAX_IMAGE_SIZE", "64gib"), "largest unpacked image accepted, IEC")
 	imageBudget := fs.String("image-budget", os.Getenv("GOLDVM_IMAGE_BUDGET"), "disk space gold images may take, IEC (e.g. 200gib); least recently used unused images are evicted beyond it ($GOLDVM_IMAGE_BUDGET)")
@@ -79,13 +79,20 @@ func runServe(args []string) error {
 	maxGroupSize := fs.Int("max-group-size", envInt("GOLDVM_MAX_GROUP_SIZE", 100), "largest size a group may ask for ($GOLDVM_MAX_GROUP_SIZE)")
 	groupRetry := fs.Duration("group-retry-backoff", envDuration("GOLDVM_GROUP_RETRY_BACKOFF", 2*time.Second), "wait after a group's first failed creation; doubles with each failure in a row, up to 5m")
 	logLevel := fs.String("log-level", envOr("GOLDVM_LOG_LEVEL", "info"), "debug, info, warn or error")
+	logFormat := fs.String("log-format", envOr("GOLDVM_LOG_FORMAT", ""), "text or json; default text on a terminal, json otherwise ($GOLDVM_LOG_FORMAT)")
 	fs.Parse(args)
+	if err := checkSettings(fs); err != nil {
+		return err
+	}
 
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log, err := newLogger(os.Stderr, *logFormat, level)
+	if err != nil {
+		return err
+	}
 	slog.SetDefault(log)
 
 	if err := checkListen(*listen, *token); err != nil {
@@ -156,10 +163,11 @@ func runServe(args []string) error {
 		return fmt.Errorf("--backend %q: use qemu or vmware", *backend)
 	}
 
+	bus, mets := newObservability()
 	imageOpts := image.Options{
 		MaxImageBytes: maxImageBytes, Logger: log, HTTPClient: &http.Client{Transport: netPolicy.Transport()},
-		StallTimeout: *stallTimeout, Retries: *imageRetries, RetryBackoff: *imageBackoff,
-		InUse: vm.ImageUsers(db),
+		StallTimeout: *stallTimeout, Retries: none(*imageRetries), RetryBackoff: noneDur(*imageBackoff),
+		InUse: vm.ImageUsers(db), Events: bus, Counters: mets,
 	}
 	if gp, ok := driver.(hypervisor.GoldPreparer); ok {
 		// The driver decides each image's disk, and its format, before the
@@ -189,9 +197,10 @@ func runServe(args []string) error {
 	redactor := errdefs.NewRedactor(map[string]string{*dataDir: "$GOLDVM_DATA_DIR"})
 	mgr := vm.New(vm.Config{
 		VMDir: filepath.Join(*dataDir, "vms"), Store: db, Images: images, Driver: driver,
-		Callbacks: callback.New(callback.Options{MaxAttempts: *cbAttempts, Backoff: *cbBackoff, Timeout: *cbTimeout, Transport: netPolicy.Transport()}), Limits: limits, Logger: log,
-		CrashPoint: crashPoint(log), Redactor: redactor,
+		Callbacks: callback.New(callback.Options{MaxAttempts: *cbAttempts, Backoff: noneDur(*cbBackoff), Timeout: *cbTimeout, Transport: netPolicy.Transport()}), Limits: limits, Logger: log,
+		CrashPoint: crashPoint(log), Redactor: redactor, Events: bus,
 	})
+	collectState(mets, mgr, images)
 	defer mgr.Close()
 	if err := os.MkdirAll(filepath.Join(*dataDir, "vms"), 0o700); err != nil {
 		return err
@@ -205,7 +214,7 @@ func runServe(args []string) error {
 
 	policy := image.EvictPolicy{MaxIdle: *imageMaxIdle}
 	if *imageBudget != "" {
-		if policy.MaxBytes, err = api.ParseIEC(*imageBudget); err != nil {
+		if policy.MaxBytes, err = budgetBytes(*imageBudget); err != nil {
 			return fmt.Errorf("--image-budget: %w", err)
 		}
 	}
@@ -222,12 +231,14 @@ func runServe(args []string) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	handler := server.New(server.Config{VMs: mgr, Groups: groups, Images: images, Prefetcher: prefetcher, Token: *token, Redactor: redactor, Logger: log, Events: bus, Metrics: mets})
 	srv := &http.Server{
-		Handler:           server.New(server.Config{VMs: mgr, Groups: groups, Images: images, Prefetcher: prefetcher, Token: *token, Redactor: redactor, Logger: log}),
+		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,
 	}
+	srv.RegisterOnShutdown(handler.StopStreams)
 	log.Info("goldvm serving", "listen", ln.Addr().String(), "data_dir", *dataDir, "backend", driver.Name())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

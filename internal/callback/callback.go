@@ -31,7 +31,8 @@ type Options struct {
 	Timeout time.Duration
 	// MaxAttempts is how many times a delivery is tried (default 8).
 	MaxAttempts int
-	// Backoff is the wait after the first failure, doubled each time (default 1s).
+	// Backoff is the wait after the first failure, doubled each time
+	// (default 1s; negative: no wait).
 	Backoff time.Duration
 	// MaxBackoff caps the wait between attempts (default 1m).
 	MaxBackoff time.Duration
@@ -49,8 +50,11 @@ func New(o Options) *Sender {
 	if o.MaxAttempts == 0 {
 		o.MaxAttempts = 8
 	}
-	if o.Backoff == 0 {
+	switch {
+	case o.Backoff == 0:
 		o.Backoff = time.Second
+	case o.Backoff < 0:
+		o.Backoff = 0
 	}
 	if o.MaxBackoff == 0 {
 		o.MaxBackoff = time.Minute

@@ -133,3 +133,25 @@ func TestDeliverRefusedByNetworkPolicy(t *testing.T) {
 		t.Errorf("receiver saw %d requests", hits)
 	}
 }
+
+// TestDeliverNegativeBackoffWaitsNot: Backoff -1 (what `--callback-backoff
+// 0` passes) retries at once: three attempts against a receiver that keeps
+// answering 503 end within the test's patience, with Backoff left at the
+// default of 1s they could not (1s + 2s).
+func TestDeliverNegativeBackoffWaitsNot(t *testing.T) {
+	var hits atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	if s := New(Options{MaxAttempts: 3, Backoff: -1}); s.backoff != 0 {
+		t.Fatalf("Backoff -1 gave a wait of %v", s.backoff)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	d := New(Options{MaxAttempts: 3, Backoff: -1}).Deliver(ctx, srv.URL, []byte("{}"), api.CallbackDelivery{}, func(api.CallbackDelivery) {})
+	if d.State != api.CallbackFailed || d.Attempts != 3 || hits.Load() != 3 {
+		t.Fatalf("delivery %+v after %d requests; want failed after 3", d, hits.Load())
+	}
+}

@@ -76,6 +76,7 @@ type remote struct {
 	backoff     time.Duration
 	stall       time.Duration
 	maxDownload int64
+	counters    Counters
 
 	body      io.ReadCloser
 	cancel    context.CancelFunc
@@ -206,7 +207,7 @@ func newRemote(ctx context.Context, rawURL string, o *Options, log *slog.Logger)
 	return &remote{
 		ctx: ctx, client: withRedirectPolicy(o.HTTPClient), url: rawURL, display: displayURL(rawURL), log: log,
 		retries: o.Retries, backoff: o.RetryBackoff, stall: o.StallTimeout,
-		maxDownload: o.MaxDownloadBytes, total: -1,
+		maxDownload: o.MaxDownloadBytes, total: -1, counters: o.Counters,
 	}
 }
 
@@ -267,6 +268,9 @@ func (r *remote) Read(p []byte) (int, error) {
 			r.fresh = false
 			r.offset += int64(n)
 			r.connBytes += int64(n)
+			if r.counters != nil {
+				r.counters.Downloaded(int64(n))
+			}
 			if r.maxDownload > 0 && r.offset > r.maxDownload {
 				r.closeBody()
 				return n, errTooLarge("download exceeds the limit of %d bytes", r.maxDownload)
@@ -312,7 +316,7 @@ func (r *remote) fail(err error) error {
 		return errDownload(fmt.Sprintf("downloading %s failed after %d attempts", r.display, r.failures), err)
 	}
 	d := r.backoff << (r.failures - 1)
-	if d > maxBackoff || d <= 0 {
+	if d > maxBackoff || (d <= 0 && r.backoff > 0) { // d <= 0: the shift overflowed
 		d = maxBackoff
 	}
 	r.log.Warn("image download attempt failed; retrying", "url", r.display, "attempt", r.failures, "backoff", d, "err", err)

@@ -1,6 +1,8 @@
 package image
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -165,3 +167,27 @@ func TestClosedAndFilteredPortsLookAlike(t *testing.T) {
 // discardLog is a log.Logger that drops what the test server logs (TLS
 // handshake errors the test causes on purpose).
 func discardLog() *log.Logger { return log.New(io.Discard, "", 0) }
+
+// TestRetriesAsConfigured: Retries -1 (what `--image-retries 0` passes)
+// makes one attempt, and 2 three, against a server that keeps answering
+// 503; RetryBackoff -1 waits not at all.
+func TestRetriesAsConfigured(t *testing.T) {
+	for _, tc := range []struct{ retries, attempts int }{{-1, 1}, {2, 3}} {
+		var requests atomic.Int32
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			requests.Add(1)
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}))
+		s, err := NewStore(t.TempDir(), Options{Retries: tc.retries, RetryBackoff: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = s.Ensure(context.Background(), Spec{URL: srv.URL + "/x.img", Checksum: strings.Repeat("0", 64), ChecksumType: "sha256"}, nil)
+		s.Close()
+		srv.Close()
+		want := fmt.Sprintf("after %d attempts", tc.attempts)
+		if err == nil || !strings.Contains(err.Error(), want) || int(requests.Load()) != tc.attempts {
+			t.Errorf("Retries %d: %d requests, %v; want %d and %q", tc.retries, requests.Load(), err, tc.attempts, want)
+		}
+	}
+}

@@ -68,7 +68,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/events"
 )
 
 // Progress phases.
@@ -164,7 +166,7 @@ type Options struct {
 	// 1 MiB before failing resets the count. Default 5; negative: none.
 	Retries int
 	// RetryBackoff is the wait before the first retry; it doubles with each
-	// further one, up to 30s. Default 1s.
+	// further one, up to 30s. Default 1s; negative: no wait.
 	RetryBackoff time.Duration
 	// StallTimeout fails an attempt (and retries it) when no byte arrives
 	// for this long. Default 60s.
@@ -192,6 +194,11 @@ type Options struct {
 	// VM depends on it; otherwise it is kept and reported as damaged
 	// (ImageInfo.Damaged) until Release finds it unused.
 	InUse func(key string) int
+	// Events receives the images' state changes: fetching, ready, error,
+	// deleted, evicted (nil: none).
+	Events *events.Bus
+	// Counters counts lookups and downloaded bytes for metrics (nil: none).
+	Counters Counters
 }
 
 // Disk is an image's disk as PrepareDisk decided it.
@@ -233,8 +240,11 @@ func (o *Options) setDefaults() {
 	case o.Retries < 0:
 		o.Retries = 0
 	}
-	if o.RetryBackoff <= 0 {
+	switch {
+	case o.RetryBackoff == 0:
 		o.RetryBackoff = time.Second
+	case o.RetryBackoff < 0:
+		o.RetryBackoff = 0
 	}
 	if o.StallTimeout <= 0 {
 		o.StallTimeout = 60 * time.Second
@@ -664,7 +674,11 @@ func (s *Store) Touch(key string) {
 func (s *Store) Delete(key string, inUse func(key string) int) error {
 	s.delMu.Lock()
 	defer s.delMu.Unlock()
-	return s.deleteLocked(key, inUse)
+	if err := s.deleteLocked(key, inUse); err != nil {
+		return err
+	}
+	s.announce(api.ActionDeleted, key, Spec{}, nil, nil)
+	return nil
 }
 
 func (s *Store) deleteLocked(key string, inUse func(key string) int) error {
@@ -782,6 +796,7 @@ func (s *Store) Evict(policy EvictPolicy, inUse func(key string) int) ([]string,
 		total -= in.DiskBytes
 		removed = append(removed, in.Key)
 		s.log.Info("evicted image", "key", in.Key, "idle", idle, "disk_bytes", in.DiskBytes)
+		s.announce(api.ActionEvicted, in.Key, Spec{URL: in.URL, Checksum: in.Checksum, ChecksumType: in.ChecksumType}, nil, nil)
 	}
 	return removed, errors.Join(errs...)
 }
@@ -852,6 +867,7 @@ func (s *Store) Ensure(ctx context.Context, spec Spec, progress func(Progress)) 
 	}
 	g, err := s.Get(key)
 	if err == nil {
+		s.count(LookupHit)
 		s.Touch(key)
 		g.Spec = spec
 		return g, nil
@@ -870,6 +886,7 @@ func (s *Store) Ensure(ctx context.Context, spec Spec, progress func(Progress)) 
 		// A fetch may have published between the check above and the lock.
 		if g, err := s.Get(key); err == nil {
 			s.mu.Unlock()
+			s.count(LookupHit)
 			s.Touch(key)
 			g.Spec = spec
 			return g, nil
@@ -879,6 +896,9 @@ func (s *Store) Ensure(ctx context.Context, spec Spec, progress func(Progress)) 
 		s.flights[key] = f
 		start = func() { go s.run(fctx, f, spec) }
 		s.wg.Add(1)
+		s.count(LookupMiss)
+	} else {
+		s.count(LookupJoined)
 	}
 	// Join before the fetch starts, so that its first caller sees every
 	// report (a later caller gets the latest one at once).
@@ -918,11 +938,14 @@ func (s *Store) run(ctx context.Context, f *flight, spec Spec) {
 	defer f.cancel()
 	log := s.log.With("key", f.key, "url", displayURL(spec.URL))
 	log.Info("fetching image")
+	s.announce(api.ActionFetching, f.key, spec, nil, nil)
 	g, err := s.fetch(ctx, spec, f.key, f.report, log)
 	if err != nil {
 		log.Warn("image fetch failed", "err", err)
+		s.announce(api.ActionError, f.key, spec, nil, err)
 	} else {
 		log.Info("image published", "size", g.Size, "format", g.Format)
+		s.announce(api.ActionReady, f.key, spec, g, nil)
 	}
 	f.gold, f.err = g, err
 	s.mu.Lock()

@@ -14,12 +14,15 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/events"
 	"github.com/goldvm/goldvm/internal/group"
 	"github.com/goldvm/goldvm/internal/image"
+	"github.com/goldvm/goldvm/internal/metrics"
 	"github.com/goldvm/goldvm/internal/store"
 	"github.com/goldvm/goldvm/internal/vm"
 )
@@ -38,6 +41,11 @@ type Server struct {
 	mux    *http.ServeMux
 
 	prefetch *image.Prefetcher
+
+	bus         *events.Bus
+	metrics     *metrics.Metrics
+	streamsDone chan struct{}
+	stopOnce    sync.Once
 }
 
 // Config wires a Server.
@@ -53,6 +61,11 @@ type Config struct {
 	// Token, when set, is required as "Authorization: Bearer <token>".
 	Token  string
 	Logger *slog.Logger
+	// Events is the bus GET /events streams (nil: a bus of its own, with
+	// no publishers).
+	Events *events.Bus
+	// Metrics, when set, is served at GET /metrics and counts requests.
+	Metrics *metrics.Metrics
 }
 
 // New returns a Server with its routes.
@@ -85,6 +98,7 @@ func New(cfg Config) *Server {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "backend": s.vms.DriverName()})
 	})
 	s.mux.HandleFunc("/", s.noRoute)
+	s.opsRoutes(cfg)
 	return s
 }
 
@@ -114,17 +128,17 @@ func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
 // ServeHTTP authenticates, logs and routes a request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+	defer func() { s.observe(rec, r, start) }()
 	if s.token != "" && r.URL.Path != "/healthz" {
 		got, ok := bearerToken(r.Header.Get("Authorization"))
 		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="goldvm"`)
-			writeJSON(w, http.StatusUnauthorized, api.Error{Code: "unauthorized", Message: "a valid bearer token is required"})
+			rec.Header().Set("WWW-Authenticate", `Bearer realm="goldvm"`)
+			writeJSON(rec, http.StatusUnauthorized, api.Error{Code: "unauthorized", Message: "a valid bearer token is required"})
 			return
 		}
 	}
-	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 	s.mux.ServeHTTP(rec, r)
-	s.log.Debug("http", "method", r.Method, "path", r.URL.Path, "status", rec.status, "dur", time.Since(start))
 }
 
 // MinTokenBytes is the shortest bearer token the daemon accepts.
@@ -169,6 +183,10 @@ func (r *statusRecorder) WriteHeader(code int) {
 	r.status = code
 	r.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap lets http.ResponseController reach the connection (flushes and
+// deadlines of event streams).
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // statusOf maps an error to its HTTP status, by category.
 func statusOf(err error) int {

@@ -20,6 +20,7 @@ import (
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/callback"
 	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/events"
 	"github.com/goldvm/goldvm/internal/hypervisor"
 	"github.com/goldvm/goldvm/internal/image"
 	"github.com/goldvm/goldvm/internal/store"
@@ -58,6 +59,8 @@ type Config struct {
 	// deletion (see the Crash* constants). Crash tests set it to kill the
 	// daemon there; it is nil in normal operation.
 	CrashPoint func(point string)
+	// Events receives every state change of a VM (nil: none).
+	Events *events.Bus
 }
 
 // Points at which Config.CrashPoint is called.
@@ -237,6 +240,7 @@ func (m *Manager) CreateTagged(ctx context.Context, req api.CreateVMRequest, sys
 		return nil, fmt.Errorf("store new VM: %w", err)
 	}
 	m.log.Info("vm accepted", "vm", id, "request", v.String())
+	m.publish(api.ActionAccepted, r)
 	m.spawn(m.creates, id, func(ctx context.Context) { m.runCreate(ctx, id) })
 	return &r.VM, nil
 }
@@ -584,6 +588,7 @@ func (m *Manager) destroy(ctx context.Context, r *store.Record) error {
 			m.log.Error("release the vm's image", "vm", r.ID, "key", key, "err", err)
 		}
 	}
+	m.publish(api.ActionDeleted, r)
 	return nil
 }
 

@@ -21,8 +21,19 @@ const retryUnsavedEvery = time.Second
 
 // update applies fn to the record and saves it. If fn fails, nothing
 // changes and its error is returned. If the store cannot save the change,
-// the changed record is kept in memory (and returned) until it can.
+// the changed record is kept in memory (and returned) until it can. A
+// change is published as an event (see publishChange).
 func (m *Manager) update(id string, fn func(*store.Record) error) (*store.Record, error) {
+	var before store.Record
+	r, err := m.save(id, func(r *store.Record) error { before = *r; return fn(r) })
+	if err == nil {
+		m.publishChange(&before, r)
+	}
+	return r, err
+}
+
+// save is update without the event.
+func (m *Manager) save(id string, fn func(*store.Record) error) (*store.Record, error) {
 	m.mu.Lock()
 	pending := m.unsaved[id]
 	m.mu.Unlock()

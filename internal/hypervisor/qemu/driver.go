@@ -429,9 +429,6 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 	if spec.MemoryMiB <= 0 || spec.CPUs < 0 {
 		return errdefs.Newf(errdefs.ErrInvalid, "invalid-size", "invalid VM size: %d CPUs, %d MiB", spec.CPUs, spec.MemoryMiB)
 	}
-	if err := checkGold(spec.GoldDisk); err != nil {
-		return err
-	}
 	np, err := d.plan(spec)
 	if err != nil {
 		return err
@@ -446,6 +443,9 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 	}
 	if _, err := os.Stat(p(spec.Dir, fileDisk)); err != nil {
 		return errdefs.New(errdefs.ErrConflict, "vm-disk-missing", "the VM has no disk (Clone it first)", err)
+	}
+	if err := checkGold(spec.GoldDisk); err != nil {
+		return err
 	}
 	for _, f := range []string{fileQMP, fileQMPWatch, fileQGA, filePID, fileSSHPort} {
 		os.Remove(p(spec.Dir, f))
