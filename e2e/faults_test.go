@@ -220,7 +220,9 @@ func TestFaultDiskCompletelyFull(t *testing.T) {
 			t.Errorf("VM %s found %s after a restart: its final status never reached the disk", id, v.Status)
 		}
 	}
-	assertImageStoreHolds(t, d.dataDir, "sha256-"+before.Checksum)
+	// A package without a disk is refused before it is published
+	// (image-no-disk), so nothing is kept: no image, no temp dir.
+	assertImageStoreHolds(t, d.dataDir)
 	for _, id := range accepted {
 		if err := d.client.DeleteVM(context.Background(), id); err != nil {
 			t.Fatalf("delete %s: %v", id, err)
@@ -643,7 +645,9 @@ func writeTarGz(t *testing.T, dir, name string, entries []tarEntry) api.Image {
 }
 
 // serveReadmeOnly serves a valid tar.gz holding only a README (no disk) under
-// a name unique to tag, and returns its spec with the server's URL.
+// a name unique to tag, and returns its spec with the server's URL. It is
+// downloaded and verified, then refused before it is published
+// (image-no-disk): a creation from it fails fast without booting.
 func serveReadmeOnly(t *testing.T, srv *imageServer, tag string) api.Image {
 	t.Helper()
 	img := writeTarGz(t, srv.dir, "readme-"+tag+".tar.gz", []tarEntry{

@@ -120,12 +120,10 @@ func NewPrefetcher(s *Store, opts PrefetchOptions) (*Prefetcher, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Prefetcher{store: s, dir: filepath.Join(s.dir, prefetchDirName), opts: opts,
 		log: opts.Logger.With("component", "prefetch"), ctx: ctx, cancel: cancel, jobs: map[string]*prefetchJob{}}
-	if err := os.MkdirAll(p.dir, 0o700); err != nil {
-		cancel()
-		return nil, ioErr("creating pre-fetch records", err)
-	}
+	// The directory is made with the first record: a store that never
+	// pre-fetched holds only images.
 	ents, err := os.ReadDir(p.dir)
-	if err != nil {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		cancel()
 		return nil, ioErr("reading pre-fetch records", err)
 	}
@@ -201,6 +199,9 @@ func (p *Prefetcher) Start(spec Spec) (PrefetchInfo, error) {
 	b, err := json.MarshalIndent(prefetchRecord{Version: 1, Key: key, Spec: spec, Started: now}, "", "  ")
 	if err != nil {
 		return PrefetchInfo{}, fmt.Errorf("encoding pre-fetch record: %w", err)
+	}
+	if err := os.MkdirAll(p.dir, 0o700); err != nil {
+		return PrefetchInfo{}, ioErr("creating pre-fetch records", err)
 	}
 	if err := writeAtomic(p.dir, key+".json", b); err != nil {
 		return PrefetchInfo{}, err

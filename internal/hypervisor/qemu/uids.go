@@ -150,8 +150,14 @@ func CheckUIDRangeFree(s string) error {
 		if !r.contains(uid) {
 			continue
 		}
-		if qemuVMID(procArgs(pid)) != "" {
+		args := procArgs(pid)
+		switch {
+		case args == nil || procZombie(pid):
+			continue // gone, or dead and not yet reaped
+		case qemuVMID(args) != "":
 			continue // a VM's QEMU, of this daemon or another
+		case filepath.Base(args[0]) == "goldvm":
+			continue // a daemon's child between fork and exec of its QEMU
 		}
 		return fmt.Errorf("id %d of the range %s runs process %d", uid, s, pid)
 	}
