@@ -200,4 +200,10 @@ type CreateVMRequest struct {
 	LaunchGUI        *bool    `json:"launch_gui,omitempty"`
 	CallbackURL      string   `json:"callback_url,omitempty"`
 	ToolsInitTimeout Duration `json:"tools_init_timeout,omitempty"`
+	// UserData is cloud-init user-data for the guest (at most 64 KiB of
+	// UTF-8), served on its NoCloud seed CD-ROM and by the metadata service.
+	UserData UserData `json:"user_data,omitempty"`
+	// SSHAuthorizedKeys are public keys cloud-init installs for the
+	// image's default user.
+	SSHAuthorizedKeys []string `json:"ssh_authorized_keys,omitempty"`
 }

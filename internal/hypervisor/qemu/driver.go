@@ -29,7 +29,6 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -101,6 +100,14 @@ type Config struct {
 	// keeps its id for its life (its directory's owner records it). Set
 	// at most one of RunAs and RunAsRange.
 	RunAsRange string
+	// AgentWait is how long Discover waits for the guest agent's answer
+	// (the OS name) once the guest's address is known from elsewhere
+	// (a DHCP lease, a neighbour entry, the forwarded port); default
+	// DefaultAgentWait. A guest whose agent answers in time is reported
+	// as soon as it does; one without an agent is reported running this
+	// long after its address is known, without a guest_os, and its
+	// record is updated if the agent answers later.
+	AgentWait time.Duration
 	// PowerdownTimeout is how long Destroy waits for the guest to power off
 	// after an ACPI powerdown before it quits QEMU; default 3s.
 	PowerdownTimeout time.Duration
@@ -159,6 +166,9 @@ func New(cfg Config) (*Driver, error) {
 	}
 	if cfg.Machine == "" {
 		cfg.Machine = "q35"
+	}
+	if cfg.AgentWait <= 0 {
+		cfg.AgentWait = DefaultAgentWait
 	}
 	if cfg.PowerdownTimeout <= 0 {
 		cfg.PowerdownTimeout = 3 * time.Second
@@ -674,83 +684,6 @@ func (d *Driver) State(ctx context.Context, spec hypervisor.Spec) (hypervisor.St
 		return hypervisor.StateStopped, nil
 	}
 	return hypervisor.StatePaused, nil
-}
-
-// discoverPoll is the pause between two questions to the guest agent. A
-// question to an agent that is not up yet waits (up to 3s) for it, so this
-// only paces the questions to a booted guest that has no address yet; it
-// is short because every pause adds to the time until the VM is reported
-// running (bench/boot.sh; with 1s, create-to-running took 4.55s, with
-// 200ms 3.8-4.1s).
-const discoverPoll = 200 * time.Millisecond
-
-// Discover polls the guest agent until it reports an IPv4 address and the OS
-// name; when the agent has no address yet, the DHCP lease that goldvm's
-// dnsmasq gave the VM's MAC is used. On timeout it returns what it learned so
-// far together with an error with code "discovery-timeout".
-func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor.GuestInfo, error) {
-	var info hypervisor.GuestInfo
-	if err := checkSpec(spec); err != nil {
-		return info, err
-	}
-	np, err := d.plan(spec)
-	if err != nil {
-		return info, err
-	}
-	mac := macFor(spec.ID)
-	var lastErr error
-	attempts := 0
-	dhcpChecked := time.Now()
-	for {
-		if _, ok := d.livePID(spec); !ok {
-			return info, errdefs.New(errdefs.ErrConflict, "vm-not-running", "the VM stopped during discovery", hypervisor.ErrNotRunning)
-		}
-		attempts++
-		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		ip, osName, err := queryGuest(actx, p(spec.Dir, fileQGA), mac)
-		cancel()
-		lastErr = err
-		if ip != "" {
-			info.IPAddress = ip
-		}
-		if osName != "" {
-			info.GuestOS = osName
-		}
-		if info.IPAddress == "" && np.DHCP {
-			if f, err := os.Open(d.activeLeaseFile(np.Bridge)); err == nil {
-				info.IPAddress = leaseIP(parseLeases(f), mac)
-				f.Close()
-			}
-			// The guest has no address yet: make sure the bridge still has
-			// a DHCP server (it may have died, or been another daemon's),
-			// so a lost dnsmasq heals instead of timing the VM out.
-			if info.IPAddress == "" && time.Since(dhcpChecked) >= 5*time.Second {
-				dhcpChecked = time.Now()
-				d.netMu.Lock()
-				if err := d.ensureDnsmasq(ctx, np.Bridge, np.Subnet, np.Masquerade); err != nil {
-					d.log.Warn("restarting the bridge's DHCP server", "bridge", np.Bridge, "err", err)
-				}
-				d.netMu.Unlock()
-			}
-		}
-		if info.IPAddress != "" && info.GuestOS != "" {
-			if np.User {
-				port, err := SSHForwardPort(spec.Dir)
-				if err != nil {
-					return info, fmt.Errorf("reading the forwarded SSH port: %w", err)
-				}
-				info.SSHAddress = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-			}
-			return info, nil
-		}
-		select {
-		case <-ctx.Done():
-			return info, errdefs.New(errdefs.ErrUnavailable, "discovery-timeout",
-				fmt.Sprintf("the guest did not report its address and OS in time (after %d attempts: ip=%q os=%q, last guest agent error: %v)",
-					attempts, info.IPAddress, info.GuestOS, lastErr), ctx.Err())
-		case <-time.After(discoverPoll):
-		}
-	}
 }
 
 // Watch blocks until the VM's QEMU process ends. It holds a connection to the
