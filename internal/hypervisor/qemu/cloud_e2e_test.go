@@ -118,3 +118,36 @@ func TestE2ENoAgentBridge(t *testing.T) {
 		t.Errorf("guest %s not reachable: %v", info.IPAddress, err)
 	}
 }
+
+// A guest finds the cidata CD-ROM goldvm attaches and the user-data it was
+// given on it (the test guest's init mounts it and prints its user-data).
+func TestE2ECloudInitSeed(t *testing.T) {
+	gold := goldDir(t, testGuest(t))
+	d, err := New(Config{UserNet: true, Sandbox: true, RunDir: t.TempDir(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := newSpec(t, "seed", gold, api.NetworkNAT)
+	userData := "#cloud-config\n# goldvm seed test " + spec.ID + " ünïcode\nruncmd: [echo hello]"
+	spec.CloudInit = &hypervisor.CloudInit{InstanceID: spec.ID, Hostname: spec.ID, UserData: userData,
+		SSHAuthorizedKeys: []string{"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB5 test@goldvm"}}
+	bootAndDiscover(t, d, spec)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	want := "goldvm-guest: cidata /dev/sr0 user-data begin\n" + userData + "\ngoldvm-guest: cidata user-data end"
+	var console string
+	for ctx.Err() == nil {
+		b, err := d.Console(ctx, spec, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		console = strings.ReplaceAll(string(b), "\r\n", "\n")
+		if strings.Contains(console, "goldvm-guest: ready") {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.Contains(console, want) {
+		t.Errorf("the console does not show the seed's user-data %q:\n%s", want, tail(console, 3000))
+	}
+}

@@ -474,7 +474,15 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 	if err != nil {
 		return err
 	}
-	for _, f := range []string{spec.Dir, p(spec.Dir, fileDisk), p(spec.Dir, fileConsole)} {
+	files := []string{spec.Dir, p(spec.Dir, fileDisk), p(spec.Dir, fileConsole)}
+	seed, err := d.writeSeed(spec)
+	if err != nil {
+		return err
+	}
+	if seed != "" {
+		files = append(files, seed)
+	}
+	for _, f := range files {
 		if err := giveTo(cred, f); err != nil {
 			return err
 		}
@@ -487,7 +495,7 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 		ID: spec.ID, Dir: spec.Dir, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
 		Machine: d.cfg.Machine, Accel: d.accel.Args, Display: d.display(spec),
 		Sandbox: d.cfg.Sandbox, MAC: macFor(spec.ID), Net: np,
-		GoldPath: spec.GoldDisk.Path, GoldFormat: spec.GoldDisk.Format,
+		GoldPath: spec.GoldDisk.Path, GoldFormat: spec.GoldDisk.Format, Seed: seed,
 	}
 	var extra []*os.File
 	if cred != nil && !np.User {
@@ -900,7 +908,7 @@ func (d *Driver) Destroy(ctx context.Context, spec hypervisor.Spec) error {
 		}
 	}
 	var errs []error
-	files := []string{fileDisk, fileDiskTmp, fileQMP, fileQMPWatch, fileQGA, filePID, fileConsole, fileStderr, fileSSHPort, fileSSHPort + ".tmp"}
+	files := []string{fileDisk, fileDiskTmp, fileQMP, fileQMPWatch, fileQGA, filePID, fileConsole, fileStderr, fileSSHPort, fileSSHPort + ".tmp", fileSeed, fileSeed + ".tmp"}
 	shots, _ := filepath.Glob(p(spec.Dir, screendumpGlob))
 	for _, f := range files {
 		shots = append(shots, p(spec.Dir, f))
