@@ -41,9 +41,10 @@ func MetaData(c Config) []byte {
 }
 
 // NetworkConfig is a network-config (version 2) that asks for DHCPv4 on the
-// VM's NIC.
+// VM's NIC: the one with c.MAC, or without a MAC (VMware generates it at
+// power-on) every interface named e* (eth0, ens33, enp0s3).
 func NetworkConfig(c Config) []byte {
-	nic := map[string]any{"dhcp4": true}
+	nic := map[string]any{"dhcp4": true, "match": map[string]string{"name": "e*"}}
 	if c.MAC != "" {
 		nic["match"] = map[string]string{"macaddress": c.MAC}
 	}

@@ -109,8 +109,8 @@ func checkNetwork(n string) error {
 // configure edits the clone's .vmx for spec and writes it atomically:
 // CPUs, memory (MiB, rounded up to a multiple of 4 as VMware requires), the
 // display name, the first NIC's network type, fresh MAC addresses and BIOS
-// UUID so clones do not collide, and msg.autoAnswer so that no dialog
-// blocks a headless start.
+// UUID so clones do not collide, msg.autoAnswer so that no dialog
+// blocks a headless start, and the cloud-init seed CD-ROM (addSeed).
 func (d *Driver) configure(path string, spec hypervisor.Spec) error {
 	f, err := vmx.ReadFile(path)
 	if err != nil {
@@ -150,6 +150,9 @@ func (d *Driver) configure(path string, spec hypervisor.Spec) error {
 	set("uuid.action", "create")
 	set("msg.autoAnswer", "TRUE")
 	if err != nil {
+		return err
+	}
+	if err := addSeed(f, spec); err != nil {
 		return err
 	}
 	return f.WriteFile(path, 0o600)
