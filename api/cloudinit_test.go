@@ -9,7 +9,7 @@ import (
 func TestUserDataUnmarshal(t *testing.T) {
 	for _, tc := range []struct {
 		desc, in, want string
-		wantErr         bool
+		wantErr        bool
 	}{
 		{desc: "cloud-config", in: `"#cloud-config\nruncmd: [ls]"`, want: "#cloud-config\nruncmd: [ls]"},
 		{desc: "the replacement character given as itself", in: "\"a \uFFFD b\"", want: "a \uFFFD b"},
