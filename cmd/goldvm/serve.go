@@ -22,6 +22,7 @@ import (
 	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/hypervisor"
 	"github.com/goldvm/goldvm/internal/hypervisor/qemu"
+	"github.com/goldvm/goldvm/internal/metadata"
 	"github.com/goldvm/goldvm/internal/hypervisor/vmware"
 	"github.com/goldvm/goldvm/internal/image"
 	"github.com/goldvm/goldvm/internal/netpolicy"
@@ -123,6 +124,11 @@ func runServe(args []string) error {
 	}
 	defer db.Close()
 	var driver hypervisor.Driver
+	// The metadata service answers each VM with its own record, read
+	// through the manager (made below, before any VM is served).
+	var mgr *vm.Manager
+	mdService := metadata.New(func(ctx context.Context, id string) (any, error) { return mgr.Get(ctx, id) }, log)
+	defer mdService.Close()
 	switch *backend {
 	case "qemu":
 		if err := chooseQEMUUser(qemuUser, qemuUIDs, log); err != nil {
@@ -130,7 +136,7 @@ func runServe(args []string) error {
 		}
 		d, err := qemu.New(qemu.Config{
 			Accel: *accel, RunDir: filepath.Join(*dataDir, "run"), VMRoot: filepath.Join(*dataDir, "vms"),
-			BridgedBridge: *bridge, Sandbox: true, AgentWait: *agentWait, RunAs: *qemuUser, RunAsRange: *qemuUIDs, Logger: log,
+			BridgedBridge: *bridge, Sandbox: true, AgentWait: *agentWait, Metadata: mdService, RunAs: *qemuUser, RunAsRange: *qemuUIDs, Logger: log,
 		})
 		if err != nil {
 			return fmt.Errorf("qemu backend: %w", err)
@@ -184,7 +190,7 @@ func runServe(args []string) error {
 	// API clients see "$GOLDVM_DATA_DIR/…" instead of where the data lives
 	// (messages name files by the absolute paths goldvm uses).
 	redactor := errdefs.NewRedactor(map[string]string{*dataDir: "$GOLDVM_DATA_DIR"})
-	mgr := vm.New(vm.Config{
+	mgr = vm.New(vm.Config{
 		VMDir: filepath.Join(*dataDir, "vms"), Store: db, Images: images, Driver: driver,
 		Callbacks: callback.New(callback.Options{MaxAttempts: *cbAttempts, Backoff: *cbBackoff, Timeout: *cbTimeout, Transport: netPolicy.Transport()}), Limits: limits, Logger: log,
 		CrashPoint: crashPoint(log), Redactor: redactor,

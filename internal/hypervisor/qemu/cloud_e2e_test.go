@@ -5,6 +5,8 @@ package qemu
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/hypervisor"
+	"github.com/goldvm/goldvm/internal/metadata"
 )
 
 // noAgentGuest returns the test guest built without qemu-guest-agent
@@ -149,5 +152,138 @@ func TestE2ECloudInitSeed(t *testing.T) {
 	}
 	if !strings.Contains(console, want) {
 		t.Errorf("the console does not show the seed's user-data %q:\n%s", want, tail(console, 3000))
+	}
+}
+
+// guestRun runs a shell command in the guest through its agent
+// (guest-exec) and returns its stdout.
+func guestRun(t *testing.T, spec hypervisor.Spec, script string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := dialQGA(ctx, filepath.Join(spec.Dir, fileQGA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	call := func(cmd string, args any, out any) {
+		t.Helper()
+		b, _ := json.Marshal(map[string]any{"execute": cmd, "arguments": args})
+		if _, err := c.conn.Write(append(b, '\n')); err != nil {
+			t.Fatal(err)
+		}
+		c.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+		r, err := c.readReply()
+		if err != nil || r.Error != nil {
+			t.Fatalf("%s: %v %v", cmd, err, r.Error)
+		}
+		if err := json.Unmarshal(r.Return, out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var started struct{ PID int }
+	call("guest-exec", map[string]any{"path": "/bin/sh", "arg": []string{"-c", script}, "capture-output": true}, &started)
+	for ctx.Err() == nil {
+		var st struct {
+			Exited  bool   `json:"exited"`
+			OutData []byte `json:"out-data"`
+		}
+		call("guest-exec-status", map[string]any{"pid": started.PID}, &st)
+		if st.Exited {
+			return string(st.OutData)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("guest command %q did not end", script)
+	return ""
+}
+
+// Two VMs on the nat bridge each read their own metadata at
+// 169.254.169.254 (the test guest prints it on its console); one that
+// takes the other's IP address still gets its own, and neither reaches the
+// other's metadata listener directly.
+func TestE2EMetadataService(t *testing.T) {
+	guest := testGuest(t)
+	if !inNetns(t, guest) {
+		return
+	}
+	if _, err := lookPath("nft"); err != nil {
+		unavailable(t, "nft not installed (apt-get install nftables)")
+	}
+	gold := goldDir(t, guest)
+	md := metadata.New(func(_ context.Context, id string) (any, error) { return map[string]string{"id": id}, nil }, testLogger(t))
+	defer md.Close()
+	d, err := New(Config{RunDir: t.TempDir(), Sandbox: true, Metadata: md, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.StopNetwork(context.Background()) })
+	var specs [2]hypervisor.Spec
+	var infos [2]hypervisor.GuestInfo
+	for i := range specs {
+		specs[i] = newSpec(t, fmt.Sprintf("md%d", i), gold, api.NetworkNAT)
+		specs[i].CloudInit = &hypervisor.CloudInit{InstanceID: specs[i].ID, Hostname: specs[i].ID, UserData: "#cloud-config\n# for " + specs[i].ID}
+		infos[i] = bootAndDiscover(t, d, specs[i])
+	}
+	// The guest's init prints what it read (in the background, after "ready").
+	for i, s := range specs {
+		want := `goldvm-guest: metadata {"id":"` + s.ID + `"}`
+		other := specs[1-i].ID
+		var console string
+		for n := 0; n < 150; n++ {
+			b, _ := d.Console(context.Background(), s, 1<<20)
+			if console = string(b); strings.Contains(console, want) {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if !strings.Contains(console, want) || strings.Contains(console, other) {
+			t.Errorf("%s: the console does not show its own metadata %q (or shows %s's):\n%s", s.ID, want, other, tail(console, 2000))
+		}
+	}
+	get := func(path string) string {
+		return "printf 'GET " + path + " HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' | nc -w 3 "
+	}
+	// VM 1 takes VM 0's address as well and asks again: its own data.
+	out := guestRun(t, specs[1], "ip addr add "+infos[0].IPAddress+"/32 dev eth0; "+
+		get("/latest/meta-data/instance-id")+MetadataAddr+" 80 | tail -n 1")
+	if strings.TrimSpace(out) != specs[1].ID {
+		t.Errorf("VM 1 with VM 0's address read instance-id %q, want its own %s", out, specs[1].ID)
+	}
+	// VM 1 goes to VM 0's listener directly: dropped.
+	port, err := os.ReadFile(filepath.Join(specs[0].Dir, fileMetadataPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _, _ := strings.Cut(d.cfg.NATSubnet, "/")
+	out = guestRun(t, specs[1], get("/latest/meta-data/instance-id")+host+" "+strings.TrimSpace(string(port))+" 2>&1; echo rc=$?")
+	if strings.Contains(out, specs[0].ID) {
+		t.Errorf("VM 1 read VM 0's metadata from its listener: %q", out)
+	}
+	t.Logf("VM 1 at VM 0's listener: %q", out)
+	// The user-data is served too.
+	out = guestRun(t, specs[0], get("/latest/user-data")+MetadataAddr+" 80 | tail -n 1")
+	if strings.TrimSpace(out) != "# for "+specs[0].ID {
+		t.Errorf("user-data: %q", out)
+	}
+	// Destroy removes the VM's rules.
+	ctx := context.Background()
+	if err := d.Destroy(ctx, specs[0]); err != nil {
+		t.Fatal(err)
+	}
+	rules, err := d.metadataRules(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rules {
+		if r.Comment == specs[0].ID {
+			t.Errorf("rule of a destroyed VM left: %+v", r)
+		}
+	}
+	if len(rules) != 3 {
+		t.Errorf("%d rules left, want VM 1's 3: %+v", len(rules), rules)
 	}
 }

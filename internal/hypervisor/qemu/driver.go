@@ -108,6 +108,10 @@ type Config struct {
 	// long after its address is known, without a guest_os, and its
 	// record is updated if the agent answers later.
 	AgentWait time.Duration
+	// Metadata, when set, serves each VM on the nat and hostonly bridges
+	// at http://169.254.169.254/ (see metadata.go; needs nft, from the
+	// nftables package). Nil: no metadata service.
+	Metadata MetadataServer
 	// PowerdownTimeout is how long Destroy waits for the guest to power off
 	// after an ACPI powerdown before it quits QEMU; default 3s.
 	PowerdownTimeout time.Duration
@@ -124,6 +128,7 @@ type Driver struct {
 	ip       string // path of ip(8), "" when absent
 	dnsmasq  string
 	iptables string
+	nft      string // path of nft(8) when the metadata service is on, else ""
 
 	runAs    *syscall.Credential // QEMU's user, nil: the daemon's (or per VM)
 	uidRange uidRange            // per-VM user ids; zero: none
@@ -205,6 +210,12 @@ func New(cfg Config) (*Driver, error) {
 		}
 		if err := os.MkdirAll(cfg.RunDir, 0o700); err != nil {
 			return nil, fmt.Errorf("run dir: %w", err)
+		}
+		if cfg.Metadata != nil {
+			if d.nft, err = lookPath("nft"); err != nil {
+				d.nft = ""
+				d.log.Warn("nft not found (apt-get install nftables): no metadata service at " + MetadataAddr)
+			}
 		}
 	} else if !d.root {
 		d.log.Info("not running as root: nat uses QEMU user-mode networking (guest 10.0.2.15, reachable from the host only through the forwarded SSH port); hostonly and bridged are unavailable")
@@ -463,6 +474,10 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 	if err := d.setupNetwork(ctx, spec.ID, np); err != nil {
 		return err
 	}
+	if err := d.serveMetadata(ctx, spec, np); err != nil {
+		// The seed CD-ROM still configures a cloud image.
+		d.log.Warn("no metadata service for the VM", "vm", spec.ID, "err", err)
+	}
 	for _, f := range []string{fileConsole} {
 		if fh, err := os.OpenFile(p(spec.Dir, f), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600); err == nil {
 			fh.Close()
@@ -705,6 +720,13 @@ func (d *Driver) Watch(ctx context.Context, spec hypervisor.Spec) (string, error
 	if !ok {
 		return "not running", nil
 	}
+	// After a daemon restart, this is where a running VM's metadata
+	// service comes back.
+	if np, err := d.plan(spec); err == nil {
+		if err := d.serveMetadata(ctx, spec, np); err != nil {
+			d.log.Warn("no metadata service for the VM", "vm", spec.ID, "err", err)
+		}
+	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var mu sync.Mutex
@@ -888,6 +910,9 @@ func (d *Driver) Destroy(ctx context.Context, spec hypervisor.Spec) error {
 	if pid, ok := readPID(p(spec.Dir, filePID)); ok {
 		waitExited(ctx, pid, 10*time.Second)
 	}
+	if err := d.stopMetadata(context.WithoutCancel(ctx), spec); err != nil {
+		return errdefs.New(errdefs.ErrUnavailable, "network-cleanup-failed", "cannot remove the VM's metadata rules", err)
+	}
 	if d.bridging() {
 		if err := d.removeTap(context.WithoutCancel(ctx), tapFor(spec.ID)); err != nil {
 			return errdefs.New(errdefs.ErrUnavailable, "network-cleanup-failed", "cannot remove the VM's tap device", err)
@@ -908,7 +933,7 @@ func (d *Driver) Destroy(ctx context.Context, spec hypervisor.Spec) error {
 		}
 	}
 	var errs []error
-	files := []string{fileDisk, fileDiskTmp, fileQMP, fileQMPWatch, fileQGA, filePID, fileConsole, fileStderr, fileSSHPort, fileSSHPort + ".tmp", fileSeed, fileSeed + ".tmp"}
+	files := []string{fileDisk, fileDiskTmp, fileQMP, fileQMPWatch, fileQGA, filePID, fileConsole, fileStderr, fileSSHPort, fileSSHPort + ".tmp", fileSeed, fileSeed + ".tmp", fileMetadataPort, fileMetadataPort + ".tmp"}
 	shots, _ := filepath.Glob(p(spec.Dir, screendumpGlob))
 	for _, f := range files {
 		shots = append(shots, p(spec.Dir, f))
