@@ -19,6 +19,7 @@ if [[ "${GOLDVM_BOOT_NETNS:-}" != 1 ]]; then
 	[[ $(id -u) -eq 0 ]] || { echo "boot.sh: run as root (it makes a bridge, in a namespace of its own)" >&2; exit 1; }
 	export PATH="$PATH:/usr/local/go/bin"
 	work="$(mktemp -d)"
+	chmod 711 "$work" # QEMU runs under a user id of its own per VM and must reach the data dir
 	trap 'rm -rf "$work"' EXIT
 	go build -o "$work/goldvm" ./cmd/goldvm
 	guest="$(bash testdata/guest/build.sh | tail -n 1)"

@@ -203,8 +203,9 @@ func guestRun(t *testing.T, spec hypervisor.Spec, script string) string {
 
 // Two VMs on the nat bridge each read their own metadata at
 // 169.254.169.254 (the test guest prints it on its console); one that
-// takes the other's IP address still gets its own, and neither reaches the
-// other's metadata listener directly.
+// takes the other's IP address still gets its own, neither reaches the
+// other's metadata listener directly, they cannot ping each other while
+// each pings the host, and one that takes the other's MAC gets nothing.
 func TestE2EMetadataService(t *testing.T) {
 	guest := testGuest(t)
 	if !inNetns(t, guest) {
@@ -247,6 +248,14 @@ func TestE2EMetadataService(t *testing.T) {
 	get := func(path string) string {
 		return "printf 'GET " + path + " HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' | nc -w 3 "
 	}
+	// Isolation: VM 1 reaches the host but not VM 0.
+	host, _, _ := strings.Cut(d.cfg.NATSubnet, "/")
+	if out := guestRun(t, specs[1], "ping -c 2 -W 2 "+host+" >/dev/null 2>&1; echo rc=$?"); !strings.Contains(out, "rc=0") {
+		t.Errorf("VM 1 cannot ping the host %s: %q", host, out)
+	}
+	if out := guestRun(t, specs[1], "ping -c 2 -W 2 "+infos[0].IPAddress+" >/dev/null 2>&1; echo rc=$?"); !strings.Contains(out, "rc=1") {
+		t.Errorf("VM 1 pings VM 0 (%s) across the bridge: %q", infos[0].IPAddress, out)
+	}
 	// VM 1 takes VM 0's address as well and asks again: its own data.
 	out := guestRun(t, specs[1], "ip addr add "+infos[0].IPAddress+"/32 dev eth0; "+
 		get("/latest/meta-data/instance-id")+MetadataAddr+" 80 | tail -n 1")
@@ -258,7 +267,6 @@ func TestE2EMetadataService(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	host, _, _ := strings.Cut(d.cfg.NATSubnet, "/")
 	out = guestRun(t, specs[1], get("/latest/meta-data/instance-id")+host+" "+strings.TrimSpace(string(port))+" 2>&1; echo rc=$?")
 	if strings.Contains(out, specs[0].ID) {
 		t.Errorf("VM 1 read VM 0's metadata from its listener: %q", out)
@@ -269,6 +277,14 @@ func TestE2EMetadataService(t *testing.T) {
 	if strings.TrimSpace(out) != "# for "+specs[0].ID {
 		t.Errorf("user-data: %q", out)
 	}
+	// VM 1 takes VM 0's MAC: its frames are dropped at its tap, it gets
+	// nothing (of VM 0's or its own).
+	out = guestRun(t, specs[1], "ip link set eth0 address "+macFor(specs[0].ID)+"; "+
+		get("/goldvm/v1/vm")+MetadataAddr+" 80 2>&1; echo rc=$?")
+	if strings.Contains(out, specs[0].ID) || strings.Contains(out, specs[1].ID) {
+		t.Errorf("VM 1 with VM 0's MAC read metadata: %q", out)
+	}
+	t.Logf("VM 1 with VM 0's MAC: %q", out)
 	// Destroy removes the VM's rules.
 	ctx := context.Background()
 	if err := d.Destroy(ctx, specs[0]); err != nil {
@@ -278,12 +294,16 @@ func TestE2EMetadataService(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	left := 0
 	for _, r := range rules {
 		if r.Comment == specs[0].ID {
 			t.Errorf("rule of a destroyed VM left: %+v", r)
 		}
+		if r.Comment == specs[1].ID {
+			left++
+		}
 	}
-	if len(rules) != 3 {
-		t.Errorf("%d rules left, want VM 1's 3: %+v", len(rules), rules)
+	if left != 5 {
+		t.Errorf("VM 1 has %d rules, want 5 (its MAC, isolation, 3 for its metadata): %+v", left, rules)
 	}
 }

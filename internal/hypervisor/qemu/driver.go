@@ -211,11 +211,9 @@ func New(cfg Config) (*Driver, error) {
 		if err := os.MkdirAll(cfg.RunDir, 0o700); err != nil {
 			return nil, fmt.Errorf("run dir: %w", err)
 		}
-		if cfg.Metadata != nil {
-			if d.nft, err = lookPath("nft"); err != nil {
-				d.nft = ""
-				d.log.Warn("nft not found (apt-get install nftables): no metadata service at " + MetadataAddr)
-			}
+		if d.nft, err = lookPath("nft"); err != nil {
+			d.nft = ""
+			d.log.Warn("nft not found (apt-get install nftables): VMs on the nat and hostonly bridges can reach each other, and there is no metadata service at " + MetadataAddr)
 		}
 	} else if !d.root {
 		d.log.Info("not running as root: nat uses QEMU user-mode networking (guest 10.0.2.15, reachable from the host only through the forwarded SSH port); hostonly and bridged are unavailable")
@@ -474,9 +472,8 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 	if err := d.setupNetwork(ctx, spec.ID, np); err != nil {
 		return err
 	}
-	if err := d.serveMetadata(ctx, spec, np); err != nil {
-		// The seed CD-ROM still configures a cloud image.
-		d.log.Warn("no metadata service for the VM", "vm", spec.ID, "err", err)
+	if err := d.guardVM(ctx, spec, np); err != nil {
+		return netErr(err)
 	}
 	for _, f := range []string{fileConsole} {
 		if fh, err := os.OpenFile(p(spec.Dir, f), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600); err == nil {
@@ -722,8 +719,8 @@ func (d *Driver) Watch(ctx context.Context, spec hypervisor.Spec) (string, error
 	}
 	// After a daemon restart, this is where a running VM's metadata
 	// service comes back.
-	if np, err := d.plan(spec); err == nil {
-		if err := d.serveMetadata(ctx, spec, np); err != nil {
+	if np, err := d.plan(spec); err == nil && d.metadataEnabled(np) && !d.cfg.Metadata.Serving(spec.ID) {
+		if err := d.guardVM(ctx, spec, np); err != nil {
 			d.log.Warn("no metadata service for the VM", "vm", spec.ID, "err", err)
 		}
 	}

@@ -1,6 +1,13 @@
 package qemu
 
-// The metadata address 169.254.169.254 on the nat and hostonly bridges.
+// Per-VM nftables rules on the nat and hostonly bridges: isolation and the
+// metadata address 169.254.169.254.
+//
+// Every VM's tap gets two rules (table bridge goldvm_md): a frame from it
+// that does not carry the VM's MAC is dropped (chain pre), and a frame
+// from it is never forwarded to another VM's tap (chain isolate, the
+// bridge's forward hook), so VMs reach the host (DHCP, metadata, NAT to
+// the outside) but not each other.
 //
 // Each VM's metadata is served by the daemon on a listener of its own, on
 // the bridge's host address and a port of its own (recorded in the VM's
@@ -15,8 +22,8 @@ package qemu
 //	  without that mark is dropped, so no VM (and no other local process)
 //	  reaches another VM's listener directly.
 //
-// A guest that forges another VM's MAC or IP address still sends through
-// its own tap and gets its own mark: the forged address gains it nothing.
+// A guest that forges another VM's IP address still sends through its own
+// tap and gets its own mark; one that forges its MAC is dropped at its tap.
 // Each rule carries the VM's id as its comment; Destroy deletes them. The
 // hostonly bridge's DHCP hands out a route to 169.254.169.254/32 via the
 // host (option 121), as it has no default route. User-mode networking has
@@ -65,10 +72,13 @@ func (d *Driver) metadataEnabled(np netPlan) bool {
 	return d.cfg.Metadata != nil && d.nft != "" && !np.User && np.Subnet != ""
 }
 
-// serveMetadata makes sure VM spec's metadata is served and steered to (a
-// no-op when it already is).
-func (d *Driver) serveMetadata(ctx context.Context, spec hypervisor.Spec, np netPlan) error {
-	if !d.metadataEnabled(np) || spec.CloudInit == nil || d.cfg.Metadata.Serving(spec.ID) {
+// guardVM applies VM spec's nftables rules (its MAC on its tap; its
+// metadata steering) and, when the metadata service is on, serves its
+// metadata on a listener of its own. Start calls it for every VM on a
+// goldvm bridge; Watch calls it again (after a restart) when the VM's
+// metadata is not served. Without nft it does nothing.
+func (d *Driver) guardVM(ctx context.Context, spec hypervisor.Spec, np netPlan) error {
+	if d.nft == "" || np.User || np.Subnet == "" {
 		return nil
 	}
 	pfx, err := netip.ParsePrefix(np.Subnet)
@@ -76,53 +86,84 @@ func (d *Driver) serveMetadata(ctx context.Context, spec hypervisor.Spec, np net
 		return err
 	}
 	host := pfx.Addr().String()
-	port := 0
-	if b, err := os.ReadFile(p(spec.Dir, fileMetadataPort)); err == nil {
-		port, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	var ln net.Listener
+	if d.metadataEnabled(np) && spec.CloudInit != nil {
+		port := 0
+		if b, err := os.ReadFile(p(spec.Dir, fileMetadataPort)); err == nil {
+			port, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		ln, err = net.Listen("tcp4", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err != nil && port != 0 {
+			ln, err = net.Listen("tcp4", net.JoinHostPort(host, "0"))
+		}
+		if err != nil {
+			return fmt.Errorf("metadata listener: %w", err)
+		}
+		port = ln.Addr().(*net.TCPAddr).Port
+		if err := writeFileAtomic(p(spec.Dir, fileMetadataPort), []byte(strconv.Itoa(port)+"\n")); err != nil {
+			ln.Close()
+			return err
+		}
 	}
-	ln, err := net.Listen("tcp4", net.JoinHostPort(host, strconv.Itoa(port)))
-	if err != nil && port != 0 {
-		ln, err = net.Listen("tcp4", net.JoinHostPort(host, "0"))
-	}
-	if err != nil {
-		return fmt.Errorf("metadata listener: %w", err)
-	}
-	port = ln.Addr().(*net.TCPAddr).Port
-	if err := writeFileAtomic(p(spec.Dir, fileMetadataPort), []byte(strconv.Itoa(port)+"\n")); err != nil {
-		ln.Close()
-		return err
+	mdPort := 0
+	if ln != nil {
+		mdPort = ln.Addr().(*net.TCPAddr).Port
 	}
 	d.netMu.Lock()
-	err = d.steerMetadata(ctx, spec.ID, np.Tap, host, port)
+	err = d.vmRules(ctx, spec.ID, np.Tap, macFor(spec.ID), host, mdPort)
 	d.netMu.Unlock()
 	if err != nil {
-		ln.Close()
+		if ln != nil {
+			ln.Close()
+		}
 		return err
 	}
-	d.cfg.Metadata.Serve(spec.ID, *spec.CloudInit, ln)
-	d.log.Debug("metadata service", "vm", spec.ID, "listen", ln.Addr().String())
+	if ln != nil {
+		d.cfg.Metadata.Serve(spec.ID, *spec.CloudInit, ln)
+		d.log.Debug("metadata service", "vm", spec.ID, "listen", ln.Addr().String())
+	}
 	return nil
 }
 
-// steerMetadata replaces VM id's nftables rules (caller holds netMu).
-func (d *Driver) steerMetadata(ctx context.Context, id, tap, host string, port int) error {
+// vmRules replaces VM id's nftables rules (caller holds netMu): frames
+// from its tap must carry its MAC and are not forwarded to another VM's tap,
+// and with mdPort > 0 its metadata traffic is steered to host:mdPort.
+func (d *Driver) vmRules(ctx context.Context, id, tap, mac, host string, mdPort int) error {
 	if err := d.unsteerMetadata(ctx, id); err != nil {
 		return err
 	}
-	mark := metadataMark(port)
 	q := strconv.Quote(id)
-	script := strings.Join([]string{
+	lines := append(nftChains(),
+		fmt.Sprintf("add rule bridge %s pre iifname %s ether saddr != %s drop comment %s", nftTable, strconv.Quote(tap), mac, q),
+		// Nothing from this VM to another VM's tap: it reaches the host
+		// (DHCP, metadata, NAT to the outside), not the other VMs.
+		fmt.Sprintf(`add rule bridge %s isolate iifname %s oifname "gv*" drop comment %s`, nftTable, strconv.Quote(tap), q))
+	if mdPort > 0 {
+		mark := metadataMark(mdPort)
+		lines = append(lines,
+			fmt.Sprintf("add rule bridge %s pre iifname %s ip daddr %s tcp dport 80 meta mark set %s comment %s", nftTable, strconv.Quote(tap), MetadataAddr, mark, q),
+			fmt.Sprintf("add rule ip %s nat meta mark %s ip daddr %s tcp dport 80 dnat to %s:%d comment %s", nftTable, mark, MetadataAddr, host, mdPort, q),
+			fmt.Sprintf("add rule ip %s in ip daddr %s tcp dport %d meta mark != %s drop comment %s", nftTable, host, mdPort, mark, q))
+	}
+	return d.nftScript(ctx, lines)
+}
+
+// nftChains declares goldvm's tables and chains (idempotent).
+func nftChains() []string {
+	return []string{
 		"add table bridge " + nftTable,
 		"add chain bridge " + nftTable + " pre { type filter hook prerouting priority -300; policy accept; }",
+		"add chain bridge " + nftTable + " isolate { type filter hook forward priority 0; policy accept; }",
 		"add table ip " + nftTable,
 		"add chain ip " + nftTable + " nat { type nat hook prerouting priority -100; policy accept; }",
 		"add chain ip " + nftTable + " in { type filter hook input priority -10; policy accept; }",
-		fmt.Sprintf("add rule bridge %s pre iifname %s ip daddr %s tcp dport 80 meta mark set %s comment %s", nftTable, strconv.Quote(tap), MetadataAddr, mark, q),
-		fmt.Sprintf("add rule ip %s nat meta mark %s ip daddr %s tcp dport 80 dnat to %s:%d comment %s", nftTable, mark, MetadataAddr, host, port, q),
-		fmt.Sprintf("add rule ip %s in ip daddr %s tcp dport %d meta mark != %s drop comment %s", nftTable, host, port, mark, q),
-	}, "\n") + "\n"
+	}
+}
+
+// nftScript runs lines as one nft transaction.
+func (d *Driver) nftScript(ctx context.Context, lines []string) error {
 	cmd := exec.CommandContext(ctx, d.nft, "-f", "-")
-	cmd.Stdin = strings.NewReader(script)
+	cmd.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("nft: %w: %s", err, tail(strings.TrimSpace(string(out)), 1000))
 	}
@@ -192,10 +233,12 @@ func (d *Driver) deleteMetadataRules(ctx context.Context, del func(owner string)
 
 // stopMetadata stops serving VM spec and removes its rules.
 func (d *Driver) stopMetadata(ctx context.Context, spec hypervisor.Spec) error {
-	if d.cfg.Metadata == nil || d.nft == "" {
+	if d.nft == "" {
 		return nil
 	}
-	d.cfg.Metadata.Stop(spec.ID)
+	if d.cfg.Metadata != nil {
+		d.cfg.Metadata.Stop(spec.ID)
+	}
 	d.netMu.Lock()
 	defer d.netMu.Unlock()
 	return d.unsteerMetadata(ctx, spec.ID)
