@@ -68,3 +68,28 @@ func TestCloudInit(t *testing.T) {
 		}
 	}
 }
+
+// With --agent-wait that short, a VM is reported running from its DHCP
+// lease before its agent has said what OS it runs; the daemon keeps asking
+// and the record gets guest_os from the agent a moment later.
+func TestGuestOSLearntLater(t *testing.T) {
+	requireEnv(t)
+	srv := newImageServer(t)
+	d := startDaemon(t, filepath.Join(t.TempDir(), "data"), "--agent-wait", "1ms")
+	v := mustCreate(t, d, createReq(publish(t, srv, "qcow2"), ""))
+	got := waitVM(t, d, v.ID, bootTimeout)
+	if got.Status != api.StatusRunning || got.IPAddress == "" {
+		t.Fatalf("VM: %s", fmtVM(got))
+	}
+	t.Logf("running with guest_os %q, sources %+v", got.GuestOS, got.Sources)
+	waitFor(t, "guest_os from the guest agent", 60*time.Second, func() bool {
+		g, err := d.client.GetVM(context.Background(), v.ID)
+		if err == nil {
+			got = g
+		}
+		return err == nil && got.GuestOS != "" && got.Sources != nil && got.Sources.GuestOS == api.SourceGuestAgent
+	})
+	if !strings.HasPrefix(got.GuestOS, "goldvm test guest") || got.GuestOSName != got.GuestOS {
+		t.Errorf("guest_os %q, guest_os_name %q", got.GuestOS, got.GuestOSName)
+	}
+}
