@@ -307,3 +307,41 @@ func TestE2EMetadataService(t *testing.T) {
 		t.Errorf("VM 1 has %d rules, want 5 (its MAC, isolation, 3 for its metadata): %+v", left, rules)
 	}
 }
+
+// Reap deletes the nftables rules of unknown VMs whose tap is gone, and
+// keeps those of known VMs and of VMs whose tap lives (another instance's).
+func TestReapVMRules(t *testing.T) {
+	if !inNetns(t, "") {
+		return
+	}
+	if _, err := lookPath("nft"); err != nil {
+		unavailable(t, "nft not installed (apt-get install nftables)")
+	}
+	d, err := New(Config{RunDir: t.TempDir(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, id := range []string{"vm-known", "vm-gone", "vm-others"} {
+		if err := d.vmRules(ctx, id, tapFor(id), macFor(id), "10.213.0.1", 40000); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := d.run(ctx, "ip", "tuntap", "add", "dev", tapFor("vm-others"), "mode", "tap"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Reap(ctx, func(id string) bool { return id == "vm-known" }); err != nil {
+		t.Fatal(err)
+	}
+	rules, err := d.metadataRules(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]int{}
+	for _, r := range rules {
+		count[r.Comment]++
+	}
+	if count["vm-known"] != 5 || count["vm-others"] != 5 || count["vm-gone"] != 0 {
+		t.Errorf("rules per VM after Reap: %v; want vm-known and vm-others 5 each, vm-gone none", count)
+	}
+}

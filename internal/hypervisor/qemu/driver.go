@@ -984,7 +984,9 @@ func (d *Driver) stop(ctx context.Context, spec hypervisor.Spec, pid int) error 
 // (recorded in the tap's alias, with a tag of the VMRoot of the instance
 // that made it) is unknown. Taps of another instance (another VMRoot) and
 // taps not named yet are left alone: other goldvm daemons on the host may
-// be between making a tap and starting its QEMU. Call it at daemon start,
+// be between making a tap and starting its QEMU. It also deletes the
+// nftables rules (metadata.go) of VMs that are unknown and whose tap is
+// gone. Call it at daemon start,
 // before creating VMs, to clean up after a crash.
 func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 	var errs []error
@@ -1033,6 +1035,23 @@ func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 			}
 			d.log.Warn("removing stray tap", "tap", name, "vm", owner)
 			if err := d.removeTap(ctx, name); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if d.nft != "" {
+			// nftables rules of VMs that no record owns and whose tap is
+			// gone (a live tap may be another instance's VM).
+			links, err := d.links(ctx) // again: stray taps went above
+			if err != nil {
+				return errors.Join(append(errs, err)...)
+			}
+			d.netMu.Lock()
+			err = d.deleteMetadataRules(ctx, func(owner string) bool {
+				_, tapLives := links[tapFor(owner)]
+				return !known(owner) && !tapLives
+			})
+			d.netMu.Unlock()
+			if err != nil {
 				errs = append(errs, err)
 			}
 		}

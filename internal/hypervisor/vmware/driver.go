@@ -201,7 +201,7 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 		out, err := d.run(ctx, true, "getGuestIPAddress", path, "-wait")
 		if err == nil {
 			if ip := parseIP(out); ip != "" {
-				info.IPAddress = ip
+				info.IPAddress, info.IPSource = ip, api.SourceGuestAgent
 				break
 			}
 			lastErr = fmt.Errorf("vmrun getGuestIPAddress printed %q", truncate(out, 100))
@@ -236,6 +236,9 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 	}
 	if f, err := vmx.ReadFile(path); err == nil {
 		info.GuestOS, info.GuestOSName = guestOS(f)
+		if info.GuestOS != "" {
+			info.GuestOSSource = api.SourceVMX
+		}
 	}
 	d.log.Info("discovered", "id", spec.ID, "ip", info.IPAddress, "guest_os", info.GuestOS, "guest_os_name", info.GuestOSName)
 	return info, nil
