@@ -357,6 +357,14 @@ bound | renew)
 	[ -n "$domain" ] && echo "search $domain" >>/run/resolv.conf
 	for d in $dns; do echo "nameserver $d" >>/run/resolv.conf; done
 	echo "$ip" >/run/goldvm-ip
+	# classless static routes (option 121), e.g. to the metadata address
+	if [ -n "$staticroutes" ]; then
+		set -- $staticroutes
+		while [ $# -ge 2 ]; do
+			ip route replace "$1" via "$2" dev "$interface"
+			shift 2
+		done
+	fi
 	;;
 esac
 exit 0
@@ -440,7 +448,7 @@ done
 ip=
 if [ -e /sys/class/net/eth0 ]; then
 	ip link set eth0 up
-	udhcpc -i eth0 -s /etc/udhcpc/hook -x hostname:goldvm-guest -t 15 -T 1 -A 2 -b >/dev/null 2>&1
+	udhcpc -i eth0 -s /etc/udhcpc/hook -x hostname:goldvm-guest -O staticroutes -t 15 -T 1 -A 2 -b >/dev/null 2>&1
 	ip="$(cat /run/goldvm-ip 2>/dev/null)"
 else
 	echo "goldvm-guest: no eth0"

@@ -308,6 +308,38 @@ func TestE2EMetadataService(t *testing.T) {
 	}
 }
 
+// A VM on the hostonly bridge, which has no default route, reaches its
+// metadata through the route DHCP gives it (option 121).
+func TestE2EMetadataHostOnly(t *testing.T) {
+	guest := testGuest(t)
+	if !inNetns(t, guest) {
+		return
+	}
+	if _, err := lookPath("nft"); err != nil {
+		unavailable(t, "nft not installed (apt-get install nftables)")
+	}
+	md := metadata.New(func(_ context.Context, id string) (any, error) { return map[string]string{"id": id}, nil }, testLogger(t))
+	defer md.Close()
+	d, err := New(Config{RunDir: t.TempDir(), Sandbox: true, Metadata: md, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.StopNetwork(context.Background()) })
+	spec := newSpec(t, "mdho", goldDir(t, guest), api.NetworkHostOnly)
+	spec.CloudInit = &hypervisor.CloudInit{InstanceID: spec.ID, Hostname: spec.ID}
+	bootAndDiscover(t, d, spec)
+	want := `goldvm-guest: metadata {"id":"` + spec.ID + `"}`
+	var console string
+	for n := 0; n < 150 && !strings.Contains(console, want); n++ {
+		b, _ := d.Console(context.Background(), spec, 1<<20)
+		console = string(b)
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.Contains(console, want) {
+		t.Errorf("the hostonly VM's console does not show its metadata %q:\n%s", want, tail(console, 2000))
+	}
+}
+
 // Reap deletes the nftables rules of unknown VMs whose tap is gone, and
 // keeps those of known VMs and of VMs whose tap lives (another instance's).
 func TestReapVMRules(t *testing.T) {
