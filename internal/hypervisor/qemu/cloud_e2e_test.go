@@ -87,8 +87,13 @@ func TestE2ENoAgentUserNet(t *testing.T) {
 	if info.IPAddress != userNetGuestIP || info.SSHAddress == "" {
 		t.Errorf("info %+v: want %s and a forwarded SSH address", info, userNetGuestIP)
 	}
-	// The guest is really up: its console says it has its address.
-	console, _ := os.ReadFile(filepath.Join(spec.Dir, fileConsole))
+	// The guest is really up: its console says it has its address (the
+	// line may come a moment after discovery).
+	var console []byte
+	for n := 0; n < 150 && !strings.Contains(string(console), "ready ip=10.0.2.15 qga=none"); n++ {
+		time.Sleep(200 * time.Millisecond)
+		console, _ = os.ReadFile(filepath.Join(spec.Dir, fileConsole))
+	}
 	if !strings.Contains(string(console), "ready ip=10.0.2.15 qga=none") {
 		t.Errorf("console does not show the guest up without an agent:\n%s", tail(string(console), 2000))
 	}
