@@ -123,7 +123,13 @@ type VM struct {
 	// and not reachable from the host (user-mode networking, when goldvm
 	// does not run as root).
 	SSHAddress string `json:"ssh_address,omitempty"`
-	Error      *Error `json:"error,omitempty"`
+	// Sources says where ip_address and guest_os came from (see the
+	// Source* constants); nil until discovery has learnt something.
+	Sources *Sources `json:"sources,omitempty"`
+	// SSHAuthorizedKeys are the public keys given at creation, which
+	// cloud-init installs. (The user_data given is kept but never shown.)
+	SSHAuthorizedKeys []string `json:"ssh_authorized_keys,omitempty"`
+	Error             *Error   `json:"error,omitempty"`
 	// StopReason says why a VM that was running stopped.
 	StopReason string `json:"stop_reason,omitempty"`
 	// Tags are the VM's labels (see ValidTagKey); a group's VMs carry

@@ -204,4 +204,10 @@ type CreateVMRequest struct {
 	// [a-z0-9._/-], values of at most MaxTagValueBytes bytes. Keys that
 	// start with "goldvm." are the daemon's own.
 	Tags map[string]string `json:"tags,omitempty"`
+	// UserData is cloud-init user-data for the guest (at most 64 KiB of
+	// UTF-8), served on its NoCloud seed CD-ROM and by the metadata service.
+	UserData UserData `json:"user_data,omitempty"`
+	// SSHAuthorizedKeys are public keys cloud-init installs for the
+	// image's default user.
+	SSHAuthorizedKeys []string `json:"ssh_authorized_keys,omitempty"`
 }

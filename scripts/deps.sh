@@ -3,15 +3,16 @@
 # with --test, what its tests need too. Safe to run again.
 set -euo pipefail
 
-pkgs=(qemu-system-x86 qemu-utils dnsmasq-base iproute2 iptables ca-certificates)
+pkgs=(qemu-system-x86 qemu-utils dnsmasq-base iproute2 iptables nftables ca-certificates)
 if [[ "${1:-}" == "--test" ]]; then
 	# The test guest is built from Debian packages (kernel, busybox, qemu-guest-agent)
 	# and made bootable with syslinux; the end-to-end tests package it with
 	# tar/gzip/bzip2/zstd/xz/zip and ping the guests; one opens a VM's
-	# window (QEMU's gtk display) on a virtual X server.
+	# window (QEMU's gtk display) on a virtual X server; the cloud-init seed
+	# writer is checked with isoinfo (genisoimage) and xorriso.
 	pkgs+=(syslinux syslinux-common mtools dosfstools busybox-static
 		tar gzip bzip2 zstd xz-utils zip unzip iputils-ping util-linux
-		qemu-system-gui xvfb x11-utils)
+		qemu-system-gui xvfb x11-utils genisoimage xorriso)
 fi
 
 missing=()

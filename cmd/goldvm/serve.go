@@ -25,6 +25,7 @@ import (
 	"github.com/goldvm/goldvm/internal/hypervisor/qemu"
 	"github.com/goldvm/goldvm/internal/hypervisor/vmware"
 	"github.com/goldvm/goldvm/internal/image"
+	"github.com/goldvm/goldvm/internal/metadata"
 	"github.com/goldvm/goldvm/internal/netpolicy"
 	"github.com/goldvm/goldvm/internal/server"
 	"github.com/goldvm/goldvm/internal/store"
@@ -71,6 +72,7 @@ func runServe(args []string) error {
 	imageBackoff := fs.Duration("image-retry-backoff", envDuration("GOLDVM_IMAGE_RETRY_BACKOFF", time.Second), "wait before the first image download retry; doubles each time")
 	cbAttempts := fs.Int("callback-attempts", envInt("GOLDVM_CALLBACK_ATTEMPTS", 8), "how many times a callback is tried before it is recorded as failed")
 	cbBackoff := fs.Duration("callback-backoff", envDuration("GOLDVM_CALLBACK_BACKOFF", time.Second), "wait after the first failed callback; doubles each time, up to a minute")
+	agentWait := fs.Duration("agent-wait", envDuration("GOLDVM_AGENT_WAIT", qemu.DefaultAgentWait), "qemu: once a guest's address is known, wait this long for its guest agent's OS name before reporting it running without one")
 	cbTimeout := fs.Duration("callback-timeout", envDuration("GOLDVM_CALLBACK_TIMEOUT", 10*time.Second), "timeout of one callback attempt")
 	urlAllow := fs.String("url-allow", os.Getenv("GOLDVM_URL_ALLOW"), "networks (CIDR, comma-separated) image downloads and callbacks may connect to; empty: any not denied ($GOLDVM_URL_ALLOW)")
 	urlDeny := fs.String("url-deny", os.Getenv("GOLDVM_URL_DENY"), "more networks (CIDR, comma-separated) image downloads and callbacks may not connect to; link-local ("+netpolicy.DefaultDeny+"), where clouds serve instance credentials, is always denied ($GOLDVM_URL_DENY)")
@@ -132,6 +134,11 @@ func runServe(args []string) error {
 	}
 	defer db.Close()
 	var driver hypervisor.Driver
+	// The metadata service answers each VM with its own record, read
+	// through the manager (made below, before any VM is served).
+	var mgr *vm.Manager
+	mdService := metadata.New(func(ctx context.Context, id string) (any, error) { return mgr.Get(ctx, id) }, log)
+	defer mdService.Close()
 	switch *backend {
 	case "qemu":
 		if err := chooseQEMUUser(qemuUser, qemuUIDs, log); err != nil {
@@ -139,7 +146,7 @@ func runServe(args []string) error {
 		}
 		d, err := qemu.New(qemu.Config{
 			Accel: *accel, RunDir: filepath.Join(*dataDir, "run"), VMRoot: filepath.Join(*dataDir, "vms"),
-			BridgedBridge: *bridge, Sandbox: true, RunAs: *qemuUser, RunAsRange: *qemuUIDs, Logger: log,
+			BridgedBridge: *bridge, Sandbox: true, AgentWait: *agentWait, Metadata: mdService, RunAs: *qemuUser, RunAsRange: *qemuUIDs, Logger: log,
 		})
 		if err != nil {
 			return fmt.Errorf("qemu backend: %w", err)
@@ -195,7 +202,7 @@ func runServe(args []string) error {
 	// API clients see "$GOLDVM_DATA_DIR/…" instead of where the data lives
 	// (messages name files by the absolute paths goldvm uses).
 	redactor := errdefs.NewRedactor(map[string]string{*dataDir: "$GOLDVM_DATA_DIR"})
-	mgr := vm.New(vm.Config{
+	mgr = vm.New(vm.Config{
 		VMDir: filepath.Join(*dataDir, "vms"), Store: db, Images: images, Driver: driver,
 		Callbacks: callback.New(callback.Options{MaxAttempts: *cbAttempts, Backoff: noneDur(*cbBackoff), Timeout: *cbTimeout, Transport: netPolicy.Transport()}), Limits: limits, Logger: log,
 		CrashPoint: crashPoint(log), Redactor: redactor, Events: bus,

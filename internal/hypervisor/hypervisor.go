@@ -56,6 +56,21 @@ type Spec struct {
 	Network string
 	// Headless is false when the caller asked for a GUI window.
 	Headless bool
+	// CloudInit is what the guest's cloud-init is given (a NoCloud seed
+	// CD-ROM, the metadata service); nil: no seed.
+	CloudInit *CloudInit
+}
+
+// CloudInit is the configuration a stock cloud image reads at boot.
+type CloudInit struct {
+	// InstanceID is cloud-init's instance-id (the VM's id).
+	InstanceID string
+	// Hostname is the guest's local-hostname.
+	Hostname string
+	// UserData is the user-data given at creation ("" for none).
+	UserData string
+	// SSHAuthorizedKeys are public keys for the image's default user.
+	SSHAuthorizedKeys []string
 }
 
 // GuestInfo is what discovery learns from a booted guest.
@@ -74,6 +89,9 @@ type GuestInfo struct {
 	// port, set when IPAddress is not reachable from the host (QEMU
 	// user-mode networking).
 	SSHAddress string
+	// IPSource and GuestOSSource say where IPAddress and GuestOS came from
+	// (api.Source* constants; "" when the value is empty).
+	IPSource, GuestOSSource string
 }
 
 // State is the machine state a driver reports.
@@ -119,6 +137,16 @@ type Watcher interface {
 	// Watch blocks until the machine stops or ctx ends. It returns a short
 	// reason such as "guest-shutdown" or "process exited", or ctx.Err().
 	Watch(ctx context.Context, spec Spec) (reason string, err error)
+}
+
+// GuestOSProber is implemented by drivers whose Discover can return before
+// the guest's agent has told the OS (a guest without an agent, or whose
+// agent starts late). The manager keeps asking in the background and
+// updates the record when it answers.
+type GuestOSProber interface {
+	// ProbeGuestOS waits until the guest's agent reports the OS, and
+	// returns its name, or returns ctx's error.
+	ProbeGuestOS(ctx context.Context, spec Spec) (string, error)
 }
 
 // ConsoleReader is implemented by drivers that keep the VM's serial console

@@ -41,6 +41,10 @@ type Record struct {
 	api.VM
 	// Dir is the VM's own directory; every file the driver made lives there.
 	Dir string `json:"dir"`
+	// UserData is the cloud-init user-data given at creation. It is kept
+	// here, not in the API view, because it may hold secrets: only the VM
+	// itself reads it back (seed CD-ROM, metadata service).
+	UserData string `json:"user_data,omitempty"`
 }
 
 // Store is the VM record database. It is safe for concurrent use.

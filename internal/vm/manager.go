@@ -86,6 +86,7 @@ type Manager struct {
 	mu       sync.Mutex
 	creates  map[string]*task // in-flight creations, by VM id
 	watchers map[string]*task // running-VM watchers, by VM id
+	probes   map[string]*task // late guest-OS probes of running VMs, by VM id
 	idLocks  map[string]*sync.Mutex
 	unsaved  map[string]*store.Record // changes the store could not save yet (see records.go)
 	retrying bool                     // a retryUnsaved loop runs
@@ -108,7 +109,7 @@ func New(cfg Config) *Manager {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Manager{
 		cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel,
-		creates: map[string]*task{}, watchers: map[string]*task{}, idLocks: map[string]*sync.Mutex{},
+		creates: map[string]*task{}, watchers: map[string]*task{}, probes: map[string]*task{}, idLocks: map[string]*sync.Mutex{},
 		unsaved: map[string]*store.Record{},
 	}
 }
@@ -182,6 +183,9 @@ func (m *Manager) spec(r *store.Record) hypervisor.Spec {
 	s := hypervisor.Spec{
 		ID: r.ID, Dir: r.Dir, CPUs: r.CPUs, MemoryMiB: r.MemoryMiB,
 		Network: r.NetworkType, Headless: r.Headless,
+		CloudInit: &hypervisor.CloudInit{
+			InstanceID: r.ID, Hostname: r.ID, UserData: r.UserData, SSHAuthorizedKeys: r.SSHAuthorizedKeys,
+		},
 	}
 	if key, err := image.Key(imageSpec(r)); err == nil {
 		s.ImageKey, s.GoldDir = key, m.cfg.Images.GoldDir(key)
@@ -226,9 +230,11 @@ func (m *Manager) CreateTagged(ctx context.Context, req api.CreateVMRequest, sys
 			ID: id, Status: api.StatusCreating, Phase: api.PhasePending, Backend: m.cfg.Driver.Name(),
 			CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, NetworkType: v.NetworkType, Image: v.Image,
 			Headless: v.Headless, LaunchGUI: !v.Headless, CallbackURL: v.CallbackURL, ToolsInitTimeout: api.Duration(v.ToolsInitTimeout),
-			CreatedAt: now, UpdatedAt: now, Tags: tags,
+			SSHAuthorizedKeys: v.SSHKeys,
+			CreatedAt:         now, UpdatedAt: now, Tags: tags,
 		},
-		Dir: filepath.Join(m.cfg.VMDir, id),
+		Dir:      filepath.Join(m.cfg.VMDir, id),
+		UserData: v.UserData,
 	}
 	if r.CallbackURL != "" {
 		r.Callback = &api.CallbackDelivery{State: api.CallbackPending}
@@ -296,14 +302,20 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 			r.Status, r.Phase, r.Progress, r.Error = api.StatusRunning, "", nil, nil
 			r.IPAddress, r.GuestOS, r.SSHAddress = info.IPAddress, info.GuestOS, info.SSHAddress
 			r.GuestOSName = cmp.Or(info.GuestOSName, info.GuestOS)
+			if info.IPSource != "" || info.GuestOSSource != "" {
+				r.Sources = &api.Sources{IPAddress: info.IPSource, GuestOS: info.GuestOSSource}
+			}
 			return nil
 		})
 		if uerr != nil {
 			log.Error("record success", "err", uerr)
 			return
 		}
-		log.Info("vm running", "ip", info.IPAddress, "guest_os", info.GuestOS)
+		log.Info("vm running", "ip", info.IPAddress, "guest_os", info.GuestOS, "ip_source", info.IPSource)
 		m.startWatch(id)
+		if info.GuestOS == "" {
+			m.startProbe(id, time.Duration(r.ToolsInitTimeout))
+		}
 	}
 	m.crashPoint(CrashCallback)
 	m.deliverCallback(ctx, id)
@@ -428,6 +440,42 @@ func (m *Manager) startWatch(id string) {
 			reason = "watch failed: " + err.Error()
 		}
 		m.markStopped(id, reason)
+	})
+}
+
+// startProbe keeps asking a running VM's guest agent for the OS, for at
+// most limit, when the driver can (hypervisor.GuestOSProber), and records
+// the answer: a guest whose agent starts after its address is known.
+func (m *Manager) startProbe(id string, limit time.Duration) {
+	pr, ok := m.cfg.Driver.(hypervisor.GuestOSProber)
+	if !ok {
+		return
+	}
+	m.spawn(m.probes, id, func(ctx context.Context) {
+		r, err := m.get(id)
+		if err != nil {
+			return
+		}
+		pctx, cancel := context.WithTimeout(ctx, limit)
+		defer cancel()
+		name, err := pr.ProbeGuestOS(pctx, m.spec(r))
+		if err != nil || name == "" {
+			return
+		}
+		_, err = m.update(id, func(r *store.Record) error {
+			if r.Status != api.StatusRunning {
+				return errors.New("not running")
+			}
+			r.GuestOS, r.GuestOSName = name, name
+			if r.Sources == nil {
+				r.Sources = &api.Sources{}
+			}
+			r.Sources.GuestOS = api.SourceGuestAgent
+			return nil
+		})
+		if err == nil {
+			m.log.Info("guest agent answered after the VM was running", "vm", id, "guest_os", name)
+		}
 	})
 }
 
@@ -557,6 +605,7 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	m.crashPoint(CrashDeleting)
 	m.stop(m.creates, id)
 	m.stop(m.watchers, id)
+	m.stop(m.probes, id)
 	if err := m.destroy(ctx, r); err != nil {
 		// Keep the record, in its previous state, so the caller can retry.
 		m.update(id, func(r *store.Record) error { r.Status = prev; return nil })
@@ -641,6 +690,9 @@ func (m *Manager) Recover(ctx context.Context) error {
 				}
 				log.Info("recover: reattached to running vm")
 				m.startWatch(r.ID)
+				if r.GuestOS == "" {
+					m.startProbe(r.ID, time.Duration(r.ToolsInitTimeout))
+				}
 			} else if r.Status == api.StatusRunning || r.Status == api.StatusSuspended {
 				m.markStopped(r.ID, "machine was not running when the daemon restarted")
 			}

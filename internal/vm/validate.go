@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
@@ -49,6 +50,35 @@ type Validated struct {
 	CallbackURL      string
 	ToolsInitTimeout time.Duration
 	Tags             map[string]string
+	UserData         string
+	SSHKeys          []string
+}
+
+// MaxSSHKeys bounds ssh_authorized_keys; maxSSHKeyBytes bounds one key.
+const (
+	MaxSSHKeys     = 100
+	maxSSHKeyBytes = 16 << 10
+)
+
+// validateCloudInit checks user_data and ssh_authorized_keys.
+func validateCloudInit(req api.CreateVMRequest) error {
+	if err := api.CheckUserData(string(req.UserData)); err != nil {
+		return invalid("%v", err)
+	}
+	if len(req.SSHAuthorizedKeys) > MaxSSHKeys {
+		return invalid("ssh_authorized_keys has %d keys, more than the limit of %d", len(req.SSHAuthorizedKeys), MaxSSHKeys)
+	}
+	for i, k := range req.SSHAuthorizedKeys {
+		switch {
+		case strings.TrimSpace(k) == "":
+			return invalid("ssh_authorized_keys[%d] is empty", i)
+		case len(k) > maxSSHKeyBytes:
+			return invalid("ssh_authorized_keys[%d] is longer than %d bytes", i, maxSSHKeyBytes)
+		case strings.ContainsAny(k, "\r\n\x00") || !utf8.ValidString(k):
+			return invalid("ssh_authorized_keys[%d] must be one line of UTF-8 text (an authorized_keys line)", i)
+		}
+	}
+	return nil
 }
 
 // Validate checks a create request field by field and returns it normalised
@@ -131,8 +161,13 @@ func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
 	if err != nil {
 		return v, err
 	}
+	if err := validateCloudInit(req); err != nil {
+		return v, err
+	}
 	return Validated{
 		Tags:             tags,
+		UserData:         string(req.UserData),
+		SSHKeys:          req.SSHAuthorizedKeys,
 		CPUs:             req.CPUs,
 		MemoryMiB:        mem,
 		NetworkType:      nt,

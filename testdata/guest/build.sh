@@ -6,11 +6,15 @@
 # links against). The result is a FAT "superfloppy" disk booted by syslinux,
 # holding the kernel and a busybox initramfs that loads the virtio drivers,
 # gets an address by DHCP, runs qemu-ga on the virtio-serial port
-# org.qemu.guest_agent.0 and powers off on an ACPI power-button event.
+# org.qemu.guest_agent.0 and powers off on an ACPI power-button event. If a
+# cidata CD-ROM (cloud-init NoCloud seed) is attached it prints its user-data
+# on the console, and it prints what the metadata service at 169.254.169.254
+# says about it.
 #
 # Usage: build.sh [--force]
 #   Output dir: $GOLDVM_GUEST_DIR (default ~/.cache/goldvm/guest), holding
-#   guest.qcow2, guest.raw, stamp and debs/ (the downloaded packages).
+#   guest.qcow2, guest.raw, guest-noagent.qcow2 (the same guest without
+#   qemu-guest-agent), stamp and debs/ (the downloaded packages).
 #   Does nothing when the stamp matches (same build.sh, same package versions).
 #   The last line on stdout is the path of guest.qcow2; logs go to stderr.
 set -euo pipefail
@@ -20,7 +24,7 @@ for arg in "$@"; do
 	case "$arg" in
 	--force | -f) FORCE=1 ;;
 	-h | --help)
-		sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	*)
@@ -43,9 +47,9 @@ ARCH="$(dpkg --print-architecture)"
 [ "$ARCH" = amd64 ] || die "only amd64 hosts are supported (got $ARCH)"
 
 # Modules to load, in dependency order (the initramfs has no modules.dep).
-MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_console virtio_blk button evdev"
+MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_console virtio_blk button evdev scsi_common scsi_mod cdrom sr_mod virtio_scsi isofs"
 QGA_PORT_NAME="org.qemu.guest_agent.0"
-KERNEL_CMDLINE="console=ttyS0,115200 panic=-1 loglevel=4 cryptomgr.notests tsc=reliable no_timer_check 8250.nr_uarts=1 i8042.noaux"
+KERNEL_CMDLINE="console=ttyS0,115200 panic=-1 loglevel=4 cryptomgr.notests tsc=reliable no_timer_check 8250.nr_uarts=1 i8042.noaux scsi_mod.scan=sync"
 DISK_MIN_KIB=32768
 
 APT_OPTS=(-q)
@@ -146,7 +150,7 @@ mkdir -p "$OUT" "$DEBS"
 exec 9>"$OUT/.lock"
 flock 9
 
-if [ "$FORCE" = 0 ] && [ -f "$OUT/stamp" ] && [ -f "$OUT/guest.qcow2" ] && [ -f "$OUT/guest.raw" ] &&
+if [ "$FORCE" = 0 ] && [ -f "$OUT/stamp" ] && [ -f "$OUT/guest.qcow2" ] && [ -f "$OUT/guest.raw" ] && [ -f "$OUT/guest-noagent.qcow2" ] &&
 	[ "$(cat "$OUT/stamp")" = "$(stamp_content)" ]; then
 	log "up to date ($OUT/stamp)"
 	echo "$OUT/guest.qcow2"
@@ -353,6 +357,14 @@ bound | renew)
 	[ -n "$domain" ] && echo "search $domain" >>/run/resolv.conf
 	for d in $dns; do echo "nameserver $d" >>/run/resolv.conf; done
 	echo "$ip" >/run/goldvm-ip
+	# classless static routes (option 121), e.g. to the metadata address
+	if [ -n "$staticroutes" ]; then
+		set -- $staticroutes
+		while [ $# -ge 2 ]; do
+			ip route replace "$1" via "$2" dev "$interface"
+			shift 2
+		done
+	fi
 	;;
 esac
 exit 0
@@ -421,8 +433,9 @@ if [ -n "$USE_MDEV" ]; then
 	mdev -s
 fi
 
-# qemu-ga (needs virtio_console) and acpid (needs button + evdev)
-/sbin/goldvm-qga </dev/null >/dev/null 2>&1 &
+# qemu-ga (needs virtio_console; absent from the no-agent variant) and
+# acpid (needs button + evdev)
+[ -x /usr/sbin/qemu-ga ] && /sbin/goldvm-qga </dev/null >/dev/null 2>&1 &
 acpid -l /run/acpid.log || echo "goldvm-guest: acpid failed"
 
 # network
@@ -435,15 +448,43 @@ done
 ip=
 if [ -e /sys/class/net/eth0 ]; then
 	ip link set eth0 up
-	udhcpc -i eth0 -s /etc/udhcpc/hook -x hostname:goldvm-guest -t 15 -T 1 -A 2 -b >/dev/null 2>&1
+	udhcpc -i eth0 -s /etc/udhcpc/hook -x hostname:goldvm-guest -O staticroutes -t 15 -T 1 -A 2 -b >/dev/null 2>&1
 	ip="$(cat /run/goldvm-ip 2>/dev/null)"
 else
 	echo "goldvm-guest: no eth0"
 fi
 
+# a cloud-init NoCloud seed (an ISO 9660 CD-ROM labelled cidata): print its user-data
+for dev in /dev/sr0 /dev/sr1; do
+	[ -b "$dev" ] || continue
+	mkdir -p /run/cidata
+	mount -t iso9660 -o ro "$dev" /run/cidata 2>/dev/null || continue
+	if [ -f /run/cidata/meta-data ]; then
+		echo "goldvm-guest: cidata $dev user-data begin"
+		cat /run/cidata/user-data
+		echo
+		echo "goldvm-guest: cidata user-data end"
+		break
+	fi
+	umount /run/cidata
+done
+
+# what the metadata service says about this VM (in the background: none may
+# answer). busybox's static wget crashes on a refused connection: use nc.
+if [ -n "$ip" ]; then
+	(
+		for try in 1 2 3; do
+			md="$(printf 'GET /goldvm/v1/vm HTTP/1.0\r\nHost: 169.254.169.254\r\n\r\n' |
+				nc -w 5 169.254.169.254 80 2>/dev/null | sed '1,/^\r*$/d')"
+			[ -n "$md" ] && echo "goldvm-guest: metadata $md" && break
+			sleep 2
+		done
+	) </dev/null >/dev/console 2>/dev/null &
+fi
+
 # wait (briefly) for qemu-ga to be running before announcing readiness
 n=0
-while ! pidof qemu-ga >/dev/null && [ "$n" -lt 30 ]; do
+while [ -x /usr/sbin/qemu-ga ] && ! pidof qemu-ga >/dev/null && [ "$n" -lt 30 ]; do
 	sleep 0.1
 	n=$((n + 1))
 done
@@ -455,10 +496,22 @@ exec /sbin/init
 EOF
 chmod 755 "$R/init"
 
-# ---- initramfs ------------------------------------------------------------
-(cd "$R" && find . -mindepth 1 | sort | "$BB" cpio -o -H newc 2>/dev/null) | gzip -9n >"$WORK/initrd.gz"
-
-# ---- disk -----------------------------------------------------------------
+# ---- initramfs and disk -----------------------------------------------------
+# make_disk NAME: the initramfs of $R on a bootable FAT disk, $WORK/NAME.raw and .qcow2
+make_disk() {
+	local name="$1" disk_kib need_kib
+	(cd "$R" && find . -mindepth 1 | sort | "$BB" cpio -o -H newc 2>/dev/null) | gzip -9n >"$WORK/$name-initrd.gz"
+	need_kib=$((($(stat -c %s "$VMLINUZ") + $(stat -c %s "$WORK/$name-initrd.gz")) / 1024 + 4096))
+	disk_kib=$DISK_MIN_KIB
+	while [ "$disk_kib" -lt "$need_kib" ]; do disk_kib=$((disk_kib + 8192)); done
+	mkfs.vfat -n GOLDVM -C "$WORK/$name.raw" "$disk_kib" >/dev/null
+	mcopy -i "$WORK/$name.raw" "$VMLINUZ" ::/vmlinuz
+	mcopy -i "$WORK/$name.raw" "$WORK/$name-initrd.gz" ::/initrd.gz
+	mcopy -i "$WORK/$name.raw" "$WORK/syslinux.cfg" ::/syslinux.cfg
+	syslinux --install "$WORK/$name.raw"
+	qemu-img convert -f raw -O qcow2 "$WORK/$name.raw" "$WORK/$name.qcow2"
+	log "made $name.qcow2 (initrd $(($(stat -c %s "$WORK/$name-initrd.gz") / 1024)) KiB, disk $((disk_kib / 1024)) MiB)"
+}
 cat >"$WORK/syslinux.cfg" <<EOF
 DEFAULT goldvm
 PROMPT 0
@@ -468,16 +521,12 @@ LABEL goldvm
   INITRD /initrd.gz
   APPEND $KERNEL_CMDLINE
 EOF
-need_kib=$((($(stat -c %s "$VMLINUZ") + $(stat -c %s "$WORK/initrd.gz")) / 1024 + 4096))
-disk_kib=$DISK_MIN_KIB
-while [ "$disk_kib" -lt "$need_kib" ]; do disk_kib=$((disk_kib + 8192)); done
-mkfs.vfat -n GOLDVM -C "$WORK/guest.raw" "$disk_kib" >/dev/null
 export MTOOLS_SKIP_CHECK=1
-mcopy -i "$WORK/guest.raw" "$VMLINUZ" ::/vmlinuz
-mcopy -i "$WORK/guest.raw" "$WORK/initrd.gz" ::/initrd.gz
-mcopy -i "$WORK/guest.raw" "$WORK/syslinux.cfg" ::/syslinux.cfg
-syslinux --install "$WORK/guest.raw"
-qemu-img convert -f raw -O qcow2 "$WORK/guest.raw" "$WORK/guest.qcow2"
+make_disk guest
+# The variant without a guest agent: the same tree minus qemu-ga.
+rm -f "$R/usr/sbin/qemu-ga" "$R/sbin/goldvm-qga"
+sed -i 's/^PRETTY_NAME=.*/PRETTY_NAME="goldvm test guest without agent (Debian kernel, busybox)"/' "$R/etc/os-release"
+make_disk guest-noagent
 
 # ---- publish atomically ---------------------------------------------------
 stamp_content >"$WORK/stamp"
@@ -485,6 +534,7 @@ sync -f "$WORK/guest.qcow2" 2>/dev/null || sync
 rm -f "$OUT/stamp"
 mv -f "$WORK/guest.raw" "$OUT/guest.raw"
 mv -f "$WORK/guest.qcow2" "$OUT/guest.qcow2"
+mv -f "$WORK/guest-noagent.qcow2" "$OUT/guest-noagent.qcow2"
 mv -f "$WORK/stamp" "$OUT/stamp"
-log "built $OUT/guest.qcow2 (kernel $KPKG ${VER[$KPKG]}, initrd $(($(stat -c %s "$WORK/initrd.gz") / 1024)) KiB, disk $((disk_kib / 1024)) MiB)"
+log "built $OUT/guest.qcow2 and $OUT/guest-noagent.qcow2 (kernel $KPKG ${VER[$KPKG]})"
 echo "$OUT/guest.qcow2"

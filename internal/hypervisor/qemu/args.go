@@ -33,6 +33,9 @@ type launchParams struct {
 	// GoldPath and GoldFormat are the gold disk below the VM's overlay.
 	GoldPath   string
 	GoldFormat string
+	// Seed, when set, is the cloud-init seed volume attached as a
+	// read-only CD-ROM.
+	Seed string
 }
 
 // optEscape escapes a value for QEMU's comma-separated option syntax.
@@ -88,6 +91,9 @@ func buildArgs(lp launchParams) []string {
 		"-serial", "file:"+optEscape(p(dir, fileConsole)),
 	)
 	a = append(a, diskArgs(lp.GoldPath, lp.GoldFormat, p(dir, fileDisk))...)
+	if lp.Seed != "" {
+		a = append(a, seedArgs(lp.Seed)...)
+	}
 	switch {
 	case lp.Net.User:
 		// The guest gets 10.0.2.15 behind QEMU's own NAT; the host reaches
@@ -143,6 +149,22 @@ func diskArgs(goldPath, goldFormat, overlay string) []string {
 		"file":  file{"file", overlay},
 	}
 	return []string{"-blockdev", mustJSON(gold), "-blockdev", mustJSON(disk), "-device", "virtio-blk-pci,drive=disk"}
+}
+
+// seedArgs attaches the cloud-init seed as a read-only SCSI CD-ROM on a
+// virtio-scsi controller: stock cloud kernels (Debian's cloud kernel) have
+// virtio_scsi and sr_mod but no AHCI, so an IDE CD-ROM on q35 would be
+// invisible to them. The format is given (raw), never probed.
+func seedArgs(path string) []string {
+	seed := map[string]any{
+		"driver": "raw", "node-name": "seed", "read-only": true,
+		"file": map[string]any{"driver": "file", "filename": path, "read-only": true},
+	}
+	return []string{
+		"-device", "virtio-scsi-pci,id=scsi0",
+		"-blockdev", mustJSON(seed),
+		"-device", "scsi-cd,bus=scsi0.0,drive=seed",
+	}
 }
 
 func mustJSON(v any) string {

@@ -101,7 +101,7 @@ func agentServer(t *testing.T, sock string, replies map[string]string) {
 func fakeDriver(t *testing.T) *Driver {
 	return &Driver{
 		cfg: Config{RunDir: t.TempDir(), NATBridge: "goldvm0", NATSubnet: "10.213.0.1/24",
-			HostOnlyBridge: "goldvm1", HostOnlySubnet: "10.214.0.1/24"},
+			HostOnlyBridge: "goldvm1", HostOnlySubnet: "10.214.0.1/24", AgentWait: DefaultAgentWait},
 		root: true, log: slog.New(slog.NewTextHandler(tWriter{t}, nil)), locks: map[string]*vmLocks{},
 	}
 }
@@ -127,8 +127,67 @@ func TestDiscoverLeaseFallback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.IPAddress != "10.213.0.99" || info.GuestOS != "Debian GNU/Linux 12 (bookworm)" {
+	if info.IPAddress != "10.213.0.99" || info.GuestOS != "Debian GNU/Linux 12 (bookworm)" ||
+		info.IPSource != api.SourceDHCPLease || info.GuestOSSource != api.SourceGuestAgent {
 		t.Errorf("info = %+v", info)
+	}
+}
+
+// A guest without an agent is reported with its leased address and no OS
+// once AgentWait has passed; an agent that starts later is found by
+// ProbeGuestOS.
+func TestDiscoverWithoutAgent(t *testing.T) {
+	d := fakeDriver(t)
+	d.cfg.AgentWait = 300 * time.Millisecond
+	spec := hypervisor.Spec{ID: "01noagent", Dir: t.TempDir(), Network: api.NetworkNAT}
+	fakeVMProcess(t, spec.Dir, spec.ID)
+	agentServer(t, filepath.Join(spec.Dir, fileQGA), map[string]string{}) // the socket answers nothing
+	leases := fmt.Sprintf("%d %s 10.213.0.42 guest *\n", time.Now().Unix()+3600, macFor(spec.ID))
+	if err := os.WriteFile(d.leaseFile("goldvm0"), []byte(leases), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	info, err := d.Discover(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := hypervisor.GuestInfo{IPAddress: "10.213.0.42", IPSource: api.SourceDHCPLease}
+	if info != want {
+		t.Errorf("info = %+v, want %+v", info, want)
+	}
+
+	// The agent starts: ProbeGuestOS reports it.
+	os.Remove(filepath.Join(spec.Dir, fileQGA))
+	agentServer(t, filepath.Join(spec.Dir, fileQGA), map[string]string{
+		"guest-sync":                   "",
+		"guest-network-get-interfaces": `{"return": []}`,
+		"guest-get-osinfo":             `{"return": {"pretty-name": "Late Linux 1"}}`,
+	})
+	name, err := d.ProbeGuestOS(ctx, spec)
+	if err != nil || name != "Late Linux 1" {
+		t.Errorf("ProbeGuestOS = %q, %v; want Late Linux 1", name, err)
+	}
+}
+
+func TestNeighIP(t *testing.T) {
+	out := []byte(`[{"dst":"192.168.1.7","dev":"br0","lladdr":"52:54:00:aa:bb:cc","state":["FAILED"]},
+		{"dst":"169.254.3.4","dev":"br0","lladdr":"52:54:00:aa:bb:cc","state":["REACHABLE"]},
+		{"dst":"192.168.1.9","dev":"br0","lladdr":"52:54:00:11:22:33","state":["REACHABLE"]},
+		{"dst":"192.168.1.8","dev":"br0","lladdr":"52:54:00:AA:BB:CC","state":["STALE"]}]`)
+	for _, tc := range []struct {
+		desc, mac, want string
+	}{
+		{"usable entry, MAC in another case", "52:54:00:aa:bb:cc", "192.168.1.8"},
+		{"other VM", "52:54:00:11:22:33", "192.168.1.9"},
+		{"unknown MAC", "52:54:00:00:00:00", ""},
+	} {
+		if got := neighIP(out, tc.mac); got != tc.want {
+			t.Errorf("%s: got %q, want %q", tc.desc, got, tc.want)
+		}
+	}
+	if got := neighIP([]byte("not json"), "52:54:00:aa:bb:cc"); got != "" {
+		t.Errorf("garbage: got %q", got)
 	}
 }
 

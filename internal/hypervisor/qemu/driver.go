@@ -29,7 +29,6 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -101,6 +100,18 @@ type Config struct {
 	// keeps its id for its life (its directory's owner records it). Set
 	// at most one of RunAs and RunAsRange.
 	RunAsRange string
+	// AgentWait is how long Discover waits for the guest agent's answer
+	// (the OS name) once the guest's address is known from elsewhere
+	// (a DHCP lease, a neighbour entry, the forwarded port); default
+	// DefaultAgentWait. A guest whose agent answers in time is reported
+	// as soon as it does; one without an agent is reported running this
+	// long after its address is known, without a guest_os, and its
+	// record is updated if the agent answers later.
+	AgentWait time.Duration
+	// Metadata, when set, serves each VM on the nat and hostonly bridges
+	// at http://169.254.169.254/ (see metadata.go; needs nft, from the
+	// nftables package). Nil: no metadata service.
+	Metadata MetadataServer
 	// PowerdownTimeout is how long Destroy waits for the guest to power off
 	// after an ACPI powerdown before it quits QEMU; default 3s.
 	PowerdownTimeout time.Duration
@@ -117,6 +128,7 @@ type Driver struct {
 	ip       string // path of ip(8), "" when absent
 	dnsmasq  string
 	iptables string
+	nft      string // path of nft(8) when the metadata service is on, else ""
 
 	runAs    *syscall.Credential // QEMU's user, nil: the daemon's (or per VM)
 	uidRange uidRange            // per-VM user ids; zero: none
@@ -160,6 +172,9 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.Machine == "" {
 		cfg.Machine = "q35"
 	}
+	if cfg.AgentWait <= 0 {
+		cfg.AgentWait = DefaultAgentWait
+	}
 	if cfg.PowerdownTimeout <= 0 {
 		cfg.PowerdownTimeout = 3 * time.Second
 	}
@@ -195,6 +210,10 @@ func New(cfg Config) (*Driver, error) {
 		}
 		if err := os.MkdirAll(cfg.RunDir, 0o700); err != nil {
 			return nil, fmt.Errorf("run dir: %w", err)
+		}
+		if d.nft, err = lookPath("nft"); err != nil {
+			d.nft = ""
+			d.log.Warn("nft not found (apt-get install nftables): VMs on the nat and hostonly bridges can reach each other, and there is no metadata service at " + MetadataAddr)
 		}
 	} else if !d.root {
 		d.log.Info("not running as root: nat uses QEMU user-mode networking (guest 10.0.2.15, reachable from the host only through the forwarded SSH port); hostonly and bridged are unavailable")
@@ -453,6 +472,9 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 	if err := d.setupNetwork(ctx, spec.ID, np); err != nil {
 		return err
 	}
+	if err := d.guardVM(ctx, spec, np); err != nil {
+		return netErr(err)
+	}
 	for _, f := range []string{fileConsole} {
 		if fh, err := os.OpenFile(p(spec.Dir, f), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600); err == nil {
 			fh.Close()
@@ -464,7 +486,15 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 	if err != nil {
 		return err
 	}
-	for _, f := range []string{spec.Dir, p(spec.Dir, fileDisk), p(spec.Dir, fileConsole)} {
+	files := []string{spec.Dir, p(spec.Dir, fileDisk), p(spec.Dir, fileConsole)}
+	seed, err := d.writeSeed(spec)
+	if err != nil {
+		return err
+	}
+	if seed != "" {
+		files = append(files, seed)
+	}
+	for _, f := range files {
 		if err := giveTo(cred, f); err != nil {
 			return err
 		}
@@ -477,7 +507,7 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 		ID: spec.ID, Dir: spec.Dir, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
 		Machine: d.cfg.Machine, Accel: d.accel.Args, Display: d.display(spec),
 		Sandbox: d.cfg.Sandbox, MAC: macFor(spec.ID), Net: np,
-		GoldPath: spec.GoldDisk.Path, GoldFormat: spec.GoldDisk.Format,
+		GoldPath: spec.GoldDisk.Path, GoldFormat: spec.GoldDisk.Format, Seed: seed,
 	}
 	var extra []*os.File
 	if cred != nil && !np.User {
@@ -676,83 +706,6 @@ func (d *Driver) State(ctx context.Context, spec hypervisor.Spec) (hypervisor.St
 	return hypervisor.StatePaused, nil
 }
 
-// discoverPoll is the pause between two questions to the guest agent. A
-// question to an agent that is not up yet waits (up to 3s) for it, so this
-// only paces the questions to a booted guest that has no address yet; it
-// is short because every pause adds to the time until the VM is reported
-// running (bench/boot.sh; with 1s, create-to-running took 4.55s, with
-// 200ms 3.8-4.1s).
-const discoverPoll = 200 * time.Millisecond
-
-// Discover polls the guest agent until it reports an IPv4 address and the OS
-// name; when the agent has no address yet, the DHCP lease that goldvm's
-// dnsmasq gave the VM's MAC is used. On timeout it returns what it learned so
-// far together with an error with code "discovery-timeout".
-func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor.GuestInfo, error) {
-	var info hypervisor.GuestInfo
-	if err := checkSpec(spec); err != nil {
-		return info, err
-	}
-	np, err := d.plan(spec)
-	if err != nil {
-		return info, err
-	}
-	mac := macFor(spec.ID)
-	var lastErr error
-	attempts := 0
-	dhcpChecked := time.Now()
-	for {
-		if _, ok := d.livePID(spec); !ok {
-			return info, errdefs.New(errdefs.ErrConflict, "vm-not-running", "the VM stopped during discovery", hypervisor.ErrNotRunning)
-		}
-		attempts++
-		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		ip, osName, err := queryGuest(actx, p(spec.Dir, fileQGA), mac)
-		cancel()
-		lastErr = err
-		if ip != "" {
-			info.IPAddress = ip
-		}
-		if osName != "" {
-			info.GuestOS = osName
-		}
-		if info.IPAddress == "" && np.DHCP {
-			if f, err := os.Open(d.activeLeaseFile(np.Bridge)); err == nil {
-				info.IPAddress = leaseIP(parseLeases(f), mac)
-				f.Close()
-			}
-			// The guest has no address yet: make sure the bridge still has
-			// a DHCP server (it may have died, or been another daemon's),
-			// so a lost dnsmasq heals instead of timing the VM out.
-			if info.IPAddress == "" && time.Since(dhcpChecked) >= 5*time.Second {
-				dhcpChecked = time.Now()
-				d.netMu.Lock()
-				if err := d.ensureDnsmasq(ctx, np.Bridge, np.Subnet, np.Masquerade); err != nil {
-					d.log.Warn("restarting the bridge's DHCP server", "bridge", np.Bridge, "err", err)
-				}
-				d.netMu.Unlock()
-			}
-		}
-		if info.IPAddress != "" && info.GuestOS != "" {
-			if np.User {
-				port, err := SSHForwardPort(spec.Dir)
-				if err != nil {
-					return info, fmt.Errorf("reading the forwarded SSH port: %w", err)
-				}
-				info.SSHAddress = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-			}
-			return info, nil
-		}
-		select {
-		case <-ctx.Done():
-			return info, errdefs.New(errdefs.ErrUnavailable, "discovery-timeout",
-				fmt.Sprintf("the guest did not report its address and OS in time (after %d attempts: ip=%q os=%q, last guest agent error: %v)",
-					attempts, info.IPAddress, info.GuestOS, lastErr), ctx.Err())
-		case <-time.After(discoverPoll):
-		}
-	}
-}
-
 // Watch blocks until the VM's QEMU process ends. It holds a connection to the
 // second QMP monitor (qmp-watch.sock) for the SHUTDOWN event's reason and
 // polls the pid every second as a backstop.
@@ -763,6 +716,13 @@ func (d *Driver) Watch(ctx context.Context, spec hypervisor.Spec) (string, error
 	pid, ok := d.livePID(spec)
 	if !ok {
 		return "not running", nil
+	}
+	// After a daemon restart, this is where a running VM's metadata
+	// service comes back.
+	if np, err := d.plan(spec); err == nil && d.metadataEnabled(np) && !d.cfg.Metadata.Serving(spec.ID) {
+		if err := d.guardVM(ctx, spec, np); err != nil {
+			d.log.Warn("no metadata service for the VM", "vm", spec.ID, "err", err)
+		}
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -947,6 +907,9 @@ func (d *Driver) Destroy(ctx context.Context, spec hypervisor.Spec) error {
 	if pid, ok := readPID(p(spec.Dir, filePID)); ok {
 		waitExited(ctx, pid, 10*time.Second)
 	}
+	if err := d.stopMetadata(context.WithoutCancel(ctx), spec); err != nil {
+		return errdefs.New(errdefs.ErrUnavailable, "network-cleanup-failed", "cannot remove the VM's metadata rules", err)
+	}
 	if d.bridging() {
 		if err := d.removeTap(context.WithoutCancel(ctx), tapFor(spec.ID)); err != nil {
 			return errdefs.New(errdefs.ErrUnavailable, "network-cleanup-failed", "cannot remove the VM's tap device", err)
@@ -967,7 +930,7 @@ func (d *Driver) Destroy(ctx context.Context, spec hypervisor.Spec) error {
 		}
 	}
 	var errs []error
-	files := []string{fileDisk, fileDiskTmp, fileQMP, fileQMPWatch, fileQGA, filePID, fileConsole, fileStderr, fileSSHPort, fileSSHPort + ".tmp"}
+	files := []string{fileDisk, fileDiskTmp, fileQMP, fileQMPWatch, fileQGA, filePID, fileConsole, fileStderr, fileSSHPort, fileSSHPort + ".tmp", fileSeed, fileSeed + ".tmp", fileMetadataPort, fileMetadataPort + ".tmp"}
 	shots, _ := filepath.Glob(p(spec.Dir, screendumpGlob))
 	for _, f := range files {
 		shots = append(shots, p(spec.Dir, f))
@@ -1021,7 +984,9 @@ func (d *Driver) stop(ctx context.Context, spec hypervisor.Spec, pid int) error 
 // (recorded in the tap's alias, with a tag of the VMRoot of the instance
 // that made it) is unknown. Taps of another instance (another VMRoot) and
 // taps not named yet are left alone: other goldvm daemons on the host may
-// be between making a tap and starting its QEMU. Call it at daemon start,
+// be between making a tap and starting its QEMU. It also deletes the
+// nftables rules (metadata.go) of VMs that are unknown and whose tap is
+// gone. Call it at daemon start,
 // before creating VMs, to clean up after a crash.
 func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 	var errs []error
@@ -1070,6 +1035,23 @@ func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 			}
 			d.log.Warn("removing stray tap", "tap", name, "vm", owner)
 			if err := d.removeTap(ctx, name); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if d.nft != "" {
+			// nftables rules of VMs that no record owns and whose tap is
+			// gone (a live tap may be another instance's VM).
+			links, err := d.links(ctx) // again: stray taps went above
+			if err != nil {
+				return errors.Join(append(errs, err)...)
+			}
+			d.netMu.Lock()
+			err = d.deleteMetadataRules(ctx, func(owner string) bool {
+				_, tapLives := links[tapFor(owner)]
+				return !known(owner) && !tapLives
+			})
+			d.netMu.Unlock()
+			if err != nil {
 				errs = append(errs, err)
 			}
 		}

@@ -180,3 +180,20 @@ func TestDiskArgs(t *testing.T) {
 		t.Errorf("raw gold node %v", raw)
 	}
 }
+
+func TestSeedArgs(t *testing.T) {
+	a := buildArgs(launchParams{ID: "x", Dir: "/vms/x", MemoryMiB: 128, Seed: "/vms/x/seed.iso"})
+	joined := strings.Join(a, " ")
+	for _, want := range []string{
+		`-device virtio-scsi-pci,id=scsi0`,
+		`-blockdev {"driver":"raw","file":{"driver":"file","filename":"/vms/x/seed.iso","read-only":true},"node-name":"seed","read-only":true}`,
+		`-device scsi-cd,bus=scsi0.0,drive=seed`,
+	} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("args lack %s:\n%s", want, joined)
+		}
+	}
+	if a := strings.Join(buildArgs(launchParams{ID: "x", Dir: "/vms/x", MemoryMiB: 128}), " "); strings.Contains(a, "seed") {
+		t.Errorf("a VM without a seed has one: %s", a)
+	}
+}

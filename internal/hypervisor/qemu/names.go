@@ -19,6 +19,7 @@ const (
 	fileConsoleEnd = "console-last.log" // the tail of console.log, kept by Destroy
 	fileStderr     = "qemu-stderr.log"
 	fileSSHPort    = "ssh-port"
+	fileSeed       = "seed.iso" // cloud-init NoCloud seed, the VM's CD-ROM
 	screendumpGlob = "screendump-*.png"
 )
 

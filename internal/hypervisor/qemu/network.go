@@ -247,7 +247,12 @@ func (d *Driver) ensureDnsmasq(ctx context.Context, br, cidr string, router bool
 		"--log-facility=" + filepath.Join(d.cfg.RunDir, "dnsmasq-"+br+".log"),
 	}
 	if !router {
-		args = append(args, "--dhcp-option=3") // hostonly: no default route
+		// hostonly: no default route, but a route to the metadata address
+		// through the host (classless static routes, RFC 3442).
+		args = append(args, "--dhcp-option=3")
+		if host, _, ok := strings.Cut(cidr, "/"); ok {
+			args = append(args, "--dhcp-option=121,"+MetadataAddr+"/32,"+host)
+		}
 	} else if ns := hostNameservers("/etc/resolv.conf"); len(ns) > 0 {
 		// dnsmasq serves no DNS (--port=0); point nat guests at the
 		// host's own upstream resolvers instead.

@@ -118,8 +118,8 @@ func checkNetwork(n string) error {
 // configure edits the clone's .vmx for spec and writes it atomically:
 // CPUs, memory (MiB, rounded up to a multiple of 4 as VMware requires), the
 // display name, the first NIC's network type, fresh MAC addresses and BIOS
-// UUID so clones do not collide, and msg.autoAnswer so that no dialog
-// blocks a headless start.
+// UUID so clones do not collide, msg.autoAnswer so that no dialog
+// blocks a headless start, and the cloud-init seed CD-ROM (addSeed).
 func (d *Driver) configure(path string, spec hypervisor.Spec) error {
 	f, err := vmx.ReadFile(path)
 	if err != nil {
@@ -159,6 +159,9 @@ func (d *Driver) configure(path string, spec hypervisor.Spec) error {
 	set("uuid.action", "create")
 	set("msg.autoAnswer", "TRUE")
 	if err != nil {
+		return err
+	}
+	if err := addSeed(f, spec); err != nil {
 		return err
 	}
 	return f.WriteFile(path, 0o600)
@@ -207,7 +210,7 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 		out, err := d.run(ctx, true, "getGuestIPAddress", path, "-wait")
 		if err == nil {
 			if ip := parseIP(out); ip != "" {
-				info.IPAddress = ip
+				info.IPAddress, info.IPSource = ip, api.SourceGuestAgent
 				break
 			}
 			lastErr = fmt.Errorf("vmrun getGuestIPAddress printed %q", truncate(out, 100))
@@ -242,6 +245,9 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 	}
 	if f, err := vmx.ReadFile(path); err == nil {
 		info.GuestOS, info.GuestOSName = guestOS(f)
+		if info.GuestOS != "" {
+			info.GuestOSSource = api.SourceVMX
+		}
 	}
 	d.log.Info("discovered", "id", spec.ID, "ip", info.IPAddress, "guest_os", info.GuestOS, "guest_os_name", info.GuestOSName)
 	return info, nil

@@ -297,6 +297,28 @@ func (s *fake) start(params []string) error {
 			}
 		}
 	}
+	// A CD-ROM image that is to be connected at power-on must be there and
+	// be an ISO 9660 volume (VMware would otherwise stop at a question).
+	for k, v := range kv {
+		dev, ok := strings.CutSuffix(k, ".devicetype")
+		if !ok || !strings.EqualFold(v, "cdrom-image") || !strings.EqualFold(kv[dev+".present"], "true") ||
+			!strings.EqualFold(kv[dev+".startconnected"], "true") {
+			continue
+		}
+		iso := kv[dev+".filename"]
+		if !filepath.IsAbs(iso) {
+			iso = filepath.Join(filepath.Dir(vmx), iso)
+		}
+		b := make([]byte, 5)
+		f, err := os.Open(iso)
+		if err == nil {
+			_, err = f.ReadAt(b, 16*2048+1)
+			f.Close()
+		}
+		if err != nil || string(b) != "CD001" {
+			return vmError("Cannot connect the CD-ROM image '" + iso + "': it is missing or not an ISO 9660 image")
+		}
+	}
 	os.MkdirAll(filepath.Join(s.state, "running"), 0o755)
 	rec := vmx + "\n" + strconv.FormatInt(time.Now().UnixNano(), 10) + "\n"
 	if err := os.WriteFile(s.runningFile(vmx), []byte(rec), 0o644); err != nil {

@@ -1,0 +1,245 @@
+package qemu
+
+// Per-VM nftables rules on the nat and hostonly bridges: isolation and the
+// metadata address 169.254.169.254.
+//
+// Every VM's tap gets two rules (table bridge goldvm_md): a frame from it
+// that does not carry the VM's MAC is dropped (chain pre), and a frame
+// from it is never forwarded to another VM's tap (chain isolate, the
+// bridge's forward hook), so VMs reach the host (DHCP, metadata, NAT to
+// the outside) but not each other.
+//
+// Each VM's metadata is served by the daemon on a listener of its own, on
+// the bridge's host address and a port of its own (recorded in the VM's
+// directory as "metadata-port"). nftables steers a VM's traffic there by
+// the tap it arrives on, which the guest cannot choose:
+//
+//	table bridge goldvm_md, chain pre (prerouting): a frame from the VM's
+//	  tap for 169.254.169.254:80 gets the packet mark 0x676c0000|port;
+//	table ip goldvm_md, chain nat (prerouting, dstnat): a packet with that
+//	  mark for 169.254.169.254:80 is sent to <bridge address>:port;
+//	table ip goldvm_md, chain in (input): a packet for <bridge address>:port
+//	  without that mark is dropped, so no VM (and no other local process)
+//	  reaches another VM's listener directly.
+//
+// A guest that forges another VM's IP address still sends through its own
+// tap and gets its own mark; one that forges its MAC is dropped at its tap.
+// Each rule carries the VM's id as its comment; Destroy deletes them. The
+// hostonly bridge's DHCP hands out a route to 169.254.169.254/32 via the
+// host (option 121), as it has no default route. User-mode networking has
+// no metadata service (QEMU's guestfwd to a chardev carries one stream, not
+// one connection per request).
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+
+	"github.com/goldvm/goldvm/internal/hypervisor"
+)
+
+// MetadataAddr is the address guests read their metadata from.
+const MetadataAddr = "169.254.169.254"
+
+// nftTable is the nftables table (bridge and ip families) of the rules.
+const nftTable = "goldvm_md"
+
+// fileMetadataPort records the port of the VM's metadata listener.
+const fileMetadataPort = "metadata-port"
+
+// MetadataServer serves VMs' metadata; internal/metadata.Service is one.
+type MetadataServer interface {
+	// Serve answers VM id's metadata on ln until Stop(id).
+	Serve(id string, ci hypervisor.CloudInit, ln net.Listener)
+	// Serving reports whether VM id is served.
+	Serving(id string) bool
+	// Stop stops serving VM id.
+	Stop(id string)
+}
+
+// metadataMark is the packet mark of the VM whose listener has port.
+func metadataMark(port int) string { return fmt.Sprintf("0x676c%04x", port) }
+
+// metadataEnabled reports whether VMs on plan np get a metadata service.
+func (d *Driver) metadataEnabled(np netPlan) bool {
+	return d.cfg.Metadata != nil && d.nft != "" && !np.User && np.Subnet != ""
+}
+
+// guardVM applies VM spec's nftables rules (its MAC on its tap; its
+// metadata steering) and, when the metadata service is on, serves its
+// metadata on a listener of its own. Start calls it for every VM on a
+// goldvm bridge; Watch calls it again (after a restart) when the VM's
+// metadata is not served. Without nft it does nothing.
+func (d *Driver) guardVM(ctx context.Context, spec hypervisor.Spec, np netPlan) error {
+	if d.nft == "" || np.User || np.Subnet == "" {
+		return nil
+	}
+	pfx, err := netip.ParsePrefix(np.Subnet)
+	if err != nil {
+		return err
+	}
+	host := pfx.Addr().String()
+	var ln net.Listener
+	if d.metadataEnabled(np) && spec.CloudInit != nil {
+		port := 0
+		if b, err := os.ReadFile(p(spec.Dir, fileMetadataPort)); err == nil {
+			port, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		ln, err = net.Listen("tcp4", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err != nil && port != 0 {
+			ln, err = net.Listen("tcp4", net.JoinHostPort(host, "0"))
+		}
+		if err != nil {
+			return fmt.Errorf("metadata listener: %w", err)
+		}
+		port = ln.Addr().(*net.TCPAddr).Port
+		if err := writeFileAtomic(p(spec.Dir, fileMetadataPort), []byte(strconv.Itoa(port)+"\n")); err != nil {
+			ln.Close()
+			return err
+		}
+	}
+	mdPort := 0
+	if ln != nil {
+		mdPort = ln.Addr().(*net.TCPAddr).Port
+	}
+	d.netMu.Lock()
+	err = d.vmRules(ctx, spec.ID, np.Tap, macFor(spec.ID), host, mdPort)
+	d.netMu.Unlock()
+	if err != nil {
+		if ln != nil {
+			ln.Close()
+		}
+		return err
+	}
+	if ln != nil {
+		d.cfg.Metadata.Serve(spec.ID, *spec.CloudInit, ln)
+		d.log.Debug("metadata service", "vm", spec.ID, "listen", ln.Addr().String())
+	}
+	return nil
+}
+
+// vmRules replaces VM id's nftables rules (caller holds netMu): frames
+// from its tap must carry its MAC and are not forwarded to another VM's tap,
+// and with mdPort > 0 its metadata traffic is steered to host:mdPort.
+func (d *Driver) vmRules(ctx context.Context, id, tap, mac, host string, mdPort int) error {
+	if err := d.unsteerMetadata(ctx, id); err != nil {
+		return err
+	}
+	q := strconv.Quote(id)
+	lines := append(nftChains(),
+		fmt.Sprintf("add rule bridge %s pre iifname %s ether saddr != %s drop comment %s", nftTable, strconv.Quote(tap), mac, q),
+		// Nothing from this VM to another VM's tap: it reaches the host
+		// (DHCP, metadata, NAT to the outside), not the other VMs.
+		fmt.Sprintf(`add rule bridge %s isolate iifname %s oifname "gv*" drop comment %s`, nftTable, strconv.Quote(tap), q))
+	if mdPort > 0 {
+		mark := metadataMark(mdPort)
+		lines = append(lines,
+			fmt.Sprintf("add rule bridge %s pre iifname %s ip daddr %s tcp dport 80 meta mark set %s comment %s", nftTable, strconv.Quote(tap), MetadataAddr, mark, q),
+			fmt.Sprintf("add rule ip %s nat meta mark %s ip daddr %s tcp dport 80 dnat to %s:%d comment %s", nftTable, mark, MetadataAddr, host, mdPort, q),
+			fmt.Sprintf("add rule ip %s in ip daddr %s tcp dport %d meta mark != %s drop comment %s", nftTable, host, mdPort, mark, q))
+	}
+	return d.nftScript(ctx, lines)
+}
+
+// nftChains declares goldvm's tables and chains (idempotent).
+func nftChains() []string {
+	return []string{
+		"add table bridge " + nftTable,
+		"add chain bridge " + nftTable + " pre { type filter hook prerouting priority -300; policy accept; }",
+		"add chain bridge " + nftTable + " isolate { type filter hook forward priority 0; policy accept; }",
+		"add table ip " + nftTable,
+		"add chain ip " + nftTable + " nat { type nat hook prerouting priority -100; policy accept; }",
+		"add chain ip " + nftTable + " in { type filter hook input priority -10; policy accept; }",
+	}
+}
+
+// nftScript runs lines as one nft transaction.
+func (d *Driver) nftScript(ctx context.Context, lines []string) error {
+	cmd := exec.CommandContext(ctx, d.nft, "-f", "-")
+	cmd.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("nft: %w: %s", err, tail(strings.TrimSpace(string(out)), 1000))
+	}
+	return nil
+}
+
+// nftRule is the part of a rule in `nft -j list table` goldvm reads.
+type nftRule struct {
+	Family  string `json:"family"`
+	Table   string `json:"table"`
+	Chain   string `json:"chain"`
+	Handle  int    `json:"handle"`
+	Comment string `json:"comment"`
+}
+
+// metadataRules lists goldvm's metadata rules in both families.
+func (d *Driver) metadataRules(ctx context.Context) ([]nftRule, error) {
+	var rules []nftRule
+	for _, fam := range []string{"bridge", "ip"} {
+		out, err := d.run(ctx, d.nft, "-j", "list", "table", fam, nftTable)
+		if err != nil {
+			if strings.Contains(err.Error(), "No such file or directory") {
+				continue // no table yet
+			}
+			return nil, err
+		}
+		var doc struct {
+			Nftables []struct {
+				Rule *nftRule `json:"rule"`
+			} `json:"nftables"`
+		}
+		if err := json.Unmarshal(out, &doc); err != nil {
+			return nil, fmt.Errorf("nft -j: %w", err)
+		}
+		for _, o := range doc.Nftables {
+			if o.Rule != nil {
+				rules = append(rules, *o.Rule)
+			}
+		}
+	}
+	return rules, nil
+}
+
+// unsteerMetadata deletes VM id's rules (caller holds netMu).
+func (d *Driver) unsteerMetadata(ctx context.Context, id string) error {
+	return d.deleteMetadataRules(ctx, func(owner string) bool { return owner == id })
+}
+
+// deleteMetadataRules deletes the metadata rules whose owner (comment)
+// del accepts.
+func (d *Driver) deleteMetadataRules(ctx context.Context, del func(owner string) bool) error {
+	rules, err := d.metadataRules(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range rules {
+		if r.Comment == "" || !del(r.Comment) {
+			continue
+		}
+		if _, err := d.run(ctx, d.nft, "delete", "rule", r.Family, r.Table, r.Chain, "handle", strconv.Itoa(r.Handle)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// stopMetadata stops serving VM spec and removes its rules.
+func (d *Driver) stopMetadata(ctx context.Context, spec hypervisor.Spec) error {
+	if d.nft == "" {
+		return nil
+	}
+	if d.cfg.Metadata != nil {
+		d.cfg.Metadata.Stop(spec.ID)
+	}
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	return d.unsteerMetadata(ctx, spec.ID)
+}
