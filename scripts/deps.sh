@@ -11,7 +11,10 @@ if [[ "${1:-}" == "--test" ]]; then
 	# window (QEMU's gtk display) on a virtual X server.
 	pkgs+=(syslinux syslinux-common mtools dosfstools busybox-static
 		tar gzip bzip2 zstd xz-utils zip unzip iputils-ping util-linux
-		qemu-system-gui xvfb x11-utils)
+		qemu-system-gui xvfb x11-utils
+		# The lxd backend's tests run containers in a local LXD
+		# (scripts/lxd-init.sh starts and initialises it).
+		lxd lxd-client nftables)
 fi
 
 missing=()

@@ -351,10 +351,8 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 			info.IPAddress = ip
 			return info, nil
 		}
-		select {
-		case <-ctx.Done():
-			return info, discoveryTimeout(name, ctx.Err())
-		case <-time.After(d.cfg.PollInterval):
+		if err := sleepCtx(ctx, d.cfg.PollInterval); err != nil {
+			return info, discoveryTimeout(name, err)
 		}
 	}
 }
@@ -428,11 +426,35 @@ func (d *Driver) Destroy(ctx context.Context, spec hypervisor.Spec) error {
 	if err := d.Stop(ctx, spec); err != nil {
 		return err
 	}
-	err = d.c.do(ctx, http.MethodDelete, "/1.0/instances/"+name, nil, nil)
+	// LXD refuses the delete while an operation of its own (the stop
+	// after a failed start, say) still holds the instance.
+	for try := 0; ; try++ {
+		err = d.c.do(ctx, http.MethodDelete, "/1.0/instances/"+name, nil, nil)
+		if !isBusy(err) || try == 60 || sleepCtx(ctx, d.cfg.PollInterval) != nil {
+			break
+		}
+	}
 	if err != nil && !isStatus(err, http.StatusNotFound) {
 		return errdefs.New(errdefs.ErrConflict, api.CodeVMCleanupFailed, "deleting LXD instance "+name, err)
 	}
 	return nil
+}
+
+// isBusy reports whether LXD refused a request because another operation
+// holds the instance.
+func isBusy(err error) bool {
+	var ae *apiError
+	return errors.As(err, &ae) && strings.Contains(ae.Message, "is busy running")
+}
+
+// sleepCtx waits for d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
 }
 
 // Stop shuts the instance down and keeps it: a clean shutdown (SIGPWR to
@@ -511,10 +533,8 @@ func (d *Driver) Watch(ctx context.Context, spec hypervisor.Spec) (string, error
 		case st.Status != "Running" && st.Status != "Frozen":
 			return "instance " + strings.ToLower(st.Status), nil
 		}
-		select {
-		case <-ctx.Done():
-			return "", ctx.Err()
-		case <-time.After(d.cfg.PollInterval):
+		if err := sleepCtx(ctx, d.cfg.PollInterval); err != nil {
+			return "", err
 		}
 	}
 }

@@ -83,8 +83,8 @@ func containerPackage(t *testing.T) string {
 }
 
 // goldFromPackage unpacks the tar.gz pkg into a new directory and seals it
-// as goldvm's image store does (files 0444, or 0555 when executable;
-// directories 0555). It returns the directory and an image key made from
+// as goldvm's image store does (files 0644 whatever the archive says, then
+// 0444; directories 0555). It returns the directory and an image key made from
 // the package's bytes.
 func goldFromPackage(t *testing.T, pkg string) (dir, key string) {
 	t.Helper()
@@ -120,9 +120,6 @@ func goldFromPackage(t *testing.T, pkg string) (dir, key string) {
 				_, err = io.Copy(out, tr)
 				if cerr := out.Close(); err == nil {
 					err = cerr
-				}
-				if err == nil && hdr.Mode&0o111 != 0 {
-					err = os.Chmod(p, 0o755)
 				}
 			}
 		}

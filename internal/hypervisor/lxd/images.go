@@ -3,6 +3,7 @@ package lxd
 import (
 	"archive/tar"
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -209,6 +210,9 @@ func lxdArch(goarch string) string {
 // always gives the same bytes (and LXD the same fingerprint). Everything
 // belongs to root; the sealed gold tree's read-only modes are given back
 // their owner's write bit, and directories named tmp the sticky 1777.
+// goldvm's image store does not keep a package's execute bits, so a file
+// is executable (0755) when it has one or its content says it is a
+// program (see executable).
 func writeTar(w io.Writer, l *layout) error {
 	tw := tar.NewWriter(w)
 	if err := tw.WriteHeader(&tar.Header{Name: "metadata.yaml", Mode: 0o644, Size: int64(len(l.metadata)), Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
@@ -265,7 +269,7 @@ func addTree(tw *tar.Writer, dir, prefix string) error {
 			hdr.Mode = 0o777
 		case fi.Mode().IsRegular():
 			mode := int64(0o644)
-			if fi.Mode()&0o111 != 0 {
+			if fi.Mode()&0o111 != 0 || executable(p) {
 				mode = 0o755
 			}
 			return addFile(tw, p, name, mode)
@@ -274,6 +278,20 @@ func addTree(tw *tar.Writer, dir, prefix string) error {
 		}
 		return tw.WriteHeader(hdr)
 	})
+}
+
+// executable reports whether the file at p starts as a program does: an
+// ELF header or a "#!" line.
+func executable(p string) bool {
+	f, err := os.Open(p)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	head := make([]byte, 4)
+	n, _ := io.ReadFull(f, head)
+	head = head[:n]
+	return bytes.HasPrefix(head, []byte("\x7fELF")) || bytes.HasPrefix(head, []byte("#!"))
 }
 
 // walkSorted calls fn on dir and everything under it, depth first, in
