@@ -6,11 +6,13 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -149,4 +151,72 @@ func TestLXDCreateRunningDelete(t *testing.T) {
 		t.Fatalf("delete image: %v", err)
 	}
 	waitFor(t, "LXD's copy of the image to go", time.Minute, func() bool { return lxdQuery(project, alias, nil) != nil })
+}
+
+// relay forwards connections on a unix socket of its own to LXD's socket
+// until stop: then its socket and every connection through it close, and
+// LXD "goes away" for a daemon that uses it.
+func relay(t *testing.T, to string) (path string, stop func()) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "lxd.socket")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	track := func(c net.Conn) {
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("unix", to)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			track(c)
+			track(up)
+			go io.Copy(up, c)
+			go io.Copy(c, up)
+		}
+	}()
+	stop = func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	t.Cleanup(stop)
+	return path, stop
+}
+
+// TestLXDUnavailable: with LXD gone, a create is refused at once with 503
+// backend-unavailable and leaves no record; reads still answer.
+func TestLXDUnavailable(t *testing.T) {
+	requireLXD(t)
+	sock, stop := relay(t, "/var/lib/lxd/unix.socket")
+	sum := sha256.Sum256(fmt.Appendf(nil, "%s %d %d", t.Name(), os.Getpid(), time.Now().UnixNano()))
+	project := "goldvm-e2e-" + hex.EncodeToString(sum[:4])
+	t.Cleanup(func() { exec.Command("lxc", "project", "delete", project).Run() })
+	d := startDaemon(t, filepath.Join(t.TempDir(), "data"),
+		"--backend", "lxd", "--lxd-instance-type", "container", "--lxd-project", project, "--lxd-url", "unix://"+sock)
+	stop()
+	img := api.Image{URL: "http://127.0.0.1:1/never.tar.gz", Checksum: strings.Repeat("ab", 32), ChecksumType: "sha256"}
+	_, err := d.client.CreateVM(context.Background(), createReq(img, ""))
+	if !isAPIError(err, 503, api.CodeBackendUnavailable) {
+		t.Fatalf("create with LXD away: %v, want 503 backend-unavailable", err)
+	}
+	list, err := d.client.ListVMs(context.Background())
+	if err != nil || len(list) != 0 {
+		t.Fatalf("GET /vms with LXD away: %v, %+v; want an empty list", err, list)
+	}
 }

@@ -95,6 +95,8 @@ var (
 	_ hypervisor.Stopper        = (*Driver)(nil)
 	_ hypervisor.Suspender      = (*Driver)(nil)
 	_ hypervisor.ImageForgetter = (*Driver)(nil)
+
+	_ hypervisor.AvailabilityChecker = (*Driver)(nil)
 )
 
 var projectPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
@@ -162,6 +164,18 @@ func (d *Driver) ensureProject(ctx context.Context) error {
 	}
 	if err == nil {
 		d.log.Info("created LXD project", "project", d.cfg.Project)
+	}
+	return err
+}
+
+// CheckAvailable asks LXD for its server information (GET /1.0), within
+// 5 seconds: an LXD that does not answer is backend-unavailable.
+func (d *Driver) CheckAvailable(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	err := d.c.do(ctx, http.MethodGet, "/1.0", nil, nil)
+	if errors.Is(err, context.DeadlineExceeded) {
+		return errdefs.New(errdefs.ErrUnavailable, api.CodeBackendUnavailable, "LXD at "+d.c.where+" did not answer in time", err)
 	}
 	return err
 }
