@@ -31,26 +31,28 @@ const (
 
 	// Errors of a VM: in a reply about it, or in its record when creation
 	// failed.
-	CodeVMLocked          = "vm-locked"
-	CodeVMNotRunning      = "vm-not-running"
-	CodeVMInvalidState    = "vm-invalid-state"
-	CodeVMExists          = "vm-exists"
-	CodeVMNotCloned       = "vm-not-cloned"
-	CodeVMDiskMissing     = "vm-disk-missing"
-	CodeVMCleanupFailed   = "vm-cleanup-failed"
-	CodeVMStopFailed      = "vm-stop-failed"
-	CodeDiskFull          = "disk-full"
-	CodeCloneFailed       = "clone-failed"
-	CodeNetworkSetup      = "network-setup-failed"
-	CodeNetworkCleanup    = "network-cleanup-failed"
-	CodeQEMUStartFailed   = "qemu-start-failed"
-	CodeQEMUStartTimeout  = "qemu-start-timeout"
-	CodeQEMUUIDsExhausted = "qemu-uids-exhausted"
-	CodeQMPUnavailable    = "qmp-unavailable"
-	CodeScreenshotFailed  = "screenshot-failed"
-	CodeDiscoveryTimeout  = "discovery-timeout"
-	CodeVMXEditFailed     = "vmx-edit-failed"
-	CodeVmrunFailed       = "vmrun-failed"
+	CodeVMLocked           = "vm-locked"
+	CodeVMNotRunning       = "vm-not-running"
+	CodeVMInvalidState     = "vm-invalid-state"
+	CodeVMExists           = "vm-exists"
+	CodeVMNotCloned        = "vm-not-cloned"
+	CodeVMDiskMissing      = "vm-disk-missing"
+	CodeVMCleanupFailed    = "vm-cleanup-failed"
+	CodeVMStopFailed       = "vm-stop-failed"
+	CodeDiskFull           = "disk-full"
+	CodeCloneFailed        = "clone-failed"
+	CodeNetworkSetup       = "network-setup-failed"
+	CodeNetworkCleanup     = "network-cleanup-failed"
+	CodeQEMUStartFailed    = "qemu-start-failed"
+	CodeQEMUStartTimeout   = "qemu-start-timeout"
+	CodeQEMUUIDsExhausted  = "qemu-uids-exhausted"
+	CodeQMPUnavailable     = "qmp-unavailable"
+	CodeScreenshotFailed   = "screenshot-failed"
+	CodeDiscoveryTimeout   = "discovery-timeout"
+	CodeVMXEditFailed      = "vmx-edit-failed"
+	CodeVmrunFailed        = "vmrun-failed"
+	CodeBackendUnavailable = "backend-unavailable"
+	CodeLXDFailed          = "lxd-failed"
 
 	// Errors of an image (a VM's creation or a pre-fetch).
 	CodeChecksumMismatch    = "checksum-mismatch"
@@ -68,6 +70,7 @@ const (
 	CodeImageBadVMX         = "image-bad-vmx"
 	CodeImageDamaged        = "image-damaged"
 	CodeInvalidImageKey     = "invalid-image-key"
+	CodeImageNoRootfs       = "image-no-rootfs"
 
 	// Errors of the daemon's set-up, which stop `goldvm serve` at start
 	// (or a driver given an impossible VM); no request causes them.
@@ -80,6 +83,7 @@ const (
 	CodeInvalidSize            = "invalid-size"
 	CodeInvalidVMDir           = "invalid-vm-dir"
 	CodeInvalidVMID            = "invalid-vm-id"
+	CodeInvalidLXDSetting      = "invalid-lxd-setting"
 )
 
 // CodeInfo describes one stable error code.
@@ -136,6 +140,8 @@ var Codes = []CodeInfo{
 	{CodeDiscoveryTimeout, http.StatusServiceUnavailable, "the guest did not report its address within `tools_init_timeout` (`GET /vms/{id}/console` shows how far it got)"},
 	{CodeVMXEditFailed, http.StatusConflict, "the clone's .vmx could not be edited (vmware)"},
 	{CodeVmrunFailed, http.StatusServiceUnavailable, "vmrun failed (vmware)"},
+	{CodeBackendUnavailable, http.StatusServiceUnavailable, "the backend's daemon cannot be reached (lxd: no answer on its socket or URL); nothing was made"},
+	{CodeLXDFailed, http.StatusServiceUnavailable, "LXD answered an error (the message has LXD's own)"},
 
 	{CodeChecksumMismatch, http.StatusBadRequest, "the downloaded bytes do not hash to the checksum"},
 	{CodeImageDownloadFailed, http.StatusServiceUnavailable, "the image server answered a final 4xx, or errors persisted after the retries (the message names the HTTP status)"},
@@ -152,6 +158,7 @@ var Codes = []CodeInfo{
 	{CodeImageBadVMX, http.StatusBadRequest, "the image's .vmx cannot be read or pointed at the gold disk (vmware)"},
 	{CodeImageDamaged, http.StatusConflict, "the image failed its check at start-up and is kept for the VMs that depend on it; it is fetched again once they are deleted"},
 	{CodeInvalidImageKey, http.StatusBadRequest, "a driver was given an image key it cannot use as a directory name"},
+	{CodeImageNoRootfs, http.StatusBadRequest, "the image holds no container root file system: no `rootfs/` directory and no `sbin/init` at its top (lxd containers)"},
 
 	{CodeHypervisorNotInstalled, http.StatusServiceUnavailable, "QEMU or a tool it needs is not installed (the message names the package)"},
 	{CodeSandboxUnsupported, http.StatusServiceUnavailable, "QEMU was built without `-sandbox` (seccomp) support"},
@@ -162,6 +169,7 @@ var Codes = []CodeInfo{
 	{CodeInvalidSize, http.StatusBadRequest, "a driver was given a VM of no CPUs or memory"},
 	{CodeInvalidVMDir, http.StatusBadRequest, "a driver was given a VM directory that is not absolute"},
 	{CodeInvalidVMID, http.StatusBadRequest, "a driver was given a VM id it cannot use as a name"},
+	{CodeInvalidLXDSetting, http.StatusBadRequest, "`--lxd-url`, `--lxd-cert`/`--lxd-key`, `--lxd-instance-type` or `--lxd-project` is unusable"},
 }
 
 // LookupCode returns the catalogue entry of code.

@@ -12,7 +12,10 @@ if [[ "${1:-}" == "--test" ]]; then
 	# writer is checked with isoinfo (genisoimage) and xorriso.
 	pkgs+=(syslinux syslinux-common mtools dosfstools busybox-static
 		tar gzip bzip2 zstd xz-utils zip unzip iputils-ping util-linux
-		qemu-system-gui xvfb x11-utils genisoimage xorriso)
+		qemu-system-gui xvfb x11-utils genisoimage xorriso
+		# The lxd backend's tests run containers in a local LXD
+		# (scripts/lxd-init.sh starts and initialises it).
+		lxd lxd-client)
 fi
 
 missing=()

@@ -58,7 +58,7 @@ func runServe(args []string) error {
 	listen := fs.String("listen", envOr("GOLDVM_LISTEN", "127.0.0.1:12345"), "address to listen on ($GOLDVM_LISTEN)")
 	dataDir := fs.String("data-dir", envOr("GOLDVM_DATA_DIR", defaultDataDir()), "where images, VMs and the database live ($GOLDVM_DATA_DIR)")
 	token := fs.String("token", os.Getenv("GOLDVM_TOKEN"), "bearer token clients must send, at least 16 bytes; required when not listening on loopback ($GOLDVM_TOKEN)")
-	backend := fs.String("backend", envOr("GOLDVM_BACKEND", "qemu"), "hypervisor backend: qemu or vmware ($GOLDVM_BACKEND)")
+	backend := fs.String("backend", envOr("GOLDVM_BACKEND", "qemu"), "hypervisor backend: qemu, vmware or lxd ($GOLDVM_BACKEND)")
 	accel := fs.String("accel", envOr("GOLDVM_ACCEL", "auto"), "QEMU acceleration: auto, kvm or tcg ($GOLDVM_ACCEL)")
 	bridge := fs.String("bridge", os.Getenv("GOLDVM_BRIDGE"), "host bridge for network_type=bridged ($GOLDVM_BRIDGE)")
 	vmrun := fs.String("vmrun", os.Getenv("VMRUN_PATH"), "path of vmrun for the vmware backend ($VMRUN_PATH)")
@@ -82,6 +82,7 @@ func runServe(args []string) error {
 	groupRetry := fs.Duration("group-retry-backoff", envDuration("GOLDVM_GROUP_RETRY_BACKOFF", 2*time.Second), "wait after a group's first failed creation; doubles with each failure in a row, up to 5m")
 	logLevel := fs.String("log-level", envOr("GOLDVM_LOG_LEVEL", "info"), "debug, info, warn or error")
 	logFormat := fs.String("log-format", envOr("GOLDVM_LOG_FORMAT", ""), "text or json; default text on a terminal, json otherwise ($GOLDVM_LOG_FORMAT)")
+	lxdOpts := addLXDFlags(fs)
 	fs.Parse(args)
 	if err := checkSettings(fs); err != nil {
 		return err
@@ -166,11 +167,18 @@ func runServe(args []string) error {
 			return fmt.Errorf("vmware backend: %w", err)
 		}
 		driver = d
+	case "lxd":
+		d, err := newLXD(lxdOpts, log)
+		if err != nil {
+			return fmt.Errorf("lxd backend: %w", err)
+		}
+		driver = d
 	default:
-		return fmt.Errorf("--backend %q: use qemu or vmware", *backend)
+		return fmt.Errorf("--backend %q: use qemu, vmware or lxd", *backend)
 	}
 
 	bus, mets := newObservability()
+	forgetDriverImages(bus, driver, log)
 	imageOpts := image.Options{
 		MaxImageBytes: maxImageBytes, Logger: log, HTTPClient: &http.Client{Transport: netPolicy.Transport()},
 		StallTimeout: *stallTimeout, Retries: none(*imageRetries), RetryBackoff: noneDur(*imageBackoff),

@@ -219,6 +219,11 @@ func (m *Manager) CreateTagged(ctx context.Context, req api.CreateVMRequest, sys
 	if err != nil {
 		return nil, err
 	}
+	if ac, ok := m.cfg.Driver.(hypervisor.AvailabilityChecker); ok {
+		if err := ac.CheckAvailable(ctx); err != nil {
+			return nil, err
+		}
+	}
 	tags, err := withSystemTags(v.Tags, system)
 	if err != nil {
 		return nil, err
