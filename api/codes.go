@@ -62,6 +62,10 @@ const (
 	CodeImageBadDisk        = "image-bad-disk"
 	CodeImageNoVMX          = "image-no-vmx"
 	CodeImageManyVMX        = "image-many-vmx"
+	CodeImageBadMachine     = "image-bad-machine"
+
+	// Errors of the host's capacity.
+	CodeInsufficientCapacity = "insufficient-capacity"
 
 	// Errors of the daemon's set-up, which stop `goldvm serve` at start
 	// (or a driver given an impossible VM); no request causes them.
@@ -139,6 +143,8 @@ var Codes = []CodeInfo{
 	{CodeImageBadDisk, http.StatusBadRequest, "the image's disk is not readable by qemu-img"},
 	{CodeImageNoVMX, http.StatusBadRequest, "the image holds no .vmx (vmware)"},
 	{CodeImageManyVMX, http.StatusBadRequest, "the image holds several .vmx files (vmware)"},
+	{CodeImageBadMachine, http.StatusBadRequest, "the image's `machine.json` is not JSON, has an unknown version or an invalid field (named), or asks for more than the host's limits"},
+	{CodeInsufficientCapacity, http.StatusServiceUnavailable, "the VM waited `--queue-timeout` for capacity (`GET /capacity`) and did not get it, or needs more than the host's whole capacity"},
 
 	{CodeHypervisorNotInstalled, http.StatusServiceUnavailable, "QEMU or a tool it needs is not installed (the message names the package)"},
 	{CodeSandboxUnsupported, http.StatusServiceUnavailable, "QEMU was built without `-sandbox` (seccomp) support"},

@@ -200,4 +200,8 @@ type CreateVMRequest struct {
 	LaunchGUI        *bool    `json:"launch_gui,omitempty"`
 	CallbackURL      string   `json:"callback_url,omitempty"`
 	ToolsInitTimeout Duration `json:"tools_init_timeout,omitempty"`
+	// Machine asks for hardware (every field optional); it wins over the
+	// image's machine.json. cpus and memory, when given too, must agree
+	// with it.
+	Machine *Machine `json:"machine,omitempty"`
 }

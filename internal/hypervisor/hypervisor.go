@@ -16,6 +16,9 @@ package hypervisor
 import (
 	"context"
 	"errors"
+	"net"
+
+	"github.com/goldvm/goldvm/api"
 )
 
 // Spec describes one VM to a driver.
@@ -38,6 +41,10 @@ type Spec struct {
 	Network string
 	// Headless is false when the caller asked for a GUI window.
 	Headless bool
+	// Machine is the VM's hardware, merged and limited by the manager
+	// (see internal/machine); nil: the driver's defaults. CPUs and
+	// MemoryMiB agree with it.
+	Machine *api.Machine
 }
 
 // GuestInfo is what discovery learns from a booted guest.
@@ -111,6 +118,16 @@ type ConsoleReader interface {
 	// of its last run (kept until its directory is removed). Nothing
 	// written yet is an empty answer.
 	Console(ctx context.Context, spec Spec, limit int64) ([]byte, error)
+}
+
+// VNCer is implemented by drivers that give each VM a VNC server on a
+// unix socket.
+type VNCer interface {
+	// VNCSocket is the path of the VM's VNC socket (while it runs).
+	VNCSocket(spec Spec) string
+	// DialVNC connects to the running VM's VNC server, or fails with an
+	// error wrapping ErrNotRunning.
+	DialVNC(ctx context.Context, spec Spec) (net.Conn, error)
 }
 
 // Screenshotter is implemented by drivers that can capture the VM's console.

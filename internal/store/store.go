@@ -40,6 +40,13 @@ type Record struct {
 	api.VM
 	// Dir is the VM's own directory; every file the driver made lives there.
 	Dir string `json:"dir"`
+	// Requested is the hardware the create request asked for (its
+	// machine object with cpus and memory folded in), kept to merge with
+	// the image's when a creation is resumed.
+	Requested *api.Machine `json:"requested_machine,omitempty"`
+	// VNCSocket is the VM's VNC server's unix socket, for drivers that
+	// have one.
+	VNCSocket string `json:"vnc_socket,omitempty"`
 }
 
 // Store is the VM record database. It is safe for concurrent use.

@@ -22,6 +22,7 @@ import (
 	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/hypervisor"
 	"github.com/goldvm/goldvm/internal/image"
+	"github.com/goldvm/goldvm/internal/machine"
 	"github.com/goldvm/goldvm/internal/store"
 )
 
@@ -60,6 +61,11 @@ type Config struct {
 	// Redactor hides host directories in the error messages VM records
 	// show (nil: shown as they are).
 	Redactor *errdefs.Redactor
+	// Capacity is the host's budget for VMs (vCPUs and MiB; a zero field
+	// is no limit) and QueueTimeout how long a creation waits for it
+	// (default DefaultQueueTimeout).
+	Capacity     api.Resources
+	QueueTimeout time.Duration
 	// CrashPoint, when set, is called at each named point of creation and
 	// deletion (see the Crash* constants). Crash tests set it to kill the
 	// daemon there; it is nil in normal operation.
@@ -92,6 +98,8 @@ type Manager struct {
 	idLocks  map[string]*sync.Mutex
 	unsaved  map[string]*store.Record // changes the store could not save yet (see records.go)
 	retrying bool                     // a retryUnsaved loop runs
+
+	capacity *capacity
 }
 
 // task is one background job that can be cancelled and waited for.
@@ -112,8 +120,27 @@ func New(cfg Config) *Manager {
 	return &Manager{
 		cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel,
 		creates: map[string]*task{}, watchers: map[string]*task{}, idLocks: map[string]*sync.Mutex{},
-		unsaved: map[string]*store.Record{},
+		unsaved:  map[string]*store.Record{},
+		capacity: newCapacity(cfg.Capacity, cfg.QueueTimeout),
 	}
+}
+
+// Capacity is GET /capacity's answer: the host's budget, what running and
+// admitted VMs hold and what the queue waits for.
+func (m *Manager) Capacity() api.Capacity { return m.capacity.snapshot() }
+
+// resources is what a record's VM holds of the capacity.
+func resources(r *store.Record) api.Resources {
+	return api.Resources{CPUs: r.CPUs, MemoryMiB: r.MemoryMiB}
+}
+
+// view is the API view of a record, with its queue position.
+func (m *Manager) view(r *store.Record) api.VM {
+	v := r.VM
+	if v.Status == api.StatusCreating && v.Phase == api.PhaseQueued {
+		v.QueuePosition = m.capacity.position(r.ID)
+	}
+	return v
 }
 
 // Close stops all background work and waits for it. VMs keep running, and
@@ -184,7 +211,7 @@ func (m *Manager) stop(set map[string]*task, id string) {
 func (m *Manager) spec(r *store.Record, goldDir string) hypervisor.Spec {
 	return hypervisor.Spec{
 		ID: r.ID, Dir: r.Dir, GoldDir: goldDir, CPUs: r.CPUs, MemoryMiB: r.MemoryMiB,
-		Network: r.NetworkType, Headless: r.Headless,
+		Network: r.NetworkType, Headless: r.Headless, Machine: r.Machine,
 	}
 }
 
@@ -209,7 +236,8 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest) (*api.VM,
 			Headless: v.Headless, LaunchGUI: !v.Headless, CallbackURL: v.CallbackURL, ToolsInitTimeout: api.Duration(v.ToolsInitTimeout),
 			CreatedAt: now, UpdatedAt: now,
 		},
-		Dir: filepath.Join(m.cfg.VMDir, id),
+		Dir:       filepath.Join(m.cfg.VMDir, id),
+		Requested: &v.Machine,
 	}
 	if r.CallbackURL != "" {
 		r.Callback = &api.CallbackDelivery{State: api.CallbackPending}
@@ -252,10 +280,12 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 	}
 	info, goldDir, err := m.create(ctx, r)
 	if ctx.Err() != nil {
+		m.capacity.release(id)
 		log.Info("create interrupted; left for recovery or delete", "phase", r.Phase)
 		return
 	}
 	if err != nil {
+		m.capacity.release(id)
 		code, msg := m.cfg.Redactor.CodeOf(err)
 		log.Error("create failed", "code", code, "err", err)
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.DestroyTimeout)
@@ -282,6 +312,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 			log.Error("record success", "err", uerr)
 			return
 		}
+		m.capacity.setRunning(id)
 		log.Info("vm running", "ip", info.IPAddress, "guest_os", info.GuestOS)
 		m.startWatch(id)
 	}
@@ -325,6 +356,15 @@ func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.Guest
 		return hypervisor.GuestInfo{}, "", err
 	}
 	m.cfg.Images.Touch(gold.Key)
+	if r, err = m.resolveMachine(r, gold); err != nil {
+		return hypervisor.GuestInfo{}, gold.Dir, err
+	}
+	if err := m.capacity.admit(ctx, id, resources(r), func() {
+		m.setPhase(id, api.PhaseQueued)
+		m.log.Info("vm queued for capacity", "vm", id, "capacity", m.capacity.String())
+	}); err != nil {
+		return hypervisor.GuestInfo{}, gold.Dir, err
+	}
 	if err := m.setPhase(id, api.PhaseCloning); err != nil {
 		return hypervisor.GuestInfo{}, gold.Dir, err
 	}
@@ -344,6 +384,9 @@ func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.Guest
 	}
 	if err := m.cfg.Driver.Start(ctx, spec); err != nil {
 		return hypervisor.GuestInfo{}, gold.Dir, err
+	}
+	if vnc, ok := m.cfg.Driver.(hypervisor.VNCer); ok {
+		m.update(id, func(r *store.Record) error { r.VNCSocket = vnc.VNCSocket(spec); return nil })
 	}
 	m.crashPoint(CrashBooting)
 	if err := m.setPhase(id, api.PhaseDiscovering); err != nil {
@@ -423,6 +466,7 @@ func (m *Manager) markStopped(id, reason string) {
 		r.StopReason = reason
 		return nil
 	})
+	m.capacity.release(id)
 	if err == nil {
 		m.log.Warn("vm stopped", "vm", id, "reason", reason)
 	}
@@ -446,7 +490,8 @@ func (m *Manager) Get(ctx context.Context, id string) (*api.VM, error) {
 			}
 		}
 	}
-	return &r.VM, nil
+	v := m.view(r)
+	return &v, nil
 }
 
 // List returns all VMs, newest first.
@@ -457,7 +502,7 @@ func (m *Manager) List(ctx context.Context) ([]api.VM, error) {
 	}
 	out := make([]api.VM, 0, len(recs))
 	for _, r := range recs {
-		out = append(out, r.VM)
+		out = append(out, m.view(r))
 	}
 	return out, nil
 }
@@ -546,6 +591,7 @@ func (m *Manager) destroy(ctx context.Context, r *store.Record) error {
 		return err
 	}
 	m.forget(r.ID)
+	m.capacity.release(r.ID)
 	m.log.Info("vm deleted", "vm", r.ID)
 	return nil
 }
@@ -587,6 +633,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 				log.Error("recover: state", "err", err)
 			}
 			if st == hypervisor.StateRunning || st == hypervisor.StatePaused {
+				m.capacity.hold(r.ID, resources(r), true)
 				if r.Status != api.StatusRunning {
 					m.update(r.ID, func(r *store.Record) error { r.Status, r.StopReason = api.StatusRunning, ""; return nil })
 				}
@@ -654,4 +701,39 @@ func dirHasEntries(dir string) bool {
 	defer f.Close()
 	names, _ := f.Readdirnames(1)
 	return len(names) > 0
+}
+
+// resolveMachine merges the request's hardware over the image's
+// machine.json and the host's defaults, checks it against the limits and
+// records it (and the cpus and memory that follow from it) in the record.
+// An image's definition that breaks a limit fails with image-bad-machine.
+func (m *Manager) resolveMachine(r *store.Record, gold *image.Gold) (*store.Record, error) {
+	lim := m.cfg.Limits.withDefaults()
+	var req, img api.Machine
+	if r.Requested != nil {
+		req = *r.Requested
+	} else {
+		// A record from before machine definitions: its cpus and memory
+		// were the request's.
+		req.Threads, req.Cores, req.Sockets = lim.machineLimits().Topology(r.CPUs)
+		req.MemoryMiB = r.MemoryMiB
+	}
+	if gold.Machine != nil {
+		img = *gold.Machine
+	}
+	hw, err := lim.machineLimits().Resolve(machine.Merge(req, img))
+	if err == nil && hw.MemoryMiB < lim.MinMemoryMiB {
+		err = errdefs.Newf(errdefs.ErrInvalid, api.CodeInvalidRequest, "memory %d MiB is less than the minimum of %d MiB", hw.MemoryMiB, lim.MinMemoryMiB)
+	}
+	if err != nil {
+		if gold.Machine != nil {
+			return r, machine.ImageError(err)
+		}
+		return r, err
+	}
+	return m.update(r.ID, func(r *store.Record) error {
+		r.Machine = &hw
+		r.CPUs, r.MemoryMiB = hw.CPUs(), hw.MemoryMiB
+		return nil
+	})
 }

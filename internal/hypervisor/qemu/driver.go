@@ -41,6 +41,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/hypervisor"
 	"golang.org/x/sys/unix"
@@ -50,6 +51,7 @@ var (
 	_ hypervisor.Driver        = (*Driver)(nil)
 	_ hypervisor.Watcher       = (*Driver)(nil)
 	_ hypervisor.Screenshotter = (*Driver)(nil)
+	_ hypervisor.VNCer         = (*Driver)(nil)
 )
 
 // Config configures the QEMU driver. The zero value works.
@@ -447,7 +449,7 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 	if _, err := os.Stat(p(spec.Dir, fileDisk)); err != nil {
 		return errdefs.New(errdefs.ErrConflict, "vm-disk-missing", "the VM has no disk (Clone it first)", err)
 	}
-	for _, f := range []string{fileQMP, fileQMPWatch, fileQGA, filePID, fileSSHPort} {
+	for _, f := range []string{fileQMP, fileQMPWatch, fileQGA, filePID, fileSSHPort, fileVNC} {
 		os.Remove(p(spec.Dir, f))
 	}
 	if err := d.setupNetwork(ctx, spec.ID, np); err != nil {
@@ -469,6 +471,14 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 			return err
 		}
 	}
+	var hw api.Machine
+	if spec.Machine != nil {
+		hw = *spec.Machine
+	}
+	fwCode, fwVars, err := d.firmware(spec, hw, cred)
+	if err != nil {
+		return err
+	}
 	errf, err := os.OpenFile(p(spec.Dir, fileStderr), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
@@ -476,8 +486,9 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 	lp := launchParams{
 		ID: spec.ID, Dir: spec.Dir, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
 		Machine: d.cfg.Machine, Accel: d.accel.Args, Display: d.display(spec),
-		Sandbox: d.cfg.Sandbox, MAC: macFor(spec.ID), Net: np,
+		Sandbox: d.cfg.Sandbox, MAC: macOf(spec), Net: np,
 		GoldPath: spec.GoldDisk.Path, GoldFormat: spec.GoldDisk.Format,
+		HW: hw, FirmwareCode: fwCode, FirmwareVars: fwVars,
 	}
 	var extra []*os.File
 	if cred != nil && !np.User {
@@ -510,7 +521,7 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 		cmd.Process.Kill()
 		return err
 	}
-	for _, f := range []string{fileQMP, fileQMPWatch, fileQGA, filePID} {
+	for _, f := range []string{fileQMP, fileQMPWatch, fileQGA, filePID, fileVNC} {
 		os.Chmod(p(spec.Dir, f), 0o600)
 	}
 	if np.User {
@@ -697,7 +708,7 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 	if err != nil {
 		return info, err
 	}
-	mac := macFor(spec.ID)
+	mac := macOf(spec)
 	var lastErr error
 	attempts := 0
 	dhcpChecked := time.Now()
