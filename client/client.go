@@ -54,6 +54,15 @@ func (e *APIError) Error() string {
 	return fmt.Sprintf("%s: %s (HTTP %d)", e.Code, e.Message, e.Status)
 }
 
+// apiError is the error of a reply with status and body data.
+func apiError(status int, data []byte) *APIError {
+	var body api.Error
+	if json.Unmarshal(data, &body) != nil || body.Code == "" {
+		body.Code, body.Message = CodeHTTPError, strings.TrimSpace(string(data))
+	}
+	return &APIError{Status: status, Code: body.Code, Message: body.Message}
+}
+
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
@@ -87,11 +96,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return err
 	}
 	if resp.StatusCode >= 300 {
-		var body api.Error
-		if json.Unmarshal(data, &body) != nil || body.Code == "" {
-			body.Code, body.Message = CodeHTTPError, strings.TrimSpace(string(data))
-		}
-		return &APIError{Status: resp.StatusCode, Code: body.Code, Message: body.Message}
+		return apiError(resp.StatusCode, data)
 	}
 	if raw, ok := out.(*[]byte); ok {
 		*raw = data

@@ -17,6 +17,9 @@ Usage:
   goldvm ls      [flags]            list VMs, newest first
   goldvm rm      [flags] ID...      delete VMs and free their disks
   goldvm images  [ls|pull|rm] ...   list, pre-fetch or delete gold images
+  goldvm vnc     [flags] ID         relay a local port to a VM's VNC console
+  goldvm screenshot [flags] ID -o FILE.png   save a PNG of a VM's display
+  goldvm capacity [flags]           show the host's capacity for VMs
 
 Client commands talk to $GOLDVM_ADDR (default 127.0.0.1:12345) with the bearer
 token $GOLDVM_TOKEN if set; --json prints JSON for scripts.
@@ -45,6 +48,12 @@ func main() {
 		err = runRemove(args)
 	case "images":
 		err = runImages(args)
+	case "vnc":
+		err = runVNC(args)
+	case "screenshot":
+		err = runScreenshot(args)
+	case "capacity":
+		err = runCapacity(args)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

@@ -24,6 +24,7 @@ import (
 	"github.com/goldvm/goldvm/internal/hypervisor/qemu"
 	"github.com/goldvm/goldvm/internal/hypervisor/vmware"
 	"github.com/goldvm/goldvm/internal/image"
+	"github.com/goldvm/goldvm/internal/machine"
 	"github.com/goldvm/goldvm/internal/netpolicy"
 	"github.com/goldvm/goldvm/internal/server"
 	"github.com/goldvm/goldvm/internal/store"
@@ -62,6 +63,13 @@ func runServe(args []string) error {
 	vmrun := fs.String("vmrun", os.Getenv("VMRUN_PATH"), "path of vmrun for the vmware backend ($VMRUN_PATH)")
 	maxCPUs := fs.Int("max-cpus", envInt("GOLDVM_MAX_CPUS", 0), "most vCPUs one VM may have (default 64)")
 	maxMemory := fs.String("max-memory", envOr("GOLDVM_MAX_MEMORY", ""), "most memory one VM may have, IEC (e.g. 16gib)")
+	defaultMemory := fs.String("default-memory", envOr("GOLDVM_DEFAULT_MEMORY", ""), "memory of a VM whose request and image do not say, IEC (default 1gib, at most --max-memory) ($GOLDVM_DEFAULT_MEMORY)")
+	defaultThreads := fs.Int("default-threads", envInt("GOLDVM_DEFAULT_THREADS", 1), "threads per core of the CPU topology goldvm makes up for a number of vCPUs, and the vCPUs of a VM whose request and image do not say; 2 suits hosts with hyperthreading ($GOLDVM_DEFAULT_THREADS)")
+	capCPUs := fs.Int("capacity-cpus", envInt("GOLDVM_CAPACITY_CPUS", 0), "vCPUs all VMs together may have (default: host CPUs × --cpu-overcommit) ($GOLDVM_CAPACITY_CPUS)")
+	capMemory := fs.String("capacity-memory", envOr("GOLDVM_CAPACITY_MEMORY", ""), "memory all VMs together may have, IEC (default: host memory × --memory-overcommit) ($GOLDVM_CAPACITY_MEMORY)")
+	cpuOver := fs.Float64("cpu-overcommit", 8, "vCPUs per host CPU when --capacity-cpus is not given")
+	memOver := fs.Float64("memory-overcommit", 1, "guest memory per byte of host memory when --capacity-memory is not given")
+	queueTimeout := fs.Duration("queue-timeout", envDuration("GOLDVM_QUEUE_TIMEOUT", vm.DefaultQueueTimeout), "how long a VM waits for capacity before it fails with insufficient-capacity ($GOLDVM_QUEUE_TIMEOUT)")
 	maxImage := fs.String("max-image-size", envOr("GOLDVM_MAX_IMAGE_SIZE", "64gib"), "largest unpacked image accepted, IEC")
 	imageBudget := fs.String("image-budget", os.Getenv("GOLDVM_IMAGE_BUDGET"), "disk space gold images may take, IEC (e.g. 200gib); least recently used unused images are evicted beyond it ($GOLDVM_IMAGE_BUDGET)")
 	imageMaxIdle := fs.Duration("image-max-idle", envDuration("GOLDVM_IMAGE_MAX_IDLE", 0), "evict unused images not used for this long, e.g. 168h; 0 keeps them ($GOLDVM_IMAGE_MAX_IDLE)")
@@ -98,6 +106,21 @@ func runServe(args []string) error {
 			return fmt.Errorf("--max-memory: %w", err)
 		}
 		limits.MaxMemoryMiB = n >> 20
+	}
+	if *defaultMemory != "" {
+		n, err := api.ParseIEC(*defaultMemory)
+		if err != nil {
+			return fmt.Errorf("--default-memory: %w", err)
+		}
+		limits.DefaultMemoryMiB = n >> 20
+	}
+	if *defaultThreads < 1 || *defaultThreads > machine.MaxTopology {
+		return fmt.Errorf("--default-threads %d: give 1 to %d", *defaultThreads, machine.MaxTopology)
+	}
+	limits.DefaultThreads = *defaultThreads
+	capacity, err := hostCapacity(*capCPUs, *capMemory, *cpuOver, *memOver)
+	if err != nil {
+		return err
 	}
 	netPolicy, err := netpolicy.Parse(*urlAllow, *urlDeny)
 	if err != nil {
@@ -186,7 +209,7 @@ func runServe(args []string) error {
 	mgr := vm.New(vm.Config{
 		VMDir: filepath.Join(*dataDir, "vms"), Store: db, Images: images, Driver: driver,
 		Callbacks: callback.New(callback.Options{MaxAttempts: *cbAttempts, Backoff: *cbBackoff, Timeout: *cbTimeout, Transport: netPolicy.Transport()}), Limits: limits, Logger: log,
-		CrashPoint: crashPoint(log), Redactor: redactor,
+		CrashPoint: crashPoint(log), Redactor: redactor, Capacity: capacity, QueueTimeout: *queueTimeout,
 	})
 	defer mgr.Close()
 	if err := os.MkdirAll(filepath.Join(*dataDir, "vms"), 0o700); err != nil {

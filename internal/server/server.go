@@ -64,6 +64,8 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("DELETE /vms/{id}", s.deleteVM)
 	s.mux.HandleFunc("GET /vms/{id}/screenshot", s.screenshot)
 	s.mux.HandleFunc("GET /vms/{id}/console", s.console)
+	s.mux.HandleFunc("GET /vms/{id}/vnc", s.vnc)
+	s.mux.HandleFunc("GET /capacity", s.capacity)
 	s.mux.HandleFunc("GET /images", s.listImages)
 	s.mux.HandleFunc("GET /images/{key}", s.getImage)
 	s.mux.HandleFunc("POST /images", s.prefetchImage)
