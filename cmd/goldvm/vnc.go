@@ -18,11 +18,10 @@ func runVNC(args []string) error {
 	var cf clientFlags
 	cf.register(fs)
 	listen := fs.String("listen", "127.0.0.1:0", "local address for VNC viewers (port 0: a free one)")
-	fs.Parse(args)
-	if fs.NArg() != 1 {
-		return errors.New("vnc takes one VM id")
+	id, err := parseWithID(fs, args)
+	if err != nil {
+		return err
 	}
-	id := fs.Arg(0)
 	c := cf.client()
 	ctx, cancel := signalContext()
 	defer cancel()
@@ -67,11 +66,11 @@ func runScreenshot(args []string) error {
 	var cf clientFlags
 	cf.register(fs)
 	out := fs.String("o", "", "file to write the PNG to (required; - for stdout)")
-	fs.Parse(args)
-	if fs.NArg() != 1 || *out == "" {
+	id, err := parseWithID(fs, args)
+	if err != nil || *out == "" {
 		return errors.New("usage: goldvm screenshot ID -o FILE.png")
 	}
-	png, err := cf.client().Screenshot(context.Background(), fs.Arg(0))
+	png, err := cf.client().Screenshot(context.Background(), id)
 	if err != nil {
 		return err
 	}
@@ -99,4 +98,18 @@ func runCapacity(args []string) error {
 		c.Total.CPUs, c.Total.MemoryMiB, c.Used.CPUs, c.Used.MemoryMiB, c.Reserved.CPUs, c.Reserved.MemoryMiB,
 		c.Free.CPUs, c.Free.MemoryMiB, c.Queued.CPUs, c.Queued.MemoryMiB, c.Waiting)
 	return nil
+}
+
+// parseWithID parses flags given before or after the one VM id.
+func parseWithID(fs *flag.FlagSet, args []string) (string, error) {
+	fs.Parse(args)
+	if fs.NArg() < 1 {
+		return "", fmt.Errorf("%s takes one VM id", fs.Name())
+	}
+	id := fs.Arg(0)
+	fs.Parse(fs.Args()[1:])
+	if fs.NArg() != 0 {
+		return "", fmt.Errorf("%s takes one VM id", fs.Name())
+	}
+	return id, nil
 }
