@@ -180,9 +180,12 @@ func (c *capacity) snapshot() api.Capacity {
 		out.Queued.CPUs += w.res.CPUs
 		out.Queued.MemoryMiB += w.res.MemoryMiB
 	}
-	out.Free = api.Resources{
-		CPUs:      c.total.CPUs - out.Used.CPUs - out.Reserved.CPUs,
-		MemoryMiB: c.total.MemoryMiB - out.Used.MemoryMiB - out.Reserved.MemoryMiB,
+	// A zero total is no limit: nothing to show as free.
+	if c.total.CPUs > 0 {
+		out.Free.CPUs = c.total.CPUs - out.Used.CPUs - out.Reserved.CPUs
+	}
+	if c.total.MemoryMiB > 0 {
+		out.Free.MemoryMiB = c.total.MemoryMiB - out.Used.MemoryMiB - out.Reserved.MemoryMiB
 	}
 	return out
 }
