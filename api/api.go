@@ -134,7 +134,10 @@ type VM struct {
 	// Machine is the VM's hardware: the request's machine, cpus and
 	// memory over the image's machine.json over the host's defaults,
 	// within its limits. Set once the image is known.
-	Machine   *Machine  `json:"machine,omitempty"`
+	Machine *Machine `json:"machine,omitempty"`
+	// CDROMs and Boot are the request's boot media.
+	CDROMs    []Image   `json:"cdroms,omitempty"`
+	Boot      *Boot     `json:"boot,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
 }

@@ -63,6 +63,21 @@ func (m Machine) CPUs() int {
 	return m.Threads * m.Cores * m.Sockets
 }
 
+// MaxCDROMs is how many CD-ROMs a VM may have.
+const MaxCDROMs = 2
+
+// Boot boots a Linux kernel directly instead of from the disk (QEMU's
+// -kernel, -initrd, -append), as taskcluster-worker's LinuxBootOptions:
+// for building images, not for everyday VMs.
+type Boot struct {
+	// Kernel is the kernel (bzImage) by URL and checksum.
+	Kernel Image `json:"kernel"`
+	// Initrd is the initial ramdisk, optional.
+	Initrd *Image `json:"initrd,omitempty"`
+	// Append is the kernel command line.
+	Append string `json:"append,omitempty"`
+}
+
 // Capacity is the reply of GET /capacity: the host's budget for running
 // VMs and how much of it is taken.
 type Capacity struct {

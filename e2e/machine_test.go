@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -286,5 +287,85 @@ func TestCapacityQueue(t *testing.T) {
 	}
 	if c, err = d.client.Capacity(ctx); err != nil || c.Used.CPUs != 0 || c.Reserved.CPUs != 0 {
 		t.Errorf("capacity with no VMs: %+v %v", c, err)
+	}
+}
+
+// Boot media: a VM boots the test guest's kernel and initrd directly with
+// a command line of the request's (the syslinux on its disk would boot
+// another), with a CD-ROM attached; all three are fetched by URL and
+// checksum. A CD-ROM without a checksum, or three of them, are refused.
+func TestBootMedia(t *testing.T) {
+	requireEnv(t)
+	raw := filepath.Join(filepath.Dir(guestDisk), "guest.raw")
+	if _, err := os.Stat(raw); err != nil {
+		t.Skipf("the test guest's FAT disk (guest.raw) is not beside %s: %v", guestDisk, err)
+	}
+	srv := newImageServer(t)
+	for _, f := range []string{"vmlinuz", "initrd.gz"} {
+		cmd := exec.Command("mcopy", "-i", raw, "::/"+f, filepath.Join(srv.dir, f))
+		cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("mcopy %s: %v\n%s", f, err, out)
+		}
+	}
+	cd := bytes.Repeat([]byte("goldvm-cdrom "), 80000)
+	if err := os.WriteFile(filepath.Join(srv.dir, "cd.iso"), cd, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	file := func(name string) api.Image {
+		b, err := os.ReadFile(filepath.Join(srv.dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(b)
+		return api.Image{URL: srv.URL + "/" + name, Checksum: hex.EncodeToString(sum[:]), ChecksumType: "sha256"}
+	}
+	d := startDaemon(t, t.TempDir())
+	req := createReq(publish(t, srv, "qcow2"), "")
+	initrd := file("initrd.gz")
+	req.Boot = &api.Boot{Kernel: file("vmlinuz"), Initrd: &initrd, Append: "console=ttyS0,115200 panic=-1 8250.nr_uarts=1 goldvm.direct-boot=1"}
+	req.CDROMs = []api.Image{file("cd.iso")}
+
+	bad := req
+	bad.CDROMs = []api.Image{{URL: srv.URL + "/cd.iso", ChecksumType: "sha256"}}
+	if _, err := d.client.CreateVM(context.Background(), bad); !isAPIError(err, 400, api.CodeInvalidRequest) || !strings.Contains(err.Error(), "cdroms[0]: checksum must be 64 hex digits") {
+		t.Errorf("cdrom without a checksum: %v", err)
+	}
+	bad.CDROMs = []api.Image{req.CDROMs[0], req.CDROMs[0], req.CDROMs[0]}
+	if _, err := d.client.CreateVM(context.Background(), bad); !isAPIError(err, 400, api.CodeInvalidRequest) || !strings.Contains(err.Error(), "at most 2") {
+		t.Errorf("three cdroms: %v", err)
+	}
+
+	v := mustCreate(t, d, req)
+	if v = waitVM(t, d, v.ID, 4*time.Minute); v.Status != api.StatusRunning {
+		t.Fatalf("VM: %s", fmtVM(v))
+	}
+	if v.Boot == nil || len(v.CDROMs) != 1 {
+		t.Errorf("record lacks its boot media: %+v %+v", v.Boot, v.CDROMs)
+	}
+	console, err := d.client.Console(context.Background(), v.ID, 0)
+	if err != nil || !regexp.MustCompile(`Kernel command line: .*goldvm\.direct-boot=1`).Match(console) {
+		t.Errorf("the kernel did not get the request's command line (%v):\n%s", err, lastLines(string(console), 30))
+	}
+	pids := processesMatching("goldvm-" + v.ID)
+	if len(pids) != 1 {
+		t.Fatalf("QEMU processes of %s: %v", v.ID, pids)
+	}
+	cmdline, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pids[0]), "cmdline"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := strings.Split(string(cmdline), "\x00")
+	var cdrom bool
+	for i, a := range args {
+		if strings.HasPrefix(a, "scsi-cd,") && i > 2 && strings.Contains(args[i-2], filepath.Join(d.dataDir, "media")) {
+			cdrom = true
+		}
+	}
+	if !cdrom {
+		t.Errorf("QEMU has no CD-ROM from the media store: %q", args)
+	}
+	if err := d.client.DeleteVM(context.Background(), v.ID); err != nil {
+		t.Fatal(err)
 	}
 }

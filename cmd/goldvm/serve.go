@@ -195,6 +195,19 @@ func runServe(args []string) error {
 	// Closed after the manager (defers run last-in first-out): fetches under
 	// way then stop cleanly and keep their partial bytes for the next start.
 	defer images.Close()
+	// Boot media (kernels, initrds, CD-ROMs): fetched and verified like
+	// images, kept as they are. QEMU only.
+	var media vm.ImageStore
+	if driver.Name() == "qemu" {
+		mediaOpts := imageOpts
+		mediaOpts.PrepareDisk, mediaOpts.Verbatim = nil, true
+		ms, err := image.NewStore(filepath.Join(*dataDir, "media"), mediaOpts)
+		if err != nil {
+			return fmt.Errorf("media store: %w", err)
+		}
+		defer ms.Close()
+		media = ms
+	}
 	// Resumes the pre-fetches a restart interrupted; closed before the
 	// store, so that they stop as a shutdown and resume at the next start.
 	prefetcher, err := image.NewPrefetcher(images, image.PrefetchOptions{Logger: log})
@@ -207,7 +220,7 @@ func runServe(args []string) error {
 	// (messages name files by the absolute paths goldvm uses).
 	redactor := errdefs.NewRedactor(map[string]string{*dataDir: "$GOLDVM_DATA_DIR"})
 	mgr := vm.New(vm.Config{
-		VMDir: filepath.Join(*dataDir, "vms"), Store: db, Images: images, Driver: driver,
+		VMDir: filepath.Join(*dataDir, "vms"), Store: db, Images: images, Media: media, Driver: driver,
 		Callbacks: callback.New(callback.Options{MaxAttempts: *cbAttempts, Backoff: *cbBackoff, Timeout: *cbTimeout, Transport: netPolicy.Transport()}), Limits: limits, Logger: log,
 		CrashPoint: crashPoint(log), Redactor: redactor, Capacity: capacity, QueueTimeout: *queueTimeout,
 	})
@@ -351,14 +364,18 @@ func openForQEMU(dataDir string) error {
 			break
 		}
 	}
-	dirs := []string{dataDir, filepath.Join(dataDir, "vms"), filepath.Join(dataDir, "images")}
-	keys, err := os.ReadDir(filepath.Join(dataDir, "images"))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	for _, k := range keys {
-		if k.IsDir() && !strings.HasPrefix(k.Name(), ".") {
-			dirs = append(dirs, filepath.Join(dataDir, "images", k.Name()))
+	dirs := []string{dataDir, filepath.Join(dataDir, "vms")}
+	// Gold images and boot media (kernels, initrds, CD-ROMs).
+	for _, store := range []string{"images", "media"} {
+		dirs = append(dirs, filepath.Join(dataDir, store))
+		keys, err := os.ReadDir(filepath.Join(dataDir, store))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		for _, k := range keys {
+			if k.IsDir() && !strings.HasPrefix(k.Name(), ".") {
+				dirs = append(dirs, filepath.Join(dataDir, store, k.Name()))
+			}
 		}
 	}
 	for _, d := range dirs {

@@ -45,6 +45,11 @@ type Spec struct {
 	// (see internal/machine); nil: the driver's defaults. CPUs and
 	// MemoryMiB agree with it.
 	Machine *api.Machine
+	// Kernel, Initrd and Append boot a Linux kernel directly (Kernel ""
+	// boots from the disk); CDROMs are CD-ROM image files. All are
+	// read-only files the hypervisor opens by path.
+	Kernel, Initrd, Append string
+	CDROMs                 []string
 }
 
 // GuestInfo is what discovery learns from a booted guest.

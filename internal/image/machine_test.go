@@ -1,6 +1,9 @@
 package image
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/goldvm/goldvm/api"
@@ -52,5 +55,24 @@ func TestMachineJSON(t *testing.T) {
 			wantCode(t, err, api.CodeImageBadMachine, errdefs.ErrInvalid)
 			wantEmpty(t, s)
 		})
+	}
+}
+
+// A Verbatim store keeps a download as it is: a gzip-compressed initrd
+// stays compressed, a file of no known format is accepted.
+func TestVerbatim(t *testing.T) {
+	opts := testOptions()
+	opts.Verbatim = true
+	s := newStore(t, opts)
+	for _, data := range [][]byte{gz(t, []byte("an initrd")), []byte("MZ not a disk, a kernel")} {
+		srv := newServer(t, data)
+		g, err := ensure(t, s, specFor(srv.URL+"/vmlinuz", data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join(g.Dir, MediaFile))
+		if err != nil || !bytes.Equal(got, data) || g.Format != "file" {
+			t.Fatalf("stored %q (%v, format %s), want the download as it is", got, err, g.Format)
+		}
 	}
 }

@@ -189,6 +189,10 @@ type Options struct {
 	// fail the fetch as they are. Images published without it (an older
 	// goldvm, or another backend) are damaged to a store that has it.
 	PrepareDisk func(ctx context.Context, files, scratch string) (Disk, error)
+	// Verbatim makes a store of boot media (kernels, initrds, CD-ROM
+	// images): each download is kept as it is, one file named MediaFile,
+	// neither decompressed nor unpacked. Used without PrepareDisk.
+	Verbatim bool
 }
 
 // Disk is an image's disk as PrepareDisk decided it.
@@ -974,7 +978,7 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 		})
 	}()
 
-	x := newExtractor(ctx, root, limits{maxBytes: s.opts.MaxImageBytes, maxEntries: s.opts.MaxEntries})
+	x := newExtractor(ctx, root, limits{maxBytes: s.opts.MaxImageBytes, maxEntries: s.opts.MaxEntries, verbatim: s.opts.Verbatim})
 	abort := func() {
 		pipe.abort()
 		rcancel()

@@ -47,6 +47,11 @@ type Record struct {
 	// VNCSocket is the VM's VNC server's unix socket, for drivers that
 	// have one.
 	VNCSocket string `json:"vnc_socket,omitempty"`
+	// KernelPath, InitrdPath and CDROMPaths are the VM's boot media in
+	// the media store, set once they are fetched.
+	KernelPath string   `json:"kernel_path,omitempty"`
+	InitrdPath string   `json:"initrd_path,omitempty"`
+	CDROMPaths []string `json:"cdrom_paths,omitempty"`
 }
 
 // Store is the VM record database. It is safe for concurrent use.

@@ -49,9 +49,13 @@ type Reaper interface {
 // Config wires a Manager.
 type Config struct {
 	// VMDir holds one directory per VM.
-	VMDir     string
-	Store     *store.Store
-	Images    ImageStore
+	VMDir  string
+	Store  *store.Store
+	Images ImageStore
+	// Media is the store of boot media (kernels, initrds, CD-ROMs), an
+	// image store that keeps downloads as they are; nil: requests with
+	// boot media are refused.
+	Media     ImageStore
 	Driver    hypervisor.Driver
 	Callbacks *callback.Sender
 	Limits    Limits
@@ -209,10 +213,15 @@ func (m *Manager) stop(set map[string]*task, id string) {
 }
 
 func (m *Manager) spec(r *store.Record, goldDir string) hypervisor.Spec {
-	return hypervisor.Spec{
+	s := hypervisor.Spec{
 		ID: r.ID, Dir: r.Dir, GoldDir: goldDir, CPUs: r.CPUs, MemoryMiB: r.MemoryMiB,
 		Network: r.NetworkType, Headless: r.Headless, Machine: r.Machine,
+		Kernel: r.KernelPath, Initrd: r.InitrdPath, CDROMs: r.CDROMPaths,
 	}
+	if r.Boot != nil {
+		s.Append = r.Boot.Append
+	}
+	return s
 }
 
 // Create validates req, stores a record in status "creating" and starts the
@@ -227,6 +236,9 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest) (*api.VM,
 			return nil, err
 		}
 	}
+	if (v.Boot != nil || len(v.CDROMs) > 0) && m.cfg.Media == nil {
+		return nil, errdefs.Newf(errdefs.ErrInvalid, api.CodeNotSupported, "the %s backend takes no boot media (boot, cdroms)", m.cfg.Driver.Name())
+	}
 	now := time.Now().UTC()
 	id := store.NewID()
 	r := &store.Record{
@@ -234,6 +246,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest) (*api.VM,
 			ID: id, Status: api.StatusCreating, Phase: api.PhasePending, Backend: m.cfg.Driver.Name(),
 			CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, NetworkType: v.NetworkType, Image: v.Image,
 			Headless: v.Headless, LaunchGUI: !v.Headless, CallbackURL: v.CallbackURL, ToolsInitTimeout: api.Duration(v.ToolsInitTimeout),
+			CDROMs: v.CDROMs, Boot: v.Boot,
 			CreatedAt: now, UpdatedAt: now,
 		},
 		Dir:       filepath.Join(m.cfg.VMDir, id),
@@ -357,6 +370,9 @@ func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.Guest
 	}
 	m.cfg.Images.Touch(gold.Key)
 	if r, err = m.resolveMachine(r, gold); err != nil {
+		return hypervisor.GuestInfo{}, gold.Dir, err
+	}
+	if r, err = m.fetchMedia(ctx, r); err != nil {
 		return hypervisor.GuestInfo{}, gold.Dir, err
 	}
 	if err := m.capacity.admit(ctx, id, resources(r), func() {
@@ -734,6 +750,46 @@ func (m *Manager) resolveMachine(r *store.Record, gold *image.Gold) (*store.Reco
 	return m.update(r.ID, func(r *store.Record) error {
 		r.Machine = &hw
 		r.CPUs, r.MemoryMiB = hw.CPUs(), hw.MemoryMiB
+		return nil
+	})
+}
+
+// fetchMedia fetches the VM's boot media into the media store (once per
+// checksum, verified, kept as they are) and records their paths.
+func (m *Manager) fetchMedia(ctx context.Context, r *store.Record) (*store.Record, error) {
+	if r.Boot == nil && len(r.CDROMs) == 0 {
+		return r, nil
+	}
+	fetch := func(img api.Image) (string, error) {
+		g, err := m.cfg.Media.Ensure(ctx, image.Spec{URL: img.URL, Checksum: img.Checksum, ChecksumType: img.ChecksumType}, func(image.Progress) {})
+		if err != nil {
+			return "", err
+		}
+		m.cfg.Media.Touch(g.Key)
+		return filepath.Join(g.Dir, image.MediaFile), nil
+	}
+	var kernel, initrd string
+	var cdroms []string
+	var err error
+	if r.Boot != nil {
+		if kernel, err = fetch(r.Boot.Kernel); err != nil {
+			return r, fmt.Errorf("boot.kernel: %w", err)
+		}
+		if r.Boot.Initrd != nil {
+			if initrd, err = fetch(*r.Boot.Initrd); err != nil {
+				return r, fmt.Errorf("boot.initrd: %w", err)
+			}
+		}
+	}
+	for i, c := range r.CDROMs {
+		path, err := fetch(c)
+		if err != nil {
+			return r, fmt.Errorf("cdroms[%d]: %w", i, err)
+		}
+		cdroms = append(cdroms, path)
+	}
+	return m.update(r.ID, func(r *store.Record) error {
+		r.KernelPath, r.InitrdPath, r.CDROMPaths = kernel, initrd, cdroms
 		return nil
 	})
 }

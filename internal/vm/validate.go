@@ -89,6 +89,51 @@ type Validated struct {
 	// cpus as a topology and memory); the image's definition and the
 	// host's defaults fill the rest at creation.
 	Machine api.Machine
+	// CDROMs and Boot are the boot media, normalised.
+	CDROMs []api.Image
+	Boot   *api.Boot
+}
+
+// validateMedia checks the request's CD-ROMs and kernel boot.
+func validateMedia(req api.CreateVMRequest) ([]api.Image, *api.Boot, error) {
+	media := func(name string, img api.Image) (api.Image, error) {
+		out, err := ValidateImage(img)
+		if err != nil {
+			_, msg := errdefs.CodeOf(err)
+			return out, invalid("%s: %s", name, strings.Replace(msg, "image.", "", 1))
+		}
+		return out, nil
+	}
+	if len(req.CDROMs) > api.MaxCDROMs {
+		return nil, nil, invalid("cdroms: %d given, at most %d", len(req.CDROMs), api.MaxCDROMs)
+	}
+	var cdroms []api.Image
+	for i, c := range req.CDROMs {
+		c, err := media(fmt.Sprintf("cdroms[%d]", i), c)
+		if err != nil {
+			return nil, nil, err
+		}
+		cdroms = append(cdroms, c)
+	}
+	if req.Boot == nil {
+		return cdroms, nil, nil
+	}
+	b := *req.Boot
+	var err error
+	if b.Kernel, err = media("boot.kernel", b.Kernel); err != nil {
+		return nil, nil, err
+	}
+	if b.Initrd != nil {
+		i, err := media("boot.initrd", *b.Initrd)
+		if err != nil {
+			return nil, nil, err
+		}
+		b.Initrd = &i
+	}
+	if len(b.Append) > 4096 || strings.ContainsAny(b.Append, "\x00\n\r") {
+		return nil, nil, invalid("boot.append must be one line of at most 4096 bytes")
+	}
+	return cdroms, &b, nil
 }
 
 // requestMachine is the hardware a request asks for: its machine object
@@ -156,6 +201,10 @@ func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
 	if err != nil {
 		return v, err
 	}
+	cdroms, boot, err := validateMedia(req)
+	if err != nil {
+		return v, err
+	}
 	nt := req.NetworkType
 	if nt == "" {
 		nt = api.NetworkNAT
@@ -209,6 +258,8 @@ func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
 		CPUs:             resolved.CPUs(),
 		MemoryMiB:        resolved.MemoryMiB,
 		Machine:          hw,
+		CDROMs:           cdroms,
+		Boot:             boot,
 		NetworkType:      nt,
 		Image:            img,
 		Headless:         headless,

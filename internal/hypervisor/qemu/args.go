@@ -43,6 +43,10 @@ type launchParams struct {
 	// FirmwareCode and FirmwareVars are the UEFI firmware (read-only) and
 	// the VM's own copy of its variable store, when HW.Firmware is uefi.
 	FirmwareCode, FirmwareVars string
+	// Kernel, Initrd and Append boot a Linux kernel directly; CDROMs are
+	// CD-ROM image files (see hypervisor.Spec).
+	Kernel, Initrd, Append string
+	CDROMs                 []string
 }
 
 // optEscape escapes a value for QEMU's comma-separated option syntax.
@@ -117,6 +121,16 @@ func buildArgs(lp launchParams) []string {
 		)
 	}
 	a = append(a, diskArgs(lp.GoldPath, lp.GoldFormat, p(dir, fileDisk), hw.Storage)...)
+	a = append(a, cdromArgs(lp.CDROMs, hw)...)
+	if lp.Kernel != "" {
+		a = append(a, "-kernel", lp.Kernel)
+		if lp.Initrd != "" {
+			a = append(a, "-initrd", lp.Initrd)
+		}
+		if lp.Append != "" {
+			a = append(a, "-append", lp.Append)
+		}
+	}
 	switch {
 	case lp.Net.User:
 		// The guest gets 10.0.2.15 behind QEMU's own NAT; the host reaches
@@ -235,4 +249,37 @@ func mustJSON(v any) string {
 		panic(err) // maps of strings and bools always encode
 	}
 	return string(b)
+}
+
+// cdromArgs attaches CD-ROM image files read-only, as raw -blockdev nodes,
+// on the bus the disk's storage model suggests: IDE/AHCI for old guests
+// (storage ide or sata), virtio-scsi otherwise (Debian's cloud kernels,
+// for one, have no AHCI driver).
+func cdromArgs(paths []string, hw api.Machine) []string {
+	var a []string
+	bus := func(i int) string {
+		switch hw.Storage {
+		case "sata":
+			return "ide-cd,bus=sata0." + strconv.Itoa(i+1)
+		case "ide":
+			if hw.Chipset == "q35" || strings.HasPrefix(hw.Chipset, "pc-q35") {
+				return "ide-cd,bus=ide." + strconv.Itoa(i+1)
+			}
+			return "ide-cd,bus=ide.1,unit=" + strconv.Itoa(i)
+		case "virtio-scsi":
+			return "scsi-cd,bus=scsi0.0"
+		}
+		return "scsi-cd,bus=cdscsi.0"
+	}
+	for i, path := range paths {
+		if i == 0 && hw.Storage != "sata" && hw.Storage != "ide" && hw.Storage != "virtio-scsi" {
+			a = append(a, "-device", "virtio-scsi-pci,id=cdscsi")
+		}
+		node := "cd" + strconv.Itoa(i)
+		a = append(a,
+			"-blockdev", mustJSON(map[string]any{"driver": "raw", "node-name": node, "read-only": true,
+				"file": map[string]any{"driver": "file", "filename": path, "read-only": true}}),
+			"-device", bus(i)+",drive="+node)
+	}
+	return a
 }

@@ -489,6 +489,7 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 		Sandbox: d.cfg.Sandbox, MAC: macOf(spec), Net: np,
 		GoldPath: spec.GoldDisk.Path, GoldFormat: spec.GoldDisk.Format,
 		HW: hw, FirmwareCode: fwCode, FirmwareVars: fwVars,
+		Kernel: spec.Kernel, Initrd: spec.Initrd, Append: spec.Append, CDROMs: spec.CDROMs,
 	}
 	var extra []*os.File
 	if cred != nil && !np.User {
