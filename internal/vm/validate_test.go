@@ -93,6 +93,24 @@ func TestValidate(t *testing.T) {
 		{desc: "machine over the cpu limit", mutate: func(r *api.CreateVMRequest) { r.CPUs = 0; r.Machine = &api.Machine{Sockets: 2, Cores: 40} }, wantErr: "--max-cpus 64"},
 		{desc: "machine bad nic", mutate: func(r *api.CreateVMRequest) { r.Machine = &api.Machine{Network: "ne2000"} }, wantErr: `machine.network "ne2000"`},
 		{desc: "machine multicast mac", mutate: func(r *api.CreateVMRequest) { r.Machine = &api.Machine{MAC: "53:54:00:00:00:01"} }, wantErr: "machine.mac"},
+		{desc: "cdrom without checksum", mutate: func(r *api.CreateVMRequest) {
+			r.CDROMs = []api.Image{{URL: "http://127.0.0.1/x.iso", ChecksumType: "sha256"}}
+		}, wantErr: "cdroms[0]: checksum must be 64 hex digits"},
+		{desc: "three cdroms", mutate: func(r *api.CreateVMRequest) { r.CDROMs = make([]api.Image, 3) }, wantErr: "at most 2"},
+		{desc: "kernel without url", mutate: func(r *api.CreateVMRequest) { r.Boot = &api.Boot{} }, wantErr: "boot.kernel: url is required"},
+		{desc: "append with a newline", mutate: func(r *api.CreateVMRequest) {
+			r.Boot = &api.Boot{Kernel: r.Image, Append: "a\nb"}
+		}, wantErr: "boot.append"},
+		{desc: "boot media", mutate: func(r *api.CreateVMRequest) {
+			i := r.Image
+			i.ChecksumType = "SHA256"
+			r.Boot = &api.Boot{Kernel: r.Image, Initrd: &i, Append: "console=ttyS0"}
+			r.CDROMs = []api.Image{r.Image}
+		}, check: func(t *testing.T, v Validated) {
+			if v.Boot == nil || v.Boot.Initrd.ChecksumType != "sha256" || len(v.CDROMs) != 1 {
+				t.Errorf("boot %+v cdroms %+v", v.Boot, v.CDROMs)
+			}
+		}},
 		{desc: "machine global mac", mutate: func(r *api.CreateVMRequest) { r.Machine = &api.Machine{MAC: "00:16:3e:00:00:01"} }, wantErr: "local unicast"},
 		{desc: "tiny memory", mutate: func(r *api.CreateVMRequest) { r.Memory = 8 }, wantErr: "less than the minimum"},
 		{desc: "bad network", mutate: func(r *api.CreateVMRequest) { r.NetworkType = "wifi" }, wantErr: "network_type"},

@@ -194,3 +194,34 @@ func TestE2EMachineGuestSees(t *testing.T) {
 		t.Errorf("defaults: guest saw cpus=%s nic=%s eth0=%s", got[0], got[3], got[4])
 	}
 }
+
+// Boot media: -kernel/-initrd/-append, and CD-ROMs as read-only raw nodes
+// on the bus the storage model suggests.
+func TestBuildArgsBootMedia(t *testing.T) {
+	lp := launchParams{ID: "vm1", Dir: "/d", MemoryMiB: 256, MAC: "52:54:00:01:02:03", Net: netPlan{User: true},
+		Kernel: "/m/k/media", Initrd: "/m/i/media", Append: "console=ttyS0 a=b,c", CDROMs: []string{"/m/c1/media", "/m/c2/media"}}
+	joined := strings.Join(buildArgs(lp), " ")
+	for _, w := range []string{"-kernel /m/k/media", "-initrd /m/i/media", "-append console=ttyS0 a=b,c",
+		"-device virtio-scsi-pci,id=cdscsi", "-device scsi-cd,bus=cdscsi.0,drive=cd0", "-device scsi-cd,bus=cdscsi.0,drive=cd1",
+		`"driver":"raw","file":{"driver":"file","filename":"/m/c1/media","read-only":true},"node-name":"cd0","read-only":true`} {
+		if !strings.Contains(joined, w) {
+			t.Errorf("args lack %q:\n%s", w, joined)
+		}
+	}
+	for hw, want := range map[api.Machine][]string{
+		{Storage: "sata"}:                {"ide-cd,bus=sata0.1,drive=cd0", "ide-cd,bus=sata0.2,drive=cd1"},
+		{Storage: "ide", Chipset: "pc"}:  {"ide-cd,bus=ide.1,unit=0,drive=cd0", "ide-cd,bus=ide.1,unit=1,drive=cd1"},
+		{Storage: "ide", Chipset: "q35"}: {"ide-cd,bus=ide.1,drive=cd0", "ide-cd,bus=ide.2,drive=cd1"},
+		{Storage: "virtio-scsi"}:         {"scsi-cd,bus=scsi0.0,drive=cd0", "scsi-cd,bus=scsi0.0,drive=cd1"},
+	} {
+		a := strings.Join(cdromArgs(lp.CDROMs, hw), " ")
+		for _, w := range want {
+			if !strings.Contains(a, w) {
+				t.Errorf("%+v: %s lacks %s", hw, a, w)
+			}
+		}
+		if strings.Contains(a, "cdscsi") {
+			t.Errorf("%+v: an extra virtio-scsi controller: %s", hw, a)
+		}
+	}
+}
