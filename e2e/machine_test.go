@@ -7,6 +7,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
+	"hash/fnv"
 	"io"
 	"net"
 	"os"
@@ -53,6 +55,17 @@ func machinePackage(t *testing.T, srv *imageServer, name string, machineJSON []b
 	return api.Image{URL: srv.URL + "/" + name, Checksum: hex.EncodeToString(sum[:]), ChecksumType: "sha256"}
 }
 
+// ownUIDs is a range of QEMU user ids of the test's own: a daemon refuses
+// to start while any QEMU (another test's, or another test run's on this
+// host, still exiting) uses an id of its range, and the default range is
+// shared.
+func ownUIDs(t *testing.T) string {
+	h := fnv.New32a()
+	fmt.Fprintf(h, "%s %d", t.Name(), os.Getpid())
+	first := 1995000000 + int(h.Sum32()%40000)*100
+	return strconv.Itoa(first) + "-" + strconv.Itoa(first+99)
+}
+
 var hwLineRe = regexp.MustCompile(`goldvm-guest: hw cpus=(\d+) \S+ \S+ nic=(\S*) eth0=(\S+)`)
 
 // guestHW waits for the guest's hardware report on its console.
@@ -81,7 +94,7 @@ func guestHW(t *testing.T, d *daemon, id string) []string {
 func TestMachineDefinition(t *testing.T) {
 	requireEnv(t)
 	srv := newImageServer(t)
-	d := startDaemon(t, t.TempDir(), "--max-cpus", "2", "--max-memory", "1gib", "--default-memory", "144mib")
+	d := startDaemon(t, t.TempDir(), "--qemu-uid-range", ownUIDs(t), "--max-cpus", "2", "--max-memory", "1gib", "--default-memory", "144mib")
 	img := machinePackage(t, srv, "hw.tar", []byte(`{"version": 2, "threads": 2, "cores": 1, "sockets": 1, "memory": 192,
 		"network": "virtio-net", "mac": "52:54:00:aa:bb:cc", "storage": "virtio-scsi", "usb": "qemu-xhci", "tablet": "usb"}`))
 	req := api.CreateVMRequest{NetworkType: "nat", Image: img, ToolsInitTimeout: api.Duration(3 * time.Minute),
@@ -184,7 +197,7 @@ func TestMachineBadImage(t *testing.T) {
 	requireEnv(t)
 	srv := newImageServer(t)
 	dataDir := t.TempDir()
-	d := startDaemon(t, dataDir)
+	d := startDaemon(t, dataDir, "--qemu-uid-range", ownUIDs(t))
 	for _, tc := range []struct{ name, json, want string }{
 		{"notjson", `{"version": 2, "cores": `, "not a JSON object"},
 		{"version", `{"version": 7}`, "version 7 is not supported"},
@@ -229,7 +242,7 @@ func TestMachineBadImage(t *testing.T) {
 func TestCapacityQueue(t *testing.T) {
 	requireEnv(t)
 	srv := newImageServer(t)
-	d := startDaemon(t, t.TempDir(), "--capacity-cpus", "1", "--capacity-memory", "1gib", "--queue-timeout", "15s")
+	d := startDaemon(t, t.TempDir(), "--qemu-uid-range", ownUIDs(t), "--capacity-cpus", "1", "--capacity-memory", "1gib", "--queue-timeout", "15s")
 	img := publish(t, srv, "qcow2")
 	ctx := context.Background()
 	a := mustCreate(t, d, createReq(img, ""))
@@ -276,7 +289,7 @@ func TestCapacityQueue(t *testing.T) {
 		t.Errorf("C after its timeout: %s", fmtVM(cv))
 	}
 	d.stop()
-	d.start("--capacity-cpus", "1", "--capacity-memory", "1gib", "--queue-timeout", "15s")
+	d.start("--qemu-uid-range", ownUIDs(t), "--capacity-cpus", "1", "--capacity-memory", "1gib", "--queue-timeout", "15s")
 	if c, err = d.client.Capacity(ctx); err != nil || c.Used.CPUs != 1 || c.Used.MemoryMiB != 128 || c.Waiting != 0 {
 		t.Errorf("capacity after a restart with B running: %+v %v", c, err)
 	}
@@ -320,7 +333,7 @@ func TestBootMedia(t *testing.T) {
 		sum := sha256.Sum256(b)
 		return api.Image{URL: srv.URL + "/" + name, Checksum: hex.EncodeToString(sum[:]), ChecksumType: "sha256"}
 	}
-	d := startDaemon(t, t.TempDir())
+	d := startDaemon(t, t.TempDir(), "--qemu-uid-range", ownUIDs(t))
 	req := createReq(publish(t, srv, "qcow2"), "")
 	initrd := file("initrd.gz")
 	req.Boot = &api.Boot{Kernel: file("vmlinuz"), Initrd: &initrd, Append: "console=ttyS0,115200 panic=-1 8250.nr_uarts=1 goldvm.direct-boot=1"}

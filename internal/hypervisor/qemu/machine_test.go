@@ -71,7 +71,7 @@ func TestE2EMachineVariantsStart(t *testing.T) {
 		variants = append(variants, api.Machine{Storage: v})
 	}
 	for _, v := range machine.Sounds {
-		variants = append(variants, api.Machine{Sound: v, Chipset: "pc"}, api.Machine{Sound: v})
+		variants = append(variants, api.Machine{Sound: v})
 	}
 	for _, v := range machine.USBs {
 		variants = append(variants, api.Machine{USB: v, Keyboard: "usb", Mouse: "usb", Tablet: "usb"})
@@ -79,7 +79,7 @@ func TestE2EMachineVariantsStart(t *testing.T) {
 	for _, v := range machine.Networks {
 		variants = append(variants, api.Machine{Network: v})
 	}
-	variants = append(variants, api.Machine{Chipset: "pc", Storage: "ide"}, api.Machine{Firmware: "uefi"},
+	variants = append(variants, api.Machine{Chipset: "pc", Storage: "ide", Sound: "hda"}, api.Machine{Firmware: "uefi"},
 		api.Machine{Chipset: "pc", Firmware: "uefi"}, api.Machine{KeyboardLayout: "fr", UUID: "0f8fad5b-d9cb-469f-a165-70867728950e"})
 	lim := machine.Limits{MaxCPUs: 4, MaxMemoryMiB: 512, DefaultThreads: 1, DefaultMemoryMiB: 128}
 	for i, v := range variants {
