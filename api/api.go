@@ -31,7 +31,10 @@ type Phase string
 
 // Creation phases, in order.
 const (
-	PhasePending     Phase = "pending"
+	PhasePending Phase = "pending"
+	// PhaseQueued: the image is ready and the VM waits for capacity
+	// (GET /capacity); queue_position says where it stands.
+	PhaseQueued      Phase = "queued"
 	PhaseDownloading Phase = "downloading"
 	PhaseVerifying   Phase = "verifying"
 	PhaseUnpacking   Phase = "unpacking"
@@ -134,11 +137,21 @@ type VM struct {
 	StopReason string `json:"stop_reason,omitempty"`
 	// Tags are the VM's labels (see ValidTagKey); a group's VMs carry
 	// TagGroup and TagTemplate.
-	Tags      map[string]string `json:"tags,omitempty"`
-	Progress  *Progress         `json:"progress,omitempty"`
-	Callback  *CallbackDelivery `json:"callback,omitempty"`
-	CreatedAt time.Time         `json:"created_at"`
-	UpdatedAt time.Time         `json:"updated_at"`
+	Tags     map[string]string `json:"tags,omitempty"`
+	Progress *Progress         `json:"progress,omitempty"`
+	Callback *CallbackDelivery `json:"callback,omitempty"`
+	// QueuePosition is the VM's place (1 first) in the queue for
+	// capacity while its phase is "queued".
+	QueuePosition int `json:"queue_position,omitempty"`
+	// Machine is the VM's hardware: the request's machine, cpus and
+	// memory over the image's machine.json over the host's defaults,
+	// within its limits. Set once the image is known.
+	Machine *Machine `json:"machine,omitempty"`
+	// CDROMs and Boot are the request's boot media.
+	CDROMs    []Image   `json:"cdroms,omitempty"`
+	Boot      *Boot     `json:"boot,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // VMList is the reply of GET /vms.

@@ -71,6 +71,10 @@ const (
 	CodeImageDamaged        = "image-damaged"
 	CodeInvalidImageKey     = "invalid-image-key"
 	CodeImageNoRootfs       = "image-no-rootfs"
+	CodeImageBadMachine     = "image-bad-machine"
+
+	// Errors of the host's capacity.
+	CodeInsufficientCapacity = "insufficient-capacity"
 
 	// Errors of the daemon's set-up, which stop `goldvm serve` at start
 	// (or a driver given an impossible VM); no request causes them.
@@ -159,6 +163,8 @@ var Codes = []CodeInfo{
 	{CodeImageDamaged, http.StatusConflict, "the image failed its check at start-up and is kept for the VMs that depend on it; it is fetched again once they are deleted"},
 	{CodeInvalidImageKey, http.StatusBadRequest, "a driver was given an image key it cannot use as a directory name"},
 	{CodeImageNoRootfs, http.StatusBadRequest, "the image holds no container root file system: no `rootfs/` directory and no `sbin/init` at its top (lxd containers)"},
+	{CodeImageBadMachine, http.StatusBadRequest, "the image's `machine.json` is not JSON, has an unknown version or an invalid field (named), or asks for more than the host's limits"},
+	{CodeInsufficientCapacity, http.StatusServiceUnavailable, "the VM waited `--queue-timeout` for capacity (`GET /capacity`) and did not get it, or needs more than the host's whole capacity"},
 
 	{CodeHypervisorNotInstalled, http.StatusServiceUnavailable, "QEMU or a tool it needs is not installed (the message names the package)"},
 	{CodeSandboxUnsupported, http.StatusServiceUnavailable, "QEMU was built without `-sandbox` (seccomp) support"},

@@ -210,4 +210,13 @@ type CreateVMRequest struct {
 	// SSHAuthorizedKeys are public keys cloud-init installs for the
 	// image's default user.
 	SSHAuthorizedKeys []string `json:"ssh_authorized_keys,omitempty"`
+	// Machine asks for hardware (every field optional); it wins over the
+	// image's machine.json. cpus and memory, when given too, must agree
+	// with it.
+	Machine *Machine `json:"machine,omitempty"`
+	// CDROMs are up to MaxCDROMs CD-ROM images (an installer, a driver
+	// disk), fetched and verified like disks but kept as they are.
+	CDROMs []Image `json:"cdroms,omitempty"`
+	// Boot boots a Linux kernel directly (for building images).
+	Boot *Boot `json:"boot,omitempty"`
 }

@@ -57,6 +57,15 @@ func (e *APIError) Error() string {
 	return fmt.Sprintf("%s: %s (HTTP %d)", e.Code, e.Message, e.Status)
 }
 
+// apiError is the error of a reply with status and body data.
+func apiError(status int, data []byte) *APIError {
+	var body api.Error
+	if json.Unmarshal(data, &body) != nil || body.Code == "" {
+		body.Code, body.Message = CodeHTTPError, strings.TrimSpace(string(data))
+	}
+	return &APIError{Status: status, Code: body.Code, Message: body.Message}
+}
+
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
@@ -83,7 +92,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return err
 	}
 	if resp.StatusCode >= 300 {
-		return replyError(resp.StatusCode, data)
+		return apiError(resp.StatusCode, data)
 	}
 	if raw, ok := out.(*[]byte); ok {
 		*raw = data
@@ -107,15 +116,6 @@ func (c *Client) send(req *http.Request) (*http.Response, error) {
 		hc = http.DefaultClient
 	}
 	return hc.Do(req)
-}
-
-// replyError is the *APIError of an error reply.
-func replyError(status int, data []byte) error {
-	var body api.Error
-	if json.Unmarshal(data, &body) != nil || body.Code == "" {
-		body.Code, body.Message = CodeHTTPError, strings.TrimSpace(string(data))
-	}
-	return &APIError{Status: status, Code: body.Code, Message: body.Message}
 }
 
 // CreateVM asks for a new VM; the reply is the record in status "creating".

@@ -68,7 +68,7 @@ func (c *Client) Events(ctx context.Context, opts EventOptions) (*EventStream, e
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		return nil, replyError(resp.StatusCode, data)
+		return nil, apiError(resp.StatusCode, data)
 	}
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
 		resp.Body.Close()

@@ -124,7 +124,7 @@ func TestAPIErrors(t *testing.T) {
 		{desc: "no content type", method: "POST", path: "/vms", body: string(good), wantStatus: 415, wantCode: "unsupported-media-type"},
 		{desc: "trailing comma", method: "POST", path: "/vms", contentType: "application/json", body: "{\n  \"cpus\": 1,\n  \"memory\": 128,\n}", wantStatus: 400, wantCode: "invalid-json", wantMsg: "line 4, column 1"},
 		{desc: "not IEC", method: "POST", path: "/vms", contentType: "application/json", body: `{"cpus":1,"memory":"1gb"}`, wantStatus: 400, wantCode: "invalid-request", wantMsg: "not an IEC unit"},
-		{desc: "zero cpus", method: "POST", path: "/vms", contentType: "application/json", body: strings.Replace(string(good), `"cpus":1`, `"cpus":0`, 1), wantStatus: 400, wantCode: "invalid-request", wantMsg: "cpus"},
+		{desc: "negative cpus", method: "POST", path: "/vms", contentType: "application/json", body: strings.Replace(string(good), `"cpus":1`, `"cpus":-1`, 1), wantStatus: 400, wantCode: "invalid-request", wantMsg: "cpus"},
 		{desc: "bad checksum hex", method: "POST", path: "/vms", contentType: "application/json", body: strings.Replace(string(good), img.Checksum, "zz", 1), wantStatus: 400, wantCode: "invalid-request", wantMsg: "hex"},
 		{desc: "bridged without bridge", method: "POST", path: "/vms", contentType: "application/json", body: strings.Replace(string(good), `"nat"`, `"bridged"`, 1), wantStatus: 400, wantMsg: "bridge"},
 		{desc: "too large", method: "POST", path: "/vms", contentType: "application/json", body: `{"x":"` + strings.Repeat("a", 2<<20) + `"}`, wantStatus: 400, wantCode: "request-too-large"},

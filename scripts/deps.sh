@@ -3,7 +3,8 @@
 # with --test, what its tests need too. Safe to run again.
 set -euo pipefail
 
-pkgs=(qemu-system-x86 qemu-utils dnsmasq-base iproute2 iptables nftables ca-certificates)
+# ovmf: UEFI firmware for VMs whose machine definition says "firmware": "uefi".
+pkgs=(qemu-system-x86 qemu-utils ovmf dnsmasq-base iproute2 iptables nftables ca-certificates)
 if [[ "${1:-}" == "--test" ]]; then
 	# The test guest is built from Debian packages (kernel, busybox, qemu-guest-agent)
 	# and made bootable with syslinux; the end-to-end tests package it with

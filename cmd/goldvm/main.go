@@ -21,6 +21,9 @@ Usage:
   goldvm stop|start|restart|suspend|resume ID
                                     run a lifecycle action on a VM
   goldvm events  [flags]            follow VM and image state changes
+  goldvm vnc     [flags] ID         relay a local port to a VM's VNC console
+  goldvm screenshot [flags] ID -o FILE.png   save a PNG of a VM's display
+  goldvm capacity [flags]           show the host's capacity for VMs
 
 Client commands talk to $GOLDVM_ADDR (default 127.0.0.1:12345) with the bearer
 token $GOLDVM_TOKEN if set; --json prints JSON for scripts.
@@ -55,6 +58,12 @@ func main() {
 		err = runAction(os.Args[1], args)
 	case "events":
 		err = runEvents(args)
+	case "vnc":
+		err = runVNC(args)
+	case "screenshot":
+		err = runScreenshot(args)
+	case "capacity":
+		err = runCapacity(args)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

@@ -25,6 +25,7 @@ import (
 	"github.com/goldvm/goldvm/internal/hypervisor/qemu"
 	"github.com/goldvm/goldvm/internal/hypervisor/vmware"
 	"github.com/goldvm/goldvm/internal/image"
+	"github.com/goldvm/goldvm/internal/machine"
 	"github.com/goldvm/goldvm/internal/metadata"
 	"github.com/goldvm/goldvm/internal/netpolicy"
 	"github.com/goldvm/goldvm/internal/server"
@@ -64,6 +65,13 @@ func runServe(args []string) error {
 	vmrun := fs.String("vmrun", os.Getenv("VMRUN_PATH"), "path of vmrun for the vmware backend ($VMRUN_PATH)")
 	maxCPUs := fs.Int("max-cpus", envInt("GOLDVM_MAX_CPUS", 64), "most vCPUs one VM may have ($GOLDVM_MAX_CPUS)")
 	maxMemory := fs.String("max-memory", envOr("GOLDVM_MAX_MEMORY", ""), "most memory one VM may have, IEC (e.g. 16gib)")
+	defaultMemory := fs.String("default-memory", envOr("GOLDVM_DEFAULT_MEMORY", ""), "memory of a VM whose request and image do not say, IEC (default 1gib, at most --max-memory) ($GOLDVM_DEFAULT_MEMORY)")
+	defaultThreads := fs.Int("default-threads", envInt("GOLDVM_DEFAULT_THREADS", 1), "threads per core of the CPU topology goldvm makes up for a number of vCPUs, and the vCPUs of a VM whose request and image do not say; 2 suits hosts with hyperthreading ($GOLDVM_DEFAULT_THREADS)")
+	capCPUs := fs.Int("capacity-cpus", envInt("GOLDVM_CAPACITY_CPUS", 0), "vCPUs all VMs together may have (default: host CPUs × --cpu-overcommit) ($GOLDVM_CAPACITY_CPUS)")
+	capMemory := fs.String("capacity-memory", envOr("GOLDVM_CAPACITY_MEMORY", ""), "memory all VMs together may have, IEC (default: host memory × --memory-overcommit) ($GOLDVM_CAPACITY_MEMORY)")
+	cpuOver := fs.Float64("cpu-overcommit", 8, "vCPUs per host CPU when --capacity-cpus is not given")
+	memOver := fs.Float64("memory-overcommit", 1, "guest memory per byte of host memory when --capacity-memory is not given")
+	queueTimeout := fs.Duration("queue-timeout", envDuration("GOLDVM_QUEUE_TIMEOUT", vm.DefaultQueueTimeout), "how long a VM waits for capacity before it fails with insufficient-capacity ($GOLDVM_QUEUE_TIMEOUT)")
 	maxImage := fs.String("max-image-size", envOr("GOLDVM_MAX_IMAGE_SIZE", "64gib"), "largest unpacked image accepted, IEC")
 	imageBudget := fs.String("image-budget", os.Getenv("GOLDVM_IMAGE_BUDGET"), "disk space gold images may take, IEC (e.g. 200gib); least recently used unused images are evicted beyond it ($GOLDVM_IMAGE_BUDGET)")
 	imageMaxIdle := fs.Duration("image-max-idle", envDuration("GOLDVM_IMAGE_MAX_IDLE", 0), "evict unused images not used for this long, e.g. 168h; 0 keeps them ($GOLDVM_IMAGE_MAX_IDLE)")
@@ -111,6 +119,21 @@ func runServe(args []string) error {
 			return fmt.Errorf("--max-memory: %w", err)
 		}
 		limits.MaxMemoryMiB = n >> 20
+	}
+	if *defaultMemory != "" {
+		n, err := api.ParseIEC(*defaultMemory)
+		if err != nil {
+			return fmt.Errorf("--default-memory: %w", err)
+		}
+		limits.DefaultMemoryMiB = n >> 20
+	}
+	if *defaultThreads < 1 || *defaultThreads > machine.MaxTopology {
+		return fmt.Errorf("--default-threads %d: give 1 to %d", *defaultThreads, machine.MaxTopology)
+	}
+	limits.DefaultThreads = *defaultThreads
+	capacity, err := hostCapacity(*capCPUs, *capMemory, *cpuOver, *memOver)
+	if err != nil {
+		return err
 	}
 	netPolicy, err := netpolicy.Parse(*urlAllow, *urlDeny)
 	if err != nil {
@@ -199,6 +222,19 @@ func runServe(args []string) error {
 	// Closed after the manager (defers run last-in first-out): fetches under
 	// way then stop cleanly and keep their partial bytes for the next start.
 	defer images.Close()
+	// Boot media (kernels, initrds, CD-ROMs): fetched and verified like
+	// images, kept as they are. QEMU only.
+	var media vm.ImageStore
+	if driver.Name() == "qemu" {
+		mediaOpts := imageOpts
+		mediaOpts.PrepareDisk, mediaOpts.Verbatim = nil, true
+		ms, err := image.NewStore(filepath.Join(*dataDir, "media"), mediaOpts)
+		if err != nil {
+			return fmt.Errorf("media store: %w", err)
+		}
+		defer ms.Close()
+		media = ms
+	}
 	// Resumes the pre-fetches a restart interrupted; closed before the
 	// store, so that they stop as a shutdown and resume at the next start.
 	prefetcher, err := image.NewPrefetcher(images, image.PrefetchOptions{Logger: log})
@@ -211,9 +247,9 @@ func runServe(args []string) error {
 	// (messages name files by the absolute paths goldvm uses).
 	redactor := errdefs.NewRedactor(map[string]string{*dataDir: "$GOLDVM_DATA_DIR"})
 	mgr = vm.New(vm.Config{
-		VMDir: filepath.Join(*dataDir, "vms"), Store: db, Images: images, Driver: driver,
+		VMDir: filepath.Join(*dataDir, "vms"), Store: db, Images: images, Media: media, Driver: driver,
 		Callbacks: callback.New(callback.Options{MaxAttempts: *cbAttempts, Backoff: noneDur(*cbBackoff), Timeout: *cbTimeout, Transport: netPolicy.Transport()}), Limits: limits, Logger: log,
-		CrashPoint: crashPoint(log), Redactor: redactor, Events: bus,
+		CrashPoint: crashPoint(log), Redactor: redactor, Events: bus, Capacity: capacity, QueueTimeout: *queueTimeout,
 	})
 	collectState(mets, mgr, images)
 	defer mgr.Close()
@@ -364,14 +400,18 @@ func openForQEMU(dataDir string) error {
 			break
 		}
 	}
-	dirs := []string{dataDir, filepath.Join(dataDir, "vms"), filepath.Join(dataDir, "images")}
-	keys, err := os.ReadDir(filepath.Join(dataDir, "images"))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	for _, k := range keys {
-		if k.IsDir() && !strings.HasPrefix(k.Name(), ".") {
-			dirs = append(dirs, filepath.Join(dataDir, "images", k.Name()))
+	dirs := []string{dataDir, filepath.Join(dataDir, "vms")}
+	// Gold images and boot media (kernels, initrds, CD-ROMs).
+	for _, store := range []string{"images", "media"} {
+		dirs = append(dirs, filepath.Join(dataDir, store))
+		keys, err := os.ReadDir(filepath.Join(dataDir, store))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		for _, k := range keys {
+			if k.IsDir() && !strings.HasPrefix(k.Name(), ".") {
+				dirs = append(dirs, filepath.Join(dataDir, store, k.Name()))
+			}
 		}
 	}
 	for _, d := range dirs {

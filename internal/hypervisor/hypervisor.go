@@ -30,6 +30,9 @@ package hypervisor
 import (
 	"context"
 	"errors"
+	"net"
+
+	"github.com/goldvm/goldvm/api"
 )
 
 // Spec describes one VM to a driver.
@@ -59,6 +62,15 @@ type Spec struct {
 	// CloudInit is what the guest's cloud-init is given (a NoCloud seed
 	// CD-ROM, the metadata service); nil: no seed.
 	CloudInit *CloudInit
+	// Machine is the VM's hardware, merged and limited by the manager
+	// (see internal/machine); nil: the driver's defaults. CPUs and
+	// MemoryMiB agree with it.
+	Machine *api.Machine
+	// Kernel, Initrd and Append boot a Linux kernel directly (Kernel ""
+	// boots from the disk); CDROMs are CD-ROM image files. All are
+	// read-only files the hypervisor opens by path.
+	Kernel, Initrd, Append string
+	CDROMs                 []string
 }
 
 // CloudInit is the configuration a stock cloud image reads at boot.
@@ -157,6 +169,16 @@ type ConsoleReader interface {
 	// of its last run (kept until its directory is removed). Nothing
 	// written yet is an empty answer.
 	Console(ctx context.Context, spec Spec, limit int64) ([]byte, error)
+}
+
+// VNCer is implemented by drivers that give each VM a VNC server on a
+// unix socket.
+type VNCer interface {
+	// VNCSocket is the path of the VM's VNC socket (while it runs).
+	VNCSocket(spec Spec) string
+	// DialVNC connects to the running VM's VNC server, or fails with an
+	// error wrapping ErrNotRunning.
+	DialVNC(ctx context.Context, spec Spec) (net.Conn, error)
 }
 
 // Screenshotter is implemented by drivers that can capture the VM's console.

@@ -36,6 +36,8 @@ const (
 	DiskQcow2 = "disk.qcow2" // a bare qcow2 download
 	DiskVMDK  = "disk.vmdk"  // a bare VMDK download (sparse extent or descriptor)
 	DiskRaw   = "disk.raw"   // a bare raw disk (URL path ending in .img or .raw)
+	// MediaFile is the one file of an image in a Verbatim store.
+	MediaFile = "media"
 )
 
 // trackErr remembers the first non-EOF error of the source stream, so that
@@ -121,6 +123,17 @@ func (x *extractor) extractStream(raw io.Reader, urlPath string) (needsSpool boo
 			return false, classify(src, "reading the package", perr)
 		}
 		return false, errCorrupt("the package is empty", nil)
+	}
+	if x.lim.verbatim {
+		x.format = "file"
+		err := x.writeDisk(MediaFile, br)
+		if err == nil {
+			err = x.finish()
+		}
+		if serr := src.failed(); err != nil && serr != nil {
+			return false, serr
+		}
+		return false, err
 	}
 	var dec io.Reader = br
 	closeDec := func() {}

@@ -24,6 +24,7 @@ var zeroBlock = make([]byte, blockSize)
 type limits struct {
 	maxBytes   int64 // logical bytes of all files, declared and actual
 	maxEntries int
+	verbatim   bool // store the download as one file, MediaFile (Options.Verbatim)
 }
 
 // fileRecord describes one entry of a published image (in the marker).

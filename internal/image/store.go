@@ -71,6 +71,7 @@ import (
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/events"
+	"github.com/goldvm/goldvm/internal/machine"
 )
 
 // Progress phases.
@@ -199,6 +200,10 @@ type Options struct {
 	Events *events.Bus
 	// Counters counts lookups and downloaded bytes for metrics (nil: none).
 	Counters Counters
+	// Verbatim makes a store of boot media (kernels, initrds, CD-ROM
+	// images): each download is kept as it is, one file named MediaFile,
+	// neither decompressed nor unpacked. Used without PrepareDisk.
+	Verbatim bool
 }
 
 // Disk is an image's disk as PrepareDisk decided it.
@@ -288,6 +293,9 @@ type Gold struct {
 	// Disk is the disk PrepareDisk decided on, its Path absolute; nil
 	// for a store without PrepareDisk.
 	Disk *Disk
+	// Machine is the image's hardware definition (its machine.json as
+	// read at publish); nil when it has none.
+	Machine *api.Machine
 }
 
 // ImageInfo describes a published image for listings.
@@ -319,6 +327,9 @@ type marker struct {
 	Created      time.Time    `json:"created"`
 	// Disk (version 2) is the disk PrepareDisk decided on.
 	Disk *Disk `json:"disk,omitempty"`
+	// Machine is the package's machine.json, checked and migrated to
+	// the current format; nil when the package has none.
+	Machine *api.Machine `json:"machine,omitempty"`
 }
 
 // Store is the image store. Its methods are safe for concurrent use.
@@ -547,6 +558,10 @@ func (s *Store) gold(key string, m *marker, spec *Spec) *Gold {
 		d := *m.Disk
 		d.Path = filepath.Join(s.dir, key, filepath.FromSlash(d.Path))
 		g.Disk = &d
+	}
+	if m.Machine != nil {
+		mm := *m.Machine
+		g.Machine = &mm
 	}
 	return g
 }
@@ -1060,7 +1075,7 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 		})
 	}()
 
-	x := newExtractor(ctx, root, limits{maxBytes: s.opts.MaxImageBytes, maxEntries: s.opts.MaxEntries})
+	x := newExtractor(ctx, root, limits{maxBytes: s.opts.MaxImageBytes, maxEntries: s.opts.MaxEntries, verbatim: s.opts.Verbatim})
 	abort := func() {
 		pipe.abort()
 		rcancel()
@@ -1120,6 +1135,10 @@ func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report fun
 // the temp dir into place.
 func (s *Store) publish(ctx context.Context, tmp, key string, spec Spec, x *extractor, report func(Progress), log *slog.Logger) (*Gold, error) {
 	files := filepath.Join(tmp, filesDirName)
+	mach, err := readMachine(files)
+	if err != nil {
+		return nil, err
+	}
 	disk, err := s.prepareDisk(ctx, tmp, files, report)
 	if err != nil {
 		return nil, err
@@ -1133,7 +1152,7 @@ func (s *Store) publish(ctx context.Context, tmp, key string, spec Spec, x *extr
 	}
 	kind, sum, _ := parseKey(key)
 	m := &marker{Version: 1, Key: key, URL: displayURL(spec.URL), Checksum: sum, ChecksumType: kind,
-		Format: x.format, Size: size, Files: x.records, Created: s.opts.Now().UTC(), Disk: disk}
+		Format: x.format, Size: size, Files: x.records, Created: s.opts.Now().UTC(), Disk: disk, Machine: mach}
 	if disk != nil {
 		m.Version = 2
 	}
@@ -1168,6 +1187,35 @@ func (s *Store) publish(ctx context.Context, tmp, key string, spec Spec, x *extr
 		return nil, err
 	}
 	return s.gold(key, m, &spec), nil
+}
+
+// readMachine reads and checks the machine.json at the root of an image's
+// files; nil when there is none. A bad one fails the fetch with code
+// image-bad-machine.
+func readMachine(files string) (*api.Machine, error) {
+	path := filepath.Join(files, machine.FileName)
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, ioErr("reading machine.json", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, machine.ImageError(errors.New("not a regular file"))
+	}
+	if fi.Size() > machine.MaxFileSize {
+		return nil, machine.ImageError(fmt.Errorf("%d bytes is more than the %d allowed", fi.Size(), machine.MaxFileSize))
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, ioErr("reading machine.json", err)
+	}
+	m, err := machine.Parse(b)
+	if err != nil {
+		return nil, err
+	}
+	return &m, nil
 }
 
 // prepareDisk runs Options.PrepareDisk on an image about to be published

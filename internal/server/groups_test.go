@@ -129,7 +129,7 @@ func TestGroupBadInput(t *testing.T) {
 		{"g", `{"size": 11, "template": ` + tpl + `}`, "size"},
 		{"g", `{"size": 1, "max_surge": -1, "template": ` + tpl + `}`, "max_surge"},
 		{"g", `{"size": 1, "max_unavailable": 2, "template": ` + tpl + `}`, "max_unavailable"},
-		{"g", `{"size": 1, "template": {"cpus": 0, "memory": 128}}`, "template.cpus"},
+		{"g", `{"size": 1, "template": {"cpus": -1, "memory": 128}}`, "template.cpus"},
 		{"g", `{"size": 1, "template": ` + strings.Replace(tpl, `"checksum_type": "sha256"`, `"checksum_type": "crc"`, 1) + `}`, "template.image.checksum_type"},
 		{"g", `{"size": 1, "template": ` + strings.Replace(tpl, `"cpus": 1`, `"cpus": 1, "tags": {"goldvm.group": "x"}`, 1) + `}`, "template.tags"},
 		{"g", `{"size": 1, "tempate": ` + tpl + `}`, "tempate"},

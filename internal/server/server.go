@@ -90,6 +90,8 @@ func New(cfg Config) *Server {
 		s.mux.HandleFunc("PUT /groups/{name}", s.putGroup)
 		s.mux.HandleFunc("DELETE /groups/{name}", s.deleteGroup)
 	}
+	s.mux.HandleFunc("GET /vms/{id}/vnc", s.vnc)
+	s.mux.HandleFunc("GET /capacity", s.capacity)
 	s.mux.HandleFunc("GET /images", s.listImages)
 	s.mux.HandleFunc("GET /images/{key}", s.getImage)
 	s.mux.HandleFunc("POST /images", s.prefetchImage)

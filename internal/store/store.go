@@ -45,6 +45,18 @@ type Record struct {
 	// here, not in the API view, because it may hold secrets: only the VM
 	// itself reads it back (seed CD-ROM, metadata service).
 	UserData string `json:"user_data,omitempty"`
+	// Requested is the hardware the create request asked for (its
+	// machine object with cpus and memory folded in), kept to merge with
+	// the image's when a creation is resumed.
+	Requested *api.Machine `json:"requested_machine,omitempty"`
+	// VNCSocket is the VM's VNC server's unix socket, for drivers that
+	// have one.
+	VNCSocket string `json:"vnc_socket,omitempty"`
+	// KernelPath, InitrdPath and CDROMPaths are the VM's boot media in
+	// the media store, set once they are fetched.
+	KernelPath string   `json:"kernel_path,omitempty"`
+	InitrdPath string   `json:"initrd_path,omitempty"`
+	CDROMPaths []string `json:"cdrom_paths,omitempty"`
 }
 
 // Store is the VM record database. It is safe for concurrent use.

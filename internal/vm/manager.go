@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -23,6 +24,7 @@ import (
 	"github.com/goldvm/goldvm/internal/events"
 	"github.com/goldvm/goldvm/internal/hypervisor"
 	"github.com/goldvm/goldvm/internal/image"
+	"github.com/goldvm/goldvm/internal/machine"
 	"github.com/goldvm/goldvm/internal/store"
 )
 
@@ -43,9 +45,13 @@ type ImageStore interface {
 // Config wires a Manager.
 type Config struct {
 	// VMDir holds one directory per VM.
-	VMDir     string
-	Store     *store.Store
-	Images    ImageStore
+	VMDir  string
+	Store  *store.Store
+	Images ImageStore
+	// Media is the store of boot media (kernels, initrds, CD-ROMs), an
+	// image store that keeps downloads as they are; nil: requests with
+	// boot media are refused.
+	Media     ImageStore
 	Driver    hypervisor.Driver
 	Callbacks *callback.Sender
 	Limits    Limits
@@ -55,6 +61,11 @@ type Config struct {
 	// Redactor hides host directories in the error messages VM records
 	// show (nil: shown as they are).
 	Redactor *errdefs.Redactor
+	// Capacity is the host's budget for VMs (vCPUs and MiB; a zero field
+	// is no limit) and QueueTimeout how long a creation waits for it
+	// (default DefaultQueueTimeout).
+	Capacity     api.Resources
+	QueueTimeout time.Duration
 	// CrashPoint, when set, is called at each named point of creation and
 	// deletion (see the Crash* constants). Crash tests set it to kill the
 	// daemon there; it is nil in normal operation.
@@ -90,6 +101,8 @@ type Manager struct {
 	idLocks  map[string]*sync.Mutex
 	unsaved  map[string]*store.Record // changes the store could not save yet (see records.go)
 	retrying bool                     // a retryUnsaved loop runs
+
+	capacity *capacity
 }
 
 // task is one background job that can be cancelled and waited for.
@@ -110,8 +123,27 @@ func New(cfg Config) *Manager {
 	return &Manager{
 		cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel,
 		creates: map[string]*task{}, watchers: map[string]*task{}, probes: map[string]*task{}, idLocks: map[string]*sync.Mutex{},
-		unsaved: map[string]*store.Record{},
+		unsaved:  map[string]*store.Record{},
+		capacity: newCapacity(cfg.Capacity, cfg.QueueTimeout),
 	}
+}
+
+// Capacity is GET /capacity's answer: the host's budget, what running and
+// admitted VMs hold and what the queue waits for.
+func (m *Manager) Capacity() api.Capacity { return m.capacity.snapshot() }
+
+// resources is what a record's VM holds of the capacity.
+func resources(r *store.Record) api.Resources {
+	return api.Resources{CPUs: r.CPUs, MemoryMiB: r.MemoryMiB}
+}
+
+// view is the API view of a record, with its queue position.
+func (m *Manager) view(r *store.Record) api.VM {
+	v := r.VM
+	if v.Status == api.StatusCreating && v.Phase == api.PhaseQueued {
+		v.QueuePosition = m.capacity.position(r.ID)
+	}
+	return v
 }
 
 // Close stops all background work and waits for it. VMs keep running, and
@@ -182,10 +214,14 @@ func (m *Manager) stop(set map[string]*task, id string) {
 func (m *Manager) spec(r *store.Record) hypervisor.Spec {
 	s := hypervisor.Spec{
 		ID: r.ID, Dir: r.Dir, CPUs: r.CPUs, MemoryMiB: r.MemoryMiB,
-		Network: r.NetworkType, Headless: r.Headless,
+		Network: r.NetworkType, Headless: r.Headless, Machine: r.Machine,
+		Kernel: r.KernelPath, Initrd: r.InitrdPath, CDROMs: r.CDROMPaths,
 		CloudInit: &hypervisor.CloudInit{
 			InstanceID: r.ID, Hostname: r.ID, UserData: r.UserData, SSHAuthorizedKeys: r.SSHAuthorizedKeys,
 		},
+	}
+	if r.Boot != nil {
+		s.Append = r.Boot.Append
 	}
 	if key, err := image.Key(imageSpec(r)); err == nil {
 		s.ImageKey, s.GoldDir = key, m.cfg.Images.GoldDir(key)
@@ -224,6 +260,9 @@ func (m *Manager) CreateTagged(ctx context.Context, req api.CreateVMRequest, sys
 			return nil, err
 		}
 	}
+	if (v.Boot != nil || len(v.CDROMs) > 0) && m.cfg.Media == nil {
+		return nil, errdefs.Newf(errdefs.ErrInvalid, api.CodeNotSupported, "the %s backend takes no boot media (boot, cdroms)", m.cfg.Driver.Name())
+	}
 	tags, err := withSystemTags(v.Tags, system)
 	if err != nil {
 		return nil, err
@@ -235,11 +274,12 @@ func (m *Manager) CreateTagged(ctx context.Context, req api.CreateVMRequest, sys
 			ID: id, Status: api.StatusCreating, Phase: api.PhasePending, Backend: m.cfg.Driver.Name(),
 			CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, NetworkType: v.NetworkType, Image: v.Image,
 			Headless: v.Headless, LaunchGUI: !v.Headless, CallbackURL: v.CallbackURL, ToolsInitTimeout: api.Duration(v.ToolsInitTimeout),
-			SSHAuthorizedKeys: v.SSHKeys,
-			CreatedAt:         now, UpdatedAt: now, Tags: tags,
+			SSHAuthorizedKeys: v.SSHKeys, CDROMs: v.CDROMs, Boot: v.Boot,
+			CreatedAt: now, UpdatedAt: now, Tags: tags,
 		},
-		Dir:      filepath.Join(m.cfg.VMDir, id),
-		UserData: v.UserData,
+		Dir:       filepath.Join(m.cfg.VMDir, id),
+		UserData:  v.UserData,
+		Requested: &v.Machine,
 	}
 	if r.CallbackURL != "" {
 		r.Callback = &api.CallbackDelivery{State: api.CallbackPending}
@@ -283,10 +323,12 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 	}
 	info, err := m.create(ctx, r)
 	if ctx.Err() != nil {
+		m.capacity.release(id)
 		log.Info("create interrupted; left for recovery or delete", "phase", r.Phase)
 		return
 	}
 	if err != nil {
+		m.capacity.release(id)
 		code, msg := m.cfg.Redactor.CodeOf(err)
 		log.Error("create failed", "code", code, "err", err)
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.DestroyTimeout)
@@ -316,6 +358,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 			log.Error("record success", "err", uerr)
 			return
 		}
+		m.capacity.setRunning(id)
 		log.Info("vm running", "ip", info.IPAddress, "guest_os", info.GuestOS, "ip_source", info.IPSource)
 		m.startWatch(id)
 		if info.GuestOS == "" {
@@ -362,6 +405,18 @@ func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.Guest
 		return hypervisor.GuestInfo{}, err
 	}
 	m.cfg.Images.Touch(gold.Key)
+	if r, err = m.resolveMachine(r, gold); err != nil {
+		return hypervisor.GuestInfo{}, err
+	}
+	if r, err = m.fetchMedia(ctx, r); err != nil {
+		return hypervisor.GuestInfo{}, err
+	}
+	if err := m.capacity.admit(ctx, id, resources(r), func() {
+		m.setPhase(id, api.PhaseQueued)
+		m.log.Info("vm queued for capacity", "vm", id, "capacity", m.capacity.String())
+	}); err != nil {
+		return hypervisor.GuestInfo{}, err
+	}
 	if err := m.setPhase(id, api.PhaseCloning); err != nil {
 		return hypervisor.GuestInfo{}, err
 	}
@@ -378,6 +433,9 @@ func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.Guest
 	}
 	if err := m.cfg.Driver.Start(ctx, spec); err != nil {
 		return hypervisor.GuestInfo{}, err
+	}
+	if vnc, ok := m.cfg.Driver.(hypervisor.VNCer); ok {
+		m.update(id, func(r *store.Record) error { r.VNCSocket = vnc.VNCSocket(spec); return nil })
 	}
 	m.crashPoint(CrashBooting)
 	if err := m.setPhase(id, api.PhaseDiscovering); err != nil {
@@ -493,6 +551,7 @@ func (m *Manager) markStopped(id, reason string) {
 		r.StopReason = reason
 		return nil
 	})
+	m.capacity.release(id)
 	if err == nil {
 		m.log.Warn("vm stopped", "vm", id, "reason", reason)
 	}
@@ -516,7 +575,8 @@ func (m *Manager) Get(ctx context.Context, id string) (*api.VM, error) {
 			}
 		}
 	}
-	return &r.VM, nil
+	v := m.view(r)
+	return &v, nil
 }
 
 // List returns all VMs, newest first.
@@ -527,7 +587,7 @@ func (m *Manager) List(ctx context.Context) ([]api.VM, error) {
 	}
 	out := make([]api.VM, 0, len(recs))
 	for _, r := range recs {
-		out = append(out, r.VM)
+		out = append(out, m.view(r))
 	}
 	return out, nil
 }
@@ -636,6 +696,7 @@ func (m *Manager) destroy(ctx context.Context, r *store.Record) error {
 		return err
 	}
 	m.forget(r.ID)
+	m.capacity.release(r.ID)
 	m.log.Info("vm deleted", "vm", r.ID)
 	if key, err := image.Key(imageSpec(r)); err == nil {
 		if err := m.cfg.Images.Release(key, m.ImageUsers); err != nil {
@@ -686,6 +747,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 				continue // suspended to disk: no process until resumed
 			}
 			if st == hypervisor.StateRunning || st == hypervisor.StatePaused {
+				m.capacity.hold(r.ID, resources(r), true)
 				want := api.StatusRunning
 				if r.Status == api.StatusSuspended && st == hypervisor.StatePaused {
 					want = api.StatusSuspended
@@ -784,6 +846,25 @@ func (m *Manager) Screenshot(ctx context.Context, id string) ([]byte, error) {
 	return png, nil
 }
 
+// DialVNC connects to the running VM's VNC server (see hypervisor.VNCer).
+// A backend without one answers errdefs.ErrInvalid with code
+// "not-supported"; a VM that is not running, errdefs.ErrConflict with
+// code "vm-not-running".
+func (m *Manager) DialVNC(ctx context.Context, id string) (net.Conn, error) {
+	vnc, ok := m.cfg.Driver.(hypervisor.VNCer)
+	if !ok {
+		return nil, errdefs.Newf(errdefs.ErrInvalid, "not-supported", "the %s backend has no VNC console", m.cfg.Driver.Name())
+	}
+	r, err := m.get(id)
+	if err != nil {
+		return nil, err
+	}
+	if r.Status != api.StatusRunning {
+		return nil, errdefs.Newf(errdefs.ErrConflict, "vm-not-running", "VM %s is %s, not running", r.ID, r.Status)
+	}
+	return vnc.DialVNC(ctx, m.spec(r))
+}
+
 // dirHasEntries reports whether dir exists and is not empty.
 func dirHasEntries(dir string) bool {
 	f, err := os.Open(dir)
@@ -793,4 +874,79 @@ func dirHasEntries(dir string) bool {
 	defer f.Close()
 	names, _ := f.Readdirnames(1)
 	return len(names) > 0
+}
+
+// resolveMachine merges the request's hardware over the image's
+// machine.json and the host's defaults, checks it against the limits and
+// records it (and the cpus and memory that follow from it) in the record.
+// An image's definition that breaks a limit fails with image-bad-machine.
+func (m *Manager) resolveMachine(r *store.Record, gold *image.Gold) (*store.Record, error) {
+	lim := m.cfg.Limits.withDefaults()
+	var req, img api.Machine
+	if r.Requested != nil {
+		req = *r.Requested
+	} else {
+		// A record from before machine definitions: its cpus and memory
+		// were the request's.
+		req.Threads, req.Cores, req.Sockets = lim.machineLimits().Topology(r.CPUs)
+		req.MemoryMiB = r.MemoryMiB
+	}
+	if gold.Machine != nil {
+		img = *gold.Machine
+	}
+	hw, err := lim.machineLimits().Resolve(machine.Merge(req, img))
+	if err == nil && hw.MemoryMiB < lim.MinMemoryMiB {
+		err = errdefs.Newf(errdefs.ErrInvalid, api.CodeInvalidRequest, "memory %d MiB is less than the minimum of %d MiB", hw.MemoryMiB, lim.MinMemoryMiB)
+	}
+	if err != nil {
+		if gold.Machine != nil {
+			return r, machine.ImageError(err)
+		}
+		return r, err
+	}
+	return m.update(r.ID, func(r *store.Record) error {
+		r.Machine = &hw
+		r.CPUs, r.MemoryMiB = hw.CPUs(), hw.MemoryMiB
+		return nil
+	})
+}
+
+// fetchMedia fetches the VM's boot media into the media store (once per
+// checksum, verified, kept as they are) and records their paths.
+func (m *Manager) fetchMedia(ctx context.Context, r *store.Record) (*store.Record, error) {
+	if r.Boot == nil && len(r.CDROMs) == 0 {
+		return r, nil
+	}
+	fetch := func(img api.Image) (string, error) {
+		g, err := m.cfg.Media.Ensure(ctx, image.Spec{URL: img.URL, Checksum: img.Checksum, ChecksumType: img.ChecksumType}, func(image.Progress) {})
+		if err != nil {
+			return "", err
+		}
+		m.cfg.Media.Touch(g.Key)
+		return filepath.Join(g.Dir, image.MediaFile), nil
+	}
+	var kernel, initrd string
+	var cdroms []string
+	var err error
+	if r.Boot != nil {
+		if kernel, err = fetch(r.Boot.Kernel); err != nil {
+			return r, fmt.Errorf("boot.kernel: %w", err)
+		}
+		if r.Boot.Initrd != nil {
+			if initrd, err = fetch(*r.Boot.Initrd); err != nil {
+				return r, fmt.Errorf("boot.initrd: %w", err)
+			}
+		}
+	}
+	for i, c := range r.CDROMs {
+		path, err := fetch(c)
+		if err != nil {
+			return r, fmt.Errorf("cdroms[%d]: %w", i, err)
+		}
+		cdroms = append(cdroms, path)
+	}
+	return m.update(r.ID, func(r *store.Record) error {
+		r.KernelPath, r.InitrdPath, r.CDROMPaths = kernel, initrd, cdroms
+		return nil
+	})
 }

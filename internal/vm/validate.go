@@ -10,6 +10,7 @@ import (
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/machine"
 )
 
 // Limits bound what one create request may ask for. They stand for the
@@ -21,6 +22,42 @@ type Limits struct {
 	MinMemoryMiB int64
 	// MaxToolsInitTimeout caps tools_init_timeout.
 	MaxToolsInitTimeout time.Duration
+	// DefaultThreads is the threads per core of a topology goldvm makes
+	// up for a number of vCPUs (--default-threads; default 1), and the
+	// vCPUs of a VM whose request and image do not say.
+	DefaultThreads int
+	// DefaultMemoryMiB is the memory of a VM whose request and image do
+	// not say (--default-memory; default 1 GiB, at most MaxMemoryMiB).
+	DefaultMemoryMiB int64
+}
+
+// machineLimits are the limits as internal/machine applies them.
+func (l Limits) machineLimits() machine.Limits {
+	l = l.withDefaults()
+	return machine.Limits{MaxCPUs: l.MaxCPUs, MaxMemoryMiB: l.MaxMemoryMiB, DefaultThreads: l.DefaultThreads, DefaultMemoryMiB: l.DefaultMemoryMiB}
+}
+
+// withDefaults fills the zero fields from DefaultLimits.
+func (l Limits) withDefaults() Limits {
+	if l.MaxCPUs == 0 {
+		l.MaxCPUs = DefaultLimits.MaxCPUs
+	}
+	if l.MaxMemoryMiB == 0 {
+		l.MaxMemoryMiB = DefaultLimits.MaxMemoryMiB
+	}
+	if l.MinMemoryMiB == 0 {
+		l.MinMemoryMiB = DefaultLimits.MinMemoryMiB
+	}
+	if l.MaxToolsInitTimeout == 0 {
+		l.MaxToolsInitTimeout = DefaultLimits.MaxToolsInitTimeout
+	}
+	if l.DefaultThreads == 0 {
+		l.DefaultThreads = 1
+	}
+	if l.DefaultMemoryMiB == 0 {
+		l.DefaultMemoryMiB = min(1024, l.MaxMemoryMiB)
+	}
+	return l
 }
 
 // DefaultLimits are used for zero fields of Limits.
@@ -52,6 +89,13 @@ type Validated struct {
 	Tags             map[string]string
 	UserData         string
 	SSHKeys          []string
+	// Machine is the hardware the request asks for (its machine object,
+	// cpus as a topology and memory); the image's definition and the
+	// host's defaults fill the rest at creation.
+	Machine api.Machine
+	// CDROMs and Boot are the boot media, normalised.
+	CDROMs []api.Image
+	Boot   *api.Boot
 }
 
 // MaxSSHKeys bounds ssh_authorized_keys; maxSSHKeyBytes bounds one key.
@@ -81,38 +125,116 @@ func validateCloudInit(req api.CreateVMRequest) error {
 	return nil
 }
 
+// validateMedia checks the request's CD-ROMs and kernel boot.
+func validateMedia(req api.CreateVMRequest) ([]api.Image, *api.Boot, error) {
+	media := func(name string, img api.Image) (api.Image, error) {
+		out, err := ValidateImage(img)
+		if err != nil {
+			_, msg := errdefs.CodeOf(err)
+			return out, invalid("%s: %s", name, strings.Replace(msg, "image.", "", 1))
+		}
+		return out, nil
+	}
+	if len(req.CDROMs) > api.MaxCDROMs {
+		return nil, nil, invalid("cdroms: %d given, at most %d", len(req.CDROMs), api.MaxCDROMs)
+	}
+	var cdroms []api.Image
+	for i, c := range req.CDROMs {
+		c, err := media(fmt.Sprintf("cdroms[%d]", i), c)
+		if err != nil {
+			return nil, nil, err
+		}
+		cdroms = append(cdroms, c)
+	}
+	if req.Boot == nil {
+		return cdroms, nil, nil
+	}
+	b := *req.Boot
+	var err error
+	if b.Kernel, err = media("boot.kernel", b.Kernel); err != nil {
+		return nil, nil, err
+	}
+	if b.Initrd != nil {
+		i, err := media("boot.initrd", *b.Initrd)
+		if err != nil {
+			return nil, nil, err
+		}
+		b.Initrd = &i
+	}
+	if len(b.Append) > 4096 || strings.ContainsAny(b.Append, "\x00\n\r") {
+		return nil, nil, invalid("boot.append must be one line of at most 4096 bytes")
+	}
+	return cdroms, &b, nil
+}
+
+// requestMachine is the hardware a request asks for: its machine object
+// with cpus and memory folded in (they must agree when both are given).
+func requestMachine(req api.CreateVMRequest, lim Limits) (api.Machine, error) {
+	var hw api.Machine
+	if req.Machine != nil {
+		hw = *req.Machine
+		if err := machine.Validate(hw, "machine."); err != nil {
+			return hw, err
+		}
+		hw.Version = 0
+	}
+	if n := hw.CPUs(); hw.Threads != 0 || hw.Cores != 0 || hw.Sockets != 0 {
+		hw.Threads, hw.Cores, hw.Sockets = max(hw.Threads, 1), max(hw.Cores, 1), max(hw.Sockets, 1)
+		n = hw.CPUs()
+		if req.CPUs != 0 && req.CPUs != n {
+			return hw, invalid("cpus %d and the machine's topology (threads %d × cores %d × sockets %d = %d) disagree; give one of them",
+				req.CPUs, hw.Threads, hw.Cores, hw.Sockets, n)
+		}
+		if n > lim.MaxCPUs {
+			return hw, invalid("machine: %d vCPUs (threads %d × cores %d × sockets %d) is more than --max-cpus %d", n, hw.Threads, hw.Cores, hw.Sockets, lim.MaxCPUs)
+		}
+	} else if req.CPUs != 0 {
+		hw.Threads, hw.Cores, hw.Sockets = lim.machineLimits().Topology(req.CPUs)
+	}
+	if mem := int64(req.Memory); mem != 0 {
+		if hw.MemoryMiB != 0 && hw.MemoryMiB != mem {
+			return hw, invalid("memory %d MiB and machine.memory %d MiB disagree; give one of them", mem, hw.MemoryMiB)
+		}
+		hw.MemoryMiB = mem
+	}
+	if hw.MemoryMiB != 0 && hw.MemoryMiB < lim.MinMemoryMiB {
+		return hw, invalid("machine.memory %d MiB is less than the minimum of %d MiB", hw.MemoryMiB, lim.MinMemoryMiB)
+	}
+	if hw.MemoryMiB > lim.MaxMemoryMiB {
+		return hw, invalid("machine.memory %d MiB is more than this host allows (--max-memory %d MiB)", hw.MemoryMiB, lim.MaxMemoryMiB)
+	}
+	return hw, nil
+}
+
 // Validate checks a create request field by field and returns it normalised
 // (lower-case checksum, defaults filled in). Errors are errdefs.ErrInvalid
 // with code "invalid-request" and a message naming the field.
 func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
-	if lim.MaxCPUs == 0 {
-		lim.MaxCPUs = DefaultLimits.MaxCPUs
-	}
-	if lim.MaxMemoryMiB == 0 {
-		lim.MaxMemoryMiB = DefaultLimits.MaxMemoryMiB
-	}
-	if lim.MinMemoryMiB == 0 {
-		lim.MinMemoryMiB = DefaultLimits.MinMemoryMiB
-	}
-	if lim.MaxToolsInitTimeout == 0 {
-		lim.MaxToolsInitTimeout = DefaultLimits.MaxToolsInitTimeout
-	}
+	lim = lim.withDefaults()
 	var v Validated
-	if req.CPUs < 1 {
+	if req.CPUs < 0 {
 		return v, invalid("cpus must be at least 1, got %d", req.CPUs)
 	}
 	if req.CPUs > lim.MaxCPUs {
-		return v, invalid("cpus %d is more than this host allows (%d)", req.CPUs, lim.MaxCPUs)
+		return v, invalid("cpus %d is more than this host allows (--max-cpus %d)", req.CPUs, lim.MaxCPUs)
 	}
 	mem := int64(req.Memory)
-	if mem == 0 {
-		return v, invalid(`memory is required: an integer number of MiB or an IEC string such as "1gib"`)
+	if mem < 0 {
+		return v, invalid(`memory must be an integer number of MiB or an IEC string such as "1gib"`)
 	}
-	if mem < lim.MinMemoryMiB {
+	if mem != 0 && mem < lim.MinMemoryMiB {
 		return v, invalid("memory %d MiB is less than the minimum of %d MiB", mem, lim.MinMemoryMiB)
 	}
 	if mem > lim.MaxMemoryMiB {
-		return v, invalid("memory %d MiB is more than this host allows (%d MiB)", mem, lim.MaxMemoryMiB)
+		return v, invalid("memory %d MiB is more than this host allows (--max-memory %d MiB)", mem, lim.MaxMemoryMiB)
+	}
+	hw, err := requestMachine(req, lim)
+	if err != nil {
+		return v, err
+	}
+	cdroms, boot, err := validateMedia(req)
+	if err != nil {
+		return v, err
 	}
 	nt := req.NetworkType
 	if nt == "" {
@@ -157,6 +279,12 @@ func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
 	case timeout > lim.MaxToolsInitTimeout:
 		return v, invalid("tools_init_timeout %s is more than the maximum %s", timeout, lim.MaxToolsInitTimeout)
 	}
+	// What the VM gets if its image says nothing; the image may still
+	// fill what the request leaves open.
+	resolved, err := lim.machineLimits().Resolve(hw)
+	if err != nil {
+		return v, err
+	}
 	tags, err := ValidateTags(req.Tags)
 	if err != nil {
 		return v, err
@@ -168,8 +296,11 @@ func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
 		Tags:             tags,
 		UserData:         string(req.UserData),
 		SSHKeys:          req.SSHAuthorizedKeys,
-		CPUs:             req.CPUs,
-		MemoryMiB:        mem,
+		CPUs:             resolved.CPUs(),
+		MemoryMiB:        resolved.MemoryMiB,
+		Machine:          hw,
+		CDROMs:           cdroms,
+		Boot:             boot,
 		NetworkType:      nt,
 		Image:            img,
 		Headless:         headless,

@@ -63,9 +63,55 @@ func TestValidate(t *testing.T) {
 				t.Errorf("timeout = %v", v.ToolsInitTimeout)
 			}
 		}},
-		{desc: "zero cpus", mutate: func(r *api.CreateVMRequest) { r.CPUs = 0 }, wantErr: "cpus must be at least 1"},
-		{desc: "too many cpus", mutate: func(r *api.CreateVMRequest) { r.CPUs = 65 }, wantErr: "more than this host allows"},
-		{desc: "no memory", mutate: func(r *api.CreateVMRequest) { r.Memory = 0 }, wantErr: "memory is required"},
+		{desc: "no cpus: the default", mutate: func(r *api.CreateVMRequest) { r.CPUs = 0 }, check: func(t *testing.T, v Validated) {
+			if v.CPUs != 1 || v.Machine.CPUs() != 0 {
+				t.Errorf("cpus %d, requested machine %+v; want 1 and no topology asked for", v.CPUs, v.Machine)
+			}
+		}},
+		{desc: "negative cpus", mutate: func(r *api.CreateVMRequest) { r.CPUs = -1 }, wantErr: "cpus must be at least 1"},
+		{desc: "too many cpus", mutate: func(r *api.CreateVMRequest) { r.CPUs = 65 }, wantErr: "more than this host allows (--max-cpus 64)"},
+		{desc: "no memory: the default", mutate: func(r *api.CreateVMRequest) { r.Memory = 0 }, check: func(t *testing.T, v Validated) {
+			if v.MemoryMiB != 1024 || v.Machine.MemoryMiB != 0 {
+				t.Errorf("memory %d, requested %d; want 1024 and none asked for", v.MemoryMiB, v.Machine.MemoryMiB)
+			}
+		}},
+		{desc: "cpus become a topology", mutate: func(r *api.CreateVMRequest) { r.CPUs = 4 }, check: func(t *testing.T, v Validated) {
+			if m := v.Machine; m.Threads != 1 || m.Cores != 4 || m.Sockets != 1 || v.CPUs != 4 {
+				t.Errorf("machine %+v", m)
+			}
+		}},
+		{desc: "machine topology", mutate: func(r *api.CreateVMRequest) {
+			r.CPUs = 0
+			r.Machine = &api.Machine{Threads: 2, Cores: 2, Network: "e1000"}
+		}, check: func(t *testing.T, v Validated) {
+			if m := v.Machine; m.CPUs() != 4 || m.Sockets != 1 || m.Network != "e1000" || v.CPUs != 4 {
+				t.Errorf("machine %+v, cpus %d", m, v.CPUs)
+			}
+		}},
+		{desc: "machine and cpus disagree", mutate: func(r *api.CreateVMRequest) { r.Machine = &api.Machine{Cores: 3} }, wantErr: "disagree"},
+		{desc: "machine and memory disagree", mutate: func(r *api.CreateVMRequest) { r.Machine = &api.Machine{MemoryMiB: 512} }, wantErr: "disagree"},
+		{desc: "machine over the cpu limit", mutate: func(r *api.CreateVMRequest) { r.CPUs = 0; r.Machine = &api.Machine{Sockets: 2, Cores: 40} }, wantErr: "--max-cpus 64"},
+		{desc: "machine bad nic", mutate: func(r *api.CreateVMRequest) { r.Machine = &api.Machine{Network: "ne2000"} }, wantErr: `machine.network "ne2000"`},
+		{desc: "machine multicast mac", mutate: func(r *api.CreateVMRequest) { r.Machine = &api.Machine{MAC: "53:54:00:00:00:01"} }, wantErr: "machine.mac"},
+		{desc: "cdrom without checksum", mutate: func(r *api.CreateVMRequest) {
+			r.CDROMs = []api.Image{{URL: "http://127.0.0.1/x.iso", ChecksumType: "sha256"}}
+		}, wantErr: "cdroms[0]: checksum must be 64 hex digits"},
+		{desc: "three cdroms", mutate: func(r *api.CreateVMRequest) { r.CDROMs = make([]api.Image, 3) }, wantErr: "at most 2"},
+		{desc: "kernel without url", mutate: func(r *api.CreateVMRequest) { r.Boot = &api.Boot{} }, wantErr: "boot.kernel: url is required"},
+		{desc: "append with a newline", mutate: func(r *api.CreateVMRequest) {
+			r.Boot = &api.Boot{Kernel: r.Image, Append: "a\nb"}
+		}, wantErr: "boot.append"},
+		{desc: "boot media", mutate: func(r *api.CreateVMRequest) {
+			i := r.Image
+			i.ChecksumType = "SHA256"
+			r.Boot = &api.Boot{Kernel: r.Image, Initrd: &i, Append: "console=ttyS0"}
+			r.CDROMs = []api.Image{r.Image}
+		}, check: func(t *testing.T, v Validated) {
+			if v.Boot == nil || v.Boot.Initrd.ChecksumType != "sha256" || len(v.CDROMs) != 1 {
+				t.Errorf("boot %+v cdroms %+v", v.Boot, v.CDROMs)
+			}
+		}},
+		{desc: "machine global mac", mutate: func(r *api.CreateVMRequest) { r.Machine = &api.Machine{MAC: "00:16:3e:00:00:01"} }, wantErr: "local unicast"},
 		{desc: "tiny memory", mutate: func(r *api.CreateVMRequest) { r.Memory = 8 }, wantErr: "less than the minimum"},
 		{desc: "bad network", mutate: func(r *api.CreateVMRequest) { r.NetworkType = "wifi" }, wantErr: "network_type"},
 		{desc: "no url", mutate: func(r *api.CreateVMRequest) { r.Image.URL = "" }, wantErr: "image.url is required"},
@@ -110,12 +156,24 @@ func TestValidate(t *testing.T) {
 func TestValidateLimits(t *testing.T) {
 	req := validReq()
 	req.Memory = 4096
-	if _, err := Validate(req, Limits{MaxMemoryMiB: 2048}); err == nil || !strings.Contains(err.Error(), "2048 MiB") {
+	if _, err := Validate(req, Limits{MaxMemoryMiB: 2048}); err == nil || !strings.Contains(err.Error(), "--max-memory 2048 MiB") {
 		t.Fatalf("got %v, want a max memory error", err)
 	}
 	req.CPUs = 8
 	req.Memory = 1024
-	if _, err := Validate(req, Limits{MaxCPUs: 4}); err == nil {
-		t.Fatal("8 cpus accepted with MaxCPUs 4")
+	if _, err := Validate(req, Limits{MaxCPUs: 4}); err == nil || !strings.Contains(err.Error(), "--max-cpus 4") {
+		t.Fatalf("8 cpus with MaxCPUs 4: %v", err)
+	}
+	// Missing values come from the limits: memory from DefaultMemoryMiB,
+	// a topology of DefaultThreads threads.
+	req = validReq()
+	req.CPUs, req.Memory = 0, 0
+	v, err := Validate(req, Limits{DefaultThreads: 2, DefaultMemoryMiB: 768})
+	if err != nil || v.CPUs != 2 || v.MemoryMiB != 768 {
+		t.Fatalf("defaults: %+v, %v; want 2 vCPUs (one core of 2 threads) and 768 MiB", v, err)
+	}
+	req.CPUs = 6
+	if v, err = Validate(req, Limits{DefaultThreads: 2}); err != nil || v.Machine.Threads != 2 || v.Machine.Cores != 3 {
+		t.Fatalf("6 cpus with 2 threads: %+v, %v", v.Machine, err)
 	}
 }

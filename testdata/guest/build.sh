@@ -490,6 +490,20 @@ while [ -x /usr/sbin/qemu-ga ] && ! pidof qemu-ga >/dev/null && [ "$n" -lt 30 ];
 done
 pidof qemu-ga >/dev/null && qga=running || qga=none
 
+# ---- hardware report (machine definitions): what this guest sees ----
+cpus="$(grep -c '^processor' /proc/cpuinfo)"
+sib="$(awk -F': ' '/^siblings/ { print $2; exit }' /proc/cpuinfo)"
+cores="$(awk -F': ' '/^cpu cores/ { print $2; exit }' /proc/cpuinfo)"
+nics=
+for d in /sys/bus/pci/devices/*; do
+	case "$(cat "$d/class")" in 0x0200*) ;; *) continue ;; esac
+	nics="$nics $(cat "$d/vendor"):$(cat "$d/device")"
+done
+drv=none
+[ -e /sys/class/net/eth0/device/driver ] && drv="$(basename "$(readlink /sys/class/net/eth0/device/driver)")"
+echo "goldvm-guest: hw cpus=$cpus siblings=${sib:-?} cores=${cores:-?} nic=${nics# } eth0=$drv"
+# ---- end of hardware report ----
+
 read -r up _ </proc/uptime
 echo "goldvm-guest: ready ip=${ip:-none} qga=$qga uptime=$up"
 exec /sbin/init

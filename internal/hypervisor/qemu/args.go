@@ -2,8 +2,12 @@ package qemu
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/machine"
 )
 
 // netPlan is how a VM's NIC is connected.
@@ -36,6 +40,16 @@ type launchParams struct {
 	// Seed, when set, is the cloud-init seed volume attached as a
 	// read-only CD-ROM.
 	Seed string
+	// HW is the VM's hardware; its zero fields mean machine.HostDefaults
+	// (Machine above is the chipset when HW.Chipset is empty).
+	HW api.Machine
+	// FirmwareCode and FirmwareVars are the UEFI firmware (read-only) and
+	// the VM's own copy of its variable store, when HW.Firmware is uefi.
+	FirmwareCode, FirmwareVars string
+	// Kernel, Initrd and Append boot a Linux kernel directly; CDROMs are
+	// CD-ROM image files (see hypervisor.Spec).
+	Kernel, Initrd, Append string
+	CDROMs                 []string
 }
 
 // optEscape escapes a value for QEMU's comma-separated option syntax.
@@ -64,35 +78,66 @@ const guiSandboxArg = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=d
 // buildArgs returns QEMU's argument list (without the binary).
 func buildArgs(lp launchParams) []string {
 	dir := lp.Dir
-	machine := lp.Machine
-	if machine == "" {
-		machine = "q35"
+	hw := lp.HW
+	if hw.Chipset == "" && lp.Machine != "" {
+		hw.Chipset = lp.Machine
 	}
+	if hw.Threads == 0 && hw.Cores == 0 && hw.Sockets == 0 {
+		hw.Threads, hw.Cores, hw.Sockets = 1, max(lp.CPUs, 1), 1
+	}
+	hw = machine.Merge(hw, machine.HostDefaults)
 	display := lp.Display
 	if display == "" {
 		display = "none"
 	}
-	cpus := lp.CPUs
-	if cpus < 1 {
-		cpus = 1
+	machineArg := hw.Chipset
+	if hw.Firmware == "uefi" {
+		machineArg += ",pflash0=fw-code,pflash1=fw-vars"
 	}
 	a := []string{
 		"-name", qemuName(lp.ID),
-		"-machine", machine,
+		"-machine", machineArg,
 	}
 	a = append(a, lp.Accel...)
 	a = append(a,
-		"-smp", strconv.Itoa(cpus),
+		"-cpu", hw.CPU,
+		"-smp", fmt.Sprintf("cpus=%d,sockets=%d,cores=%d,threads=%d", max(hw.Threads, 1)*max(hw.Cores, 1)*max(hw.Sockets, 1),
+			max(hw.Sockets, 1), max(hw.Cores, 1), max(hw.Threads, 1)),
 		"-m", strconv.FormatInt(lp.MemoryMiB, 10),
 		"-nodefaults",
 		"-no-user-config",
 		"-display", display,
-		"-vga", "std",
+		"-vga", vgaArg[hw.Graphics],
+		"-vnc", "unix:"+optEscape(sockArg(dir, fileVNC)),
 		"-serial", "file:"+optEscape(p(dir, fileConsole)),
 	)
-	a = append(a, diskArgs(lp.GoldPath, lp.GoldFormat, p(dir, fileDisk))...)
+	if hw.UUID != "" {
+		a = append(a, "-uuid", hw.UUID)
+	}
+	if hw.KeyboardLayout != "" {
+		a = append(a, "-k", hw.KeyboardLayout)
+	}
+	if hw.Firmware == "uefi" {
+		a = append(a,
+			"-blockdev", mustJSON(map[string]any{"driver": "file", "node-name": "fw-code", "filename": lp.FirmwareCode, "read-only": true}),
+			"-blockdev", mustJSON(map[string]any{"driver": "file", "node-name": "fw-vars", "filename": lp.FirmwareVars}),
+		)
+	}
+	a = append(a, diskArgs(lp.GoldPath, lp.GoldFormat, p(dir, fileDisk), hw.Storage)...)
+	cdroms := lp.CDROMs
 	if lp.Seed != "" {
-		a = append(a, seedArgs(lp.Seed)...)
+		// The cloud-init seed is the last CD-ROM.
+		cdroms = append(append([]string(nil), cdroms...), lp.Seed)
+	}
+	a = append(a, cdromArgs(cdroms, hw)...)
+	if lp.Kernel != "" {
+		a = append(a, "-kernel", lp.Kernel)
+		if lp.Initrd != "" {
+			a = append(a, "-initrd", lp.Initrd)
+		}
+		if lp.Append != "" {
+			a = append(a, "-append", lp.Append)
+		}
 	}
 	switch {
 	case lp.Net.User:
@@ -107,11 +152,14 @@ func buildArgs(lp launchParams) []string {
 		a = append(a, "-netdev", "tap,id=n0,ifname="+optEscape(lp.Net.Tap)+",script=no,downscript=no")
 	}
 	a = append(a,
-		"-device", "virtio-net-pci,netdev=n0,mac="+lp.MAC,
+		"-device", nicDevice[hw.Network]+",netdev=n0,mac="+lp.MAC,
 		"-device", "virtio-serial-pci,id=vser0",
 		"-chardev", "socket,id=qga0,path="+optEscape(sockArg(dir, fileQGA))+",server=on,wait=off",
 		"-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
 		"-device", "virtio-rng-pci",
+	)
+	a = append(a, peripheralArgs(hw)...)
+	a = append(a,
 		"-qmp", "unix:"+optEscape(sockArg(dir, fileQMP))+",server=on,wait=off",
 		"-qmp", "unix:"+optEscape(sockArg(dir, fileQMPWatch))+",server=on,wait=off",
 		"-pidfile", p(dir, filePID),
@@ -126,12 +174,54 @@ func buildArgs(lp launchParams) []string {
 	return a
 }
 
+// vgaArg is QEMU's -vga value of each api.Machine graphics.
+var vgaArg = map[string]string{
+	"std": "std", "virtio": "virtio", "qxl": "qxl", "vmware-svga": "vmware", "cirrus": "cirrus", "none": "none",
+}
+
+// nicDevice is QEMU's device of each api.Machine network.
+var nicDevice = map[string]string{"virtio-net": "virtio-net-pci", "e1000": "e1000", "rtl8139": "rtl8139"}
+
+// usbDevice is QEMU's device of each api.Machine usb controller.
+var usbDevice = map[string]string{
+	"piix3-uhci": "piix3-usb-uhci", "piix4-uhci": "piix4-usb-uhci", "nec-xhci": "nec-usb-xhci", "qemu-xhci": "qemu-xhci",
+}
+
+// peripheralArgs are the USB controller, input devices and sound card.
+func peripheralArgs(hw api.Machine) []string {
+	var a []string
+	if d, ok := usbDevice[hw.USB]; ok {
+		a = append(a, "-device", d+",id=usb")
+		for _, in := range []struct{ kind, dev string }{{hw.Keyboard, "usb-kbd"}, {hw.Mouse, "usb-mouse"}, {hw.Tablet, "usb-tablet"}} {
+			if in.kind == "usb" {
+				a = append(a, "-device", in.dev)
+			}
+		}
+	}
+	hda := "intel-hda"
+	if strings.HasPrefix(hw.Chipset, "pc-q35") || hw.Chipset == "q35" {
+		hda = "ich9-intel-hda"
+	}
+	switch hw.Sound {
+	case "ac97":
+		a = append(a, "-audiodev", "none,id=snd0", "-device", "AC97,audiodev=snd0")
+	case "es1370":
+		a = append(a, "-audiodev", "none,id=snd0", "-device", "ES1370,audiodev=snd0")
+	case "hda":
+		a = append(a, "-audiodev", "none,id=snd0", "-device", hda+",id=hda0", "-device", "hda-duplex,bus=hda0.0,audiodev=snd0")
+	}
+	return a
+}
+
 // diskArgs opens the VM's disk as libvirt does: a -blockdev node per layer
 // (in QEMU's JSON syntax), each with its driver given and its backing set
 // explicitly (the gold disk below the overlay, null below the gold disk),
 // so that QEMU follows no file name written inside either image and
 // probes no format.
-func diskArgs(goldPath, goldFormat, overlay string) []string {
+//
+// storage is the bus the guest sees the disk on (api.Machine's storage):
+// only the -device changes with it.
+func diskArgs(goldPath, goldFormat, overlay, storage string) []string {
 	type file struct {
 		Driver   string `json:"driver"`
 		Filename string `json:"filename"`
@@ -148,23 +238,17 @@ func diskArgs(goldPath, goldFormat, overlay string) []string {
 		"cache": map[string]bool{"direct": false},
 		"file":  file{"file", overlay},
 	}
-	return []string{"-blockdev", mustJSON(gold), "-blockdev", mustJSON(disk), "-device", "virtio-blk-pci,drive=disk"}
-}
-
-// seedArgs attaches the cloud-init seed as a read-only SCSI CD-ROM on a
-// virtio-scsi controller: stock cloud kernels (Debian's cloud kernel) have
-// virtio_scsi and sr_mod but no AHCI, so an IDE CD-ROM on q35 would be
-// invisible to them. The format is given (raw), never probed.
-func seedArgs(path string) []string {
-	seed := map[string]any{
-		"driver": "raw", "node-name": "seed", "read-only": true,
-		"file": map[string]any{"driver": "file", "filename": path, "read-only": true},
+	a := []string{"-blockdev", mustJSON(gold), "-blockdev", mustJSON(disk)}
+	switch storage {
+	case "virtio-scsi":
+		return append(a, "-device", "virtio-scsi-pci,id=scsi0", "-device", "scsi-hd,bus=scsi0.0,drive=disk")
+	case "ide":
+		// The chipset's own controller: PIIX IDE on pc, AHCI on q35.
+		return append(a, "-device", "ide-hd,bus=ide.0,drive=disk")
+	case "sata":
+		return append(a, "-device", "ahci,id=sata0", "-device", "ide-hd,bus=sata0.0,drive=disk")
 	}
-	return []string{
-		"-device", "virtio-scsi-pci,id=scsi0",
-		"-blockdev", mustJSON(seed),
-		"-device", "scsi-cd,bus=scsi0.0,drive=seed",
-	}
+	return append(a, "-device", "virtio-blk-pci,drive=disk")
 }
 
 func mustJSON(v any) string {
@@ -173,4 +257,37 @@ func mustJSON(v any) string {
 		panic(err) // maps of strings and bools always encode
 	}
 	return string(b)
+}
+
+// cdromArgs attaches CD-ROM image files read-only, as raw -blockdev nodes,
+// on the bus the disk's storage model suggests: IDE/AHCI for old guests
+// (storage ide or sata), virtio-scsi otherwise (Debian's cloud kernels,
+// for one, have no AHCI driver).
+func cdromArgs(paths []string, hw api.Machine) []string {
+	var a []string
+	bus := func(i int) string {
+		switch hw.Storage {
+		case "sata":
+			return "ide-cd,bus=sata0." + strconv.Itoa(i+1)
+		case "ide":
+			if hw.Chipset == "q35" || strings.HasPrefix(hw.Chipset, "pc-q35") {
+				return "ide-cd,bus=ide." + strconv.Itoa(i+1)
+			}
+			return "ide-cd,bus=ide.1,unit=" + strconv.Itoa(i)
+		case "virtio-scsi":
+			return "scsi-cd,bus=scsi0.0"
+		}
+		return "scsi-cd,bus=cdscsi.0"
+	}
+	for i, path := range paths {
+		if i == 0 && hw.Storage != "sata" && hw.Storage != "ide" && hw.Storage != "virtio-scsi" {
+			a = append(a, "-device", "virtio-scsi-pci,id=cdscsi")
+		}
+		node := "cd" + strconv.Itoa(i)
+		a = append(a,
+			"-blockdev", mustJSON(map[string]any{"driver": "raw", "node-name": node, "read-only": true,
+				"file": map[string]any{"driver": "file", "filename": path, "read-only": true}}),
+			"-device", bus(i)+",drive="+node)
+	}
+	return a
 }

@@ -40,6 +40,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/hypervisor"
 	"golang.org/x/sys/unix"
@@ -49,6 +50,7 @@ var (
 	_ hypervisor.Driver        = (*Driver)(nil)
 	_ hypervisor.Watcher       = (*Driver)(nil)
 	_ hypervisor.Screenshotter = (*Driver)(nil)
+	_ hypervisor.VNCer         = (*Driver)(nil)
 )
 
 // Config configures the QEMU driver. The zero value works.
@@ -466,7 +468,7 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 	if err := checkGold(spec.GoldDisk); err != nil {
 		return err
 	}
-	for _, f := range []string{fileQMP, fileQMPWatch, fileQGA, filePID, fileSSHPort} {
+	for _, f := range []string{fileQMP, fileQMPWatch, fileQGA, filePID, fileSSHPort, fileVNC} {
 		os.Remove(p(spec.Dir, f))
 	}
 	if err := d.setupNetwork(ctx, spec.ID, np); err != nil {
@@ -499,6 +501,14 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 			return err
 		}
 	}
+	var hw api.Machine
+	if spec.Machine != nil {
+		hw = *spec.Machine
+	}
+	fwCode, fwVars, err := d.firmware(spec, hw, cred)
+	if err != nil {
+		return err
+	}
 	errf, err := os.OpenFile(p(spec.Dir, fileStderr), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
@@ -506,8 +516,10 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 	lp := launchParams{
 		ID: spec.ID, Dir: spec.Dir, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
 		Machine: d.cfg.Machine, Accel: d.accel.Args, Display: d.display(spec),
-		Sandbox: d.cfg.Sandbox, MAC: macFor(spec.ID), Net: np,
+		Sandbox: d.cfg.Sandbox, MAC: macOf(spec), Net: np,
 		GoldPath: spec.GoldDisk.Path, GoldFormat: spec.GoldDisk.Format, Seed: seed,
+		HW: hw, FirmwareCode: fwCode, FirmwareVars: fwVars,
+		Kernel: spec.Kernel, Initrd: spec.Initrd, Append: spec.Append, CDROMs: spec.CDROMs,
 	}
 	var extra []*os.File
 	if cred != nil && !np.User {
@@ -540,7 +552,7 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 		cmd.Process.Kill()
 		return err
 	}
-	for _, f := range []string{fileQMP, fileQMPWatch, fileQGA, filePID} {
+	for _, f := range []string{fileQMP, fileQMPWatch, fileQGA, filePID, fileVNC} {
 		os.Chmod(p(spec.Dir, f), 0o600)
 	}
 	if np.User {
@@ -930,7 +942,7 @@ func (d *Driver) Destroy(ctx context.Context, spec hypervisor.Spec) error {
 		}
 	}
 	var errs []error
-	files := []string{fileDisk, fileDiskTmp, fileQMP, fileQMPWatch, fileQGA, filePID, fileConsole, fileStderr, fileSSHPort, fileSSHPort + ".tmp", fileSeed, fileSeed + ".tmp", fileMetadataPort, fileMetadataPort + ".tmp"}
+	files := []string{fileDisk, fileDiskTmp, fileQMP, fileQMPWatch, fileQGA, filePID, fileConsole, fileStderr, fileSSHPort, fileSSHPort + ".tmp", fileSeed, fileSeed + ".tmp", fileMetadataPort, fileMetadataPort + ".tmp", fileVNC, fileEFIVars, fileEFIVars + ".tmp"}
 	shots, _ := filepath.Glob(p(spec.Dir, screendumpGlob))
 	for _, f := range files {
 		shots = append(shots, p(spec.Dir, f))

@@ -157,7 +157,7 @@ func TestPrepareGoldFormats(t *testing.T) {
 // The gold disk is opened as explicit -blockdev nodes: its driver given,
 // nothing below it, and the overlay's backing set to it.
 func TestDiskArgs(t *testing.T) {
-	args := diskArgs("/g/a,b.qcow2", "qcow2", "/vm/disk.qcow2")
+	args := diskArgs("/g/a,b.qcow2", "qcow2", "/vm/disk.qcow2", "virtio-blk")
 	var gold, disk map[string]any
 	if len(args) != 6 || args[0] != "-blockdev" || json.Unmarshal([]byte(args[1]), &gold) != nil || json.Unmarshal([]byte(args[3]), &disk) != nil {
 		t.Fatalf("disk args %q", args)
@@ -175,7 +175,7 @@ func TestDiskArgs(t *testing.T) {
 		t.Errorf("device %q", args[5])
 	}
 	var raw map[string]any
-	json.Unmarshal([]byte(diskArgs("/g/d.raw", "raw", "/vm/disk.qcow2")[1]), &raw)
+	json.Unmarshal([]byte(diskArgs("/g/d.raw", "raw", "/vm/disk.qcow2", "virtio-blk")[1]), &raw)
 	if _, ok := raw["backing"]; ok || raw["driver"] != "raw" {
 		t.Errorf("raw gold node %v", raw)
 	}
@@ -185,9 +185,9 @@ func TestSeedArgs(t *testing.T) {
 	a := buildArgs(launchParams{ID: "x", Dir: "/vms/x", MemoryMiB: 128, Seed: "/vms/x/seed.iso"})
 	joined := strings.Join(a, " ")
 	for _, want := range []string{
-		`-device virtio-scsi-pci,id=scsi0`,
-		`-blockdev {"driver":"raw","file":{"driver":"file","filename":"/vms/x/seed.iso","read-only":true},"node-name":"seed","read-only":true}`,
-		`-device scsi-cd,bus=scsi0.0,drive=seed`,
+		`-device virtio-scsi-pci,id=cdscsi`,
+		`-blockdev {"driver":"raw","file":{"driver":"file","filename":"/vms/x/seed.iso","read-only":true},"node-name":"cd0","read-only":true}`,
+		`-device scsi-cd,bus=cdscsi.0,drive=cd0`,
 	} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("args lack %s:\n%s", want, joined)

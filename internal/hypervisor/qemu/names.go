@@ -13,6 +13,8 @@ const (
 	fileDiskTmp    = "disk.qcow2.tmp"
 	fileQMP        = "qmp.sock"
 	fileQMPWatch   = "qmp-watch.sock"
+	fileVNC        = "vnc.sock"
+	fileEFIVars    = "efivars.fd"
 	fileQGA        = "qga.sock"
 	filePID        = "qemu.pid"
 	fileConsole    = "console.log"

@@ -84,8 +84,8 @@ func TestBuildArgs(t *testing.T) {
 	a := buildArgs(lp)
 	joined := strings.Join(a, " ")
 	want := []string{
-		"-name goldvm-vm1", "-machine q35", "-accel tcg,tb-size=32", "-smp 2", "-m 128",
-		"-nodefaults", "-no-user-config", "-display none", "-vga std",
+		"-name goldvm-vm1", "-machine q35", "-accel tcg,tb-size=32", "-cpu qemu64", "-smp cpus=2,sockets=1,cores=2,threads=1", "-m 128",
+		"-nodefaults", "-no-user-config", "-display none", "-vga std", "-vnc unix:/data/vms/a,,b/vnc.sock",
 		"-serial file:/data/vms/a,,b/console.log",
 		`"filename":"/data/vms/a,b/disk.qcow2"`,
 		"-device virtio-blk-pci,drive=disk",

@@ -158,6 +158,21 @@ func (d *Driver) configure(path string, spec hypervisor.Spec) error {
 	f.Delete("vc.uuid")
 	set("uuid.action", "create")
 	set("msg.autoAnswer", "TRUE")
+	if m := spec.Machine; m != nil {
+		// The parts of a machine definition that map onto a .vmx:
+		// cores per socket (VMware has no threads: a core's threads
+		// count as cores), an e1000 NIC and UEFI firmware. The rest
+		// (and BIOS, the host default) leave the image's .vmx as it is.
+		if per := max(m.Threads, 1) * max(m.Cores, 1); per > 1 && cpus%per == 0 {
+			set("cpuid.coresPerSocket", strconv.Itoa(per))
+		}
+		if m.Network == "e1000" {
+			set("ethernet0.virtualDev", "e1000")
+		}
+		if m.Firmware == "uefi" {
+			set("firmware", "efi")
+		}
+	}
 	if err != nil {
 		return err
 	}
