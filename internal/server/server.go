@@ -286,12 +286,12 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 // created before it, i.e. the next page; the VM itself may be gone).
 func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	want := map[api.Status]bool{}
+	var want []api.Status
 	for _, st := range strings.Split(q.Get("status"), ",") {
 		switch st := api.Status(strings.TrimSpace(st)); st {
 		case "":
 		case api.StatusCreating, api.StatusRunning, api.StatusStopped, api.StatusError, api.StatusDeleting, api.StatusSuspended:
-			want[st] = true
+			want = append(want, st)
 		default:
 			s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "invalid-query", "status %s: use creating, running, suspended, stopped, error or deleting", quote(string(st))))
 			return
@@ -312,23 +312,13 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "invalid-query", "after %s is not a VM id", quote(after)))
 		return
 	}
-	vms, err := s.vms.List(r.Context())
+	// A page costs O(page): see store.Page.
+	vms, next, err := s.vms.Page(r.Context(), store.Query{Statuses: want, Tags: tags, After: after, Limit: limit})
 	if err != nil {
 		s.writeError(w, err)
 		return
 	}
-	out := api.VMList{VMs: []api.VM{}}
-	for _, v := range vms { // newest first: ids sort by creation time
-		if (after != "" && v.ID >= after) || (len(want) > 0 && !want[v.Status]) || !vm.MatchTags(v.Tags, tags) {
-			continue
-		}
-		if limit > 0 && len(out.VMs) == limit {
-			out.Next = out.VMs[limit-1].ID
-			break
-		}
-		out.VMs = append(out.VMs, v)
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, api.VMList{VMs: vms, Next: next})
 }
 
 func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
