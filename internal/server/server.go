@@ -318,7 +318,9 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, api.VMList{VMs: vms, Next: next})
+	// Compact: indenting would cost more than encoding the page.
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(api.VMList{VMs: vms, Next: next})
 }
 
 func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {

@@ -96,35 +96,73 @@ func reindex(tx *bolt.Tx, had []indexEntry, cur *Record) error {
 	return nil
 }
 
+// rebuildBatch is how many records one transaction of a rebuild indexes:
+// one transaction for all would cost more than linear time in bbolt. (A
+// variable for the tests, which rebuild in many small batches.)
+var rebuildBatch = 5000
+
 // ensureIndexes makes the index buckets and, when meta does not say they
-// are of indexVersion, rebuilds them from the records. It runs in Open's
-// transaction.
-func ensureIndexes(tx *bolt.Tx) error {
-	meta := tx.Bucket(bucketMeta)
-	if string(meta.Get(metaIndex)) == indexVersion && tx.Bucket(bucketByStatus) != nil && tx.Bucket(bucketByTag) != nil {
+// are of indexVersion, rebuilds them from the records, rebuildBatch
+// records a transaction. meta says indexVersion only once all are done, so
+// a rebuild cut short starts again at the next Open.
+func (s *Store) ensureIndexes() error {
+	done := false
+	s.db.View(func(tx *bolt.Tx) error {
+		done = string(tx.Bucket(bucketMeta).Get(metaIndex)) == indexVersion &&
+			tx.Bucket(bucketByStatus) != nil && tx.Bucket(bucketByTag) != nil
+		return nil
+	})
+	if done {
 		return nil
 	}
-	for _, name := range [][]byte{bucketByStatus, bucketByTag} {
-		if tx.Bucket(name) != nil {
-			if err := tx.DeleteBucket(name); err != nil {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketMeta).Delete(metaIndex); err != nil {
+			return err
+		}
+		for _, name := range [][]byte{bucketByStatus, bucketByTag} {
+			if tx.Bucket(name) != nil {
+				if err := tx.DeleteBucket(name); err != nil {
+					return err
+				}
+			}
+			if _, err := tx.CreateBucket(name); err != nil {
 				return err
 			}
 		}
-		if _, err := tx.CreateBucket(name); err != nil {
-			return err
-		}
-	}
-	err := tx.Bucket(bucketVMs).ForEach(func(k, v []byte) error {
-		r := new(Record)
-		if err := json.Unmarshal(v, r); err != nil {
-			return fmt.Errorf("rebuild indexes: decode record %s: %w", k, err)
-		}
-		return reindex(tx, nil, r)
+		return nil
 	})
 	if err != nil {
-		return err
+		return fmt.Errorf("rebuild indexes: %w", err)
 	}
-	return meta.Put(metaIndex, []byte(indexVersion))
+	var last []byte
+	for more := true; more; {
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			c := tx.Bucket(bucketVMs).Cursor()
+			k, v := c.First()
+			if last != nil {
+				if k, v = c.Seek(last); bytes.Equal(k, last) {
+					k, v = c.Next()
+				}
+			}
+			for i := 0; k != nil && i < rebuildBatch; i++ {
+				r := new(Record)
+				if err := json.Unmarshal(v, r); err != nil {
+					return fmt.Errorf("decode record %s: %w", k, err)
+				}
+				if err := reindex(tx, nil, r); err != nil {
+					return err
+				}
+				last = slices.Clone(k)
+				k, v = c.Next()
+			}
+			more = k != nil
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("rebuild indexes: %w", err)
+		}
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(metaIndex, []byte(indexVersion)) })
 }
 
 // Query selects a page of VM records for Page. The zero Query is every

@@ -180,6 +180,10 @@ func TestIndexesRebuiltOnOpen(t *testing.T) {
 				t.Fatal(err)
 			}
 			s.Close()
+			// Batches of 7 records: the rebuild goes on where each
+			// transaction stopped.
+			defer func(n int) { rebuildBatch = n }(rebuildBatch)
+			rebuildBatch = 7
 			s, err = Open(path)
 			if err != nil {
 				t.Fatal(err)

@@ -73,11 +73,12 @@ func Open(path string) (*Store, error) {
 		if err := meta.Put([]byte("schema"), []byte(schemaVersion)); err != nil {
 			return err
 		}
-		if _, err = tx.CreateBucketIfNotExists(bucketVMs); err != nil {
-			return err
-		}
-		return ensureIndexes(tx)
+		_, err = tx.CreateBucketIfNotExists(bucketVMs)
+		return err
 	})
+	if err == nil {
+		err = (&Store{db: db}).ensureIndexes()
+	}
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("initialise store %s: %w", path, err)
