@@ -38,7 +38,7 @@ type Server struct {
 	token  string
 	redact *errdefs.Redactor
 	log    *slog.Logger
-	mux    *http.ServeMux
+	mux    *routeMux
 
 	prefetch *image.Prefetcher
 
@@ -73,7 +73,7 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Server{vms: cfg.VMs, groups: cfg.Groups, images: cfg.Images, prefetch: cfg.Prefetcher, token: cfg.Token, redact: cfg.Redactor, log: cfg.Logger, mux: http.NewServeMux()}
+	s := &Server{vms: cfg.VMs, groups: cfg.Groups, images: cfg.Images, prefetch: cfg.Prefetcher, token: cfg.Token, redact: cfg.Redactor, log: cfg.Logger, mux: &routeMux{ServeMux: http.NewServeMux()}}
 	s.mux.HandleFunc("POST /vms", s.createVM)
 	s.mux.HandleFunc("GET /vms", s.listVMs)
 	s.mux.HandleFunc("GET /vms/{id}", s.getVM)
