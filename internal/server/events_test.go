@@ -25,7 +25,6 @@ import (
 	"github.com/goldvm/goldvm/internal/hypervisor/qemu"
 	"github.com/goldvm/goldvm/internal/image"
 	"github.com/goldvm/goldvm/internal/metrics"
-	"github.com/goldvm/goldvm/internal/store"
 	"github.com/goldvm/goldvm/internal/vm"
 )
 
@@ -52,20 +51,11 @@ func newTestDaemon(t *testing.T, o daemonOptions) *testDaemon {
 	t.Helper()
 	dir := t.TempDir()
 	log := slog.New(slog.DiscardHandler)
-	db, err := store.Open(filepath.Join(dir, "goldvm.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
 	bus := events.New(o.bus)
 	mets := metrics.New()
 	bus.Observe(mets.Observe)
 	mets.CollectEventDrops(bus.Dropped)
-	images, err := image.NewStore(filepath.Join(dir, "images"), image.Options{RetryBackoff: time.Millisecond, Events: bus, Counters: mets, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { images.Close() })
+	db, images, _ := openStores(t, dir, image.Options{RetryBackoff: time.Millisecond, Events: bus, Counters: mets, Logger: log})
 	drv, err := qemu.New(qemu.Config{Accel: "tcg", UserNet: true, RunDir: filepath.Join(dir, "run"), VMRoot: filepath.Join(dir, "vms"), Logger: log})
 	if err != nil {
 		t.Fatal(err)

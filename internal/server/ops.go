@@ -8,8 +8,8 @@ import (
 	"github.com/goldvm/goldvm/internal/events"
 )
 
-// opsRoutes adds the operator's routes: the event stream and, when
-// configured, the metrics.
+// opsRoutes adds the operator's routes: the event stream, the OpenAPI
+// document and, when configured, the metrics.
 func (s *Server) opsRoutes(cfg Config) {
 	s.bus = cfg.Events
 	if s.bus == nil {
@@ -17,6 +17,7 @@ func (s *Server) opsRoutes(cfg Config) {
 	}
 	s.streamsDone = make(chan struct{})
 	s.mux.HandleFunc("GET /events", s.streamEvents)
+	s.mux.HandleFunc("GET /openapi.json", s.openAPI)
 	if cfg.Metrics != nil {
 		s.metrics = cfg.Metrics
 		s.mux.Handle("GET /metrics", cfg.Metrics.Handler())

@@ -29,12 +29,23 @@ const testToken = "0123456789abcdef-test"
 func newTestServer(t *testing.T, token string) *Server {
 	t.Helper()
 	dir := t.TempDir()
+	db, images, pf := openStores(t, dir, image.Options{RetryBackoff: time.Millisecond})
+	mgr := vm.New(vm.Config{VMDir: filepath.Join(dir, "vms"), Store: db, Images: images})
+	t.Cleanup(mgr.Close)
+	groups := group.New(group.Config{Store: db, VMs: mgr, MaxSize: 10, Logger: slog.New(slog.DiscardHandler)})
+	return New(Config{VMs: mgr, Groups: groups, Images: images, Prefetcher: pf, Token: token, Logger: slog.New(slog.DiscardHandler)})
+}
+
+// openStores opens a record store, an image store with opts and its
+// pre-fetcher in dir, closed when the test ends.
+func openStores(t *testing.T, dir string, opts image.Options) (*store.Store, *image.Store, *image.Prefetcher) {
+	t.Helper()
 	db, err := store.Open(filepath.Join(dir, "goldvm.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	images, err := image.NewStore(filepath.Join(dir, "images"), image.Options{RetryBackoff: time.Millisecond})
+	images, err := image.NewStore(filepath.Join(dir, "images"), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,10 +55,7 @@ func newTestServer(t *testing.T, token string) *Server {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pf.Close() })
-	mgr := vm.New(vm.Config{VMDir: filepath.Join(dir, "vms"), Store: db, Images: images})
-	t.Cleanup(mgr.Close)
-	groups := group.New(group.Config{Store: db, VMs: mgr, MaxSize: 10, Logger: slog.New(slog.DiscardHandler)})
-	return New(Config{VMs: mgr, Groups: groups, Images: images, Prefetcher: pf, Token: token, Logger: slog.New(slog.DiscardHandler)})
+	return db, images, pf
 }
 
 // do sends a request through s and returns the status, headers and body.

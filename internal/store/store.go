@@ -5,6 +5,7 @@
 //	meta → "schema"   → "1"
 //	vms    → <vm id>    → JSON of Record
 //	groups → <name>     → JSON of Group (see groups.go; made by the first write)
+//	vms_by_status, vms_by_tag: indexes of the records (see index.go)
 //
 // VM ids sort by creation time (see NewID), so a reverse cursor walk lists
 // the newest first. Every write is one bbolt transaction: fsynced and atomic,
@@ -91,6 +92,9 @@ func Open(path string) (*Store, error) {
 		_, err = tx.CreateBucketIfNotExists(bucketVMs)
 		return err
 	})
+	if err == nil {
+		err = (&Store{db: db}).ensureIndexes()
+	}
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("initialise store %s: %w", path, err)
@@ -106,19 +110,29 @@ func notFound(id string) error {
 	return errdefs.Newf(errdefs.ErrNotFound, "vm-not-found", "no VM with id %q", id)
 }
 
-// Create stores a new record; it fails if the id is taken.
+// Create stores a new record; it fails if the id is taken or is not one
+// NewID makes.
 func (s *Store) Create(r *Record) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return putRecord(tx, r) })
+}
+
+// putRecord stores a new record and its index entries in tx.
+func putRecord(tx *bolt.Tx, r *Record) error {
+	if !ValidID(r.ID) {
+		return fmt.Errorf("record id %q is not one NewID makes", r.ID)
+	}
 	data, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("encode record %s: %w", r.ID, err)
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketVMs)
-		if b.Get([]byte(r.ID)) != nil {
-			return fmt.Errorf("record %s already exists", r.ID)
-		}
-		return b.Put([]byte(r.ID), data)
-	})
+	b := tx.Bucket(bucketVMs)
+	if b.Get([]byte(r.ID)) != nil {
+		return fmt.Errorf("record %s already exists", r.ID)
+	}
+	if err := b.Put([]byte(r.ID), data); err != nil {
+		return err
+	}
+	return reindex(tx, nil, r)
 }
 
 // Get returns the record with the given id, or an errdefs.ErrNotFound error.
@@ -149,6 +163,7 @@ func (s *Store) Update(id string, fn func(*Record) error) (*Record, error) {
 		if err := json.Unmarshal(v, r); err != nil {
 			return fmt.Errorf("decode record %s: %w", id, err)
 		}
+		indexed := indexEntries(r)
 		if err := fn(r); err != nil {
 			return err
 		}
@@ -157,7 +172,10 @@ func (s *Store) Update(id string, fn func(*Record) error) (*Record, error) {
 		if err != nil {
 			return err
 		}
-		return b.Put([]byte(id), data)
+		if err := b.Put([]byte(id), data); err != nil {
+			return err
+		}
+		return reindex(tx, indexed, r)
 	})
 	if err != nil {
 		return nil, err
@@ -169,10 +187,18 @@ func (s *Store) Update(id string, fn func(*Record) error) (*Record, error) {
 func (s *Store) Delete(id string) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketVMs)
-		if b.Get([]byte(id)) == nil {
+		v := b.Get([]byte(id))
+		if v == nil {
 			return notFound(id)
 		}
-		return b.Delete([]byte(id))
+		old := new(Record)
+		if err := json.Unmarshal(v, old); err != nil {
+			return fmt.Errorf("decode record %s: %w", id, err)
+		}
+		if err := b.Delete([]byte(id)); err != nil {
+			return err
+		}
+		return reindex(tx, indexEntries(old), nil)
 	})
 }
 

@@ -3,6 +3,7 @@ package vm
 import (
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/store"
+	"maps"
 )
 
 // publish sends a VM event to the bus (Config.Events; none when nil).
@@ -35,6 +36,8 @@ func (m *Manager) publishChange(before, after *store.Record) {
 		action = api.ActionProgress
 	case !sameCallback(before.Callback, after.Callback):
 		action = api.ActionCallback
+	case !maps.Equal(before.Tags, after.Tags):
+		action = api.ActionUpdated
 	default:
 		return
 	}

@@ -1,0 +1,417 @@
+package server
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/legacy"
+
+	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/events"
+	"github.com/goldvm/goldvm/internal/group"
+	"github.com/goldvm/goldvm/internal/hypervisor/fakedriver"
+	"github.com/goldvm/goldvm/internal/image"
+	"github.com/goldvm/goldvm/internal/metrics"
+	"github.com/goldvm/goldvm/internal/vm"
+)
+
+// loadOpenAPI loads and validates api/openapi.yaml.
+func loadOpenAPI(t *testing.T) *openapi3.T {
+	t.Helper()
+	doc, err := openapi3.NewLoader().LoadFromData(api.OpenAPIYAML)
+	if err != nil {
+		t.Fatalf("load api/openapi.yaml: %v", err)
+	}
+	if err := doc.Validate(context.Background()); err != nil {
+		t.Fatalf("api/openapi.yaml is not a valid OpenAPI document: %v", err)
+	}
+	return doc
+}
+
+// badInput marks a request the test sends knowing it breaks the document
+// (malformed JSON, a wrong content type, a bad query): only its answer is
+// checked.
+type badInput struct{}
+
+// validator is an http.RoundTripper that checks every request and its
+// answer against the OpenAPI document, and counts the operations and
+// statuses it saw.
+type validator struct {
+	t      *testing.T
+	doc    *openapi3.T
+	router routers.Router
+	next   http.RoundTripper
+	token  string
+
+	mu   sync.Mutex
+	seen map[string][]int // "GET /vms/{id}" → statuses answered
+}
+
+func (v *validator) RoundTrip(req *http.Request) (*http.Response, error) {
+	v.t.Helper()
+	var body []byte
+	if req.Body != nil {
+		body, _ = io.ReadAll(req.Body)
+		req.Body.Close()
+	}
+	req.Body = io.NopCloser(bytes.NewReader(body))
+	if v.token != "" && req.Header.Get("Authorization") == "" {
+		req.Header.Set("Authorization", "Bearer "+v.token)
+	}
+	route, params, err := v.router.FindRoute(req)
+	if err != nil {
+		v.t.Errorf("%s %s: not in api/openapi.yaml: %v", req.Method, req.URL, err)
+		return v.next.RoundTrip(req)
+	}
+	in := &openapi3filter.RequestValidationInput{
+		Request: req.Clone(req.Context()), PathParams: params, Route: route,
+		Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc, IncludeResponseStatus: true},
+	}
+	in.Request.Body = io.NopCloser(bytes.NewReader(body))
+	if req.Context().Value(badInput{}) == nil {
+		if err := openapi3filter.ValidateRequest(req.Context(), in); err != nil {
+			v.t.Errorf("%s %s: the request breaks api/openapi.yaml: %v", req.Method, req.URL, err)
+		}
+	}
+	resp, err := v.next.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	stream := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	var out []byte
+	if !stream {
+		out, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		resp.Body = io.NopCloser(bytes.NewReader(out))
+	}
+	opts := *in.Options
+	opts.ExcludeResponseBody = stream
+	err = openapi3filter.ValidateResponse(req.Context(), &openapi3filter.ResponseValidationInput{
+		RequestValidationInput: in, Status: resp.StatusCode, Header: resp.Header,
+		Body: io.NopCloser(bytes.NewReader(out)), Options: &opts,
+	})
+	if err != nil {
+		v.t.Errorf("%s %s: answer %d %s breaks api/openapi.yaml: %v", req.Method, req.URL, resp.StatusCode, truncate(out), err)
+	}
+	v.mu.Lock()
+	op := route.Method + " " + route.Path
+	v.seen[op] = append(v.seen[op], resp.StatusCode)
+	v.mu.Unlock()
+	return resp, nil
+}
+
+func truncate(b []byte) string {
+	if len(b) > 300 {
+		return string(b[:300]) + "…"
+	}
+	return string(b)
+}
+
+// openAPIDaemon is the whole API on a fake driver (every capability, no
+// hypervisor), a real record and image store, event bus and metrics, and
+// a loopback image server serving one gold image.
+type openAPIDaemon struct {
+	url    string
+	client *http.Client
+	image  api.Image
+	images *httptest.Server
+}
+
+func newOpenAPIDaemon(t *testing.T, v *validator) *openAPIDaemon {
+	t.Helper()
+	dir := t.TempDir()
+	log := slog.New(slog.DiscardHandler)
+	bus := events.New(events.Options{})
+	mets := metrics.New()
+	bus.Observe(mets.Observe)
+	db, images, pf := openStores(t, dir, image.Options{RetryBackoff: time.Millisecond, Events: bus, Counters: mets, Logger: log})
+	mgr := vm.New(vm.Config{VMDir: filepath.Join(dir, "vms"), Store: db, Images: images, Driver: fakedriver.NewHost().New(), Logger: log, Events: bus})
+	t.Cleanup(mgr.Close)
+	mets.CollectVMs(func() ([]api.VM, error) { return mgr.List(context.Background()) })
+	groups := group.New(group.Config{Store: db, VMs: mgr, MaxSize: 10, Logger: log})
+	s := New(Config{VMs: mgr, Groups: groups, Images: images, Prefetcher: pf, Token: v.token, Logger: log, Events: bus, Metrics: mets})
+	hs := httptest.NewUnstartedServer(s)
+	hs.Config.RegisterOnShutdown(s.StopStreams)
+	hs.Start()
+	t.Cleanup(func() { s.StopStreams(); hs.Close() })
+
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	disk := bytes.Repeat([]byte("gold disk block "), 4096)
+	tw.WriteHeader(&tar.Header{Name: "disk.img", Mode: 0o644, Size: int64(len(disk)), Typeflag: tar.TypeReg})
+	tw.Write(disk)
+	tw.Close()
+	gold := buf.Bytes()
+	imgs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/gold.tar" {
+			w.Write(gold)
+			return
+		}
+		w.Write([]byte("not the image anyone asked for"))
+	}))
+	t.Cleanup(imgs.Close)
+	sum := sha256.Sum256(gold)
+	v.next = hs.Client().Transport
+	// The document's server is the test daemon.
+	v.doc.Servers = openapi3.Servers{{URL: hs.URL}}
+	var err error
+	if v.router, err = legacy.NewRouter(v.doc); err != nil {
+		t.Fatal(err)
+	}
+	return &openAPIDaemon{url: hs.URL, client: &http.Client{Transport: v}, images: imgs,
+		image: api.Image{URL: imgs.URL + "/gold.tar", Checksum: hex.EncodeToString(sum[:]), ChecksumType: "sha256"}}
+}
+
+// call sends a request through the validator and returns the status and
+// body; bad marks a request that breaks the document on purpose.
+func (d *openAPIDaemon) call(t *testing.T, bad bool, method, path, contentType, body string, header ...string) (int, []byte) {
+	t.Helper()
+	ctx := context.Background()
+	if bad {
+		ctx = context.WithValue(ctx, badInput{}, true)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, d.url+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := d.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, out
+}
+
+// TestOpenAPI: api/openapi.yaml is a valid OpenAPI 3.1 document; every
+// route the server registers is in it and every operation in it is a
+// route; real requests to every operation, good and bad, and their
+// answers match it (kin-openapi validates each, with undocumented statuses
+// refused); events on the stream match its Event schema; its error codes
+// are exactly api.Codes; GET /openapi.json serves it.
+func TestOpenAPI(t *testing.T) {
+	doc := loadOpenAPI(t)
+	openapi3filter.RegisterBodyDecoder("image/png", openapi3filter.FileBodyDecoder)
+	v := &validator{t: t, doc: doc, token: testToken, seen: map[string][]int{}}
+	d := newOpenAPIDaemon(t, v)
+	want := func(what string, code, wantCode int, body []byte) {
+		t.Helper()
+		if code != wantCode {
+			t.Fatalf("%s: %d %s, want %d", what, code, truncate(body), wantCode)
+		}
+	}
+	const js = "application/json"
+
+	// The error codes are the catalogue's.
+	var codes []string
+	for _, c := range api.Codes {
+		codes = append(codes, c.Code)
+	}
+	var enum []string
+	for _, e := range doc.Components.Schemas["ErrorCode"].Value.Enum {
+		enum = append(enum, fmt.Sprint(e))
+	}
+	if !slices.Equal(enum, codes) {
+		t.Errorf("ErrorCode enum of api/openapi.yaml:\n%v\nwant api.Codes:\n%v", enum, codes)
+	}
+
+	code, body := d.call(t, false, "GET", "/healthz", "", "")
+	want("GET /healthz", code, 200, body)
+	code, body = d.call(t, false, "GET", "/openapi.json", "", "")
+	want("GET /openapi.json", code, 200, body)
+	served, err := openapi3.NewLoader().LoadFromData(body)
+	if err != nil || served.OpenAPI != "3.1.0" || len(served.Paths.Map()) != len(doc.Paths.Map()) {
+		t.Errorf("GET /openapi.json is not the document: %v", err)
+	}
+	code, body = d.call(t, false, "GET", "/vms", "", "", "Authorization", "")
+	want("GET /vms", code, 200, body)
+	code, body = d.call(t, false, "GET", "/vms", "", "", "Authorization", "Bearer wrong-token-0123456789")
+	want("GET /vms with a wrong token", code, 401, body)
+
+	// A VM, created, listed, tagged, acted on.
+	req := fmt.Sprintf(`{"cpus": 1, "memory": "1gib", "image": {"url": %q, "checksum": %q, "checksum_type": "sha256"}, "tags": {"team": "ci"}, "tools_init_timeout": "2m"}`,
+		d.image.URL, d.image.Checksum)
+	code, body = d.call(t, false, "POST", "/vms", js, req)
+	want("POST /vms", code, 202, body)
+	var created api.VM
+	json.Unmarshal(body, &created)
+	id := created.ID
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		code, body = d.call(t, false, "GET", "/vms/"+id, "", "")
+		var got api.VM
+		json.Unmarshal(body, &got)
+		if got.Status == api.StatusRunning {
+			break
+		}
+		if time.Now().After(deadline) || got.Status == api.StatusError {
+			t.Fatalf("VM never running: %d %s", code, body)
+		}
+	}
+	for _, bad := range []struct{ contentType, body string }{
+		{js, `{"cpus": 1,`},
+		{"text/plain", req},
+		{js, `{"cpus": 1, "memory": 128, "colour": "red"}`},
+		{js, `{"cpus": 0, "memory": 128, "image": {"url": "ftp://x", "checksum": "00", "checksum_type": "sha256"}}`},
+	} {
+		code, body = d.call(t, true, "POST", "/vms", bad.contentType, bad.body)
+		if code != 400 && code != 415 {
+			t.Errorf("POST /vms %s: %d %s, want 400 or 415", bad.body, code, body)
+		}
+	}
+	code, body = d.call(t, false, "GET", "/vms?limit=1&status=running,creating&tag=team=ci&after=vm-zzzzzzzzzzzzzzzzzzzz", "", "")
+	want("GET /vms filtered", code, 200, body)
+	code, body = d.call(t, true, "GET", "/vms?status=sleeping", "", "")
+	want("GET /vms?status=sleeping", code, 400, body)
+	code, body = d.call(t, false, "GET", "/vms/vm-0000000000zzzzzzzzzz", "", "")
+	want("GET an unknown VM", code, 404, body)
+	code, body = d.call(t, false, "PATCH", "/vms/"+id, js, `{"tags": {"env": "dev", "team": null}}`)
+	want("PATCH", code, 200, body)
+	code, body = d.call(t, false, "PATCH", "/vms/"+id, js, `{"tags": {"goldvm.group": "x"}}`)
+	want("PATCH of a goldvm. tag", code, 400, body)
+	code, body = d.call(t, false, "GET", "/vms/"+id+"/console?tail=100", "", "")
+	want("console", code, 200, body)
+	code, body = d.call(t, false, "GET", "/vms/"+id+"/screenshot", "", "")
+	want("screenshot", code, 200, body)
+	code, body = d.call(t, false, "POST", "/vms/"+id+"/resume", "", "")
+	want("resume of a running VM", code, 409, body)
+	for _, a := range []string{"suspend", "resume", "stop", "start", "restart"} {
+		// The fake driver has no stop or suspend: each answers as the
+		// document says, whatever that answer is.
+		d.call(t, false, "POST", "/vms/"+id+"/"+a, "", "")
+	}
+
+	// Images.
+	code, body = d.call(t, false, "GET", "/images", "", "")
+	want("GET /images", code, 200, body)
+	var il api.ImageList
+	json.Unmarshal(body, &il)
+	if len(il.Images) != 1 {
+		t.Fatalf("GET /images: %s, want one image", body)
+	}
+	key := il.Images[0].Key
+	code, body = d.call(t, false, "GET", "/images/"+key, "", "")
+	want("GET /images/{key}", code, 200, body)
+	img, _ := json.Marshal(d.image)
+	code, body = d.call(t, false, "POST", "/images", js, string(img))
+	want("POST /images of an image there", code, 200, body)
+	other := sha256.Sum256([]byte("other"))
+	code, body = d.call(t, false, "POST", "/images", js, fmt.Sprintf(`{"url": %q, "checksum": %q, "checksum_type": "sha256"}`, d.images.URL+"/other.img", hex.EncodeToString(other[:])))
+	want("POST /images of a new image", code, 202, body)
+	code, body = d.call(t, false, "POST", "/images", js, `{"url": "http://x", "checksum": "zz", "checksum_type": "sha256"}`)
+	want("POST /images with a bad checksum", code, 400, body)
+	code, body = d.call(t, false, "DELETE", "/images/"+key, "", "")
+	want("DELETE of an image in use", code, 409, body)
+	code, body = d.call(t, false, "GET", "/images/sha256-00", "", "")
+	want("GET an unknown image", code, 404, body)
+
+	// Groups.
+	tpl := fmt.Sprintf(`{"cpus": 1, "memory": 128, "image": {"url": %q, "checksum": %q, "checksum_type": "sha256"}}`, d.image.URL, d.image.Checksum)
+	code, body = d.call(t, false, "PUT", "/groups/web", js, `{"size": 0, "max_surge": 2, "template": `+tpl+`}`)
+	want("PUT /groups/web", code, 200, body)
+	code, body = d.call(t, true, "PUT", "/groups/web", js, `{"size": -1, "template": `+tpl+`}`)
+	want("PUT of a negative size", code, 400, body)
+	code, body = d.call(t, false, "GET", "/groups", "", "")
+	want("GET /groups", code, 200, body)
+	code, body = d.call(t, false, "GET", "/groups/web", "", "")
+	want("GET /groups/web", code, 200, body)
+	code, body = d.call(t, false, "DELETE", "/groups/web?keep_vms=true", "", "")
+	want("DELETE /groups/web", code, 204, body)
+	code, body = d.call(t, false, "GET", "/groups/nope", "", "")
+	want("GET an unknown group", code, 404, body)
+
+	// Events: the stream's events match the Event schema.
+	code, body = d.call(t, false, "GET", "/events", "", "", "Last-Event-ID", "twelve")
+	want("GET /events with a bad Last-Event-ID", code, 400, body)
+	code, body = d.call(t, true, "GET", "/events?type=gossip", "", "")
+	want("GET /events?type=gossip", code, 400, body)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	sreq, _ := http.NewRequestWithContext(ctx, "GET", d.url+"/events?vm="+id+"&type=vm", nil)
+	sreq.Header.Set("Last-Event-ID", "1") // older than this run: a reset, then the VM's events
+	resp, err := d.client.Do(sreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A change once the stream is open: its "updated" event follows the reset.
+	code, body = d.call(t, false, "PATCH", "/vms/"+id, js, `{"tags": {"seen": "yes"}}`)
+	want("PATCH while streaming", code, 200, body)
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	schema := doc.Components.Schemas["Event"].Value
+	for n := 0; n < 2 && sc.Scan(); {
+		data, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok {
+			continue
+		}
+		var ev any
+		if err := json.Unmarshal([]byte(data), &ev); err != nil {
+			t.Fatalf("event data %q: %v", data, err)
+		}
+		if err := schema.VisitJSON(ev); err != nil {
+			t.Errorf("event %s breaks the Event schema: %v", data, err)
+		}
+		n++
+	}
+	cancel()
+	resp.Body.Close()
+
+	code, body = d.call(t, false, "GET", "/metrics", "", "")
+	want("GET /metrics", code, 200, body)
+	code, body = d.call(t, false, "DELETE", "/vms/"+id, "", "")
+	want("DELETE /vms/{id}", code, 204, body)
+	code, body = d.call(t, false, "DELETE", "/vms/"+id, "", "")
+	want("DELETE /vms/{id} again", code, 404, body)
+
+	// Every route is in the document, every operation is a route, and the
+	// test sent a request to each.
+	s := New(Config{VMs: vm.New(vm.Config{}), Groups: &group.Manager{}, Metrics: metrics.New()})
+	var ops []string
+	for path, item := range doc.Paths.Map() {
+		for method := range item.Operations() {
+			ops = append(ops, method+" "+path)
+		}
+	}
+	slices.Sort(ops)
+	var routes []string
+	for _, p := range s.mux.patterns {
+		if p != "/" {
+			routes = append(routes, p)
+		}
+	}
+	slices.Sort(routes)
+	if !slices.Equal(ops, routes) {
+		t.Errorf("operations of api/openapi.yaml:\n%v\nroutes of the server:\n%v", ops, routes)
+	}
+	for _, op := range ops {
+		if len(v.seen[op]) == 0 {
+			t.Errorf("%s: no request checked it", op)
+		}
+	}
+}
