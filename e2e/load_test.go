@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/goldvm/goldvm/api"
-	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/records"
 )
 
 // seededMarker starts the error message of every record the load test seeds,
@@ -295,7 +295,7 @@ func TestLoadConcurrentCreatesShareOneDownload(t *testing.T) {
 // returns their ids. Every one is marked with seededMarker.
 func seedErrorRecords(t *testing.T, dataDir string, n int) []string {
 	t.Helper()
-	db, err := store.Open(filepath.Join(dataDir, "goldvm.db"))
+	db, err := records.Open(filepath.Join(dataDir, "goldvm.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,9 +306,9 @@ func seedErrorRecords(t *testing.T, dataDir string, n int) []string {
 	for i := range n {
 		sum := make([]byte, 32)
 		rand.Read(sum)
-		id := store.NewID()
+		id := records.NewID()
 		created := base.Add(time.Duration(i) * time.Minute)
-		r := &store.Record{
+		r := &records.Record{
 			VM: api.VM{
 				ID: id, Status: api.StatusError, Backend: "qemu", CPUs: 1 + i%4, MemoryMiB: int64(128 << (i % 3)),
 				NetworkType: "nat", Headless: true, ToolsInitTimeout: api.Duration(5 * time.Minute),

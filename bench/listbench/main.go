@@ -29,8 +29,8 @@ import (
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/hypervisor/fakedriver"
 	"github.com/goldvm/goldvm/internal/image"
+	"github.com/goldvm/goldvm/internal/records"
 	"github.com/goldvm/goldvm/internal/server"
-	"github.com/goldvm/goldvm/internal/store"
 	"github.com/goldvm/goldvm/internal/vm"
 )
 
@@ -56,7 +56,7 @@ func main() {
 
 const crockford = "0123456789abcdefghjkmnpqrstvwxyz"
 
-// idAt is an id as store.NewID makes it at time t.
+// idAt is an id as records.NewID makes it at time t.
 func idAt(t time.Time, rng *rand.Rand) string {
 	b := []byte("vm-")
 	ms := uint64(t.UnixMilli())
@@ -98,7 +98,7 @@ func seed(path string, n int) ([]string, error) {
 			for i := start; i < min(n, start+10000); i++ {
 				created := base.Add(time.Duration(i) * time.Minute)
 				id := idAt(created, rng)
-				r := store.Record{VM: api.VM{
+				r := records.Record{VM: api.VM{
 					ID: id, Status: statuses[i%len(statuses)], Backend: "fake", CPUs: 2, MemoryMiB: 2048,
 					NetworkType: api.NetworkNAT, Headless: true, ToolsInitTimeout: api.Duration(5 * time.Minute),
 					Image: api.Image{URL: "http://images.example/ci/debian-" + strconv.Itoa(i%20) + ".tar.gz",
@@ -168,7 +168,7 @@ func run(n, reqs, full int) error {
 		return fmt.Errorf("seed: %w", err)
 	}
 	start := time.Now()
-	db, err := store.Open(path)
+	db, err := records.Open(path)
 	if err != nil {
 		return err
 	}

@@ -28,8 +28,8 @@ import (
 	"github.com/goldvm/goldvm/internal/machine"
 	"github.com/goldvm/goldvm/internal/metadata"
 	"github.com/goldvm/goldvm/internal/netpolicy"
+	"github.com/goldvm/goldvm/internal/records"
 	"github.com/goldvm/goldvm/internal/server"
-	"github.com/goldvm/goldvm/internal/store"
 	"github.com/goldvm/goldvm/internal/vm"
 )
 
@@ -152,7 +152,7 @@ func runServe(args []string) error {
 	if err := os.MkdirAll(*dataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
-	db, err := store.Open(filepath.Join(*dataDir, "goldvm.db"))
+	db, err := records.Open(filepath.Join(*dataDir, "goldvm.db"))
 	if err != nil {
 		return err
 	}

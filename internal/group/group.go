@@ -24,13 +24,13 @@ import (
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
-	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/records"
 	"github.com/goldvm/goldvm/internal/vm"
 )
 
 // Config wires a Manager.
 type Config struct {
-	Store *store.Store
+	Store *records.DB
 	VMs   *vm.Manager
 	// MaxSize is the largest size a group may ask for (default 100).
 	MaxSize int
@@ -163,9 +163,9 @@ func (g *Manager) Put(ctx context.Context, name string, spec api.GroupSpec) (*ap
 	if err != nil {
 		return nil, err
 	}
-	_, err = g.cfg.Store.PutGroup(name, func(old *store.Group) (*store.Group, error) {
+	_, err = g.cfg.Store.PutGroup(name, func(old *records.Group) (*records.Group, error) {
 		if old == nil {
-			return &store.Group{Spec: spec, TemplateHash: hash, CreatedAt: time.Now().UTC()}, nil
+			return &records.Group{Spec: spec, TemplateHash: hash, CreatedAt: time.Now().UTC()}, nil
 		}
 		if old.Deleting {
 			return nil, errdefs.Newf(errdefs.ErrConflict, api.CodeVMInvalidState, "group %q is being deleted", name)
@@ -204,7 +204,7 @@ func members(all []api.VM, name string) []api.VM {
 }
 
 // view makes the API's view of a group.
-func (g *Manager) view(sg *store.Group, vms []api.VM) api.Group {
+func (g *Manager) view(sg *records.Group, vms []api.VM) api.Group {
 	out := api.Group{Name: sg.Name, Spec: sg.Spec, TemplateHash: sg.TemplateHash, State: api.GroupOK,
 		VMs: []api.GroupVM{}, Failures: sg.Failures, NextRetry: sg.NextRetry, Error: sg.LastError,
 		CreatedAt: sg.CreatedAt, UpdatedAt: sg.UpdatedAt}
@@ -271,7 +271,7 @@ func (g *Manager) Delete(ctx context.Context, name string, keepVMs bool) error {
 	if !ValidName(name) {
 		return errdefs.Newf(errdefs.ErrNotFound, api.CodeGroupNotFound, "no group named %q", truncate(name, 64))
 	}
-	sg, err := g.cfg.Store.UpdateGroup(name, func(sg *store.Group) error {
+	sg, err := g.cfg.Store.UpdateGroup(name, func(sg *records.Group) error {
 		sg.Deleting, sg.KeepVMs = true, sg.KeepVMs || keepVMs
 		return nil
 	})
@@ -282,7 +282,7 @@ func (g *Manager) Delete(ctx context.Context, name string, keepVMs bool) error {
 }
 
 // finishDelete destroys or detaches a deleting group's VMs and removes it.
-func (g *Manager) finishDelete(ctx context.Context, sg *store.Group) error {
+func (g *Manager) finishDelete(ctx context.Context, sg *records.Group) error {
 	vms, err := g.cfg.VMs.List(ctx)
 	if err != nil {
 		return err
@@ -425,7 +425,7 @@ func (g *Manager) backoff(n int) time.Duration {
 }
 
 // reconcile runs one pass over one group.
-func (g *Manager) reconcile(ctx context.Context, sg *store.Group, vms []api.VM) error {
+func (g *Manager) reconcile(ctx context.Context, sg *records.Group, vms []api.VM) error {
 	now := time.Now().UTC()
 	var ms []*member
 	g.mu.Lock()
@@ -443,7 +443,7 @@ func (g *Manager) reconcile(ctx context.Context, sg *store.Group, vms []api.VM) 
 		// Failures are counted before their VMs go, so that a restart in
 		// between counts them again rather than never.
 		var err error
-		sg, err = g.cfg.Store.UpdateGroup(sg.Name, func(cur *store.Group) error {
+		sg, err = g.cfg.Store.UpdateGroup(sg.Name, func(cur *records.Group) error {
 			if cur.TemplateHash != sg.TemplateHash {
 				return nil // changed meanwhile: these failures are of the old one
 			}
@@ -487,7 +487,7 @@ func (g *Manager) reconcile(ctx context.Context, sg *store.Group, vms []api.VM) 
 		v, err := g.cfg.VMs.CreateTagged(ctx, sg.Spec.Template, maps.Clone(sys))
 		if err != nil {
 			code, msg := errdefs.CodeOf(err)
-			g.cfg.Store.UpdateGroup(sg.Name, func(cur *store.Group) error {
+			g.cfg.Store.UpdateGroup(sg.Name, func(cur *records.Group) error {
 				cur.Failures++
 				cur.NextRetry = now.Add(g.backoff(cur.Failures))
 				cur.LastError = &api.Error{Code: code, Message: msg}

@@ -12,7 +12,7 @@ import (
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/events"
-	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/records"
 )
 
 // Timing of an event stream.
@@ -39,7 +39,7 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	var f events.Filter
 	if id := q.Get("vm"); id != "" {
-		if !store.ValidID(id) {
+		if !records.ValidID(id) {
 			s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, api.CodeInvalidQuery, "vm %s is not a VM id", quote(id)))
 			return
 		}

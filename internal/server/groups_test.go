@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/goldvm/goldvm/api"
-	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/records"
 )
 
 // seedVMs stores VM records with the given tags straight in s's store,
@@ -18,9 +18,9 @@ func seedVMs(t *testing.T, s *Server, status api.Status, tags ...map[string]stri
 	t.Helper()
 	var ids []string
 	for _, tg := range tags {
-		id := store.NewID()
+		id := records.NewID()
 		time.Sleep(2 * time.Millisecond) // ids sort by millisecond
-		r := &store.Record{VM: api.VM{ID: id, Status: status, Tags: tg}, Dir: t.TempDir()}
+		r := &records.Record{VM: api.VM{ID: id, Status: status, Tags: tg}, Dir: t.TempDir()}
 		if err := s.vms.StoreForTest(r); err != nil {
 			t.Fatal(err)
 		}

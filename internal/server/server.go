@@ -23,7 +23,7 @@ import (
 	"github.com/goldvm/goldvm/internal/group"
 	"github.com/goldvm/goldvm/internal/image"
 	"github.com/goldvm/goldvm/internal/metrics"
-	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/records"
 	"github.com/goldvm/goldvm/internal/vm"
 )
 
@@ -310,12 +310,12 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	after := q.Get("after")
-	if after != "" && !store.ValidID(after) {
+	if after != "" && !records.ValidID(after) {
 		s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, "invalid-query", "after %s is not a VM id", quote(after)))
 		return
 	}
-	// A page costs O(page): see store.Page.
-	vms, next, err := s.vms.Page(r.Context(), store.Query{Statuses: want, Tags: tags, After: after, Limit: limit})
+	// A page costs O(page): see records.Page.
+	vms, next, err := s.vms.Page(r.Context(), records.Query{Statuses: want, Tags: tags, After: after, Limit: limit})
 	if err != nil {
 		s.writeError(w, err)
 		return

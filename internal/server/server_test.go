@@ -17,7 +17,7 @@ import (
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/group"
 	"github.com/goldvm/goldvm/internal/image"
-	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/records"
 	"github.com/goldvm/goldvm/internal/vm"
 )
 
@@ -38,9 +38,9 @@ func newTestServer(t *testing.T, token string) *Server {
 
 // openStores opens a record store, an image store with opts and its
 // pre-fetcher in dir, closed when the test ends.
-func openStores(t *testing.T, dir string, opts image.Options) (*store.Store, *image.Store, *image.Prefetcher) {
+func openStores(t *testing.T, dir string, opts image.Options) (*records.DB, *image.Store, *image.Prefetcher) {
 	t.Helper()
-	db, err := store.Open(filepath.Join(dir, "goldvm.db"))
+	db, err := records.Open(filepath.Join(dir, "goldvm.db"))
 	if err != nil {
 		t.Fatal(err)
 	}

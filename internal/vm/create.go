@@ -16,7 +16,7 @@ import (
 	"github.com/goldvm/goldvm/internal/hypervisor"
 	"github.com/goldvm/goldvm/internal/image"
 	"github.com/goldvm/goldvm/internal/machine"
-	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/records"
 )
 
 // Create validates req, stores a record in status "creating" and starts the
@@ -47,8 +47,8 @@ func (m *Manager) CreateTagged(ctx context.Context, req api.CreateVMRequest, sys
 		return nil, err
 	}
 	now := time.Now().UTC()
-	id := store.NewID()
-	r := &store.Record{
+	id := records.NewID()
+	r := &records.Record{
 		VM: api.VM{
 			ID: id, Status: api.StatusCreating, Phase: api.PhasePending, Backend: m.cfg.Driver.Name(),
 			CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, NetworkType: v.NetworkType, Image: v.Image,
@@ -77,7 +77,7 @@ func (m *Manager) CreateTagged(ctx context.Context, req api.CreateVMRequest, sys
 
 // setPhase persists a phase change (and clears progress when it moves on).
 func (m *Manager) setPhase(id string, p api.Phase) error {
-	_, err := m.update(id, func(r *store.Record) error {
+	_, err := m.update(id, func(r *records.Record) error {
 		if r.Status != api.StatusCreating {
 			return fmt.Errorf("vm %s is %s, not creating", id, r.Status)
 		}
@@ -115,7 +115,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 			log.Error("undo of failed create", "err", derr)
 		}
 		cancel()
-		_, uerr := m.update(id, func(r *store.Record) error {
+		_, uerr := m.update(id, func(r *records.Record) error {
 			r.Status, r.Phase, r.Progress = api.StatusError, "", nil
 			r.Error = &api.Error{Code: code, Message: msg}
 			return nil
@@ -124,7 +124,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 			log.Error("record failure", "err", uerr)
 		}
 	} else {
-		_, uerr := m.update(id, func(r *store.Record) error {
+		_, uerr := m.update(id, func(r *records.Record) error {
 			r.Status, r.Phase, r.Progress, r.Error = api.StatusRunning, "", nil, nil
 			r.IPAddress, r.GuestOS, r.SSHAddress = info.IPAddress, info.GuestOS, info.SSHAddress
 			r.GuestOSName = cmp.Or(info.GuestOSName, info.GuestOS)
@@ -149,7 +149,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 }
 
 // create runs the steps.
-func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.GuestInfo, error) {
+func (m *Manager) create(ctx context.Context, r *records.Record) (hypervisor.GuestInfo, error) {
 	id := r.ID
 	if err := m.setPhase(id, api.PhaseDownloading); err != nil {
 		return hypervisor.GuestInfo{}, err
@@ -168,7 +168,7 @@ func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.Guest
 		case p.BytesDone > 0:
 			defer m.crashPoint(CrashDownloading)
 		}
-		m.update(id, func(r *store.Record) error {
+		m.update(id, func(r *records.Record) error {
 			if r.Status != api.StatusCreating {
 				return errors.New("not creating")
 			}
@@ -214,7 +214,7 @@ func (m *Manager) create(ctx context.Context, r *store.Record) (hypervisor.Guest
 		return hypervisor.GuestInfo{}, err
 	}
 	if vnc, ok := m.cfg.Driver.(hypervisor.VNCer); ok {
-		m.update(id, func(r *store.Record) error { r.VNCSocket = vnc.VNCSocket(spec); return nil })
+		m.update(id, func(r *records.Record) error { r.VNCSocket = vnc.VNCSocket(spec); return nil })
 	}
 	m.crashPoint(CrashBooting)
 	if err := m.setPhase(id, api.PhaseDiscovering); err != nil {
@@ -254,7 +254,7 @@ func (m *Manager) deliverCallback(ctx context.Context, id string) {
 		prior = *r.Callback
 	}
 	d := m.cfg.Callbacks.Deliver(ctx, r.CallbackURL, data, prior, func(d api.CallbackDelivery) {
-		m.update(id, func(r *store.Record) error {
+		m.update(id, func(r *records.Record) error {
 			dd := d
 			r.Callback = &dd
 			return nil
@@ -267,7 +267,7 @@ func (m *Manager) deliverCallback(ctx context.Context, id string) {
 // machine.json and the host's defaults, checks it against the limits and
 // records it (and the cpus and memory that follow from it) in the record.
 // An image's definition that breaks a limit fails with image-bad-machine.
-func (m *Manager) resolveMachine(r *store.Record, gold *image.Gold) (*store.Record, error) {
+func (m *Manager) resolveMachine(r *records.Record, gold *image.Gold) (*records.Record, error) {
 	lim := m.cfg.Limits.withDefaults()
 	var req, img api.Machine
 	if r.Requested != nil {
@@ -291,7 +291,7 @@ func (m *Manager) resolveMachine(r *store.Record, gold *image.Gold) (*store.Reco
 		}
 		return r, err
 	}
-	return m.update(r.ID, func(r *store.Record) error {
+	return m.update(r.ID, func(r *records.Record) error {
 		r.Machine = &hw
 		r.CPUs, r.MemoryMiB = hw.CPUs(), hw.MemoryMiB
 		return nil
@@ -300,7 +300,7 @@ func (m *Manager) resolveMachine(r *store.Record, gold *image.Gold) (*store.Reco
 
 // fetchMedia fetches the VM's boot media into the media store (once per
 // checksum, verified, kept as they are) and records their paths.
-func (m *Manager) fetchMedia(ctx context.Context, r *store.Record) (*store.Record, error) {
+func (m *Manager) fetchMedia(ctx context.Context, r *records.Record) (*records.Record, error) {
 	if r.Boot == nil && len(r.CDROMs) == 0 {
 		return r, nil
 	}
@@ -332,7 +332,7 @@ func (m *Manager) fetchMedia(ctx context.Context, r *store.Record) (*store.Recor
 		}
 		cdroms = append(cdroms, path)
 	}
-	return m.update(r.ID, func(r *store.Record) error {
+	return m.update(r.ID, func(r *records.Record) error {
 		r.KernelPath, r.InitrdPath, r.CDROMPaths = kernel, initrd, cdroms
 		return nil
 	})

@@ -9,20 +9,20 @@ import (
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/image"
-	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/records"
 )
 
 // Delete stops the VM, removes its files and its record. A creation under way
 // is cancelled first. The record is marked "deleting" before anything is
 // removed, so a daemon killed mid-delete finishes the job on restart.
 func (m *Manager) Delete(ctx context.Context, id string) error {
-	if !store.ValidID(id) {
+	if !records.ValidID(id) {
 		return errdefs.Newf(errdefs.ErrNotFound, "vm-not-found", "no VM with id %q", id)
 	}
 	unlock := m.lockID(id)
 	defer unlock()
 	var prev api.Status
-	r, err := m.update(id, func(r *store.Record) error {
+	r, err := m.update(id, func(r *records.Record) error {
 		prev = r.Status
 		r.Status = api.StatusDeleting
 		return nil
@@ -37,7 +37,7 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	m.stop(m.probes, id)
 	if err := m.destroy(ctx, r); err != nil {
 		// Keep the record, in its previous state, so the caller can retry.
-		m.update(id, func(r *store.Record) error { r.Status = prev; return nil })
+		m.update(id, func(r *records.Record) error { r.Status = prev; return nil })
 		if prev == api.StatusRunning {
 			m.startWatch(id)
 		}
@@ -46,7 +46,7 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	return nil
 }
 
-func (m *Manager) destroy(ctx context.Context, r *store.Record) error {
+func (m *Manager) destroy(ctx context.Context, r *records.Record) error {
 	dctx, cancel := context.WithTimeout(ctx, m.cfg.DestroyTimeout)
 	defer cancel()
 	if err := m.cfg.Driver.Destroy(dctx, m.spec(r)); err != nil {

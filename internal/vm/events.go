@@ -2,19 +2,19 @@ package vm
 
 import (
 	"github.com/goldvm/goldvm/api"
-	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/records"
 	"maps"
 )
 
 // publish sends a VM event to the bus (Config.Events; none when nil).
-func (m *Manager) publish(action string, r *store.Record) {
+func (m *Manager) publish(action string, r *records.Record) {
 	v := r.VM
 	m.cfg.Events.Publish(api.Event{Type: api.EventVM, Action: action, VMID: r.ID, VM: &v})
 }
 
 // publishChange publishes what an update changed in a record, if anything
 // an observer cares about: status, phase, progress or callback delivery.
-func (m *Manager) publishChange(before, after *store.Record) {
+func (m *Manager) publishChange(before, after *records.Record) {
 	var action string
 	switch {
 	case before.Status != after.Status:

@@ -11,7 +11,7 @@ import (
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/hypervisor"
-	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/records"
 )
 
 // Lifecycle actions (POST /vms/{id}/{action}).
@@ -45,7 +45,7 @@ func (m *Manager) Action(ctx context.Context, id, action string) (*api.VM, error
 	if !ok {
 		return nil, errdefs.Newf(errdefs.ErrNotFound, api.CodeNotFound, "no VM action %q", action)
 	}
-	if !store.ValidID(id) {
+	if !records.ValidID(id) {
 		return nil, errdefs.Newf(errdefs.ErrNotFound, api.CodeVMNotFound, "no VM with id %q", id)
 	}
 	unlock := m.lockID(id)
@@ -96,7 +96,7 @@ func notSupported(backend, what string) error {
 }
 
 // powerOff stops the machine and records the VM as stopped with reason.
-func (m *Manager) powerOff(ctx context.Context, r *store.Record, reason string) error {
+func (m *Manager) powerOff(ctx context.Context, r *records.Record, reason string) error {
 	st, ok := m.cfg.Driver.(hypervisor.Stopper)
 	if !ok {
 		return notSupported(m.cfg.Driver.Name(), "stop")
@@ -109,7 +109,7 @@ func (m *Manager) powerOff(ctx context.Context, r *store.Record, reason string) 
 		}
 		return fmt.Errorf("stop vm %s: %w", r.ID, err)
 	}
-	_, err := m.update(r.ID, func(r *store.Record) error {
+	_, err := m.update(r.ID, func(r *records.Record) error {
 		r.Status, r.StopReason = api.StatusStopped, reason
 		return nil
 	})
@@ -121,7 +121,7 @@ func (m *Manager) powerOff(ctx context.Context, r *store.Record, reason string) 
 
 // powerOn boots a stopped VM from its disk and discovers the guest again.
 // A failure leaves the VM stopped, with the error as its stop reason.
-func (m *Manager) powerOn(ctx context.Context, r *store.Record) error {
+func (m *Manager) powerOn(ctx context.Context, r *records.Record) error {
 	gold, err := m.cfg.Images.Ensure(ctx, imageSpec(r), nil)
 	if err != nil {
 		return fmt.Errorf("start vm %s: its image: %w", r.ID, err)
@@ -129,7 +129,7 @@ func (m *Manager) powerOn(ctx context.Context, r *store.Record) error {
 	spec := m.goldSpec(r, gold)
 	fail := func(err error) error {
 		code, msg := m.cfg.Redactor.CodeOf(err)
-		m.update(r.ID, func(r *store.Record) error {
+		m.update(r.ID, func(r *records.Record) error {
 			r.Status, r.StopReason = api.StatusStopped, "start failed: "+code+": "+msg
 			return nil
 		})
@@ -147,7 +147,7 @@ func (m *Manager) powerOn(ctx context.Context, r *store.Record) error {
 	if err != nil {
 		return fail(err)
 	}
-	_, err = m.update(r.ID, func(r *store.Record) error {
+	_, err = m.update(r.ID, func(r *records.Record) error {
 		r.Status, r.StopReason, r.Error = api.StatusRunning, "", nil
 		r.IPAddress, r.GuestOS, r.SSHAddress = info.IPAddress, info.GuestOS, info.SSHAddress
 		r.GuestOSName = cmp.Or(info.GuestOSName, info.GuestOS)
@@ -162,7 +162,7 @@ func (m *Manager) powerOn(ctx context.Context, r *store.Record) error {
 }
 
 // suspendResume runs a suspend or resume and records the new status.
-func (m *Manager) suspendResume(ctx context.Context, r *store.Record, action string) error {
+func (m *Manager) suspendResume(ctx context.Context, r *records.Record, action string) error {
 	sp, ok := m.cfg.Driver.(hypervisor.Suspender)
 	if !ok {
 		return notSupported(m.cfg.Driver.Name(), action)
@@ -187,7 +187,7 @@ func (m *Manager) suspendResume(ctx context.Context, r *store.Record, action str
 		}
 		return fmt.Errorf("%s vm %s: %w", action, r.ID, err)
 	}
-	_, err := m.update(r.ID, func(r *store.Record) error {
+	_, err := m.update(r.ID, func(r *records.Record) error {
 		r.Status = status
 		return nil
 	})

@@ -17,7 +17,7 @@ import (
 	"github.com/goldvm/goldvm/internal/events"
 	"github.com/goldvm/goldvm/internal/hypervisor"
 	"github.com/goldvm/goldvm/internal/image"
-	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/records"
 )
 
 // ImageStore is what the manager needs of the gold image store.
@@ -38,7 +38,7 @@ type ImageStore interface {
 type Config struct {
 	// VMDir holds one directory per VM.
 	VMDir  string
-	Store  *store.Store
+	Store  *records.DB
 	Images ImageStore
 	// Media is the store of boot media (kernels, initrds, CD-ROMs), an
 	// image store that keeps downloads as they are; nil: requests with
@@ -91,8 +91,8 @@ type Manager struct {
 	watchers map[string]*task // running-VM watchers, by VM id
 	probes   map[string]*task // late guest-OS probes of running VMs, by VM id
 	idLocks  map[string]*sync.Mutex
-	unsaved  map[string]*store.Record // changes the store could not save yet (see records.go)
-	retrying bool                     // a retryUnsaved loop runs
+	unsaved  map[string]*records.Record // changes the store could not save yet (see records.go)
+	retrying bool                       // a retryUnsaved loop runs
 
 	capacity *capacity
 }
@@ -115,7 +115,7 @@ func New(cfg Config) *Manager {
 	return &Manager{
 		cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel,
 		creates: map[string]*task{}, watchers: map[string]*task{}, probes: map[string]*task{}, idLocks: map[string]*sync.Mutex{},
-		unsaved:  map[string]*store.Record{},
+		unsaved:  map[string]*records.Record{},
 		capacity: newCapacity(cfg.Capacity, cfg.QueueTimeout),
 	}
 }
@@ -125,12 +125,12 @@ func New(cfg Config) *Manager {
 func (m *Manager) Capacity() api.Capacity { return m.capacity.snapshot() }
 
 // resources is what a record's VM holds of the capacity.
-func resources(r *store.Record) api.Resources {
+func resources(r *records.Record) api.Resources {
 	return api.Resources{CPUs: r.CPUs, MemoryMiB: r.MemoryMiB}
 }
 
 // view is the API view of a record, with its queue position.
-func (m *Manager) view(r *store.Record) api.VM {
+func (m *Manager) view(r *records.Record) api.VM {
 	v := r.VM
 	if v.Status == api.StatusCreating && v.Phase == api.PhaseQueued {
 		v.QueuePosition = m.capacity.position(r.ID)
@@ -203,7 +203,7 @@ func (m *Manager) stop(set map[string]*task, id string) {
 // spec is the driver's view of the VM r, the same on every call: the gold
 // image's key and directory come from the record's image, whether or not
 // the image is (still) there.
-func (m *Manager) spec(r *store.Record) hypervisor.Spec {
+func (m *Manager) spec(r *records.Record) hypervisor.Spec {
 	s := hypervisor.Spec{
 		ID: r.ID, Dir: r.Dir, CPUs: r.CPUs, MemoryMiB: r.MemoryMiB,
 		Network: r.NetworkType, Headless: r.Headless, Machine: r.Machine,
@@ -223,7 +223,7 @@ func (m *Manager) spec(r *store.Record) hypervisor.Spec {
 
 // goldSpec is spec with the gold disk the driver decided when gold was
 // published, for the calls that open it (Clone, Start).
-func (m *Manager) goldSpec(r *store.Record, gold *image.Gold) hypervisor.Spec {
+func (m *Manager) goldSpec(r *records.Record, gold *image.Gold) hypervisor.Spec {
 	s := m.spec(r)
 	s.GoldDir = gold.Dir
 	if d := gold.Disk; d != nil {
@@ -273,7 +273,7 @@ func (m *Manager) startProbe(id string, limit time.Duration) {
 		if err != nil || name == "" {
 			return
 		}
-		_, err = m.update(id, func(r *store.Record) error {
+		_, err = m.update(id, func(r *records.Record) error {
 			if r.Status != api.StatusRunning {
 				return errors.New("not running")
 			}
@@ -291,7 +291,7 @@ func (m *Manager) startProbe(id string, limit time.Duration) {
 }
 
 func (m *Manager) markStopped(id, reason string) {
-	_, err := m.update(id, func(r *store.Record) error {
+	_, err := m.update(id, func(r *records.Record) error {
 		if r.Status != api.StatusRunning && r.Status != api.StatusSuspended {
 			return errors.New("not running")
 		}
@@ -307,7 +307,7 @@ func (m *Manager) markStopped(id, reason string) {
 
 // Get returns a VM record.
 func (m *Manager) Get(ctx context.Context, id string) (*api.VM, error) {
-	if !store.ValidID(id) {
+	if !records.ValidID(id) {
 		return nil, errdefs.Newf(errdefs.ErrNotFound, "vm-not-found", "no VM with id %q", id)
 	}
 	r, err := m.get(id)
@@ -341,7 +341,7 @@ func (m *Manager) List(ctx context.Context) ([]api.VM, error) {
 }
 
 // imageSpec is the gold image a record's disk depends on.
-func imageSpec(r *store.Record) image.Spec {
+func imageSpec(r *records.Record) image.Spec {
 	return image.Spec{URL: r.Image.URL, Checksum: r.Image.Checksum, ChecksumType: r.Image.ChecksumType}
 }
 
@@ -361,7 +361,7 @@ func (m *Manager) ImageUsage() map[string]int {
 // (image.Options.InUse, asked before there is a Manager), how many of
 // db's VMs depend on an image; as Manager.ImageUsers, "many" when the
 // records cannot be read.
-func ImageUsers(db *store.Store) func(key string) int {
+func ImageUsers(db *records.DB) func(key string) int {
 	return func(key string) int {
 		recs, err := db.List()
 		if err != nil {
@@ -372,7 +372,7 @@ func ImageUsers(db *store.Store) func(key string) int {
 }
 
 // imageUsage counts the records per gold image key (see ImageUsage).
-func imageUsage(recs []*store.Record) map[string]int {
+func imageUsage(recs []*records.Record) map[string]int {
 	usage := map[string]int{}
 	for _, r := range recs {
 		if r.Status == api.StatusError {

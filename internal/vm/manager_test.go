@@ -22,7 +22,7 @@ import (
 	"github.com/goldvm/goldvm/internal/hypervisor"
 	"github.com/goldvm/goldvm/internal/hypervisor/fakedriver"
 	"github.com/goldvm/goldvm/internal/image"
-	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/records"
 )
 
 // env is a manager on the fake driver with a real record database, a real
@@ -31,7 +31,7 @@ type env struct {
 	t      *testing.T
 	dir    string
 	host   *fakedriver.Host
-	db     *store.Store
+	db     *records.DB
 	images *image.Store
 	img    api.Image
 	srv    *imageServer
@@ -103,7 +103,7 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir(), host: fakedriver.NewHost()}
 	var err error
-	if e.db, err = store.Open(filepath.Join(e.dir, "goldvm.db")); err != nil {
+	if e.db, err = records.Open(filepath.Join(e.dir, "goldvm.db")); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.db.Close() })
@@ -201,11 +201,11 @@ func (e *env) wantGone(id string) {
 
 // record writes a record as an earlier daemon left it, with its
 // directory; clone says whether its driver files exist (a clone made).
-func (e *env) record(status api.Status, phase api.Phase, clone bool) *store.Record {
+func (e *env) record(status api.Status, phase api.Phase, clone bool) *records.Record {
 	e.t.Helper()
-	id := store.NewID()
+	id := records.NewID()
 	now := time.Now().UTC()
-	r := &store.Record{
+	r := &records.Record{
 		VM: api.VM{ID: id, Status: status, Phase: phase, Backend: "fake", CPUs: 1, MemoryMiB: 64,
 			NetworkType: api.NetworkNAT, Image: e.img, Headless: true,
 			ToolsInitTimeout: api.Duration(time.Minute), CreatedAt: now, UpdatedAt: now},
@@ -355,34 +355,34 @@ func TestRecoverEachStatus(t *testing.T) {
 		phase   api.Phase
 		clone   bool // the driver had made the clone
 		running bool // its machine runs
-		check   func(e *env, r *store.Record)
+		check   func(e *env, r *records.Record)
 	}{
 		{name: "creating-downloading", status: api.StatusCreating, phase: api.PhaseDownloading,
-			check: func(e *env, r *store.Record) { e.waitStatus(r.ID, api.StatusRunning) }},
+			check: func(e *env, r *records.Record) { e.waitStatus(r.ID, api.StatusRunning) }},
 		{name: "creating-booting", status: api.StatusCreating, phase: api.PhaseBooting, clone: true, running: true,
-			check: func(e *env, r *store.Record) {
+			check: func(e *env, r *records.Record) {
 				e.waitStatus(r.ID, api.StatusRunning)
 				if n := e.host.Calls(fakedriver.OpClone, r.ID); n != 2 {
 					t.Errorf("clone ran %d times, want 2 (the half-made one destroyed, then again)", n)
 				}
 			}},
 		{name: "deleting", status: api.StatusDeleting, clone: true, running: true,
-			check: func(e *env, r *store.Record) { e.wantGone(r.ID) }},
+			check: func(e *env, r *records.Record) { e.wantGone(r.ID) }},
 		{name: "running-still-running", status: api.StatusRunning, clone: true, running: true,
-			check: func(e *env, r *store.Record) {
+			check: func(e *env, r *records.Record) {
 				e.waitStatus(r.ID, api.StatusRunning)
 				// Reattached: the watcher sees it stop.
 				e.host.Kill(r.ID, "process exited")
 				e.waitStatus(r.ID, api.StatusStopped)
 			}},
 		{name: "running-gone", status: api.StatusRunning, clone: true,
-			check: func(e *env, r *store.Record) { e.waitStatus(r.ID, api.StatusStopped) }},
+			check: func(e *env, r *records.Record) { e.waitStatus(r.ID, api.StatusStopped) }},
 		{name: "stopped-running-again", status: api.StatusStopped, clone: true, running: true,
-			check: func(e *env, r *store.Record) { e.waitStatus(r.ID, api.StatusRunning) }},
+			check: func(e *env, r *records.Record) { e.waitStatus(r.ID, api.StatusRunning) }},
 		{name: "stopped", status: api.StatusStopped, clone: true,
-			check: func(e *env, r *store.Record) { e.waitStatus(r.ID, api.StatusStopped) }},
+			check: func(e *env, r *records.Record) { e.waitStatus(r.ID, api.StatusStopped) }},
 		{name: "error-half-undone", status: api.StatusError, clone: true,
-			check: func(e *env, r *store.Record) {
+			check: func(e *env, r *records.Record) {
 				e.waitStatus(r.ID, api.StatusError)
 				if _, err := os.Stat(filepath.Join(r.Dir, r.ID+".clone")); !errors.Is(err, os.ErrNotExist) {
 					t.Errorf("the failed VM's clone was not removed: %v", err)
@@ -408,7 +408,7 @@ func TestRecoverStrays(t *testing.T) {
 	e := newEnv(t)
 	v := e.create()
 	e.waitStatus(v.ID, api.StatusRunning)
-	stray := store.NewID()
+	stray := records.NewID()
 	if err := os.MkdirAll(filepath.Join(e.dir, "vms", stray), 0o700); err != nil {
 		t.Fatal(err)
 	}

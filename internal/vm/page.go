@@ -4,19 +4,19 @@ import (
 	"context"
 
 	"github.com/goldvm/goldvm/api"
-	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/records"
 )
 
 // Page returns the VMs q selects, newest first, and the id that continues
-// the listing when more follow (see store.Page: the cost is that of the
+// the listing when more follow (see records.Page: the cost is that of the
 // page, not of all records). While some record changes wait in memory for
 // the store (see records.go) the indexes may not show them yet, so the
 // page is then made from a scan of every record with the changes applied.
-func (m *Manager) Page(ctx context.Context, q store.Query) ([]api.VM, string, error) {
+func (m *Manager) Page(ctx context.Context, q records.Query) ([]api.VM, string, error) {
 	m.mu.Lock()
 	pending := len(m.unsaved)
 	m.mu.Unlock()
-	var recs []*store.Record
+	var recs []*records.Record
 	next := ""
 	if pending == 0 {
 		var err error

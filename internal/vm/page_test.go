@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/goldvm/goldvm/api"
-	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/records"
 )
 
 // TestPageSeesUnsavedChanges: a change the store could not write yet is
@@ -17,8 +17,8 @@ func TestPageSeesUnsavedChanges(t *testing.T) {
 	a := e.record(api.StatusRunning, "", false)
 	b := e.record(api.StatusRunning, "", false)
 	c := e.record(api.StatusStopped, "", false)
-	running := store.Query{Statuses: []api.Status{api.StatusRunning}}
-	ids := func(q store.Query) ([]string, string) {
+	running := records.Query{Statuses: []api.Status{api.StatusRunning}}
+	ids := func(q records.Query) ([]string, string) {
 		t.Helper()
 		vms, next, err := e.m.Page(context.Background(), q)
 		if err != nil {
@@ -41,7 +41,7 @@ func TestPageSeesUnsavedChanges(t *testing.T) {
 		t.Fatalf("running VMs from the indexes: %v, want %v", got, want)
 	}
 	// b stopped and c running, in memory only.
-	for _, r := range []*store.Record{b, c} {
+	for _, r := range []*records.Record{b, c} {
 		changed := *r
 		changed.Status = map[api.Status]api.Status{api.StatusRunning: api.StatusStopped, api.StatusStopped: api.StatusRunning}[r.Status]
 		e.m.mu.Lock()
@@ -52,10 +52,10 @@ func TestPageSeesUnsavedChanges(t *testing.T) {
 	if got := first(ids(running)); !slices.Equal(got, want) {
 		t.Fatalf("running VMs with unsaved changes: %v, want %v", got, want)
 	}
-	if got, next := ids(store.Query{Statuses: running.Statuses, Limit: 1}); !slices.Equal(got, want[:1]) || next != want[0] {
+	if got, next := ids(records.Query{Statuses: running.Statuses, Limit: 1}); !slices.Equal(got, want[:1]) || next != want[0] {
 		t.Fatalf("first page of 1: %v next %q, want %s next %s", got, next, want[0], want[0])
 	}
-	if got, next := ids(store.Query{Statuses: running.Statuses, Limit: 1, After: want[0]}); !slices.Equal(got, want[1:]) || next != "" {
+	if got, next := ids(records.Query{Statuses: running.Statuses, Limit: 1, After: want[0]}); !slices.Equal(got, want[1:]) || next != "" {
 		t.Fatalf("second page of 1: %v next %q, want %s and no next", got, next, want[1])
 	}
 }

@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/goldvm/goldvm/internal/errdefs"
-	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/records"
 )
 
 // The manager reads and writes records through update, get and list below
@@ -23,9 +23,9 @@ const retryUnsavedEvery = time.Second
 // changes and its error is returned. If the store cannot save the change,
 // the changed record is kept in memory (and returned) until it can. A
 // change is published as an event (see publishChange).
-func (m *Manager) update(id string, fn func(*store.Record) error) (*store.Record, error) {
-	var before store.Record
-	r, err := m.save(id, func(r *store.Record) error { before = *r; return fn(r) })
+func (m *Manager) update(id string, fn func(*records.Record) error) (*records.Record, error) {
+	var before records.Record
+	r, err := m.save(id, func(r *records.Record) error { before = *r; return fn(r) })
 	if err == nil {
 		m.publishChange(&before, r)
 	}
@@ -33,13 +33,13 @@ func (m *Manager) update(id string, fn func(*store.Record) error) (*store.Record
 }
 
 // save is update without the event.
-func (m *Manager) save(id string, fn func(*store.Record) error) (*store.Record, error) {
+func (m *Manager) save(id string, fn func(*records.Record) error) (*records.Record, error) {
 	m.mu.Lock()
 	pending := m.unsaved[id]
 	m.mu.Unlock()
 	if pending == nil {
 		var fnErr error
-		r, err := m.cfg.Store.Update(id, func(r *store.Record) error { fnErr = fn(r); return fnErr })
+		r, err := m.cfg.Store.Update(id, func(r *records.Record) error { fnErr = fn(r); return fnErr })
 		if err == nil || fnErr != nil || errors.Is(err, errdefs.ErrNotFound) {
 			return r, err
 		}
@@ -95,13 +95,13 @@ func (m *Manager) retryUnsaved() {
 // flushUnsaved tries to save every unsaved record; it returns how many remain.
 func (m *Manager) flushUnsaved() int {
 	m.mu.Lock()
-	todo := make(map[string]*store.Record, len(m.unsaved))
+	todo := make(map[string]*records.Record, len(m.unsaved))
 	for id, r := range m.unsaved {
 		todo[id] = r
 	}
 	m.mu.Unlock()
 	for id, want := range todo {
-		_, err := m.cfg.Store.Update(id, func(r *store.Record) error { *r = *want; return nil })
+		_, err := m.cfg.Store.Update(id, func(r *records.Record) error { *r = *want; return nil })
 		if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 			continue
 		}
@@ -120,7 +120,7 @@ func (m *Manager) flushUnsaved() int {
 }
 
 // get returns a record, preferring a change not yet saved.
-func (m *Manager) get(id string) (*store.Record, error) {
+func (m *Manager) get(id string) (*records.Record, error) {
 	m.mu.Lock()
 	pending := m.unsaved[id]
 	m.mu.Unlock()
@@ -132,7 +132,7 @@ func (m *Manager) get(id string) (*store.Record, error) {
 }
 
 // list returns all records, newest first, with unsaved changes applied.
-func (m *Manager) list() ([]*store.Record, error) {
+func (m *Manager) list() ([]*records.Record, error) {
 	recs, err := m.cfg.Store.List()
 	if err != nil {
 		return nil, err

@@ -10,7 +10,7 @@ import (
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/hypervisor"
-	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/records"
 )
 
 // Recover brings the records and the host back in line after a start:
@@ -59,7 +59,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 					want = api.StatusSuspended
 				}
 				if r.Status != want {
-					m.update(r.ID, func(r *store.Record) error { r.Status, r.StopReason = want, ""; return nil })
+					m.update(r.ID, func(r *records.Record) error { r.Status, r.StopReason = want, ""; return nil })
 				}
 				log.Info("recover: reattached to running vm")
 				m.startWatch(r.ID)
@@ -97,7 +97,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 		}
 		dir := filepath.Join(m.cfg.VMDir, e.Name())
 		m.log.Warn("recover: removing stray vm directory", "dir", dir)
-		if store.ValidID(e.Name()) {
+		if records.ValidID(e.Name()) {
 			m.cfg.Driver.Destroy(ctx, hypervisor.Spec{ID: e.Name(), Dir: dir})
 		}
 		os.RemoveAll(dir)

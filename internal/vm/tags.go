@@ -12,7 +12,7 @@ import (
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
-	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/records"
 )
 
 // ValidateTags checks the tags of a request: at most api.MaxTags, keys
@@ -76,7 +76,7 @@ func withSystemTags(tags, system map[string]string) (map[string]string, error) {
 // value, or removed where the value is nil. The daemon's own tags cannot be
 // changed. Nothing changes when any tag is invalid.
 func (m *Manager) SetTags(ctx context.Context, id string, patch map[string]*string) (*api.VM, error) {
-	if !store.ValidID(id) {
+	if !records.ValidID(id) {
 		return nil, errdefs.Newf(errdefs.ErrNotFound, api.CodeVMNotFound, "no VM with id %q", id)
 	}
 	for _, k := range slices.Sorted(maps.Keys(patch)) {
@@ -90,7 +90,7 @@ func (m *Manager) SetTags(ctx context.Context, id string, patch map[string]*stri
 	}
 	unlock := m.lockID(id)
 	defer unlock()
-	r, err := m.update(id, func(r *store.Record) error {
+	r, err := m.update(id, func(r *records.Record) error {
 		if r.Status == api.StatusDeleting {
 			return errdefs.Newf(errdefs.ErrConflict, api.CodeVMInvalidState, "VM %s is being deleted", id)
 		}
@@ -177,7 +177,7 @@ func (m *Manager) ValidateRequest(req api.CreateVMRequest) (Validated, error) {
 func (m *Manager) RemoveSystemTags(id string, keys ...string) error {
 	unlock := m.lockID(id)
 	defer unlock()
-	_, err := m.update(id, func(r *store.Record) error {
+	_, err := m.update(id, func(r *records.Record) error {
 		for _, k := range keys {
 			delete(r.Tags, k)
 		}
@@ -191,4 +191,4 @@ func (m *Manager) RemoveSystemTags(id string, keys ...string) error {
 
 // StoreForTest stores a record as it is, for tests of the layers above
 // the manager that need VMs in given states without a hypervisor.
-func (m *Manager) StoreForTest(r *store.Record) error { return m.cfg.Store.Create(r) }
+func (m *Manager) StoreForTest(r *records.Record) error { return m.cfg.Store.Create(r) }

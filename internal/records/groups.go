@@ -1,4 +1,4 @@
-package store
+package records
 
 import (
 	"encoding/json"
@@ -45,7 +45,7 @@ func groupNotFound(name string) error {
 // PutGroup creates the group or, when fn is given and the group exists,
 // lets fn change it; fn sees nil for a new group and returns the group to
 // store. The write is one transaction.
-func (s *Store) PutGroup(name string, fn func(old *Group) (*Group, error)) (*Group, error) {
+func (s *DB) PutGroup(name string, fn func(old *Group) (*Group, error)) (*Group, error) {
 	var out *Group
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketGroups)
@@ -76,7 +76,7 @@ func (s *Store) PutGroup(name string, fn func(old *Group) (*Group, error)) (*Gro
 }
 
 // UpdateGroup changes an existing group (ErrNotFound when there is none).
-func (s *Store) UpdateGroup(name string, fn func(g *Group) error) (*Group, error) {
+func (s *DB) UpdateGroup(name string, fn func(g *Group) error) (*Group, error) {
 	return s.PutGroup(name, func(old *Group) (*Group, error) {
 		if old == nil {
 			return nil, groupNotFound(name)
@@ -86,7 +86,7 @@ func (s *Store) UpdateGroup(name string, fn func(g *Group) error) (*Group, error
 }
 
 // GetGroup returns a group, or an errdefs.ErrNotFound error.
-func (s *Store) GetGroup(name string) (*Group, error) {
+func (s *DB) GetGroup(name string) (*Group, error) {
 	var g *Group
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketGroups)
@@ -104,7 +104,7 @@ func (s *Store) GetGroup(name string) (*Group, error) {
 }
 
 // ListGroups returns every group, by name.
-func (s *Store) ListGroups() ([]*Group, error) {
+func (s *DB) ListGroups() ([]*Group, error) {
 	var out []*Group
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketGroups)
@@ -124,7 +124,7 @@ func (s *Store) ListGroups() ([]*Group, error) {
 }
 
 // DeleteGroup removes a group's record (its VMs are the caller's concern).
-func (s *Store) DeleteGroup(name string) error {
+func (s *DB) DeleteGroup(name string) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketGroups)
 		if b == nil || b.Get([]byte(name)) == nil {

@@ -1,4 +1,4 @@
-package store
+package records
 
 import (
 	"fmt"
@@ -45,7 +45,7 @@ func randomTags(rng *rand.Rand) map[string]string {
 
 // fill writes n records with random statuses and tags, then changes and
 // deletes some, and returns the rng for the queries.
-func fill(t *testing.T, s *Store, n int) *rand.Rand {
+func fill(t *testing.T, s *DB, n int) *rand.Rand {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range n {
@@ -74,7 +74,7 @@ func fill(t *testing.T, s *Store, n int) *rand.Rand {
 }
 
 // matches is what Page must return for q, from a scan of every record.
-func matches(t *testing.T, s *Store, q Query) []string {
+func matches(t *testing.T, s *DB, q Query) []string {
 	t.Helper()
 	all, err := s.List()
 	if err != nil {
@@ -91,7 +91,7 @@ func matches(t *testing.T, s *Store, q Query) []string {
 
 // pageAll pages through q with Page and returns every id, checking that
 // each page holds at most q.Limit records and that next is its last id.
-func pageAll(t *testing.T, s *Store, q Query) []string {
+func pageAll(t *testing.T, s *DB, q Query) []string {
 	t.Helper()
 	var out []string
 	for pages := 0; ; pages++ {
@@ -117,7 +117,7 @@ func pageAll(t *testing.T, s *Store, q Query) []string {
 
 // checkQueries compares Page with a scan for filters of statuses and tags
 // alone and together, with and without limits and a starting point.
-func checkQueries(t *testing.T, s *Store, rng *rand.Rand, n int) {
+func checkQueries(t *testing.T, s *DB, rng *rand.Rand, n int) {
 	t.Helper()
 	queries := []Query{{}, {Limit: 1}, {Limit: 7}, {After: testID(n / 2)}, {After: testID(n + 10), Limit: 3}}
 	for range 200 {

@@ -1,4 +1,4 @@
-package store
+package records
 
 import (
 	"errors"
@@ -10,7 +10,7 @@ import (
 	"github.com/goldvm/goldvm/internal/errdefs"
 )
 
-func openTemp(t *testing.T) (*Store, string) {
+func openTemp(t *testing.T) (*DB, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "goldvm.db")
 	s, err := Open(path)

@@ -10,7 +10,7 @@
 // VM ids sort by creation time (see NewID), so a reverse cursor walk lists
 // the newest first. Every write is one bbolt transaction: fsynced and atomic,
 // so a crash leaves either the old or the new record, never half of one.
-package store
+package records
 
 import (
 	"crypto/rand"
@@ -60,14 +60,14 @@ type Record struct {
 	CDROMPaths []string `json:"cdrom_paths,omitempty"`
 }
 
-// Store is the VM record database. It is safe for concurrent use.
-type Store struct {
+// DB is the VM record database. It is safe for concurrent use.
+type DB struct {
 	db *bolt.DB
 }
 
 // Open opens (creating if needed) the database at path. It fails with a clear
 // error if another goldvm process holds the database.
-func Open(path string) (*Store, error) {
+func Open(path string) (*DB, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create store directory: %w", err)
 	}
@@ -93,17 +93,17 @@ func Open(path string) (*Store, error) {
 		return err
 	})
 	if err == nil {
-		err = (&Store{db: db}).ensureIndexes()
+		err = (&DB{db: db}).ensureIndexes()
 	}
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("initialise store %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	return &DB{db: db}, nil
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *DB) Close() error { return s.db.Close() }
 
 // notFound is the error for an unknown VM id.
 func notFound(id string) error {
@@ -112,7 +112,7 @@ func notFound(id string) error {
 
 // Create stores a new record; it fails if the id is taken or is not one
 // NewID makes.
-func (s *Store) Create(r *Record) error {
+func (s *DB) Create(r *Record) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return putRecord(tx, r) })
 }
 
@@ -136,7 +136,7 @@ func putRecord(tx *bolt.Tx, r *Record) error {
 }
 
 // Get returns the record with the given id, or an errdefs.ErrNotFound error.
-func (s *Store) Get(id string) (*Record, error) {
+func (s *DB) Get(id string) (*Record, error) {
 	var r *Record
 	err := s.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketVMs).Get([]byte(id))
@@ -151,7 +151,7 @@ func (s *Store) Get(id string) (*Record, error) {
 
 // Update reads the record, lets fn change it and writes it back in one
 // transaction. If fn returns an error nothing is written. UpdatedAt is set.
-func (s *Store) Update(id string, fn func(*Record) error) (*Record, error) {
+func (s *DB) Update(id string, fn func(*Record) error) (*Record, error) {
 	var r *Record
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketVMs)
@@ -184,7 +184,7 @@ func (s *Store) Update(id string, fn func(*Record) error) (*Record, error) {
 }
 
 // Delete removes a record. Deleting an unknown id returns ErrNotFound.
-func (s *Store) Delete(id string) error {
+func (s *DB) Delete(id string) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketVMs)
 		v := b.Get([]byte(id))
@@ -203,7 +203,7 @@ func (s *Store) Delete(id string) error {
 }
 
 // List returns all records, newest first.
-func (s *Store) List() ([]*Record, error) {
+func (s *DB) List() ([]*Record, error) {
 	var out []*Record
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketVMs).Cursor()

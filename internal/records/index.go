@@ -1,4 +1,4 @@
-package store
+package records
 
 import (
 	"bytes"
@@ -105,7 +105,7 @@ var rebuildBatch = 5000
 // are of indexVersion, rebuilds them from the records, rebuildBatch
 // records a transaction. meta says indexVersion only once all are done, so
 // a rebuild cut short starts again at the next Open.
-func (s *Store) ensureIndexes() error {
+func (s *DB) ensureIndexes() error {
 	done := false
 	s.db.View(func(tx *bolt.Tx) error {
 		done = string(tx.Bucket(bucketMeta).Get(metaIndex)) == indexVersion &&
@@ -198,7 +198,7 @@ func (q Query) Match(r *Record) bool {
 // entries it skips, not with the number of records: a walk over the ids
 // alone, or over the status and tag indexes together (a leapfrog join of
 // id-ordered cursors), seeks straight to each next match.
-func (s *Store) Page(q Query) ([]*Record, string, error) {
+func (s *DB) Page(q Query) ([]*Record, string, error) {
 	var out []*Record
 	next := ""
 	err := s.db.View(func(tx *bolt.Tx) error {
