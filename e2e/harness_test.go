@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -188,6 +189,28 @@ func killStrays(t *testing.T, dataDir string) {
 		}
 		t.Logf("killing leftover process %d", pid)
 		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	if os.Getenv(netnsMarker) == "" {
+		return // taps outside the test's namespace are not the test's to remove
+	}
+	// The taps of VMs the test left behind (their QEMU was just killed):
+	// a tap's alias names its VM, whose directory is under dataDir.
+	out, _ := exec.Command("ip", "-o", "link", "show", "type", "tun").Output()
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		i := slices.Index(f, "alias")
+		if len(f) < 2 || i < 0 || i+1 >= len(f) {
+			continue
+		}
+		id, ok := strings.CutPrefix(f[i+1], "goldvm:")
+		if !ok || id == "" || strings.ContainsAny(id, "/.") {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(dataDir, "vms", id)); err == nil {
+			tap := strings.TrimSuffix(f[1], ":")
+			t.Logf("removing the tap %s of leftover VM %s", tap, id)
+			exec.Command("ip", "link", "del", tap).Run()
+		}
 	}
 }
 

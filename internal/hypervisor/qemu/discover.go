@@ -95,7 +95,7 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 	if err != nil {
 		return info, err
 	}
-	mac := macFor(spec.ID)
+	mac := macOf(spec)
 	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var agent agentAnswers
@@ -177,7 +177,7 @@ func (d *Driver) ProbeGuestOS(ctx context.Context, spec hypervisor.Spec) (string
 	if err := checkSpec(spec); err != nil {
 		return "", err
 	}
-	mac := macFor(spec.ID)
+	mac := macOf(spec)
 	for {
 		if _, ok := d.livePID(spec); !ok {
 			return "", errdefs.New(errdefs.ErrConflict, "vm-not-running", "the VM is not running", hypervisor.ErrNotRunning)

@@ -110,7 +110,7 @@ func (d *Driver) guardVM(ctx context.Context, spec hypervisor.Spec, np netPlan) 
 		mdPort = ln.Addr().(*net.TCPAddr).Port
 	}
 	d.netMu.Lock()
-	err = d.vmRules(ctx, spec.ID, np.Tap, macFor(spec.ID), host, mdPort)
+	err = d.vmRules(ctx, spec.ID, np.Tap, macOf(spec), host, mdPort)
 	d.netMu.Unlock()
 	if err != nil {
 		if ln != nil {

@@ -14,7 +14,7 @@ func (d *Driver) writeSeed(spec hypervisor.Spec) (string, error) {
 	if spec.CloudInit == nil {
 		return "", nil
 	}
-	iso, err := cloudinit.Seed(cloudinit.Config{CloudInit: *spec.CloudInit, MAC: macFor(spec.ID)})
+	iso, err := cloudinit.Seed(cloudinit.Config{CloudInit: *spec.CloudInit, MAC: macOf(spec)})
 	if err != nil {
 		return "", err
 	}
