@@ -482,15 +482,18 @@ func (d *Driver) StartFromTemplate(ctx context.Context, spec hypervisor.Spec, t 
 			}
 		}
 	}()
+	t0 := time.Now()
 	layer := spec
 	layer.GoldDisk = hypervisor.GoldDisk{Path: p(t.Dir, fileTplLayer), Format: "qcow2", VirtualSize: spec.GoldDisk.VirtualSize}
 	if err := d.Clone(ctx, layer); err != nil {
 		return err
 	}
+	t1 := time.Now()
 	warm := warmOpts{machine: t.Shape.Machine, frozen: p(t.Dir, fileTplLayer), memPath: p(t.Dir, fileTplRAM), incoming: true}
 	if err := d.start(ctx, spec, warm); err != nil {
 		return err
 	}
+	t2 := time.Now()
 	state, err := os.Open(p(t.Dir, fileTplState))
 	if err != nil {
 		return err
@@ -529,10 +532,13 @@ func (d *Driver) StartFromTemplate(ctx context.Context, spec hypervisor.Spec, t 
 	if err != nil {
 		return fmt.Errorf("restoring the template's state: %w", err)
 	}
+	t3 := time.Now()
 	if err := d.newIdentity(ctx, spec, t); err != nil {
 		return fmt.Errorf("giving the restored guest its identity: %w", err)
 	}
-	d.log.Info("started from template", "vm", spec.ID, "template", t.Key)
+	ms := func(a, b time.Time) int64 { return b.Sub(a).Milliseconds() }
+	d.log.Info("started from template", "vm", spec.ID, "template", t.Key, "overlay_ms", ms(t0, t1),
+		"qemu_ms", ms(t1, t2), "restore_ms", ms(t2, t3), "identity_ms", ms(t3, time.Now()))
 	return nil
 }
 
@@ -546,7 +552,7 @@ hostname "$NAME" 2>/dev/null; echo "$NAME" >/etc/hostname 2>/dev/null
 echo "$ENTROPY" >/dev/urandom 2>/dev/null
 IF=
 for i in /sys/class/net/*; do
-	[ "$(cat "$i/address" 2>/dev/null)" = "$OLDMAC" ] && IF="${i##*/}"
+	read -r a <"$i/address" 2>/dev/null && [ "$a" = "$OLDMAC" ] && IF="${i##*/}"
 done
 [ -n "$IF" ] || { echo "no interface with MAC $OLDMAC" >&2; exit 3; }
 PIDS=$(pidof udhcpc dhclient dhcpcd 2>/dev/null)
@@ -604,9 +610,11 @@ func (d *Driver) newIdentity(ctx context.Context, spec hypervisor.Spec, t Templa
 			return err
 		}
 		if st.Exited {
+			o, _ := base64.StdEncoding.DecodeString(st.OutData)
+			e, _ := base64.StdEncoding.DecodeString(st.ErrData)
+			d.log.Debug("identity script", "vm", spec.ID, "exit", st.ExitCode, "out", string(o), "err", string(e))
 			if st.ExitCode != 0 {
-				msg, _ := base64.StdEncoding.DecodeString(st.ErrData)
-				return fmt.Errorf("identity script exited %d: %s", st.ExitCode, strings.TrimSpace(string(msg)))
+				return fmt.Errorf("identity script exited %d: %s", st.ExitCode, strings.TrimSpace(string(e)))
 			}
 			return nil
 		}
