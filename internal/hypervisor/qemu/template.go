@@ -45,6 +45,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/hypervisor"
 )
@@ -72,6 +73,25 @@ type TemplateShape struct {
 	// Machine is a pinned machine type such as "pc-q35-7.2" (not an alias
 	// like "q35", whose meaning changes with the QEMU version).
 	Machine string `json:"machine"`
+	// Hardware is the VM's resolved hardware (nil: the driver's
+	// defaults); its chipset is Machine. Hardware with a UUID or MAC of
+	// its own, or UEFI firmware, has no template.
+	Hardware *api.Machine `json:"hardware,omitempty"`
+}
+
+// normalized returns the shape with Hardware's chipset pinned, or an error
+// when the hardware cannot be templated.
+func (s TemplateShape) normalized() (TemplateShape, error) {
+	if s.Hardware == nil {
+		return s, nil
+	}
+	hw := *s.Hardware
+	if hw.UUID != "" || hw.MAC != "" || hw.Firmware == "uefi" {
+		return s, fmt.Errorf("hardware with its own UUID or MAC, or UEFI firmware, has no template: %w", errdefs.ErrInvalid)
+	}
+	hw.Chipset = s.Machine
+	s.Hardware = &hw
+	return s, nil
 }
 
 var pinnedMachineRe = regexp.MustCompile(`^pc-(q35|i440fx)-[0-9]+\.[0-9]+$`)
@@ -115,6 +135,9 @@ func (w warmOpts) apply(lp *launchParams) {
 	if w.memPath == "" {
 		return
 	}
+	if lp.HW.Chipset != "" {
+		lp.HW.Chipset = w.machine
+	}
 	lp.Machine, lp.Frozen, lp.MemPath, lp.MemShare, lp.Incoming = w.machine, w.frozen, w.memPath, w.memShare, w.incoming
 }
 
@@ -157,6 +180,10 @@ func (d *Driver) TemplateKey(gold hypervisor.GoldDisk, shape TemplateShape) (str
 	}
 	if !pinnedMachineRe.MatchString(shape.Machine) {
 		return "", fmt.Errorf("template shape: machine type %q is not pinned (want e.g. pc-q35-7.2): %w", shape.Machine, errdefs.ErrInvalid)
+	}
+	shape, err := shape.normalized()
+	if err != nil {
+		return "", err
 	}
 	np, err := d.plan(hypervisor.Spec{Network: shape.Network})
 	if err != nil {
@@ -247,6 +274,7 @@ func (d *Driver) MakeTemplate(ctx context.Context, root, imageKey string, gold h
 	if err != nil {
 		return Template{}, err
 	}
+	shape, _ = shape.normalized()
 	if !idRe.MatchString(imageKey) {
 		return Template{}, fmt.Errorf("image key %q: %w", imageKey, errdefs.ErrInvalid)
 	}
@@ -275,7 +303,7 @@ func (d *Driver) MakeTemplate(ctx context.Context, root, imageKey string, gold h
 	rand.Read(rnd[:])
 	spec := hypervisor.Spec{
 		ID: "tpl-" + key[:12] + "-" + hex.EncodeToString(rnd[:]), Dir: tmp, GoldDisk: gold, ImageKey: imageKey,
-		CPUs: shape.CPUs, MemoryMiB: shape.MemoryMiB, Network: shape.Network, Headless: true,
+		CPUs: shape.CPUs, MemoryMiB: shape.MemoryMiB, Network: shape.Network, Headless: true, Machine: shape.Hardware,
 	}
 	defer d.Destroy(context.WithoutCancel(ctx), spec) // its QEMU, tap and run files; the template's files stay
 	if err := d.Clone(ctx, spec); err != nil {
@@ -440,15 +468,58 @@ func waitMigrated(ctx context.Context, q *qmpConn) error {
 	}
 }
 
-// TemplateFor returns the template under root that spec can start from;
-// errdefs.ErrNotFound when none matches (or spec asks for anything a
-// template does not carry: custom hardware, a kernel, CD-ROMs, cloud-init,
-// a window).
-func (d *Driver) TemplateFor(root string, spec hypervisor.Spec, machine string) (Template, error) {
-	if spec.Machine != nil || spec.Kernel != "" || len(spec.CDROMs) > 0 || spec.CloudInit != nil || !spec.Headless {
-		return Template{}, fmt.Errorf("the VM's hardware or boot media differ from a template's: %w", errdefs.ErrNotFound)
+// ShapeOf returns the template shape of the VM spec: its size, network
+// and hardware with the chipset pinned to the machine type the alias names
+// in this QEMU. It fails with errdefs.ErrNotFound when spec asks for
+// anything a template does not carry (a kernel, CD-ROMs, cloud-init, a
+// window, its own UUID or MAC, UEFI).
+func (d *Driver) ShapeOf(spec hypervisor.Spec) (TemplateShape, error) {
+	if spec.Kernel != "" || len(spec.CDROMs) > 0 || spec.CloudInit != nil || !spec.Headless {
+		return TemplateShape{}, fmt.Errorf("a template has no boot media, cloud-init seed or window: %w", errdefs.ErrNotFound)
 	}
-	key, err := d.TemplateKey(spec.GoldDisk, TemplateShape{CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, Network: spec.Network, Machine: machine})
+	chipset := d.cfg.Machine
+	if spec.Machine != nil && spec.Machine.Chipset != "" {
+		chipset = spec.Machine.Chipset
+	}
+	pinned, err := d.pinMachine(chipset)
+	if err != nil {
+		return TemplateShape{}, fmt.Errorf("%w: %w", errdefs.ErrNotFound, err)
+	}
+	shape, err := TemplateShape{CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, Network: spec.Network, Machine: pinned, Hardware: spec.Machine}.normalized()
+	if err != nil {
+		return TemplateShape{}, fmt.Errorf("%w: %w", errdefs.ErrNotFound, err)
+	}
+	return shape, nil
+}
+
+var machineAliasRe = regexp.MustCompile(`(?m)^(\S+)\s.*\(alias of (\S+)\)`)
+
+// pinMachine returns the machine type an alias such as "q35" stands for in
+// this QEMU (a pinned type is returned as it is).
+func (d *Driver) pinMachine(m string) (string, error) {
+	if pinnedMachineRe.MatchString(m) {
+		return m, nil
+	}
+	out, err := exec.Command(d.cfg.QemuBinary, "-machine", "help").Output()
+	if err != nil {
+		return "", fmt.Errorf("%s -machine help: %w", d.cfg.QemuBinary, err)
+	}
+	for _, mm := range machineAliasRe.FindAllStringSubmatch(string(out), -1) {
+		if mm[1] == m && pinnedMachineRe.MatchString(mm[2]) {
+			return mm[2], nil
+		}
+	}
+	return "", fmt.Errorf("machine type %q names no pinned machine type", m)
+}
+
+// TemplateFor returns the template under root that spec can start from;
+// errdefs.ErrNotFound when none matches.
+func (d *Driver) TemplateFor(root string, spec hypervisor.Spec) (Template, error) {
+	shape, err := d.ShapeOf(spec)
+	if err != nil {
+		return Template{}, err
+	}
+	key, err := d.TemplateKey(spec.GoldDisk, shape)
 	if err != nil {
 		return Template{}, fmt.Errorf("%w: %w", errdefs.ErrNotFound, err)
 	}
@@ -649,12 +720,12 @@ func hostnameFor(spec hypervisor.Spec) string {
 }
 
 // StartWarmOrCold starts spec from its template under root when one
-// matches (machine: the pinned machine type templates are made with), and
+// matches, and
 // otherwise, or when the warm start fails in any way, clones and boots it.
 // It returns "template" or "cold", and why a cold boot was used ("" when
 // no template matched).
-func (d *Driver) StartWarmOrCold(ctx context.Context, root, machine string, spec hypervisor.Spec) (from, reason string, err error) {
-	t, terr := d.TemplateFor(root, spec, machine)
+func (d *Driver) StartWarmOrCold(ctx context.Context, root string, spec hypervisor.Spec) (from, reason string, err error) {
+	t, terr := d.TemplateFor(root, spec)
 	if terr == nil {
 		werr := d.StartFromTemplate(ctx, spec, t)
 		if werr == nil {

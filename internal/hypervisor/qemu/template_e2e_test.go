@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/hypervisor"
 )
 
@@ -65,12 +67,27 @@ func TestE2ETemplateWarmStart(t *testing.T) {
 		t.Errorf("template image directory holds %d entries, want only the template", len(ents))
 	}
 
+	// Only the same shape matches.
+	other := newSpec(t, "01warmx", gold, api.NetworkNAT)
+	other.ImageKey = "sha256-test"
+	if _, err := d.TemplateFor(root, other); err != nil {
+		t.Errorf("TemplateFor(the template's shape): %v", err)
+	}
+	other.MemoryMiB = 192
+	if _, err := d.TemplateFor(root, other); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("TemplateFor(192 MiB) = %v, want not found", err)
+	}
+	other.MemoryMiB, other.Machine = 128, &api.Machine{Chipset: "pc-q35-7.1"}
+	if _, err := d.TemplateFor(root, other); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("TemplateFor(pc-q35-7.1) = %v, want not found", err)
+	}
+
 	start := func(id string, root string) (hypervisor.Spec, string, string) {
 		spec := newSpec(t, id, gold, api.NetworkNAT)
 		spec.ImageKey = "sha256-test"
 		destroyOnCleanup(t, d, spec)
 		t0 := time.Now()
-		from, reason, err := d.StartWarmOrCold(ctx, root, machine, spec)
+		from, reason, err := d.StartWarmOrCold(ctx, root, spec)
 		if err != nil {
 			t.Fatalf("start %s: %v", spec.ID, err)
 		}
@@ -145,5 +162,25 @@ func TestE2ETemplateWarmStart(t *testing.T) {
 	_, fromC, _ := start("01warmc", bad)
 	if fromC != "cold" {
 		t.Errorf("with a damaged template: started from %q, want cold", fromC)
+	}
+}
+
+func TestPinMachine(t *testing.T) {
+	d, err := New(Config{UserNet: true})
+	if err != nil {
+		unavailable(t, "%v", err)
+	}
+	pinned, err := d.pinMachine("q35")
+	if err != nil || !pinnedMachineRe.MatchString(pinned) {
+		t.Fatalf("pinMachine(q35) = %q, %v", pinned, err)
+	}
+	if got, err := d.pinMachine("pc-q35-7.1"); err != nil || got != "pc-q35-7.1" {
+		t.Errorf("pinMachine(pc-q35-7.1) = %q, %v", got, err)
+	}
+	if _, err := d.pinMachine("microvm"); err == nil {
+		t.Error("pinMachine(microvm) named a pinned type")
+	}
+	if _, err := (TemplateShape{CPUs: 1, MemoryMiB: 64, Machine: pinned, Hardware: &api.Machine{UUID: "x"}}).normalized(); err == nil {
+		t.Error("hardware with a UUID of its own was accepted")
 	}
 }
