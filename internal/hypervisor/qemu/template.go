@@ -77,6 +77,10 @@ type TemplateShape struct {
 	// defaults); its chipset is Machine. Hardware with a UUID or MAC of
 	// its own, or UEFI firmware, has no template.
 	Hardware *api.Machine `json:"hardware,omitempty"`
+	// Seed is whether the VM has a cloud-init seed CD-ROM (with an
+	// instance id and hostname only: user-data and SSH keys are not
+	// carried into a running guest).
+	Seed bool `json:"seed,omitempty"`
 }
 
 // normalized returns the shape with Hardware's chipset pinned, or an error
@@ -305,6 +309,9 @@ func (d *Driver) MakeTemplate(ctx context.Context, root, imageKey string, gold h
 		ID: "tpl-" + key[:12] + "-" + hex.EncodeToString(rnd[:]), Dir: tmp, GoldDisk: gold, ImageKey: imageKey,
 		CPUs: shape.CPUs, MemoryMiB: shape.MemoryMiB, Network: shape.Network, Headless: true, Machine: shape.Hardware,
 	}
+	if shape.Seed {
+		spec.CloudInit = &hypervisor.CloudInit{InstanceID: spec.ID, Hostname: "goldvm-template"}
+	}
 	defer d.Destroy(context.WithoutCancel(ctx), spec) // its QEMU, tap and run files; the template's files stay
 	if err := d.Clone(ctx, spec); err != nil {
 		return Template{}, err
@@ -468,14 +475,17 @@ func waitMigrated(ctx context.Context, q *qmpConn) error {
 	}
 }
 
-// ShapeOf returns the template shape of the VM spec: its size, network
-// and hardware with the chipset pinned to the machine type the alias names
+// ShapeOf returns the template shape of the VM spec: its size, network,
+// whether it has a cloud-init seed, and hardware with the chipset pinned to the machine type the alias names
 // in this QEMU. It fails with errdefs.ErrNotFound when spec asks for
 // anything a template does not carry (a kernel, CD-ROMs, cloud-init, a
 // window, its own UUID or MAC, UEFI).
 func (d *Driver) ShapeOf(spec hypervisor.Spec) (TemplateShape, error) {
-	if spec.Kernel != "" || len(spec.CDROMs) > 0 || spec.CloudInit != nil || !spec.Headless {
-		return TemplateShape{}, fmt.Errorf("a template has no boot media, cloud-init seed or window: %w", errdefs.ErrNotFound)
+	if spec.Kernel != "" || len(spec.CDROMs) > 0 || !spec.Headless {
+		return TemplateShape{}, fmt.Errorf("a template has no boot media or window: %w", errdefs.ErrNotFound)
+	}
+	if ci := spec.CloudInit; ci != nil && (ci.UserData != "" || len(ci.SSHAuthorizedKeys) > 0) {
+		return TemplateShape{}, fmt.Errorf("user-data and SSH keys are not given to a guest started from a template: %w", errdefs.ErrNotFound)
 	}
 	chipset := d.cfg.Machine
 	if spec.Machine != nil && spec.Machine.Chipset != "" {
@@ -485,7 +495,7 @@ func (d *Driver) ShapeOf(spec hypervisor.Spec) (TemplateShape, error) {
 	if err != nil {
 		return TemplateShape{}, fmt.Errorf("%w: %w", errdefs.ErrNotFound, err)
 	}
-	shape, err := TemplateShape{CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, Network: spec.Network, Machine: pinned, Hardware: spec.Machine}.normalized()
+	shape, err := TemplateShape{CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, Network: spec.Network, Machine: pinned, Hardware: spec.Machine, Seed: spec.CloudInit != nil}.normalized()
 	if err != nil {
 		return TemplateShape{}, fmt.Errorf("%w: %w", errdefs.ErrNotFound, err)
 	}
@@ -698,8 +708,12 @@ func (d *Driver) newIdentity(ctx context.Context, spec hypervisor.Spec, t Templa
 }
 
 // hostnameFor is the guest hostname of a VM started from a template: its
-// id, cut to a DNS label.
+// cloud-init hostname, else its id, cut to a DNS label.
 func hostnameFor(spec hypervisor.Spec) string {
+	name := spec.ID
+	if spec.CloudInit != nil && spec.CloudInit.Hostname != "" {
+		name = spec.CloudInit.Hostname
+	}
 	h := strings.Map(func(r rune) rune {
 		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' {
 			return r
@@ -708,7 +722,7 @@ func hostnameFor(spec hypervisor.Spec) string {
 			return r + 'a' - 'A'
 		}
 		return '-'
-	}, spec.ID)
+	}, name)
 	h = strings.Trim(h, "-")
 	if len(h) > 63 {
 		h = strings.Trim(h[:63], "-")
@@ -738,4 +752,61 @@ func (d *Driver) StartWarmOrCold(ctx context.Context, root string, spec hypervis
 		return "cold", reason, err
 	}
 	return "cold", reason, d.Start(ctx, spec)
+}
+
+// errNoTemplateDir is the error of the template calls when
+// Config.TemplateDir is not set.
+var errNoTemplateDir = errdefs.Newf(errdefs.ErrInvalid, api.CodeNotSupported, "this daemon keeps no templates (no template directory)")
+
+func (t Template) apiTemplate() api.Template {
+	return api.Template{
+		Key: t.Key, ImageKey: t.ImageKey, CPUs: t.Shape.CPUs, MemoryMiB: t.Shape.MemoryMiB, NetworkType: t.Shape.Network,
+		Machine: t.Shape.Machine, SizeBytes: t.SizeBytes, CreatedAt: t.Created,
+	}
+}
+
+// MakeTemplateFor makes (or finds) in Config.TemplateDir the template of
+// the VM spec's gold image and shape (its ID and Dir are not used).
+func (d *Driver) MakeTemplateFor(ctx context.Context, spec hypervisor.Spec) (api.Template, error) {
+	if d.cfg.TemplateDir == "" {
+		return api.Template{}, errNoTemplateDir
+	}
+	shape, err := d.ShapeOf(spec)
+	if err != nil {
+		return api.Template{}, errdefs.New(errdefs.ErrInvalid, api.CodeNotSupported, "this VM shape cannot have a template", err)
+	}
+	t, err := d.MakeTemplate(ctx, d.cfg.TemplateDir, spec.ImageKey, spec.GoldDisk, shape)
+	if err != nil {
+		return api.Template{}, err
+	}
+	return t.apiTemplate(), nil
+}
+
+// Templates lists the templates of imageKey ("": all) in
+// Config.TemplateDir.
+func (d *Driver) Templates(imageKey string) ([]api.Template, error) {
+	out := []api.Template{}
+	if d.cfg.TemplateDir == "" {
+		return out, nil
+	}
+	ts, err := ListTemplates(d.cfg.TemplateDir, imageKey)
+	for _, t := range ts {
+		out = append(out, t.apiTemplate())
+	}
+	return out, err
+}
+
+// WarmStart starts the VM spec from its template in Config.TemplateDir.
+// It answers false when there is none for spec's image and shape (then
+// nothing was done); with true, err says whether the restore worked (on
+// failure the VM's directory is left as for a fresh Clone).
+func (d *Driver) WarmStart(ctx context.Context, spec hypervisor.Spec) (bool, error) {
+	if d.cfg.TemplateDir == "" {
+		return false, nil
+	}
+	t, err := d.TemplateFor(d.cfg.TemplateDir, spec)
+	if err != nil {
+		return false, nil
+	}
+	return true, d.StartFromTemplate(ctx, spec, t)
 }
