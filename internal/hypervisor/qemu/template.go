@@ -771,6 +771,9 @@ func (d *Driver) MakeTemplateFor(ctx context.Context, spec hypervisor.Spec) (api
 	if d.cfg.TemplateDir == "" {
 		return api.Template{}, errNoTemplateDir
 	}
+	if err := d.restoreAllowed(); err != nil {
+		return api.Template{}, errdefs.New(errdefs.ErrInvalid, api.CodeNotSupported, "no VM could start from a template", err)
+	}
 	shape, err := d.ShapeOf(spec)
 	if err != nil {
 		return api.Template{}, errdefs.New(errdefs.ErrInvalid, api.CodeNotSupported, "this VM shape cannot have a template", err)
