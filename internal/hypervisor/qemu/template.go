@@ -629,14 +629,19 @@ func (d *Driver) StartFromTemplate(ctx context.Context, spec hypervisor.Spec, t 
 // line it ran with, or dhclient/networkctl when none runs).
 const identityScript = `
 date -u -s "@$EPOCH" >/dev/null 2>&1
-hostname "$NAME" 2>/dev/null; echo "$NAME" >/etc/hostname 2>/dev/null
+echo "$NAME" >/proc/sys/kernel/hostname 2>/dev/null || hostname "$NAME"
+echo "$NAME" >/etc/hostname 2>/dev/null
 echo "$ENTROPY" >/dev/urandom 2>/dev/null
 IF=
 for i in /sys/class/net/*; do
 	read -r a <"$i/address" 2>/dev/null && [ "$a" = "$OLDMAC" ] && IF="${i##*/}"
 done
 [ -n "$IF" ] || { echo "no interface with MAC $OLDMAC" >&2; exit 3; }
-PIDS=$(pidof udhcpc dhclient dhcpcd 2>/dev/null)
+PIDS=
+for c in /proc/[0-9]*/comm; do
+	read -r n <"$c" 2>/dev/null || continue
+	case "$n" in udhcpc|dhclient|dhcpcd) p="${c%/comm}"; PIDS="$PIDS ${p#/proc/}" ;; esac
+done
 : >/tmp/.goldvm-dhcp
 for p in $PIDS; do tr '\0' ' ' </proc/$p/cmdline >>/tmp/.goldvm-dhcp; echo >>/tmp/.goldvm-dhcp; done
 [ -n "$PIDS" ] && kill $PIDS 2>/dev/null
