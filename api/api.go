@@ -148,10 +148,15 @@ type VM struct {
 	// within its limits. Set once the image is known.
 	Machine *Machine `json:"machine,omitempty"`
 	// CDROMs and Boot are the request's boot media.
-	CDROMs    []Image   `json:"cdroms,omitempty"`
-	Boot      *Boot     `json:"boot,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	CDROMs []Image `json:"cdroms,omitempty"`
+	Boot   *Boot   `json:"boot,omitempty"`
+	// StartedFrom is StartedFromTemplate for a VM restored from a
+	// template, StartedFromBoot for one booted ("" before it started);
+	// WarmStartError says why a matching template was not used.
+	StartedFrom    string    `json:"started_from,omitempty"`
+	WarmStartError string    `json:"warm_start_error,omitempty"`
+	CreatedAt      time.Time `json:"created_at"`
+	UpdatedAt      time.Time `json:"updated_at"`
 }
 
 // VMList is the reply of GET /vms.

@@ -10,6 +10,13 @@
 #
 #   sudo bash bench/boot.sh [COUNT]     (default 6 VMs, one after another)
 #
+# Then, with WARM=1 (the default), cold against warm start: a second daemon
+# (QEMU as root: a template's RAM file cannot be shared under per-VM user
+# ids with QEMU 7.2) boots the agent guest cold, makes a template of it
+# through POST /images/{key}/templates, and times create-to-running (the
+# API call until the record is running with its address) for 1 VM and 4 at
+# once, cold and from the template, with each VM's memory (PSS of its QEMU).
+#
 # As root it runs in a private network and mount namespace of its own
 # (unshare): the NAT bridge, dnsmasq and the image server exist only there.
 set -euo pipefail
@@ -29,14 +36,18 @@ fi
 
 ip link set lo up
 bin="$WORK/goldvm" addr=127.0.0.1:12345
-"$bin" serve --data-dir "$WORK/data" --listen "$addr" >"$WORK/daemon.log" 2>&1 &
+"$bin" serve --data-dir "$WORK/data" --listen "$addr" --log-format text >"$WORK/daemon.log" 2>&1 &
 daemon=$!
-(cd "$(dirname "$GUEST")" && exec python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1) &
-server=$!
-cleanup() {
+# rmall: deletes every VM.
+rmall() {
 	for id in $("$bin" ls --addr "$addr" --json 2>/dev/null | python3 -c 'import json,sys; [print(v["id"]) for v in json.load(sys.stdin)]'); do
 		"$bin" rm --addr "$addr" "$id" >/dev/null || true
 	done
+}
+(cd "$(dirname "$GUEST")" && exec python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1) &
+server=$!
+cleanup() {
+	rmall
 	kill "$daemon" "$server" 2>/dev/null || true
 	wait "$daemon" 2>/dev/null || true
 	pkill -f "dnsmasq.*$WORK" || true
@@ -82,3 +93,38 @@ for disk in "$(basename "$GUEST")" guest-noagent.qcow2; do
 	for _ in $(seq "$count"); do ids+=("$(create "$disk")"); done
 	report "${ids[@]}"
 done
+
+[[ "${WARM:-1}" == 1 ]] || exit 0
+rmall
+kill "$daemon"
+wait "$daemon" 2>/dev/null || true
+"$bin" serve --data-dir "$WORK/data-warm" --listen "$addr" --qemu-user root --log-format text >"$WORK/daemon-warm.log" 2>&1 &
+daemon=$!
+for _ in $(seq 100); do curl -sf "http://$addr/healthz" >/dev/null && break; sleep 0.1; done
+disk="$(basename "$GUEST")"
+# timed N: N creates at once; prints the seconds until all run, and each QEMU's PSS.
+timed() {
+	local t0 t1 ids
+	t0=$(date +%s.%N)
+	ids=$(for _ in $(seq "$1"); do create "$disk" & done; wait)
+	t1=$(date +%s.%N)
+	local pss=""
+	for id in $ids; do
+		pid=$(cat "$WORK/data-warm/vms/$id/qemu.pid")
+		pss="$pss $(awk '/^Pss:/ {print int($2/1024)}' "/proc/$pid/smaps_rollup")MB"
+	done
+	echo "$(python3 -c "print('%.2f' % ($t1 - $t0))")s, PSS:$pss"
+}
+echo "== cold against warm start ($disk, create until running with its address)"
+create "$disk" >/dev/null # fetches the image once
+key=$(curl -sf "http://$addr/images" | python3 -c 'import json,sys; print(json.load(sys.stdin)["images"][0]["key"])')
+echo "cold, 1 VM:      $(timed 1)"
+echo "cold, 4 at once: $(timed 4)"
+rmall
+t0=$(date +%s.%N)
+curl -sf -X POST -H 'Content-Type: application/json' -d '{"memory":128}' \
+	"http://$addr/images/$key/templates" >/dev/null
+echo "template made in $(python3 -c "print('%.2f' % ($(date +%s.%N) - $t0))")s"
+for _ in 1 2 3; do echo "warm, 1 VM:      $(timed 1)"; done
+echo "warm, 4 at once: $(timed 4)"
+grep -o 'msg="started from template".*' "$WORK/daemon-warm.log" | sed 's/^/  /' | tail -4

@@ -171,6 +171,7 @@ func runServe(args []string) error {
 		d, err := qemu.New(qemu.Config{
 			Accel: *accel, RunDir: filepath.Join(*dataDir, "run"), VMRoot: filepath.Join(*dataDir, "vms"),
 			BridgedBridge: *bridge, Sandbox: true, AgentWait: *agentWait, Metadata: mdService, RunAs: *qemuUser, RunAsRange: *qemuUIDs, Logger: log,
+			TemplateDir: filepath.Join(*dataDir, "templates"),
 		})
 		if err != nil {
 			return fmt.Errorf("qemu backend: %w", err)

@@ -96,6 +96,8 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("GET /images/{key}", s.getImage)
 	s.mux.HandleFunc("POST /images", s.prefetchImage)
 	s.mux.HandleFunc("DELETE /images/{key}", s.deleteImage)
+	s.mux.HandleFunc("POST /images/{key}/templates", s.makeTemplate)
+	s.mux.HandleFunc("GET /images/{key}/templates", s.listTemplates)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "backend": s.vms.DriverName()})
 	})

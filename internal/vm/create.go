@@ -203,15 +203,20 @@ func (m *Manager) create(ctx context.Context, r *records.Record) (hypervisor.Gue
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
 		return hypervisor.GuestInfo{}, fmt.Errorf("create VM directory: %w", err)
 	}
-	if err := m.cfg.Driver.Clone(ctx, spec); err != nil {
+	if warm, err := m.warmStart(ctx, r, spec); err != nil {
 		return hypervisor.GuestInfo{}, err
-	}
-	m.crashPoint(CrashCloned)
-	if err := m.setPhase(id, api.PhaseBooting); err != nil {
-		return hypervisor.GuestInfo{}, err
-	}
-	if err := m.cfg.Driver.Start(ctx, spec); err != nil {
-		return hypervisor.GuestInfo{}, err
+	} else if !warm {
+		if err := m.cfg.Driver.Clone(ctx, spec); err != nil {
+			return hypervisor.GuestInfo{}, err
+		}
+		m.crashPoint(CrashCloned)
+		if err := m.setPhase(id, api.PhaseBooting); err != nil {
+			return hypervisor.GuestInfo{}, err
+		}
+		if err := m.cfg.Driver.Start(ctx, spec); err != nil {
+			return hypervisor.GuestInfo{}, err
+		}
+		m.startedFrom(r)
 	}
 	if vnc, ok := m.cfg.Driver.(hypervisor.VNCer); ok {
 		m.update(id, func(r *records.Record) error { r.VNCSocket = vnc.VNCSocket(spec); return nil })
@@ -269,7 +274,7 @@ func (m *Manager) deliverCallback(ctx context.Context, id string) {
 // An image's definition that breaks a limit fails with image-bad-machine.
 func (m *Manager) resolveMachine(r *records.Record, gold *image.Gold) (*records.Record, error) {
 	lim := m.cfg.Limits.withDefaults()
-	var req, img api.Machine
+	var req api.Machine
 	if r.Requested != nil {
 		req = *r.Requested
 	} else {
@@ -278,17 +283,8 @@ func (m *Manager) resolveMachine(r *records.Record, gold *image.Gold) (*records.
 		req.Threads, req.Cores, req.Sockets = lim.machineLimits().Topology(r.CPUs)
 		req.MemoryMiB = r.MemoryMiB
 	}
-	if gold.Machine != nil {
-		img = *gold.Machine
-	}
-	hw, err := lim.machineLimits().Resolve(machine.Merge(req, img))
-	if err == nil && hw.MemoryMiB < lim.MinMemoryMiB {
-		err = errdefs.Newf(errdefs.ErrInvalid, api.CodeInvalidRequest, "memory %d MiB is less than the minimum of %d MiB", hw.MemoryMiB, lim.MinMemoryMiB)
-	}
+	hw, err := m.machineFor(req, gold)
 	if err != nil {
-		if gold.Machine != nil {
-			return r, machine.ImageError(err)
-		}
 		return r, err
 	}
 	return m.update(r.ID, func(r *records.Record) error {
@@ -296,6 +292,24 @@ func (m *Manager) resolveMachine(r *records.Record, gold *image.Gold) (*records.
 		r.CPUs, r.MemoryMiB = hw.CPUs(), hw.MemoryMiB
 		return nil
 	})
+}
+
+// machineFor merges the requested hardware over the image's machine.json
+// and the host's defaults and checks it against the limits.
+func (m *Manager) machineFor(req api.Machine, gold *image.Gold) (api.Machine, error) {
+	lim := m.cfg.Limits.withDefaults()
+	var img api.Machine
+	if gold.Machine != nil {
+		img = *gold.Machine
+	}
+	hw, err := lim.machineLimits().Resolve(machine.Merge(req, img))
+	if err == nil && hw.MemoryMiB < lim.MinMemoryMiB {
+		err = errdefs.Newf(errdefs.ErrInvalid, api.CodeInvalidRequest, "memory %d MiB is less than the minimum of %d MiB", hw.MemoryMiB, lim.MinMemoryMiB)
+	}
+	if err != nil && gold.Machine != nil {
+		return hw, machine.ImageError(err)
+	}
+	return hw, err
 }
 
 // fetchMedia fetches the VM's boot media into the media store (once per

@@ -50,6 +50,17 @@ type launchParams struct {
 	// CD-ROM image files (see hypervisor.Spec).
 	Kernel, Initrd, Append string
 	CDROMs                 []string
+	// Frozen, when set, is a template's frozen disk layer (qcow2) between
+	// the gold disk and the VM's overlay.
+	Frozen string
+	// MemPath, when set, backs the guest's RAM with this file (a
+	// template's RAM file), shared with the file when MemShare (making a
+	// template) and a private copy-on-write mapping otherwise.
+	MemPath  string
+	MemShare bool
+	// Incoming starts QEMU waiting for a migration stream (-incoming
+	// defer), to restore a template's state.
+	Incoming bool
 }
 
 // optEscape escapes a value for QEMU's comma-separated option syntax.
@@ -98,6 +109,11 @@ func buildArgs(lp launchParams) []string {
 		"-name", qemuName(lp.ID),
 		"-machine", machineArg,
 	}
+	if lp.MemPath != "" {
+		a[len(a)-1] += ",memory-backend=mem0"
+		a = append(a, "-object", fmt.Sprintf("memory-backend-file,id=mem0,size=%dM,mem-path=%s,share=%s",
+			lp.MemoryMiB, optEscape(lp.MemPath), map[bool]string{true: "on", false: "off"}[lp.MemShare]))
+	}
 	a = append(a, lp.Accel...)
 	a = append(a,
 		"-cpu", hw.CPU,
@@ -123,7 +139,7 @@ func buildArgs(lp launchParams) []string {
 			"-blockdev", mustJSON(map[string]any{"driver": "file", "node-name": "fw-vars", "filename": lp.FirmwareVars}),
 		)
 	}
-	a = append(a, diskArgs(lp.GoldPath, lp.GoldFormat, p(dir, fileDisk), hw.Storage)...)
+	a = append(a, diskLayerArgs(lp.GoldPath, lp.GoldFormat, lp.Frozen, p(dir, fileDisk), hw.Storage)...)
 	cdroms := lp.CDROMs
 	if lp.Seed != "" {
 		// The cloud-init seed is the last CD-ROM.
@@ -164,6 +180,9 @@ func buildArgs(lp launchParams) []string {
 		"-qmp", "unix:"+optEscape(sockArg(dir, fileQMPWatch))+",server=on,wait=off",
 		"-pidfile", p(dir, filePID),
 	)
+	if lp.Incoming {
+		a = append(a, "-incoming", "defer")
+	}
 	if lp.Sandbox {
 		if display == "none" {
 			a = append(a, "-sandbox", sandboxArg)
@@ -219,9 +238,17 @@ func peripheralArgs(hw api.Machine) []string {
 // so that QEMU follows no file name written inside either image and
 // probes no format.
 //
+// frozen, when not empty, is a template's frozen qcow2 layer between the
+// two (node "frozen").
+//
 // storage is the bus the guest sees the disk on (api.Machine's storage):
 // only the -device changes with it.
 func diskArgs(goldPath, goldFormat, overlay, storage string) []string {
+	return diskLayerArgs(goldPath, goldFormat, "", overlay, storage)
+}
+
+// diskLayerArgs is diskArgs with a template's frozen layer (see diskArgs).
+func diskLayerArgs(goldPath, goldFormat, frozen, overlay, storage string) []string {
 	type file struct {
 		Driver   string `json:"driver"`
 		Filename string `json:"filename"`
@@ -238,7 +265,15 @@ func diskArgs(goldPath, goldFormat, overlay, storage string) []string {
 		"cache": map[string]bool{"direct": false},
 		"file":  file{"file", overlay},
 	}
-	a := []string{"-blockdev", mustJSON(gold), "-blockdev", mustJSON(disk)}
+	a := []string{"-blockdev", mustJSON(gold)}
+	if frozen != "" {
+		a = append(a, "-blockdev", mustJSON(map[string]any{
+			"driver": "qcow2", "node-name": "frozen", "backing": "gold", "read-only": true,
+			"file": file{"file", frozen},
+		}))
+		disk["backing"] = "frozen"
+	}
+	a = append(a, "-blockdev", mustJSON(disk))
 	switch storage {
 	case "virtio-scsi":
 		return append(a, "-device", "virtio-scsi-pci,id=scsi0", "-device", "scsi-hd,bus=scsi0.0,drive=disk")

@@ -104,6 +104,9 @@ type Config struct {
 	// at http://169.254.169.254/ (see metadata.go; needs nft, from the
 	// nftables package). Nil: no metadata service.
 	Metadata MetadataServer
+	// TemplateDir holds the warm-start templates (see template.go), e.g.
+	// <data-dir>/templates; this driver owns it. Empty: no templates.
+	TemplateDir string
 	// PowerdownTimeout is how long Destroy waits for the guest to power off
 	// after an ACPI powerdown before it quits QEMU; default 3s.
 	PowerdownTimeout time.Duration

@@ -90,8 +90,17 @@ func (c *qgaClient) Sync(ctx context.Context) error {
 
 // Execute runs one command after Sync and decodes its return value into out.
 func (c *qgaClient) Execute(ctx context.Context, cmd string, out any) error {
+	return c.ExecuteArgs(ctx, cmd, nil, out)
+}
+
+// ExecuteArgs is Execute with arguments (nil: none).
+func (c *qgaClient) ExecuteArgs(ctx context.Context, cmd string, args, out any) error {
 	defer bindDeadline(ctx, c.conn)()
-	b, _ := json.Marshal(map[string]any{"execute": cmd})
+	req := map[string]any{"execute": cmd}
+	if args != nil {
+		req["arguments"] = args
+	}
+	b, _ := json.Marshal(req)
 	if _, err := c.conn.Write(append(b, '\n')); err != nil {
 		return fmt.Errorf("qga %s: %w", cmd, err)
 	}

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -198,6 +199,13 @@ func (q *qmpConn) readLoop(dec *json.Decoder) {
 
 // Execute runs one command and returns its "return" value.
 func (q *qmpConn) Execute(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	return q.ExecuteFD(ctx, cmd, args, nil)
+}
+
+// ExecuteFD is Execute that also passes the file f to QEMU (SCM_RIGHTS,
+// in the same message as the command, as getfd and add-fd expect); f nil:
+// none.
+func (q *qmpConn) ExecuteFD(ctx context.Context, cmd string, args any, f *os.File) (json.RawMessage, error) {
 	id := "g" + strconv.FormatUint(q.nextID.Add(1), 10)
 	req := map[string]any{"execute": cmd, "id": id}
 	if args != nil {
@@ -221,7 +229,16 @@ func (q *qmpConn) Execute(ctx context.Context, cmd string, args any) (json.RawMe
 	if dl, ok := ctx.Deadline(); ok {
 		q.conn.SetWriteDeadline(dl)
 	}
-	_, err = q.conn.Write(append(b, '\n'))
+	if f != nil {
+		uc, ok := q.conn.(*net.UnixConn)
+		if !ok {
+			err = errors.New("passing a file needs a unix socket")
+		} else {
+			_, _, err = uc.WriteMsgUnix(append(b, '\n'), syscall.UnixRights(int(f.Fd())), nil)
+		}
+	} else {
+		_, err = q.conn.Write(append(b, '\n'))
+	}
 	q.conn.SetWriteDeadline(time.Time{})
 	q.wmu.Unlock()
 	if err != nil {

@@ -67,6 +67,12 @@ func (d *Driver) display(spec hypervisor.Spec) string {
 // instead waits until QMP answers query-status, and reports QEMU's stderr if
 // the process exits first. Start on a running VM just checks QMP.
 func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
+	return d.start(ctx, spec, warmOpts{})
+}
+
+// start is Start, with a template's extra arguments when warm is set (see
+// template.go).
+func (d *Driver) start(ctx context.Context, spec hypervisor.Spec, warm warmOpts) error {
 	if err := checkSpec(spec); err != nil {
 		return err
 	}
@@ -144,6 +150,7 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 		HW: hw, FirmwareCode: fwCode, FirmwareVars: fwVars,
 		Kernel: spec.Kernel, Initrd: spec.Initrd, Append: spec.Append, CDROMs: spec.CDROMs,
 	}
+	warm.apply(&lp)
 	var extra []*os.File
 	if cred != nil && !np.User {
 		// An unprivileged QEMU cannot open a tap: hand it one, as
@@ -156,7 +163,7 @@ func (d *Driver) Start(ctx context.Context, spec hypervisor.Spec) error {
 		defer tap.Close()
 		extra, lp.TapFD = []*os.File{tap}, 3
 	}
-	args := buildArgs(lp)
+	args := append(buildArgs(lp), warm.extraArgs()...)
 	// Not CommandContext: the VM must outlive the request that started it.
 	cmd := exec.Command(d.cfg.QemuBinary, args...)
 	cmd.ExtraFiles = extra

@@ -1,0 +1,820 @@
+package qemu
+
+// Warm start: templates of a booted guest, and VMs started from them.
+//
+// A template is made once per (gold disk, shape): a VM is booted with its
+// RAM in a file (memory-backend-file, share=on), goldvm waits until the
+// guest agent answers and the guest has an address, pauses it and saves its
+// device state over an fd: migration URI with x-ignore-shared (the RAM stays
+// in the file; the state is about a megabyte). Its overlay becomes the
+// frozen disk layer. A template directory, owned by this driver, holds
+//
+//	layer.qcow2     the frozen disk layer (backing: the gold disk)
+//	ram.bin         the guest's RAM
+//	state.bin       the device state
+//	template.json   what it was made for; written last, so a directory
+//	                without it is not a template
+//
+// and is published by renaming a temporary directory into place:
+// <root>/<image key>/<shape key>/. A VM started from it gets a new overlay
+// on the frozen layer, the RAM file mapped privately (share=off: pages are
+// shared through the page cache until the guest writes them), the state
+// loaded over an fd: URI (an exec: URI dies under spawn=deny), cont, and then
+// a new identity through the guest agent: its own MAC and a new DHCP lease,
+// the host's clock, its hostname and fresh entropy (plus a VMGenID device).
+//
+// A template is only valid for the QEMU binary, accelerator, pinned machine
+// type, CPUs, memory, network kind and device layout it was made with; all
+// of them go into its shape key.
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/hypervisor"
+)
+
+// Files of a template directory.
+const (
+	fileTplLayer = "layer.qcow2"
+	fileTplRAM   = "ram.bin"
+	fileTplState = "state.bin"
+	fileTplMeta  = "template.json"
+)
+
+// templateLayout is the version of the device layout a template's state
+// was saved with; a change to buildArgs that moves devices must bump it.
+const templateLayout = 1
+
+// TemplateShape is the machine a template is made for. A VM starts from a
+// template only when its own shape is exactly this.
+type TemplateShape struct {
+	// CPUs and MemoryMiB are the VM's size.
+	CPUs      int   `json:"cpus"`
+	MemoryMiB int64 `json:"memory_mib"`
+	// Network is the api network type (nat, hostonly, bridged).
+	Network string `json:"network"`
+	// Machine is a pinned machine type such as "pc-q35-7.2" (not an alias
+	// like "q35", whose meaning changes with the QEMU version).
+	Machine string `json:"machine"`
+	// Hardware is the VM's resolved hardware (nil: the driver's
+	// defaults); its chipset is Machine. Hardware with a UUID or MAC of
+	// its own, or UEFI firmware, has no template.
+	Hardware *api.Machine `json:"hardware,omitempty"`
+	// Seed is whether the VM has a cloud-init seed CD-ROM (with an
+	// instance id and hostname only: user-data and SSH keys are not
+	// carried into a running guest).
+	Seed bool `json:"seed,omitempty"`
+}
+
+// normalized returns the shape with Hardware's chipset pinned, or an error
+// when the hardware cannot be templated.
+func (s TemplateShape) normalized() (TemplateShape, error) {
+	if s.Hardware == nil {
+		return s, nil
+	}
+	hw := *s.Hardware
+	if hw.UUID != "" || hw.MAC != "" || hw.Firmware == "uefi" {
+		return s, fmt.Errorf("hardware with its own UUID or MAC, or UEFI firmware, has no template: %w", errdefs.ErrInvalid)
+	}
+	hw.Chipset = s.Machine
+	s.Hardware = &hw
+	return s, nil
+}
+
+var pinnedMachineRe = regexp.MustCompile(`^pc-(q35|i440fx)-[0-9]+\.[0-9]+$`)
+
+// Template is a published template.
+type Template struct {
+	// Dir is the template's directory.
+	Dir string `json:"-"`
+	// Key identifies the shape on this host (QEMU version, accelerator,
+	// network kind and layout included).
+	Key string `json:"key"`
+	// ImageKey is the gold image's store key.
+	ImageKey string `json:"image_key"`
+	// Shape is what the template was made for.
+	Shape TemplateShape `json:"shape"`
+	// GoldPath and GoldFormat are the gold disk below the frozen layer.
+	GoldPath   string `json:"gold_path"`
+	GoldFormat string `json:"gold_format"`
+	// QEMUVersion and Accel are the emulator and accelerator it ran on.
+	QEMUVersion string `json:"qemu_version"`
+	Accel       string `json:"accel"`
+	// MAC is the template guest's MAC, which every restore starts with.
+	MAC string `json:"mac"`
+	// Created is when it was published.
+	Created time.Time `json:"created"`
+	// SizeBytes is the disk space of its files.
+	SizeBytes int64 `json:"size_bytes"`
+}
+
+// warmOpts are a template's additions to a VM's QEMU arguments (zero: a
+// plain boot).
+type warmOpts struct {
+	machine  string // pinned machine type
+	frozen   string // frozen disk layer below the overlay
+	memPath  string // RAM file
+	memShare bool   // RAM file shared (making a template) or private
+	incoming bool   // wait for the state (-incoming defer)
+}
+
+func (w warmOpts) apply(lp *launchParams) {
+	if w.memPath == "" {
+		return
+	}
+	if lp.HW.Chipset != "" {
+		lp.HW.Chipset = w.machine
+	}
+	lp.Machine, lp.Frozen, lp.MemPath, lp.MemShare, lp.Incoming = w.machine, w.frozen, w.memPath, w.memShare, w.incoming
+}
+
+// extraArgs are devices appended after buildArgs' (the same for the template
+// and its restores: the device state must find the same devices).
+func (w warmOpts) extraArgs() []string {
+	if w.memPath == "" {
+		return nil
+	}
+	// A new generation id at every restore: guests reseed their RNG.
+	return []string{"-device", "vmgenid,id=vmgenid0,guid=auto"}
+}
+
+var (
+	qemuVersionMu sync.Mutex
+	qemuVersions  = map[string]string{}
+)
+
+// qemuVersion is the first line of `qemu-system-x86_64 --version`.
+func (d *Driver) qemuVersion() (string, error) {
+	qemuVersionMu.Lock()
+	defer qemuVersionMu.Unlock()
+	if v, ok := qemuVersions[d.cfg.QemuBinary]; ok {
+		return v, nil
+	}
+	out, err := exec.Command(d.cfg.QemuBinary, "--version").Output()
+	if err != nil {
+		return "", fmt.Errorf("%s --version: %w", d.cfg.QemuBinary, err)
+	}
+	v := strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	qemuVersions[d.cfg.QemuBinary] = v
+	return v, nil
+}
+
+// TemplateKey returns the key of a template of gold for shape on this
+// driver: a hash of everything a saved state depends on.
+func (d *Driver) TemplateKey(gold hypervisor.GoldDisk, shape TemplateShape) (string, error) {
+	if shape.CPUs <= 0 || shape.MemoryMiB <= 0 {
+		return "", fmt.Errorf("template shape: %d CPUs, %d MiB: %w", shape.CPUs, shape.MemoryMiB, errdefs.ErrInvalid)
+	}
+	if !pinnedMachineRe.MatchString(shape.Machine) {
+		return "", fmt.Errorf("template shape: machine type %q is not pinned (want e.g. pc-q35-7.2): %w", shape.Machine, errdefs.ErrInvalid)
+	}
+	shape, err := shape.normalized()
+	if err != nil {
+		return "", err
+	}
+	np, err := d.plan(hypervisor.Spec{Network: shape.Network})
+	if err != nil {
+		return "", err
+	}
+	ver, err := d.qemuVersion()
+	if err != nil {
+		return "", err
+	}
+	b, _ := json.Marshal(map[string]any{
+		"shape": shape, "gold": gold.Path, "format": gold.Format, "qemu": ver, "accel": d.accel.Args,
+		"user_net": np.User, "sandbox": d.cfg.Sandbox, "layout": templateLayout,
+	})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16]), nil
+}
+
+// templateDir is where the template of imageKey with key lives.
+func templateDir(root, imageKey, key string) string { return filepath.Join(root, imageKey, key) }
+
+// LoadTemplate returns the complete template of imageKey with key under
+// root; errdefs.ErrNotFound when there is none.
+func LoadTemplate(root, imageKey, key string) (Template, error) {
+	dir := templateDir(root, imageKey, key)
+	b, err := os.ReadFile(p(dir, fileTplMeta))
+	if err != nil {
+		return Template{}, fmt.Errorf("template %s/%s: %w (%w)", imageKey, key, errdefs.ErrNotFound, err)
+	}
+	var t Template
+	if err := json.Unmarshal(b, &t); err != nil {
+		return Template{}, fmt.Errorf("template %s: %w", dir, err)
+	}
+	t.Dir = dir
+	for _, f := range []string{fileTplLayer, fileTplRAM, fileTplState} {
+		if _, err := os.Stat(p(dir, f)); err != nil {
+			return Template{}, fmt.Errorf("template %s is incomplete: %w", dir, err)
+		}
+	}
+	return t, nil
+}
+
+// ListTemplates returns the complete templates under root, of imageKey
+// ("": of every image), by image and creation time. Temporary directories
+// of templates being made (or left by a crash) are skipped.
+func ListTemplates(root, imageKey string) ([]Template, error) {
+	var out []Template
+	images := []string{imageKey}
+	if imageKey == "" {
+		ents, err := os.ReadDir(root)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		images = nil
+		for _, e := range ents {
+			if e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+				images = append(images, e.Name())
+			}
+		}
+	}
+	for _, img := range images {
+		ents, err := os.ReadDir(filepath.Join(root, img))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		for _, e := range ents {
+			if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+				continue
+			}
+			if t, err := LoadTemplate(root, img, e.Name()); err == nil {
+				out = append(out, t)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].ImageKey != out[j].ImageKey {
+			return out[i].ImageKey < out[j].ImageKey
+		}
+		return out[i].Created.Before(out[j].Created)
+	})
+	return out, nil
+}
+
+// MakeTemplate boots gold in shape, waits for its agent and address, saves
+// it and publishes the template under root (see the file comment). An
+// existing template of the same key is returned as it is.
+func (d *Driver) MakeTemplate(ctx context.Context, root, imageKey string, gold hypervisor.GoldDisk, shape TemplateShape) (Template, error) {
+	key, err := d.TemplateKey(gold, shape)
+	if err != nil {
+		return Template{}, err
+	}
+	shape, _ = shape.normalized()
+	if !idRe.MatchString(imageKey) {
+		return Template{}, fmt.Errorf("image key %q: %w", imageKey, errdefs.ErrInvalid)
+	}
+	if t, err := LoadTemplate(root, imageKey, key); err == nil {
+		return t, nil
+	}
+	final := templateDir(root, imageKey, key)
+	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		return Template{}, err
+	}
+	ver, _ := d.qemuVersion()
+	tmp, err := os.MkdirTemp(filepath.Dir(final), ".tmp-"+key[:12]+"-")
+	if err != nil {
+		return Template{}, err
+	}
+	published := false
+	defer func() {
+		if !published {
+			os.RemoveAll(tmp)
+		}
+	}()
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return Template{}, err
+	}
+	var rnd [3]byte
+	rand.Read(rnd[:])
+	spec := hypervisor.Spec{
+		ID: "tpl-" + key[:12] + "-" + hex.EncodeToString(rnd[:]), Dir: tmp, GoldDisk: gold, ImageKey: imageKey,
+		CPUs: shape.CPUs, MemoryMiB: shape.MemoryMiB, Network: shape.Network, Headless: true, Machine: shape.Hardware,
+	}
+	if shape.Seed {
+		spec.CloudInit = &hypervisor.CloudInit{InstanceID: spec.ID, Hostname: "goldvm-template"}
+	}
+	defer d.Destroy(context.WithoutCancel(ctx), spec) // its QEMU, tap and run files; the template's files stay
+	if err := d.Clone(ctx, spec); err != nil {
+		return Template{}, err
+	}
+	warm := warmOpts{machine: shape.Machine, memPath: p(tmp, fileTplRAM), memShare: true}
+	if err := d.start(ctx, spec, warm); err != nil {
+		return Template{}, err
+	}
+	info, err := d.Discover(ctx, spec)
+	if err != nil {
+		return Template{}, fmt.Errorf("template guest: %w", err)
+	}
+	if info.GuestOS == "" || info.IPAddress == "" {
+		return Template{}, fmt.Errorf("template guest: the guest agent did not answer (address %q): a template needs one", info.IPAddress)
+	}
+	if err := d.saveState(ctx, spec, p(tmp, fileTplState)); err != nil {
+		return Template{}, err
+	}
+	if pid, ok := readPID(p(tmp, filePID)); ok {
+		waitExited(ctx, pid, 10*time.Second)
+	}
+	if err := os.Rename(p(tmp, fileDisk), p(tmp, fileTplLayer)); err != nil {
+		return Template{}, err
+	}
+	if err := d.Destroy(context.WithoutCancel(ctx), spec); err != nil {
+		return Template{}, err
+	}
+	os.Remove(p(tmp, fileConsoleEnd))
+	t := Template{
+		Key: key, ImageKey: imageKey, Shape: shape, GoldPath: gold.Path, GoldFormat: gold.Format,
+		QEMUVersion: ver, Accel: d.accel.Name, MAC: macFor(spec.ID), Created: time.Now().UTC(),
+	}
+	// Every VM's QEMU reads the frozen layer and maps the RAM file; none
+	// may change them. QEMU 7.2 opens a memory-backend-file read-write even
+	// for a private mapping, so the RAM file belongs to the user QEMU runs
+	// as (see restoreAllowed).
+	uid, gid := 0, 0
+	if d.root && d.runAs != nil {
+		uid, gid = int(d.runAs.Uid), int(d.runAs.Gid)
+	}
+	for _, f := range []string{fileTplLayer, fileTplRAM, fileTplState} {
+		path := p(tmp, f)
+		if fi, err := os.Stat(path); err == nil {
+			t.SizeBytes += fi.Size()
+		}
+		if d.root {
+			if err := os.Chown(path, 0, 0); err != nil {
+				return Template{}, err
+			}
+		}
+		if err := os.Chmod(path, 0o444); err != nil {
+			return Template{}, err
+		}
+		if err := syncFile(path); err != nil {
+			return Template{}, err
+		}
+	}
+	if d.root && uid != 0 {
+		if err := os.Chown(p(tmp, fileTplRAM), uid, gid); err != nil {
+			return Template{}, err
+		}
+		os.Chmod(p(tmp, fileTplRAM), 0o644)
+	}
+	if d.root {
+		os.Chown(tmp, 0, 0)
+	}
+	meta, _ := json.MarshalIndent(t, "", "  ")
+	if err := writeFileAtomic(p(tmp, fileTplMeta), append(meta, '\n')); err != nil {
+		return Template{}, err
+	}
+	os.Chmod(p(tmp, fileTplMeta), 0o644)
+	syncFile(tmp)
+	if err := os.Rename(tmp, final); err != nil {
+		// Made concurrently by another caller: use theirs.
+		if t2, err2 := LoadTemplate(root, imageKey, key); err2 == nil {
+			return t2, nil
+		}
+		return Template{}, fmt.Errorf("publishing template: %w", err)
+	}
+	published = true
+	syncFile(filepath.Dir(final))
+	t.Dir = final
+	d.log.Info("template made", "image", imageKey, "key", key, "shape", shape, "size", t.SizeBytes)
+	return t, nil
+}
+
+// DeleteTemplate removes a template. VMs started from it keep its files
+// open but their overlays name its layer: the caller must make sure none
+// runs (a later restart would not find the layer).
+func DeleteTemplate(t Template) error {
+	trash := filepath.Join(filepath.Dir(t.Dir), ".del-"+filepath.Base(t.Dir))
+	if err := os.Rename(t.Dir, trash); err != nil {
+		return err
+	}
+	return os.RemoveAll(trash)
+}
+
+// saveState pauses the VM and saves its device state into path (the RAM
+// stays in its shared file), then quits QEMU.
+func (d *Driver) saveState(ctx context.Context, spec hypervisor.Spec, path string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	err = d.withQMP(ctx, spec, func(q *qmpConn) error {
+		if err := setIgnoreShared(ctx, q); err != nil {
+			return err
+		}
+		if _, err := q.Execute(ctx, "stop", nil); err != nil {
+			return err
+		}
+		if _, err := q.ExecuteFD(ctx, "getfd", map[string]any{"fdname": "tplstate"}, f); err != nil {
+			return err
+		}
+		if _, err := q.Execute(ctx, "migrate", map[string]any{"uri": "fd:tplstate"}); err != nil {
+			return err
+		}
+		if err := waitMigrated(ctx, q); err != nil {
+			return err
+		}
+		_, err := q.Execute(ctx, "quit", nil)
+		return err
+	})
+	if err != nil && !strings.Contains(err.Error(), "connection closed") {
+		return fmt.Errorf("saving the template's state: %w", err)
+	}
+	return f.Sync()
+}
+
+func setIgnoreShared(ctx context.Context, q *qmpConn) error {
+	_, err := q.Execute(ctx, "migrate-set-capabilities", map[string]any{
+		"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}},
+	})
+	return err
+}
+
+// waitMigrated polls query-migrate until the outgoing migration ends.
+func waitMigrated(ctx context.Context, q *qmpConn) error {
+	for {
+		ret, err := q.Execute(ctx, "query-migrate", nil)
+		if err != nil {
+			return err
+		}
+		var st struct {
+			Status    string `json:"status"`
+			ErrorDesc string `json:"error-desc"`
+		}
+		json.Unmarshal(ret, &st)
+		switch st.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			return fmt.Errorf("migration %s: %s", st.Status, st.ErrorDesc)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// ShapeOf returns the template shape of the VM spec: its size, network,
+// whether it has a cloud-init seed, and hardware with the chipset pinned to the machine type the alias names
+// in this QEMU. It fails with errdefs.ErrNotFound when spec asks for
+// anything a template does not carry (a kernel, CD-ROMs, cloud-init, a
+// window, its own UUID or MAC, UEFI).
+func (d *Driver) ShapeOf(spec hypervisor.Spec) (TemplateShape, error) {
+	if spec.Kernel != "" || len(spec.CDROMs) > 0 || !spec.Headless {
+		return TemplateShape{}, fmt.Errorf("a template has no boot media or window: %w", errdefs.ErrNotFound)
+	}
+	if ci := spec.CloudInit; ci != nil && (ci.UserData != "" || len(ci.SSHAuthorizedKeys) > 0) {
+		return TemplateShape{}, fmt.Errorf("user-data and SSH keys are not given to a guest started from a template: %w", errdefs.ErrNotFound)
+	}
+	chipset := d.cfg.Machine
+	if spec.Machine != nil && spec.Machine.Chipset != "" {
+		chipset = spec.Machine.Chipset
+	}
+	pinned, err := d.pinMachine(chipset)
+	if err != nil {
+		return TemplateShape{}, fmt.Errorf("%w: %w", errdefs.ErrNotFound, err)
+	}
+	shape, err := TemplateShape{CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, Network: spec.Network, Machine: pinned, Hardware: spec.Machine, Seed: spec.CloudInit != nil}.normalized()
+	if err != nil {
+		return TemplateShape{}, fmt.Errorf("%w: %w", errdefs.ErrNotFound, err)
+	}
+	return shape, nil
+}
+
+var machineAliasRe = regexp.MustCompile(`(?m)^(\S+)\s.*\(alias of (\S+)\)`)
+
+// pinMachine returns the machine type an alias such as "q35" stands for in
+// this QEMU (a pinned type is returned as it is).
+func (d *Driver) pinMachine(m string) (string, error) {
+	if pinnedMachineRe.MatchString(m) {
+		return m, nil
+	}
+	out, err := exec.Command(d.cfg.QemuBinary, "-machine", "help").Output()
+	if err != nil {
+		return "", fmt.Errorf("%s -machine help: %w", d.cfg.QemuBinary, err)
+	}
+	for _, mm := range machineAliasRe.FindAllStringSubmatch(string(out), -1) {
+		if mm[1] == m && pinnedMachineRe.MatchString(mm[2]) {
+			return mm[2], nil
+		}
+	}
+	return "", fmt.Errorf("machine type %q names no pinned machine type", m)
+}
+
+// TemplateFor returns the template under root that spec can start from;
+// errdefs.ErrNotFound when none matches.
+func (d *Driver) TemplateFor(root string, spec hypervisor.Spec) (Template, error) {
+	shape, err := d.ShapeOf(spec)
+	if err != nil {
+		return Template{}, err
+	}
+	key, err := d.TemplateKey(spec.GoldDisk, shape)
+	if err != nil {
+		return Template{}, fmt.Errorf("%w: %w", errdefs.ErrNotFound, err)
+	}
+	return LoadTemplate(root, spec.ImageKey, key)
+}
+
+// restoreAllowed says why QEMU cannot map a template's RAM file as the
+// user it would run as: QEMU 7.2 opens the file read-write even for a
+// private mapping, and a file all VMs of a per-VM-user range could write
+// would let one VM's QEMU change every later VM's memory.
+func (d *Driver) restoreAllowed() error {
+	if d.root && d.uidRange.first != 0 {
+		return errors.New("QEMU runs under a user id per VM, and QEMU 7.2 maps a RAM file only with write access to it")
+	}
+	return nil
+}
+
+// StartFromTemplate starts the VM spec from t instead of booting it: a new
+// overlay on the frozen layer, the state restored, and a new identity
+// (MAC, DHCP lease, clock, hostname, entropy) set through the guest agent.
+// On failure the VM is left destroyed (its directory emptied), ready for a
+// cold Clone and Start.
+func (d *Driver) StartFromTemplate(ctx context.Context, spec hypervisor.Spec, t Template) (err error) {
+	if err := d.restoreAllowed(); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			if derr := d.Destroy(context.WithoutCancel(ctx), spec); derr != nil {
+				d.log.Warn("cleaning up a failed warm start", "vm", spec.ID, "err", derr)
+			}
+		}
+	}()
+	t0 := time.Now()
+	layer := spec
+	layer.GoldDisk = hypervisor.GoldDisk{Path: p(t.Dir, fileTplLayer), Format: "qcow2", VirtualSize: spec.GoldDisk.VirtualSize}
+	if err := d.Clone(ctx, layer); err != nil {
+		return err
+	}
+	t1 := time.Now()
+	warm := warmOpts{machine: t.Shape.Machine, frozen: p(t.Dir, fileTplLayer), memPath: p(t.Dir, fileTplRAM), incoming: true}
+	if err := d.start(ctx, spec, warm); err != nil {
+		return err
+	}
+	t2 := time.Now()
+	state, err := os.Open(p(t.Dir, fileTplState))
+	if err != nil {
+		return err
+	}
+	defer state.Close()
+	err = d.withQMP(ctx, spec, func(q *qmpConn) error {
+		if err := setIgnoreShared(ctx, q); err != nil {
+			return err
+		}
+		if _, err := q.ExecuteFD(ctx, "getfd", map[string]any{"fdname": "tplstate"}, state); err != nil {
+			return err
+		}
+		if _, err := q.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:tplstate"}); err != nil {
+			return err
+		}
+		for {
+			ret, err := q.Execute(ctx, "query-status", nil)
+			if err != nil {
+				return err
+			}
+			var st qmpStatus
+			json.Unmarshal(ret, &st)
+			if st.Status != "inmigrate" {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		// Saved after stop, the state restores paused.
+		_, err := q.Execute(ctx, "cont", nil)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("restoring the template's state: %w", err)
+	}
+	t3 := time.Now()
+	if err := d.newIdentity(ctx, spec, t); err != nil {
+		return fmt.Errorf("giving the restored guest its identity: %w", err)
+	}
+	ms := func(a, b time.Time) int64 { return b.Sub(a).Milliseconds() }
+	d.log.Info("started from template", "vm", spec.ID, "template", t.Key, "overlay_ms", ms(t0, t1),
+		"qemu_ms", ms(t1, t2), "restore_ms", ms(t2, t3), "identity_ms", ms(t3, time.Now()))
+	return nil
+}
+
+// identityScript is run by the guest's shell: it sets the clock, the
+// hostname and entropy, moves the interface that has the template's MAC to
+// the VM's MAC and runs its DHCP client again (restarted with the command
+// line it ran with, or dhclient/networkctl when none runs).
+const identityScript = `
+date -u -s "@$EPOCH" >/dev/null 2>&1
+echo "$NAME" >/proc/sys/kernel/hostname 2>/dev/null || hostname "$NAME"
+echo "$NAME" >/etc/hostname 2>/dev/null
+echo "$ENTROPY" >/dev/urandom 2>/dev/null
+IF=
+for i in /sys/class/net/*; do
+	read -r a <"$i/address" 2>/dev/null && [ "$a" = "$OLDMAC" ] && IF="${i##*/}"
+done
+[ -n "$IF" ] || { echo "no interface with MAC $OLDMAC" >&2; exit 3; }
+PIDS=
+for c in /proc/[0-9]*/comm; do
+	read -r n <"$c" 2>/dev/null || continue
+	case "$n" in udhcpc|dhclient|dhcpcd) p="${c%/comm}"; PIDS="$PIDS ${p#/proc/}" ;; esac
+done
+: >/tmp/.goldvm-dhcp
+for p in $PIDS; do tr '\0' ' ' </proc/$p/cmdline >>/tmp/.goldvm-dhcp; echo >>/tmp/.goldvm-dhcp; done
+[ -n "$PIDS" ] && kill $PIDS 2>/dev/null
+ip -4 addr flush dev "$IF"
+ip link set dev "$IF" down && ip link set dev "$IF" address "$NEWMAC" && ip link set dev "$IF" up || exit 4
+if [ -s /tmp/.goldvm-dhcp ]; then
+	while read -r c; do [ -n "$c" ] && sh -c "$c" </dev/null >/dev/null 2>&1; done </tmp/.goldvm-dhcp
+elif command -v networkctl >/dev/null; then
+	networkctl renew "$IF" >/dev/null 2>&1 || networkctl reconfigure "$IF"
+elif command -v dhclient >/dev/null; then
+	dhclient "$IF" </dev/null >/dev/null 2>&1
+fi
+rm -f /tmp/.goldvm-dhcp
+exit 0
+`
+
+// newIdentity runs identityScript in the restored guest.
+func (d *Driver) newIdentity(ctx context.Context, spec hypervisor.Spec, t Template) error {
+	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	c, err := dialQGA(actx, p(spec.Dir, fileQGA))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Sync(actx); err != nil {
+		return fmt.Errorf("%w: %w", errQGANoReply, err)
+	}
+	var ent [32]byte
+	rand.Read(ent[:])
+	env := []string{
+		"EPOCH=" + fmt.Sprint(time.Now().Unix()), "NAME=" + hostnameFor(spec),
+		"ENTROPY=" + hex.EncodeToString(ent[:]), "OLDMAC=" + t.MAC, "NEWMAC=" + macFor(spec.ID),
+		"PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+	}
+	var started struct {
+		PID int `json:"pid"`
+	}
+	if err := c.ExecuteArgs(actx, "guest-exec", map[string]any{
+		"path": "/bin/sh", "arg": []string{"-c", identityScript}, "env": env, "capture-output": true,
+	}, &started); err != nil {
+		return err
+	}
+	for {
+		var st struct {
+			Exited   bool   `json:"exited"`
+			ExitCode int    `json:"exitcode"`
+			OutData  string `json:"out-data"`
+			ErrData  string `json:"err-data"`
+		}
+		if err := c.ExecuteArgs(actx, "guest-exec-status", map[string]any{"pid": started.PID}, &st); err != nil {
+			return err
+		}
+		if st.Exited {
+			o, _ := base64.StdEncoding.DecodeString(st.OutData)
+			e, _ := base64.StdEncoding.DecodeString(st.ErrData)
+			d.log.Debug("identity script", "vm", spec.ID, "exit", st.ExitCode, "out", string(o), "err", string(e))
+			if st.ExitCode != 0 {
+				return fmt.Errorf("identity script exited %d: %s", st.ExitCode, strings.TrimSpace(string(e)))
+			}
+			return nil
+		}
+		select {
+		case <-actx.Done():
+			return actx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// hostnameFor is the guest hostname of a VM started from a template: its
+// cloud-init hostname, else its id, cut to a DNS label.
+func hostnameFor(spec hypervisor.Spec) string {
+	name := spec.ID
+	if spec.CloudInit != nil && spec.CloudInit.Hostname != "" {
+		name = spec.CloudInit.Hostname
+	}
+	h := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' {
+			return r
+		}
+		if r >= 'A' && r <= 'Z' {
+			return r + 'a' - 'A'
+		}
+		return '-'
+	}, name)
+	h = strings.Trim(h, "-")
+	if len(h) > 63 {
+		h = strings.Trim(h[:63], "-")
+	}
+	if h == "" {
+		h = "vm"
+	}
+	return h
+}
+
+// StartWarmOrCold starts spec from its template under root when one
+// matches, and
+// otherwise, or when the warm start fails in any way, clones and boots it.
+// It returns "template" or "cold", and why a cold boot was used ("" when
+// no template matched).
+func (d *Driver) StartWarmOrCold(ctx context.Context, root string, spec hypervisor.Spec) (from, reason string, err error) {
+	t, terr := d.TemplateFor(root, spec)
+	if terr == nil {
+		werr := d.StartFromTemplate(ctx, spec, t)
+		if werr == nil {
+			return "template", "", nil
+		}
+		reason = werr.Error()
+		d.log.Warn("warm start failed; booting cold", "vm", spec.ID, "template", t.Key, "err", werr)
+	}
+	if err := d.Clone(ctx, spec); err != nil {
+		return "cold", reason, err
+	}
+	return "cold", reason, d.Start(ctx, spec)
+}
+
+// errNoTemplateDir is the error of the template calls when
+// Config.TemplateDir is not set.
+var errNoTemplateDir = errdefs.Newf(errdefs.ErrInvalid, api.CodeNotSupported, "this daemon keeps no templates (no template directory)")
+
+func (t Template) apiTemplate() api.Template {
+	return api.Template{
+		Key: t.Key, ImageKey: t.ImageKey, CPUs: t.Shape.CPUs, MemoryMiB: t.Shape.MemoryMiB, NetworkType: t.Shape.Network,
+		Machine: t.Shape.Machine, SizeBytes: t.SizeBytes, CreatedAt: t.Created,
+	}
+}
+
+// MakeTemplateFor makes (or finds) in Config.TemplateDir the template of
+// the VM spec's gold image and shape (its ID and Dir are not used).
+func (d *Driver) MakeTemplateFor(ctx context.Context, spec hypervisor.Spec) (api.Template, error) {
+	if d.cfg.TemplateDir == "" {
+		return api.Template{}, errNoTemplateDir
+	}
+	if err := d.restoreAllowed(); err != nil {
+		return api.Template{}, errdefs.New(errdefs.ErrInvalid, api.CodeNotSupported, "no VM could start from a template", err)
+	}
+	shape, err := d.ShapeOf(spec)
+	if err != nil {
+		return api.Template{}, errdefs.New(errdefs.ErrInvalid, api.CodeNotSupported, "this VM shape cannot have a template", err)
+	}
+	t, err := d.MakeTemplate(ctx, d.cfg.TemplateDir, spec.ImageKey, spec.GoldDisk, shape)
+	if err != nil {
+		return api.Template{}, err
+	}
+	return t.apiTemplate(), nil
+}
+
+// Templates lists the templates of imageKey ("": all) in
+// Config.TemplateDir.
+func (d *Driver) Templates(imageKey string) ([]api.Template, error) {
+	out := []api.Template{}
+	if d.cfg.TemplateDir == "" {
+		return out, nil
+	}
+	ts, err := ListTemplates(d.cfg.TemplateDir, imageKey)
+	for _, t := range ts {
+		out = append(out, t.apiTemplate())
+	}
+	return out, err
+}
+
+// WarmStart starts the VM spec from its template in Config.TemplateDir.
+// It answers false when there is none for spec's image and shape (then
+// nothing was done); with true, err says whether the restore worked (on
+// failure the VM's directory is left as for a fresh Clone).
+func (d *Driver) WarmStart(ctx context.Context, spec hypervisor.Spec) (bool, error) {
+	if d.cfg.TemplateDir == "" {
+		return false, nil
+	}
+	t, err := d.TemplateFor(d.cfg.TemplateDir, spec)
+	if err != nil {
+		return false, nil
+	}
+	return true, d.StartFromTemplate(ctx, spec, t)
+}

@@ -1,0 +1,186 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/hypervisor"
+)
+
+// guestIdentity asks a guest (through its agent) for its host name, its
+// interfaces' MACs and 16 bytes of /dev/urandom.
+func guestIdentity(t *testing.T, spec hypervisor.Spec) (hostname string, macs []string, random string) {
+	t.Helper()
+	out := guestRun(t, spec, "hostname; echo; cat /sys/class/net/*/address; echo; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'")
+	parts := strings.Split(out, "\n\n")
+	if len(parts) != 3 {
+		t.Fatalf("%s: identity output %q", spec.ID, out)
+	}
+	return strings.TrimSpace(parts[0]), strings.Fields(parts[1]), strings.TrimSpace(parts[2])
+}
+
+// TestE2ETemplateWarmStart makes a template of the test guest on goldvm's
+// NAT bridge, starts two VMs from it and checks inside the guests that each
+// has its own MAC, DHCP address and host name; then a template whose state
+// is damaged makes a VM boot cold instead.
+func TestE2ETemplateWarmStart(t *testing.T) {
+	guest := testGuest(t)
+	if !inNetns(t, guest) {
+		return
+	}
+	gold := goldDir(t, guest)
+	d, err := New(Config{RunDir: t.TempDir(), Sandbox: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.StopNetwork(context.Background()) })
+	ctx, cancel := context.WithTimeout(context.Background(), 4*bootTimeout)
+	defer cancel()
+	root := filepath.Join(t.TempDir(), "templates")
+	const machine = "pc-q35-7.2"
+	shape := TemplateShape{CPUs: 1, MemoryMiB: 128, Network: api.NetworkNAT, Machine: machine}
+	goldDisk := preparedGold(t, gold)
+
+	if _, err := d.MakeTemplate(ctx, root, "sha256-test", goldDisk, TemplateShape{CPUs: 1, MemoryMiB: 128, Network: api.NetworkNAT, Machine: "q35"}); err == nil {
+		t.Error("a template with the machine alias q35 was made")
+	}
+	t0 := time.Now()
+	tpl, err := d.MakeTemplate(ctx, root, "sha256-test", goldDisk, shape)
+	if err != nil {
+		t.Fatalf("make template: %v", err)
+	}
+	t.Logf("template %s made in %v, %d bytes", tpl.Key, time.Since(t0).Round(time.Millisecond), tpl.SizeBytes)
+	list, err := ListTemplates(root, "")
+	if err != nil || len(list) != 1 || list[0].Key != tpl.Key {
+		t.Fatalf("ListTemplates = %+v, %v", list, err)
+	}
+	ents, _ := os.ReadDir(filepath.Dir(tpl.Dir))
+	if len(ents) != 1 {
+		t.Errorf("template image directory holds %d entries, want only the template", len(ents))
+	}
+
+	// Only the same shape matches.
+	other := newSpec(t, "01warmx", gold, api.NetworkNAT)
+	other.ImageKey = "sha256-test"
+	if _, err := d.TemplateFor(root, other); err != nil {
+		t.Errorf("TemplateFor(the template's shape): %v", err)
+	}
+	other.MemoryMiB = 192
+	if _, err := d.TemplateFor(root, other); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("TemplateFor(192 MiB) = %v, want not found", err)
+	}
+	other.MemoryMiB, other.Machine = 128, &api.Machine{Chipset: "pc-q35-7.1"}
+	if _, err := d.TemplateFor(root, other); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("TemplateFor(pc-q35-7.1) = %v, want not found", err)
+	}
+
+	start := func(id string, root string) (hypervisor.Spec, string, string) {
+		spec := newSpec(t, id, gold, api.NetworkNAT)
+		spec.ImageKey = "sha256-test"
+		destroyOnCleanup(t, d, spec)
+		t0 := time.Now()
+		from, reason, err := d.StartWarmOrCold(ctx, root, spec)
+		if err != nil {
+			t.Fatalf("start %s: %v", spec.ID, err)
+		}
+		info, err := d.Discover(ctx, spec)
+		if err != nil {
+			t.Fatalf("discover %s: %v", spec.ID, err)
+		}
+		t.Logf("%s: from %s (%s), running with %s after %v", spec.ID, from, reason, info.IPAddress, time.Since(t0).Round(time.Millisecond))
+		if !inSubnet(info.IPAddress, d.cfg.NATSubnet) {
+			t.Errorf("%s: address %q outside %s", spec.ID, info.IPAddress, d.cfg.NATSubnet)
+		}
+		return spec, from, info.IPAddress
+	}
+	a, fromA, ipA := start("01warma", root)
+	b, fromB, ipB := start("01warmb", root)
+	if fromA != "template" || fromB != "template" {
+		t.Fatalf("started from %q and %q, want template", fromA, fromB)
+	}
+	if ipA == ipB {
+		t.Errorf("both VMs have address %s", ipA)
+	}
+	randoms := map[string]string{}
+	for _, spec := range []hypervisor.Spec{a, b} {
+		hn, macs, random := guestIdentity(t, spec)
+		if want := hostnameFor(spec); hn != want {
+			t.Errorf("%s: host name %q, want %q", spec.ID, hn, want)
+		}
+		if other, ok := randoms[random]; ok || len(random) != 32 {
+			t.Errorf("%s: /dev/urandom gave %q (as %s)", spec.ID, random, other)
+		}
+		randoms[random] = spec.ID
+		found := false
+		for _, m := range macs {
+			if strings.EqualFold(m, tpl.MAC) {
+				t.Errorf("%s: an interface still has the template's MAC", spec.ID)
+			}
+			found = found || strings.EqualFold(m, macFor(spec.ID))
+		}
+		if !found {
+			t.Errorf("%s: no interface with MAC %s: %v", spec.ID, macFor(spec.ID), macs)
+		}
+		// The overlay's backing is the frozen layer.
+		ii, err := d.qemuImgInfo(ctx, filepath.Join(spec.Dir, fileDisk), "qcow2", true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if layer := filepath.Join(tpl.Dir, fileTplLayer); ii.BackingFilename != layer && ii.FullBacking != layer {
+			t.Errorf("%s: overlay backing %q, want %s", spec.ID, ii.BackingFilename, layer)
+		}
+	}
+	// One keeps running after the other is gone.
+	if err := d.Destroy(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if hn, _, _ := guestIdentity(t, b); hn != hostnameFor(b) {
+		t.Errorf("after deleting the other VM: host name %q", hn)
+	}
+
+	// A template with a damaged state: the VM boots cold, with the reason.
+	bad := filepath.Join(t.TempDir(), "bad")
+	if err := os.MkdirAll(filepath.Join(bad, "sha256-test"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", "-a", tpl.Dir, filepath.Join(bad, "sha256-test", tpl.Key)).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
+	state := filepath.Join(bad, "sha256-test", tpl.Key, fileTplState)
+	os.Chmod(state, 0o644)
+	if err := os.WriteFile(state, []byte("not a migration stream"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, fromC, _ := start("01warmc", bad)
+	if fromC != "cold" {
+		t.Errorf("with a damaged template: started from %q, want cold", fromC)
+	}
+}
+
+func TestPinMachine(t *testing.T) {
+	d, err := New(Config{UserNet: true})
+	if err != nil {
+		unavailable(t, "%v", err)
+	}
+	pinned, err := d.pinMachine("q35")
+	if err != nil || !pinnedMachineRe.MatchString(pinned) {
+		t.Fatalf("pinMachine(q35) = %q, %v", pinned, err)
+	}
+	if got, err := d.pinMachine("pc-q35-7.1"); err != nil || got != "pc-q35-7.1" {
+		t.Errorf("pinMachine(pc-q35-7.1) = %q, %v", got, err)
+	}
+	if _, err := d.pinMachine("microvm"); err == nil {
+		t.Error("pinMachine(microvm) named a pinned type")
+	}
+	if _, err := (TemplateShape{CPUs: 1, MemoryMiB: 64, Machine: pinned, Hardware: &api.Machine{UUID: "x"}}).normalized(); err == nil {
+		t.Error("hardware with a UUID of its own was accepted")
+	}
+}

@@ -1,0 +1,104 @@
+package vm
+
+import (
+	"context"
+
+	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/hypervisor"
+	"github.com/goldvm/goldvm/internal/image"
+	"github.com/goldvm/goldvm/internal/store"
+)
+
+// Templater is a driver that saves a booted guest as a template and starts
+// VMs from it instead of booting them (the QEMU driver).
+type Templater interface {
+	// MakeTemplateFor makes (or finds) the template of the VM spec's gold
+	// image and shape; spec's ID and Dir are not used.
+	MakeTemplateFor(ctx context.Context, spec hypervisor.Spec) (api.Template, error)
+	// Templates lists the templates of an image ("": of all).
+	Templates(imageKey string) ([]api.Template, error)
+	// WarmStart starts spec from its template: false when there is none
+	// (nothing done); true and an error when the restore failed (the VM
+	// is then left as before Clone, to boot cold).
+	WarmStart(ctx context.Context, spec hypervisor.Spec) (bool, error)
+}
+
+// goldGetter finds a published image by key (*image.Store).
+type goldGetter interface {
+	Get(key string) (*image.Gold, error)
+}
+
+// MakeTemplate makes the template of the image key in the shape req asks
+// for (defaults as a create's). It returns when the template is published.
+func (m *Manager) MakeTemplate(ctx context.Context, key string, req api.TemplateRequest) (api.Template, error) {
+	t, ok := m.cfg.Driver.(Templater)
+	if !ok {
+		return api.Template{}, errdefs.Newf(errdefs.ErrInvalid, api.CodeNotSupported, "the %s backend has no templates", m.cfg.Driver.Name())
+	}
+	gg, ok := m.cfg.Images.(goldGetter)
+	if !ok {
+		return api.Template{}, errdefs.Newf(errdefs.ErrInvalid, api.CodeNotSupported, "this image store cannot look images up by key")
+	}
+	gold, err := gg.Get(key)
+	if err != nil {
+		return api.Template{}, err
+	}
+	v, err := m.ValidateRequest(api.CreateVMRequest{
+		CPUs: req.CPUs, Memory: req.Memory, NetworkType: req.NetworkType, Machine: req.Machine,
+		Image: api.Image{URL: gold.Spec.URL, Checksum: gold.Spec.Checksum, ChecksumType: gold.Spec.ChecksumType},
+	})
+	if err != nil {
+		return api.Template{}, err
+	}
+	hw, err := m.machineFor(v.Machine, gold)
+	if err != nil {
+		return api.Template{}, err
+	}
+	r := &store.Record{VM: api.VM{
+		ID: "template", CPUs: hw.CPUs(), MemoryMiB: hw.MemoryMiB, NetworkType: v.NetworkType, Image: v.Image, Headless: true, Machine: &hw,
+	}}
+	spec := m.goldSpec(r, gold)
+	m.cfg.Images.Touch(gold.Key)
+	return t.MakeTemplateFor(ctx, spec)
+}
+
+// Templates lists the templates of the image key ("": of all images).
+func (m *Manager) Templates(key string) ([]api.Template, error) {
+	t, ok := m.cfg.Driver.(Templater)
+	if !ok {
+		return []api.Template{}, nil
+	}
+	return t.Templates(key)
+}
+
+// warmStart starts the VM r from a template when the driver has one for
+// its image and shape, and records where it started from. It answers false
+// when the VM is to boot cold (no template, or the restore failed: then
+// the reason is in the record).
+func (m *Manager) warmStart(ctx context.Context, r *store.Record, spec hypervisor.Spec) (bool, error) {
+	t, ok := m.cfg.Driver.(Templater)
+	if !ok {
+		return false, nil
+	}
+	found, err := t.WarmStart(ctx, spec)
+	if !found {
+		return false, nil
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		m.log.Warn("warm start failed; booting", "vm", r.ID, "err", err)
+		_, msg := m.cfg.Redactor.CodeOf(err)
+		_, uerr := m.update(r.ID, func(r *store.Record) error { r.WarmStartError = msg; return nil })
+		return false, uerr
+	}
+	_, err = m.update(r.ID, func(r *store.Record) error { r.StartedFrom = api.StartedFromTemplate; return nil })
+	return true, err
+}
+
+// startedFrom records a cold boot.
+func (m *Manager) startedFrom(r *store.Record) {
+	m.update(r.ID, func(r *store.Record) error { r.StartedFrom = api.StartedFromBoot; return nil })
+}
