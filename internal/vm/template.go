@@ -7,7 +7,7 @@ import (
 	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/hypervisor"
 	"github.com/goldvm/goldvm/internal/image"
-	"github.com/goldvm/goldvm/internal/store"
+	"github.com/goldvm/goldvm/internal/records"
 )
 
 // Templater is a driver that saves a booted guest as a template and starts
@@ -55,7 +55,7 @@ func (m *Manager) MakeTemplate(ctx context.Context, key string, req api.Template
 	if err != nil {
 		return api.Template{}, err
 	}
-	r := &store.Record{VM: api.VM{
+	r := &records.Record{VM: api.VM{
 		ID: "template", CPUs: hw.CPUs(), MemoryMiB: hw.MemoryMiB, NetworkType: v.NetworkType, Image: v.Image, Headless: true, Machine: &hw,
 	}}
 	spec := m.goldSpec(r, gold)
@@ -76,7 +76,7 @@ func (m *Manager) Templates(key string) ([]api.Template, error) {
 // its image and shape, and records where it started from. It answers false
 // when the VM is to boot cold (no template, or the restore failed: then
 // the reason is in the record).
-func (m *Manager) warmStart(ctx context.Context, r *store.Record, spec hypervisor.Spec) (bool, error) {
+func (m *Manager) warmStart(ctx context.Context, r *records.Record, spec hypervisor.Spec) (bool, error) {
 	t, ok := m.cfg.Driver.(Templater)
 	if !ok {
 		return false, nil
@@ -91,14 +91,14 @@ func (m *Manager) warmStart(ctx context.Context, r *store.Record, spec hyperviso
 		}
 		m.log.Warn("warm start failed; booting", "vm", r.ID, "err", err)
 		_, msg := m.cfg.Redactor.CodeOf(err)
-		_, uerr := m.update(r.ID, func(r *store.Record) error { r.WarmStartError = msg; return nil })
+		_, uerr := m.update(r.ID, func(r *records.Record) error { r.WarmStartError = msg; return nil })
 		return false, uerr
 	}
-	_, err = m.update(r.ID, func(r *store.Record) error { r.StartedFrom = api.StartedFromTemplate; return nil })
+	_, err = m.update(r.ID, func(r *records.Record) error { r.StartedFrom = api.StartedFromTemplate; return nil })
 	return true, err
 }
 
 // startedFrom records a cold boot.
-func (m *Manager) startedFrom(r *store.Record) {
-	m.update(r.ID, func(r *store.Record) error { r.StartedFrom = api.StartedFromBoot; return nil })
+func (m *Manager) startedFrom(r *records.Record) {
+	m.update(r.ID, func(r *records.Record) error { r.StartedFrom = api.StartedFromBoot; return nil })
 }
