@@ -129,9 +129,9 @@ func truncate(b []byte) string {
 	return string(b)
 }
 
-// openAPIDaemon is the whole API on a fake driver (every capability, no
-// hypervisor), a real record and image store, event bus and metrics, and
-// a loopback image server serving one gold image.
+// openAPIDaemon is the whole API on a fake driver (every capability but
+// VNC, no hypervisor), a real record, image and boot media store, event
+// bus and metrics, and a loopback image server serving one gold image.
 type openAPIDaemon struct {
 	url    string
 	client *http.Client
@@ -147,7 +147,14 @@ func newOpenAPIDaemon(t *testing.T, v *validator) *openAPIDaemon {
 	mets := metrics.New()
 	bus.Observe(mets.Observe)
 	db, images, pf := openStores(t, dir, image.Options{RetryBackoff: time.Millisecond, Events: bus, Counters: mets, Logger: log})
-	mgr := vm.New(vm.Config{VMDir: filepath.Join(dir, "vms"), Store: db, Images: images, Driver: fakedriver.NewHost().New(), Logger: log, Events: bus})
+	// Boot media are kept as downloaded, in a store of their own, as the
+	// daemon does for qemu.
+	media, err := image.NewStore(filepath.Join(dir, "media"), image.Options{Verbatim: true, RetryBackoff: time.Millisecond, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { media.Close() })
+	mgr := vm.New(vm.Config{VMDir: filepath.Join(dir, "vms"), Store: db, Images: images, Media: media, Driver: fakedriver.NewHost().New(), Logger: log, Events: bus})
 	t.Cleanup(mgr.Close)
 	mets.CollectVMs(func() ([]api.VM, error) { return mgr.List(context.Background()) })
 	groups := group.New(group.Config{Store: db, VMs: mgr, MaxSize: 10, Logger: log})
@@ -176,7 +183,6 @@ func newOpenAPIDaemon(t *testing.T, v *validator) *openAPIDaemon {
 	v.next = hs.Client().Transport
 	// The document's server is the test daemon.
 	v.doc.Servers = openapi3.Servers{{URL: hs.URL}}
-	var err error
 	if v.router, err = legacy.NewRouter(v.doc); err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +263,9 @@ func TestOpenAPI(t *testing.T) {
 	want("GET /vms with a wrong token", code, 401, body)
 
 	// A VM, created, listed, tagged, acted on.
-	req := fmt.Sprintf(`{"cpus": 1, "memory": "1gib", "image": {"url": %q, "checksum": %q, "checksum_type": "sha256"}, "tags": {"team": "ci"}, "tools_init_timeout": "2m"}`,
+	req := fmt.Sprintf(`{"cpus": 1, "memory": "1gib", "image": {"url": %q, "checksum": %q, "checksum_type": "sha256"}, "tags": {"team": "ci"}, "tools_init_timeout": "2m",
+		"machine": {"chipset": "q35", "cpu": "qemu64", "network": "e1000", "mac": "52:54:00:12:34:56", "keyboard_layout": "de", "tablet": "usb", "firmware": "bios"},
+		"user_data": "#cloud-config\nhostname: openapi\n", "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGoldvmOpenAPITestKey test@goldvm"]}`,
 		d.image.URL, d.image.Checksum)
 	code, body = d.call(t, false, "POST", "/vms", js, req)
 	want("POST /vms", code, 202, body)
@@ -275,11 +283,59 @@ func TestOpenAPI(t *testing.T) {
 			t.Fatalf("VM never running: %d %s", code, body)
 		}
 	}
+	if len(created.SSHAuthorizedKeys) != 1 {
+		t.Errorf("POST /vms: ssh_authorized_keys %v, want the key given", created.SSHAuthorizedKeys)
+	}
+	code, body = d.call(t, false, "GET", "/capacity", "", "")
+	want("GET /capacity", code, 200, body)
+
+	// A VM with boot media: a CD-ROM and a kernel to boot (any verified
+	// file will do for the fake driver), shown back in the VM.
+	media := fmt.Sprintf(`{"url": %q, "checksum": %q, "checksum_type": "sha256"}`, d.image.URL, d.image.Checksum)
+	code, body = d.call(t, false, "POST", "/vms", js, fmt.Sprintf(`{"memory": 256, "image": %s, "cdroms": [%s], "boot": {"kernel": %s, "append": "console=ttyS0"}}`, media, media, media))
+	want("POST /vms with cdroms and boot", code, 202, body)
+	var withMedia api.VM
+	json.Unmarshal(body, &withMedia)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		code, body = d.call(t, false, "GET", "/vms/"+withMedia.ID, "", "")
+		json.Unmarshal(body, &withMedia)
+		if withMedia.Status.IsFinal() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("VM with boot media never finished creating: %d %s", code, body)
+		}
+	}
+	if withMedia.Status != api.StatusRunning || len(withMedia.CDROMs) != 1 || withMedia.Boot == nil || withMedia.Machine == nil {
+		t.Errorf("VM with boot media: %s, want running with its cdroms, boot and machine", body)
+	}
+	code, body = d.call(t, false, "DELETE", "/vms/"+withMedia.ID, "", "")
+	want("DELETE the VM with boot media", code, 204, body)
+
+	// VNC is a WebSocket upgrade. The fake driver has no VNC server, so a
+	// real upgrade (101) cannot happen here: a request without the upgrade
+	// headers is 426, one with them 400 not-supported, an unknown VM 404.
+	code, body = d.call(t, false, "GET", "/vms/"+id+"/vnc", "", "")
+	want("GET /vms/{id}/vnc without an upgrade", code, 426, body)
+	upgrade := []string{"Connection", "Upgrade", "Upgrade", "websocket", "Sec-WebSocket-Version", "13",
+		"Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Protocol", "binary"}
+	code, body = d.call(t, false, "GET", "/vms/"+id+"/vnc", "", "", upgrade...)
+	want("GET /vms/{id}/vnc on a backend without VNC", code, 400, body)
+	if e := (api.Error{}); json.Unmarshal(body, &e) != nil || e.Code != api.CodeNotSupported {
+		t.Errorf("GET /vms/{id}/vnc on a backend without VNC: %s, want code %s", body, api.CodeNotSupported)
+	}
+	code, body = d.call(t, false, "GET", "/vms/vm-0000000000zzzzzzzzzz/vnc", "", "", upgrade...)
+	want("GET /vms/{id}/vnc of an unknown VM", code, 404, body)
+
 	for _, bad := range []struct{ contentType, body string }{
 		{js, `{"cpus": 1,`},
 		{"text/plain", req},
 		{js, `{"cpus": 1, "memory": 128, "colour": "red"}`},
 		{js, `{"cpus": 0, "memory": 128, "image": {"url": "ftp://x", "checksum": "00", "checksum_type": "sha256"}}`},
+		{js, strings.Replace(req, `"cpu": "qemu64"`, `"cpu": "pentium"`, 1)},
+		{js, strings.Replace(req, `"tablet": "usb"`, `"tablet": "usb", "threads": 256`, 1)},
+		{js, strings.Replace(req, `"ssh_authorized_keys": [`, `"ssh_authorized_keys": ["", `, 1)},
+		{js, strings.Replace(req, `"tags"`, `"cdroms": [{}, {}, {}], "tags"`, 1)},
 	} {
 		code, body = d.call(t, true, "POST", "/vms", bad.contentType, bad.body)
 		if code != 400 && code != 415 {
