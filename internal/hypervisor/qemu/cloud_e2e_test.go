@@ -354,7 +354,9 @@ func TestReapVMRules(t *testing.T) {
 	if _, err := lookPath("nft"); err != nil {
 		unavailable(t, "nft not installed (apt-get install nftables)")
 	}
-	d, err := New(Config{RunDir: t.TempDir(), Logger: testLogger(t)})
+	// A VMRoot of its own: Reap must not touch the QEMUs of the tests
+	// that run beside this one.
+	d, err := New(Config{RunDir: t.TempDir(), VMRoot: t.TempDir(), Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 )
 
 // Reap kills goldvm QEMU processes (those named goldvm-<id>) whose VM id
-// known reports false, limited to VMs under Config.VMRoot when that is set,
+// known reports false, limited to VMs under Config.VMRoot (none without it),
 // and removes gv* tap devices that no live QEMU uses and whose owner
 // (recorded in the tap's alias, with a tag of the VMRoot of the instance
 // that made it) is unknown. Taps of another instance (another VMRoot) and
@@ -92,10 +92,12 @@ func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 }
 
 // inVMRoot reports whether a QEMU argument vector belongs to a VM under
-// Config.VMRoot (always true when VMRoot is empty).
+// Config.VMRoot. Without a VMRoot no QEMU is this driver's to kill: /proc
+// shows every goldvm QEMU of the host (other daemons', other tests'), and
+// only the directory they run in tells whose they are.
 func (d *Driver) inVMRoot(args []string) bool {
 	if d.cfg.VMRoot == "" {
-		return true
+		return false
 	}
 	root, err := filepath.Abs(d.cfg.VMRoot)
 	if err != nil {
