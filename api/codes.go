@@ -34,6 +34,7 @@ const (
 	CodeVMLocked           = "vm-locked"
 	CodeVMNotRunning       = "vm-not-running"
 	CodeVMInvalidState     = "vm-invalid-state"
+	CodeMACInUse           = "mac-in-use"
 	CodeVMExists           = "vm-exists"
 	CodeVMNotCloned        = "vm-not-cloned"
 	CodeVMDiskMissing      = "vm-disk-missing"
@@ -127,6 +128,7 @@ var Codes = []CodeInfo{
 	{CodeVMLocked, http.StatusConflict, "the VM's files are locked by another process (or, with VMware, its .vmx is locked or corrupt)"},
 	{CodeVMNotRunning, http.StatusConflict, "the VM is not running (a screenshot of a stopped VM; the guest stopped while booting)"},
 	{CodeVMInvalidState, http.StatusConflict, "the VM's status does not allow the action (`/resume` of a running VM, `/start` of one being created, a change to one being deleted)"},
+	{CodeMACInUse, http.StatusConflict, "in a VM's error: the MAC its machine definition gives (the request's or the image's machine.json) is another VM's"},
 	{CodeVMExists, http.StatusConflict, "the VM's directory already holds a clone (vmware)"},
 	{CodeVMNotCloned, http.StatusConflict, "the VM has no .vmx to start (vmware)"},
 	{CodeVMDiskMissing, http.StatusConflict, "the VM has no disk to start (qemu)"},

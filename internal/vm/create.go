@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -287,11 +288,40 @@ func (m *Manager) resolveMachine(r *records.Record, gold *image.Gold) (*records.
 	if err != nil {
 		return r, err
 	}
+	// A MAC given by the request or the image's machine.json is one VM's
+	// at a time: two VMs with one MAC would share a DHCP address and each
+	// other's traffic on the bridge. The check and the record's update
+	// happen under one lock, so two creations cannot both take it.
+	m.macMu.Lock()
+	defer m.macMu.Unlock()
+	if hw.MAC != "" {
+		if other, err := m.macOwner(r.ID, hw.MAC); err != nil {
+			return r, err
+		} else if other != "" {
+			return r, errdefs.Newf(errdefs.ErrConflict, api.CodeMACInUse,
+				"the MAC %s of this VM's machine definition is VM %s's: give the request a machine.mac of its own", hw.MAC, other)
+		}
+	}
 	return m.update(r.ID, func(r *records.Record) error {
 		r.Machine = &hw
 		r.CPUs, r.MemoryMiB = hw.CPUs(), hw.MemoryMiB
 		return nil
 	})
+}
+
+// macOwner returns the id of another VM than id whose machine has mac ("":
+// none). VMs whose creation failed hold no MAC.
+func (m *Manager) macOwner(id, mac string) (string, error) {
+	recs, err := m.list()
+	if err != nil {
+		return "", err
+	}
+	for _, o := range recs {
+		if o.ID != id && o.Status != api.StatusError && o.Machine != nil && strings.EqualFold(o.Machine.MAC, mac) {
+			return o.ID, nil
+		}
+	}
+	return "", nil
 }
 
 // machineFor merges the requested hardware over the image's machine.json

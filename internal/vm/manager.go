@@ -80,6 +80,9 @@ const (
 
 // Manager runs VM creation, deletion, watching and recovery.
 type Manager struct {
+	// macMu serialises the check that a machine's MAC is no other VM's
+	// with the record's update (resolveMachine).
+	macMu  sync.Mutex
 	cfg    Config
 	log    *slog.Logger
 	ctx    context.Context // ends at Close

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -448,5 +449,38 @@ func TestSpecOnEveryCall(t *testing.T) {
 	defer mu.Unlock()
 	if len(bad) > 0 {
 		t.Errorf("calls without the VM's image: %v", bad)
+	}
+}
+
+// TestMACIsOneVMs: a MAC a machine definition gives belongs to one VM at a
+// time; a second VM asking for it fails with mac-in-use, and once the first
+// is deleted the MAC is free again.
+func TestMACIsOneVMs(t *testing.T) {
+	e := newEnv(t)
+	req := e.request()
+	req.Machine = &api.Machine{MAC: "52:54:00:aa:bb:cc"}
+	first, err := e.m.Create(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitStatus(first.ID, api.StatusRunning)
+	second, err := e.m.Create(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := e.waitStatus(second.ID, api.StatusError)
+	if got.Error == nil || got.Error.Code != api.CodeMACInUse || !strings.Contains(got.Error.Message, first.ID) {
+		t.Fatalf("second VM with the same MAC: %+v, want error %s naming %s", got.Error, api.CodeMACInUse, first.ID)
+	}
+	if err := e.m.Delete(context.Background(), first.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.wantGone(first.ID)
+	third, err := e.m.Create(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := e.waitStatus(third.ID, api.StatusRunning); got.Machine == nil || got.Machine.MAC != "52:54:00:aa:bb:cc" {
+		t.Errorf("third VM: machine %+v, want the freed MAC", got.Machine)
 	}
 }
