@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"io"
+	"io/fs"
 	"strings"
 )
 
@@ -250,4 +251,39 @@ func scanExtent(s []byte) (string, bool) {
 // inside an image is for the caller to resolve.
 func PlainName(name string) bool {
 	return name != "" && !strings.HasPrefix(name, "/") && !strings.ContainsAny(name, ":\\\x00")
+}
+
+// File is what Inspect reads: an open disk file.
+type File interface {
+	io.ReaderAt
+	Stat() (fs.FileInfo, error)
+}
+
+// Inspect decides the format of the disk file f (name gives its extension,
+// see Detect) and returns the files it names. A file that is not a disk is
+// "" and no error. A disk in a format goldvm does not open is an error
+// wrapping ErrUnsafe, a header that cannot be read one wrapping
+// ErrCorrupt; other errors are the file's.
+func Inspect(f File, name string) (Format, []Ref, error) {
+	format, err := Detect(f, name)
+	if err != nil || format == "" {
+		return "", nil, err
+	}
+	if !format.Served() {
+		return format, nil, unsafef("it is in %s format, which goldvm does not open (only qcow2, VMDK and raw disks are accepted; convert it with qemu-img convert -O qcow2)", format)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return format, nil, err
+	}
+	refs, err := Refs(f, fi.Size(), format)
+	return format, refs, err
+}
+
+// ShortName cuts a name read from a hostile disk for a message.
+func ShortName(s string) string {
+	if len(s) > 128 {
+		return s[:128] + "…"
+	}
+	return s
 }

@@ -33,25 +33,13 @@ func (x *extractor) checkDiskFile(name string) error {
 		return ioErr("opening "+name, err)
 	}
 	defer f.Close()
-	format, err := diskfmt.Detect(f, name)
-	if err != nil {
-		return ioErr("reading "+name, err)
-	}
-	if format == "" {
-		return nil
-	}
-	if !format.Served() {
-		return errUnsafeDisk("disk %s is in %s format, which goldvm does not open (only qcow2, VMDK and raw disks are accepted; convert it with qemu-img convert -O qcow2)", name, format)
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		return ioErr("reading "+name, err)
-	}
-	refs, err := diskfmt.Refs(f, fi.Size(), format)
-	if errors.Is(err, diskfmt.ErrCorrupt) {
+	_, refs, err := diskfmt.Inspect(f, name)
+	switch {
+	case errors.Is(err, diskfmt.ErrUnsafe):
+		return errUnsafeDisk("disk %s: %v", name, err)
+	case errors.Is(err, diskfmt.ErrCorrupt):
 		return errCorrupt(name+": "+err.Error(), err)
-	}
-	if err != nil {
+	case err != nil:
 		return ioErr("reading "+name, err)
 	}
 	for _, r := range refs {
@@ -66,20 +54,12 @@ func (x *extractor) checkDiskFile(name string) error {
 // relative path resolving inside the image (following its symlinks).
 func (x *extractor) checkRef(name string, r diskfmt.Ref) error {
 	if !diskfmt.PlainName(r.Name) {
-		return errUnsafeDisk("disk %s names the %s %q, which is not a relative path inside the image", name, r.Kind, short(r.Name))
+		return errUnsafeDisk("disk %s names the %s %q, which is not a relative path inside the image", name, r.Kind, diskfmt.ShortName(r.Name))
 	}
 	if err := x.resolveFrom(path.Dir(name), r.Name, name); err != nil {
-		return errUnsafeDisk("disk %s names the %s %q, which lies outside the image", name, r.Kind, short(r.Name))
+		return errUnsafeDisk("disk %s names the %s %q, which lies outside the image", name, r.Kind, diskfmt.ShortName(r.Name))
 	}
 	return nil
-}
-
-// short cuts a name read from hostile input for a message.
-func short(s string) string {
-	if len(s) > 128 {
-		return s[:128] + "…"
-	}
-	return s
 }
 
 func errUnsafeDisk(format string, args ...any) error {

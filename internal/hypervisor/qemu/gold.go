@@ -126,10 +126,10 @@ func checkImgInfo(root, disk string, answer []byte) error {
 		case string:
 			switch {
 			case key == "backing-filename" || key == "full-backing-filename" || key == "data-file" || key == "backing-image":
-				return unsafeDisk("disk %s names the %s %q: a gold disk must stand alone", rel, key, shortName(v))
+				return unsafeDisk("disk %s names the %s %q: a gold disk must stand alone", rel, key, diskfmt.ShortName(v))
 			case key == "filename" && !top:
 				if err := insideRoot(root, filepath.Dir(disk), v, true); err != nil {
-					return unsafeDisk("disk %s names the file %q, which lies outside the image", rel, shortName(v))
+					return unsafeDisk("disk %s names the file %q, which lies outside the image", rel, diskfmt.ShortName(v))
 				}
 			}
 		}
@@ -163,13 +163,6 @@ func insideRoot(root, dir, name string, allowAbs bool) error {
 		return errors.New("outside the image")
 	}
 	return nil
-}
-
-func shortName(s string) string {
-	if len(s) > 128 {
-		return s[:128] + "…"
-	}
-	return s
 }
 
 // runConfined runs qemu-img on a disk that is not trusted yet: with an
@@ -224,7 +217,7 @@ func findGoldDisk(root string) (goldDisk, error) {
 		}
 		for _, r := range refs {
 			if r.Kind != "extent" || insideRoot(root, filepath.Dir(path), r.Name, false) != nil {
-				return unsafeDisk("disk %s names the %s %q, which is not a file of the image beside it", rel, r.Kind, shortName(r.Name))
+				return unsafeDisk("disk %s names the %s %q, which is not a file of the image beside it", rel, r.Kind, diskfmt.ShortName(r.Name))
 			}
 			// A monolithic sparse VMDK names itself.
 			if ext := filepath.Join(filepath.Dir(path), r.Name); ext != path {
@@ -275,19 +268,11 @@ func sniffDisk(path, rel string) (diskfmt.Format, []diskfmt.Ref, error) {
 		return "", nil, err
 	}
 	defer f.Close()
-	format, err := diskfmt.Detect(f, path)
-	if err != nil || format == "" {
-		return "", nil, err
-	}
-	if !format.Served() {
-		return "", nil, unsafeDisk("disk %s is in %s format, which goldvm does not open (only qcow2, VMDK and raw disks are accepted)", rel, format)
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		return "", nil, err
-	}
-	refs, err := diskfmt.Refs(f, fi.Size(), format)
-	if errors.Is(err, diskfmt.ErrCorrupt) {
+	format, refs, err := diskfmt.Inspect(f, path)
+	switch {
+	case errors.Is(err, diskfmt.ErrUnsafe):
+		return "", nil, unsafeDisk("disk %s: %v", rel, err)
+	case errors.Is(err, diskfmt.ErrCorrupt):
 		return "", nil, badDisk(rel+": "+err.Error(), err)
 	}
 	return format, refs, err
