@@ -18,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/goldvm/goldvm/internal/hypervisor/drivertest"
 )
 
 var (
@@ -231,13 +233,4 @@ func newTestDriver(t *testing.T, project string) *Driver {
 	return d
 }
 
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
-}
+func testLogger(t *testing.T) *slog.Logger { return drivertest.Logger(t) }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -102,7 +101,7 @@ func fakeDriver(t *testing.T) *Driver {
 	return &Driver{
 		cfg: Config{RunDir: t.TempDir(), NATBridge: "goldvm0", NATSubnet: "10.213.0.1/24",
 			HostOnlyBridge: "goldvm1", HostOnlySubnet: "10.214.0.1/24", AgentWait: DefaultAgentWait},
-		root: true, log: slog.New(slog.NewTextHandler(tWriter{t}, nil)), locks: map[string]*vmLocks{},
+		root: true, log: testLogger(t), locks: map[string]*vmLocks{},
 	}
 }
 

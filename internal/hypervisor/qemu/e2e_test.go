@@ -12,7 +12,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/goldvm/goldvm/internal/diskfmt/diskfmttest"
 	"io"
 	"log/slog"
 	"net"
@@ -24,6 +23,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/goldvm/goldvm/internal/diskfmt/diskfmttest"
+	"github.com/goldvm/goldvm/internal/hypervisor/drivertest"
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
@@ -124,16 +126,7 @@ func goldDir(t *testing.T, guest string) string {
 	return dir
 }
 
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
-}
+func testLogger(t *testing.T) *slog.Logger { return drivertest.Logger(t) }
 
 // runTag makes this run's VM ids unique on the host (QEMU -name, taps).
 var runTag = func() string {

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goldvm/goldvm/internal/hypervisor/drivertest"
+
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/hypervisor"
 )
@@ -258,16 +260,7 @@ func spec(t *testing.T, g gold, id string) hypervisor.Spec {
 	}
 }
 
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
+func testLogger(t *testing.T) *slog.Logger { return drivertest.Logger(t) }
 
 // fileMode returns the permission bits of p.
 func fileMode(t *testing.T, p string) os.FileMode {
