@@ -120,16 +120,6 @@ func (m *Manager) SetTags(ctx context.Context, id string, patch map[string]*stri
 	return &r.VM, nil
 }
 
-// MatchTags reports whether tags hold every key=value of want.
-func MatchTags(tags, want map[string]string) bool {
-	for k, v := range want {
-		if got, ok := tags[k]; !ok || got != v {
-			return false
-		}
-	}
-	return true
-}
-
 // errNotTagged is returned by ParseTagFilter for a filter without "=".
 var errNotTagged = errors.New(`a tag filter is key=value`)
 
