@@ -44,7 +44,16 @@ func TestCreateBridged(t *testing.T) {
 	if got.NetworkType != api.NetworkBridged {
 		t.Errorf("network_type %q, want bridged", got.NetworkType)
 	}
-	if leases, _ := os.ReadFile(filepath.Join(dir, "leases")); !strings.Contains(string(leases), got.IPAddress) {
+	// The VM may be running (its address seen in the host's neighbour
+	// table) a moment before dnsmasq writes its lease file: wait for it.
+	var leases []byte
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		leases, _ = os.ReadFile(filepath.Join(dir, "leases"))
+		if strings.Contains(string(leases), got.IPAddress) || time.Now().After(deadline) {
+			break
+		}
+	}
+	if !strings.Contains(string(leases), got.IPAddress) {
 		t.Errorf("the LAN's DHCP server did not lease %s: %q", got.IPAddress, leases)
 	}
 	if err := pingGuest(got.IPAddress); err != nil {
