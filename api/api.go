@@ -153,10 +153,21 @@ type VM struct {
 	// StartedFrom is StartedFromTemplate for a VM restored from a
 	// template, StartedFromBoot for one booted ("" before it started);
 	// WarmStartError says why a matching template was not used.
-	StartedFrom    string    `json:"started_from,omitempty"`
-	WarmStartError string    `json:"warm_start_error,omitempty"`
-	CreatedAt      time.Time `json:"created_at"`
-	UpdatedAt      time.Time `json:"updated_at"`
+	StartedFrom    string `json:"started_from,omitempty"`
+	WarmStartError string `json:"warm_start_error,omitempty"`
+	// PhaseTimes are the phases the creation went through, in order, with
+	// the time each took (the last one ends when the VM is running or
+	// failed).
+	PhaseTimes []PhaseTime `json:"phase_times,omitempty"`
+	CreatedAt  time.Time   `json:"created_at"`
+	UpdatedAt  time.Time   `json:"updated_at"`
+}
+
+// PhaseTime is how long a creation spent in one phase.
+type PhaseTime struct {
+	Phase Phase `json:"phase"`
+	// Seconds is the time spent, to the millisecond.
+	Seconds float64 `json:"seconds"`
 }
 
 // VMList is the reply of GET /vms.

@@ -81,6 +81,7 @@ func runServe(args []string) error {
 	cbAttempts := fs.Int("callback-attempts", envInt("GOLDVM_CALLBACK_ATTEMPTS", 8), "how many times a callback is tried before it is recorded as failed")
 	cbBackoff := fs.Duration("callback-backoff", envDuration("GOLDVM_CALLBACK_BACKOFF", time.Second), "wait after the first failed callback; doubles each time, up to a minute")
 	agentWait := fs.Duration("agent-wait", envDuration("GOLDVM_AGENT_WAIT", qemu.DefaultAgentWait), "qemu: once a guest's address is known, wait this long for its guest agent's OS name before reporting it running without one")
+	warmTemplates := fs.Int("warm-templates", envInt("GOLDVM_WARM_TEMPLATES", 0), "qemu: make the warm-start template of an image and hardware after this many of its VMs booted cold (then later ones start from it); 0 makes templates only on request (POST /images/{key}/templates); needs --qemu-user or root QEMU ($GOLDVM_WARM_TEMPLATES)")
 	cbTimeout := fs.Duration("callback-timeout", envDuration("GOLDVM_CALLBACK_TIMEOUT", 10*time.Second), "timeout of one callback attempt")
 	urlAllow := fs.String("url-allow", os.Getenv("GOLDVM_URL_ALLOW"), "networks (CIDR, comma-separated) image downloads and callbacks may connect to; empty: any not denied ($GOLDVM_URL_ALLOW)")
 	urlDeny := fs.String("url-deny", os.Getenv("GOLDVM_URL_DENY"), "more networks (CIDR, comma-separated) image downloads and callbacks may not connect to; link-local ("+netpolicy.DefaultDeny+"), where clouds serve instance credentials, is always denied ($GOLDVM_URL_DENY)")
@@ -158,6 +159,9 @@ func runServe(args []string) error {
 	}
 	defer db.Close()
 	var driver hypervisor.Driver
+	// qemuDriver keeps warm-start templates beside the images (nil on the
+	// other backends).
+	var qemuDriver *qemu.Driver
 	// The metadata service answers each VM with its own record, read
 	// through the manager (made below, before any VM is served).
 	var mgr *vm.Manager
@@ -176,6 +180,11 @@ func runServe(args []string) error {
 		if err != nil {
 			return fmt.Errorf("qemu backend: %w", err)
 		}
+		if *warmTemplates > 0 {
+			if err := d.TemplatesAllowed(); err != nil {
+				return fmt.Errorf("--warm-templates %d: %w; give --qemu-user", *warmTemplates, err)
+			}
+		}
 		if d.RunsQEMUUnprivileged() {
 			if err := openForQEMU(*dataDir); err != nil {
 				return fmt.Errorf("QEMU as an unprivileged user: %w", err)
@@ -183,7 +192,7 @@ func runServe(args []string) error {
 			log.Info("QEMU runs as an unprivileged user", "user", *qemuUser, "uid_range", *qemuUIDs)
 		}
 		defer d.Close()
-		driver = d
+		driver, qemuDriver = d, d
 		limits.MinMemoryMiB = 80 // measured: smaller guests die while the kernel unpacks
 	case "vmware":
 		d, err := vmware.New(vmware.Config{VmrunPath: *vmrun, StateDir: filepath.Join(*dataDir, "vmware"), Logger: log})
@@ -216,9 +225,26 @@ func runServe(args []string) error {
 			return image.Disk{Path: g.Path, Format: g.Format, VirtualSize: g.VirtualSize, Source: g.Source}, err
 		}
 	}
+	if qemuDriver != nil {
+		// An image's templates go with it.
+		imageOpts.Removed = func(key string) {
+			if err := qemuDriver.DropTemplates(key); err != nil {
+				log.Error("remove the templates of a removed image", "image", key, "err", err)
+			}
+		}
+	}
 	images, err := image.NewStore(filepath.Join(*dataDir, "images"), imageOpts)
 	if err != nil {
 		return fmt.Errorf("image store: %w", err)
+	}
+	if qemuDriver != nil {
+		keep := func(key string) bool {
+			_, err := os.Stat(filepath.Join(images.Dir(), key))
+			return err == nil
+		}
+		if err := qemuDriver.PruneTemplates(keep); err != nil {
+			log.Error("prune templates", "err", err)
+		}
 	}
 	// Closed after the manager (defers run last-in first-out): fetches under
 	// way then stop cleanly and keep their partial bytes for the next start.
@@ -228,7 +254,7 @@ func runServe(args []string) error {
 	var media vm.ImageStore
 	if driver.Name() == "qemu" {
 		mediaOpts := imageOpts
-		mediaOpts.PrepareDisk, mediaOpts.Verbatim = nil, true
+		mediaOpts.PrepareDisk, mediaOpts.Verbatim, mediaOpts.Removed = nil, true, nil
 		ms, err := image.NewStore(filepath.Join(*dataDir, "media"), mediaOpts)
 		if err != nil {
 			return fmt.Errorf("media store: %w", err)
@@ -251,6 +277,7 @@ func runServe(args []string) error {
 		VMDir: filepath.Join(*dataDir, "vms"), Store: db, Images: images, Media: media, Driver: driver,
 		Callbacks: callback.New(callback.Options{MaxAttempts: *cbAttempts, Backoff: noneDur(*cbBackoff), Timeout: *cbTimeout, Transport: netPolicy.Transport()}), Limits: limits, Logger: log,
 		CrashPoint: crashPoint(log), Redactor: redactor, Events: bus, Capacity: capacity, QueueTimeout: *queueTimeout,
+		WarmTemplatesAfter: *warmTemplates,
 	})
 	collectState(mets, mgr, images)
 	defer mgr.Close()

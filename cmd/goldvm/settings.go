@@ -35,6 +35,7 @@ var numSettings = []numSetting{
 	{"callback-attempts", "GOLDVM_CALLBACK_ATTEMPTS", "int", 1, "a callback is tried at least once"},
 	{"callback-backoff", "GOLDVM_CALLBACK_BACKOFF", "duration", 0, "0 retries at once"},
 	{"callback-timeout", "GOLDVM_CALLBACK_TIMEOUT", "duration", 1, "every attempt would time out at once"},
+	{"warm-templates", "GOLDVM_WARM_TEMPLATES", "int", 0, "0 makes templates only on request"},
 }
 
 // checkSettings refuses a numeric setting that is malformed in its

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +15,7 @@ func TestServeRefusesOutOfRangeSettings(t *testing.T) {
 	below := map[string]string{
 		"max-cpus": "0", "max-memory": "1kib", "max-image-size": "0b", "image-max-idle": "-1s",
 		"image-stall-timeout": "0s", "image-retries": "-1", "image-retry-backoff": "-1s",
-		"callback-attempts": "0", "callback-backoff": "-1ms", "callback-timeout": "0s",
+		"callback-attempts": "0", "callback-backoff": "-1ms", "callback-timeout": "0s", "warm-templates": "-1",
 	}
 	for _, s := range numSettings {
 		t.Run(s.flag, func(t *testing.T) {
@@ -50,5 +51,18 @@ func TestZeroIsUsed(t *testing.T) {
 	}
 	if n, err := budgetBytes("1gib"); err != nil || n != 1<<30 {
 		t.Errorf("budget 1gib: %d, %v", n, err)
+	}
+}
+
+// TestWarmTemplatesNeedSharedUser: automatic templates are refused at start
+// where no VM could start from them (a root daemon's default user id per
+// VM), naming the flag and the way out.
+func TestWarmTemplatesNeedSharedUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("per-VM user ids are a root daemon's default")
+	}
+	err := runServe([]string{"--data-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--warm-templates", "2"})
+	if err == nil || !strings.Contains(err.Error(), "--warm-templates 2") || !strings.Contains(err.Error(), "--qemu-user") {
+		t.Fatalf("serve --warm-templates 2 under per-VM user ids: %v, want a refusal naming --qemu-user", err)
 	}
 }

@@ -54,7 +54,11 @@ func (s *Store) deleteLocked(key string, inUse func(key string) int) error {
 		return err
 	}
 	s.log.Info("deleted image", "key", key)
-	return removeTree(tomb)
+	err = removeTree(tomb)
+	if s.opts.Removed != nil {
+		s.opts.Removed(key)
+	}
+	return err
 }
 
 // EvictPolicy says which unused images Evict may remove.

@@ -201,6 +201,10 @@ type Options struct {
 	// images): each download is kept as it is, one file named MediaFile,
 	// neither decompressed nor unpacked. Used without PrepareDisk.
 	Verbatim bool
+	// Removed, when set, is called with the key of every image this store
+	// deletes or evicts, once its files are gone (a driver then drops what
+	// it keeps beside the image, such as warm-start templates).
+	Removed func(key string)
 }
 
 // Disk is an image's disk as PrepareDisk decided it.

@@ -58,6 +58,9 @@ type Record struct {
 	KernelPath string   `json:"kernel_path,omitempty"`
 	InitrdPath string   `json:"initrd_path,omitempty"`
 	CDROMPaths []string `json:"cdrom_paths,omitempty"`
+	// PhaseSince is when the creation entered its current phase (for
+	// VM.PhaseTimes).
+	PhaseSince time.Time `json:"phase_since,omitzero"`
 }
 
 // DB is the VM record database. It is safe for concurrent use.

@@ -125,7 +125,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 			log.Error("record failure", "err", uerr)
 		}
 	} else {
-		_, uerr := m.update(id, func(r *records.Record) error {
+		done, uerr := m.update(id, func(r *records.Record) error {
 			r.Status, r.Phase, r.Progress, r.Error = api.StatusRunning, "", nil, nil
 			r.IPAddress, r.GuestOS, r.SSHAddress = info.IPAddress, info.GuestOS, info.SSHAddress
 			r.GuestOSName = cmp.Or(info.GuestOSName, info.GuestOS)
@@ -144,6 +144,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 		if info.GuestOS == "" {
 			m.startProbe(id, time.Duration(r.ToolsInitTimeout))
 		}
+		m.noteColdBoot(done)
 	}
 	m.crashPoint(CrashCallback)
 	m.deliverCallback(ctx, id)

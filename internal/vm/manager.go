@@ -64,6 +64,10 @@ type Config struct {
 	CrashPoint func(point string)
 	// Events receives every state change of a VM (nil: none).
 	Events *events.Bus
+	// WarmTemplatesAfter, when > 0, makes the warm-start template of an
+	// image and hardware after that many of its VMs booted cold (drivers
+	// with templates only).
+	WarmTemplatesAfter int
 }
 
 // Points at which Config.CrashPoint is called.
@@ -89,13 +93,14 @@ type Manager struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu       sync.Mutex
-	creates  map[string]*task // in-flight creations, by VM id
-	watchers map[string]*task // running-VM watchers, by VM id
-	probes   map[string]*task // late guest-OS probes of running VMs, by VM id
-	idLocks  map[string]*sync.Mutex
-	unsaved  map[string]*records.Record // changes the store could not save yet (see records.go)
-	retrying bool                       // a retryUnsaved loop runs
+	mu        sync.Mutex
+	creates   map[string]*task // in-flight creations, by VM id
+	watchers  map[string]*task // running-VM watchers, by VM id
+	probes    map[string]*task // late guest-OS probes of running VMs, by VM id
+	idLocks   map[string]*sync.Mutex
+	unsaved   map[string]*records.Record // changes the store could not save yet (see records.go)
+	retrying  bool                       // a retryUnsaved loop runs
+	coldBoots map[string]int             // cold boots by image and hardware (see noteColdBoot)
 
 	capacity *capacity
 }
@@ -118,7 +123,7 @@ func New(cfg Config) *Manager {
 	return &Manager{
 		cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel,
 		creates: map[string]*task{}, watchers: map[string]*task{}, probes: map[string]*task{}, idLocks: map[string]*sync.Mutex{},
-		unsaved:  map[string]*records.Record{},
+		unsaved: map[string]*records.Record{}, coldBoots: map[string]int{},
 		capacity: newCapacity(cfg.Capacity, cfg.QueueTimeout),
 	}
 }

@@ -484,3 +484,45 @@ func TestMACIsOneVMs(t *testing.T) {
 		t.Errorf("third VM: machine %+v, want the freed MAC", got.Machine)
 	}
 }
+
+// TestPhaseTimes: a created VM's record lists the phases it went through,
+// in order, each with the time it took; a phase that waited (here
+// discovery, held by the driver) shows at least that wait, and together
+// they fit between the request and the last update.
+func TestPhaseTimes(t *testing.T) {
+	e := newEnv(t)
+	const hold = 50 * time.Millisecond
+	e.host.Hook = func(ctx context.Context, op string, spec hypervisor.Spec) error {
+		if op == fakedriver.OpDiscover {
+			time.Sleep(hold)
+		}
+		return nil
+	}
+	v := e.create()
+	got := e.waitStatus(v.ID, api.StatusRunning)
+	var phases []api.Phase
+	var sum float64
+	for _, p := range got.PhaseTimes {
+		phases = append(phases, p.Phase)
+		if p.Seconds < 0 {
+			t.Errorf("phase %s took %v s", p.Phase, p.Seconds)
+		}
+		sum += p.Seconds
+	}
+	want := []api.Phase{api.PhaseDownloading, api.PhaseCloning, api.PhaseBooting, api.PhaseDiscovering}
+	i := 0
+	for _, p := range phases {
+		if i < len(want) && p == want[i] {
+			i++
+		}
+	}
+	if i != len(want) || phases[0] != api.PhasePending || phases[len(phases)-1] != api.PhaseDiscovering {
+		t.Fatalf("phases %v, want pending first, then %v in order, discovering last", phases, want)
+	}
+	if last := got.PhaseTimes[len(got.PhaseTimes)-1]; last.Seconds < hold.Seconds() {
+		t.Errorf("discovery was held %v but took %v s", hold, last.Seconds)
+	}
+	if total := got.UpdatedAt.Sub(got.CreatedAt).Seconds(); sum > total+0.01 {
+		t.Errorf("phases sum to %v s, more than the %v s from request to running", sum, total)
+	}
+}

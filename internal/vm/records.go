@@ -2,8 +2,10 @@ package vm
 
 import (
 	"errors"
+	"slices"
 	"time"
 
+	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/records"
 )
@@ -25,11 +27,34 @@ const retryUnsavedEvery = time.Second
 // change is published as an event (see publishChange).
 func (m *Manager) update(id string, fn func(*records.Record) error) (*records.Record, error) {
 	var before records.Record
-	r, err := m.save(id, func(r *records.Record) error { before = *r; return fn(r) })
+	r, err := m.save(id, func(r *records.Record) error {
+		before = *r
+		if err := fn(r); err != nil {
+			return err
+		}
+		timePhase(&before, r, time.Now())
+		return nil
+	})
 	if err == nil {
 		m.publishChange(&before, r)
 	}
 	return r, err
+}
+
+// timePhase closes the timing of the phase a creation leaves (before's)
+// when after is in another phase or no longer creating.
+func timePhase(before, after *records.Record, now time.Time) {
+	if before.Status != api.StatusCreating || before.Phase == "" ||
+		(after.Status == api.StatusCreating && after.Phase == before.Phase) {
+		return
+	}
+	since := before.PhaseSince
+	if since.IsZero() {
+		since = before.CreatedAt
+	}
+	d := now.Sub(since).Round(time.Millisecond).Seconds()
+	after.PhaseTimes = append(slices.Clip(after.PhaseTimes), api.PhaseTime{Phase: before.Phase, Seconds: max(d, 0)})
+	after.PhaseSince = now
 }
 
 // save is update without the event.

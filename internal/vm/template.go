@@ -2,6 +2,7 @@ package vm
 
 import (
 	"context"
+	"encoding/json"
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
@@ -55,12 +56,16 @@ func (m *Manager) MakeTemplate(ctx context.Context, key string, req api.Template
 	if err != nil {
 		return api.Template{}, err
 	}
-	r := &records.Record{VM: api.VM{
-		ID: "template", CPUs: hw.CPUs(), MemoryMiB: hw.MemoryMiB, NetworkType: v.NetworkType, Image: v.Image, Headless: true, Machine: &hw,
-	}}
-	spec := m.goldSpec(r, gold)
 	m.cfg.Images.Touch(gold.Key)
-	return t.MakeTemplateFor(ctx, spec)
+	return t.MakeTemplateFor(ctx, m.templateSpec(gold, v.Image, v.NetworkType, hw))
+}
+
+// templateSpec is the spec of the VM a template of gold is booted from.
+func (m *Manager) templateSpec(gold *image.Gold, img api.Image, network string, hw api.Machine) hypervisor.Spec {
+	r := &records.Record{VM: api.VM{
+		ID: "template", CPUs: hw.CPUs(), MemoryMiB: hw.MemoryMiB, NetworkType: network, Image: img, Headless: true, Machine: &hw,
+	}}
+	return m.goldSpec(r, gold)
 }
 
 // Templates lists the templates of the image key ("": of all images).
@@ -101,4 +106,51 @@ func (m *Manager) warmStart(ctx context.Context, r *records.Record, spec hypervi
 // startedFrom records a cold boot.
 func (m *Manager) startedFrom(r *records.Record) {
 	m.update(r.ID, func(r *records.Record) error { r.StartedFrom = api.StartedFromBoot; return nil })
+}
+
+// noteColdBoot counts a VM that booted cold and became running. When its
+// image and hardware have booted cold Config.WarmTemplatesAfter times
+// since the daemon started, their template is made in the background, so
+// that later creates of that shape start warm. A failed attempt is logged
+// and tried again after as many cold boots more.
+func (m *Manager) noteColdBoot(r *records.Record) {
+	after := m.cfg.WarmTemplatesAfter
+	t, ok := m.cfg.Driver.(Templater)
+	gg, ok2 := m.cfg.Images.(goldGetter)
+	if after <= 0 || !ok || !ok2 || r.StartedFrom != api.StartedFromBoot || r.Machine == nil {
+		return
+	}
+	key, err := image.Key(imageSpec(r))
+	if err != nil {
+		return
+	}
+	hw, _ := json.Marshal(r.Machine)
+	shape := key + "\x00" + r.NetworkType + "\x00" + string(hw)
+	m.mu.Lock()
+	m.coldBoots[shape]++
+	due := m.coldBoots[shape] >= after
+	if due {
+		delete(m.coldBoots, shape)
+	}
+	m.mu.Unlock()
+	if !due {
+		return
+	}
+	gold, err := gg.Get(key)
+	if err != nil {
+		return
+	}
+	spec := m.templateSpec(gold, r.Image, r.NetworkType, *r.Machine)
+	log := m.log.With("image", key, "vm", r.ID)
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		log.Info("making a template: its shape booted cold often enough", "cold_boots", after)
+		tpl, err := t.MakeTemplateFor(m.ctx, spec)
+		if err != nil {
+			log.Warn("automatic template failed; later creates of this shape boot cold", "err", err)
+			return
+		}
+		log.Info("template ready", "template", tpl.Key, "size", tpl.SizeBytes)
+	}()
 }

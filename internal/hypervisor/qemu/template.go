@@ -398,12 +398,71 @@ func (d *Driver) MakeTemplate(ctx context.Context, root, imageKey string, gold h
 	return t, nil
 }
 
-// DeleteTemplate removes a template. VMs started from it keep its files
-// open but their overlays name its layer: the caller must make sure none
-// runs (a later restart would not find the layer).
-func DeleteTemplate(t Template) error {
-	trash := filepath.Join(filepath.Dir(t.Dir), ".del-"+filepath.Base(t.Dir))
-	if err := os.Rename(t.Dir, trash); err != nil {
+// DropTemplates removes every template of imageKey from
+// Config.TemplateDir: called when the image is deleted or evicted (which
+// the image store refuses while any VM uses the image, so no VM runs on a
+// template's layer).
+func (d *Driver) DropTemplates(imageKey string) error {
+	if d.cfg.TemplateDir == "" || !idRe.MatchString(imageKey) {
+		return nil
+	}
+	return removeDir(d.cfg.TemplateDir, imageKey)
+}
+
+// PruneTemplates removes from Config.TemplateDir the templates of the
+// images keep answers false for (deleted while the daemon was down), and
+// what a crash left of templates being made or removed. Call it at start,
+// before any template is made.
+func (d *Driver) PruneTemplates(keep func(imageKey string) bool) error {
+	if d.cfg.TemplateDir == "" {
+		return nil
+	}
+	ents, err := os.ReadDir(d.cfg.TemplateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		switch {
+		case !e.IsDir():
+		case strings.HasPrefix(e.Name(), ".") || !keep(e.Name()):
+			d.log.Info("removing templates of a deleted image", "image", e.Name())
+			errs = append(errs, removeDir(d.cfg.TemplateDir, e.Name()))
+		default:
+			errs = append(errs, pruneUnfinished(filepath.Join(d.cfg.TemplateDir, e.Name())))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// pruneUnfinished removes the temporary directories in an image's template
+// directory (templates a crash interrupted while being made or removed).
+func pruneUnfinished(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") {
+			errs = append(errs, os.RemoveAll(filepath.Join(dir, e.Name())))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeDir removes parent/name by renaming it aside first, so that a
+// crash halfway leaves a dot-directory (which PruneTemplates removes), never
+// a half-removed template that looks complete.
+func removeDir(parent, name string) error {
+	trash := filepath.Join(parent, ".del-"+name)
+	if err := os.Rename(filepath.Join(parent, name), trash); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
 		return err
 	}
 	return os.RemoveAll(trash)
@@ -546,6 +605,10 @@ func (d *Driver) restoreAllowed() error {
 	}
 	return nil
 }
+
+// TemplatesAllowed says why no VM can start from a template under this
+// driver's configuration (nil: they can).
+func (d *Driver) TemplatesAllowed() error { return d.restoreAllowed() }
 
 // StartFromTemplate starts the VM spec from t instead of booting it: a new
 // overlay on the frozen layer, the state restored, and a new identity
