@@ -169,16 +169,15 @@ func TestDashboard(t *testing.T) {
 
 	// The console tail and the screenshot are a click away.
 	do("open the console", chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-vm=%q] button.console`, v.ID))))
-	waitPage("the console tail with the guest's lines", `document.querySelector('#console').textContent.includes('goldvm-guest:')`, 60*time.Second)
+	// The guest prints its ready line a moment after it is reported
+	// running: the open console refreshes itself until it is there.
+	waitPage("the console tail with the guest's ready line",
+		`document.querySelector('#console').textContent.includes(`+jsString("goldvm-guest: ready ip="+got.IPAddress)+`)`, 60*time.Second)
+	if eval(`String(/[\x00-\x08\x0b-\x1f]/.test(document.querySelector('#console').textContent))`) != "false" {
+		t.Error("the console tail on the page has control characters (terminal escapes) in it")
+	}
 	if path := os.Getenv(dashboardScreenshotEnv); path != "" {
-		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-		if err != nil {
-			t.Fatalf("screenshot of the page: %v", err)
-		}
-		if err := os.WriteFile(path, png, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("wrote a screenshot of the page to %s", path)
+		dashboardScreenshot(t, ctx, d, img, path, waitPage)
 	}
 	do("open the screenshot", chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-vm=%q] button.screenshot`, v.ID))))
 	waitPage("the VM's screenshot", `document.querySelector('#screenshot').naturalWidth > 0 && !document.querySelector('#screenshot').hidden`, 60*time.Second)
@@ -213,6 +212,29 @@ func TestDashboard(t *testing.T) {
 	if strings.Contains(urls, token) {
 		t.Errorf("the token is in a URL the page requested: %s", urls)
 	}
+}
+
+// dashboardScreenshot writes a screenshot of the page to path, with a
+// second VM on it while it is created (its progress bar), which it then
+// deletes.
+func dashboardScreenshot(t *testing.T, ctx context.Context, d *daemon, img api.Image, path string, waitPage func(what, expr string, timeout time.Duration)) {
+	t.Helper()
+	req := createReq(img, "")
+	req.Tags = map[string]string{"team": "docs", "ci": "yes"}
+	v := mustCreate(t, d, req)
+	waitPage("the second VM's progress bar", fmt.Sprintf(`document.querySelector('tr[data-vm=%q] progress') !== null`, v.ID), time.Minute)
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatalf("screenshot of the page: %v", err)
+	}
+	if err := os.WriteFile(path, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("wrote a screenshot of the page to %s", path)
+	if err := d.client.DeleteVM(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitPage("the second VM to leave the page", fmt.Sprintf(`document.querySelector('tr[data-vm=%q]') === null`, v.ID), 2*time.Minute)
 }
 
 // exceptionDescription is the message of a page's exception.

@@ -395,6 +395,16 @@
 
   // ---- a VM's console and screenshot ------------------------------------
 
+  // plainConsole drops what a terminal would act on and a page would show
+  // as noise: escape sequences (colours, cursor queries) and other
+  // control characters but newlines and tabs.
+  function plainConsole(s) {
+    return s.replace(/\r\n/g, '\n')
+      .replace(/\x1b\[[0-?]*[ -\/]*[@-~]/g, '')
+      .replace(/\x1b[@-_]/g, '')
+      .replace(/[\x00-\x08\x0b-\x1f\x7f]/g, '');
+  }
+
   let detailTimer = null;
   let screenshotURL = null;
 
@@ -409,7 +419,7 @@
       if (d.kind === 'console') {
         const pre = $('#console');
         const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-        pre.textContent = await resp.text();
+        pre.textContent = plainConsole(await resp.text());
         pre.dataset.loaded = 'true';
         if (atEnd) pre.scrollTop = pre.scrollHeight;
         pre.hidden = false;
