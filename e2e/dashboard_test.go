@@ -30,9 +30,11 @@ const dashboardScreenshotEnv = "GOLDVM_DASHBOARD_SCREENSHOT"
 // token: the page asks for it (and again after a wrong one); a VM created
 // through the API appears on the page and reaches running without a
 // reload, with its address, tags and image; its console tail and
-// screenshot open from its row; its delete button asks first (a dismissed
-// confirmation keeps it), and once confirmed the VM is gone from the page
-// and the API answers 404.
+// screenshot open from its row; the page follows a restart of the daemon
+// with a new token (asks for it, reads the state again); its delete
+// button asks first (a dismissed confirmation keeps it), and once
+// confirmed the VM is gone from the page and the API answers 404; a reload
+// does not ask for the token again, and no URL the page asked for holds it.
 func TestDashboard(t *testing.T) {
 	requireEnv(t)
 	chrome, err := exec.LookPath("chromium")
@@ -182,6 +184,26 @@ func TestDashboard(t *testing.T) {
 	do("open the screenshot", chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-vm=%q] button.screenshot`, v.ID))))
 	waitPage("the VM's screenshot", `document.querySelector('#screenshot').naturalWidth > 0 && !document.querySelector('#screenshot').hidden`, 60*time.Second)
 
+	// The daemon restarts with another token: the page reconnects, is
+	// refused, asks again and resumes its stream, whose last event id is of
+	// the earlier run (a reset: the page reads everything again); a tag
+	// set while it waited for the token shows.
+	const token2 = "e2e-dashboard-second-token-0123"
+	d.stop()
+	d.start("--token", token2)
+	d.client = client.New(d.addr, token2)
+	waitPage("the page to ask for the daemon's new token",
+		`document.querySelector('#login').open && document.querySelector('#login-msg').textContent.includes('refused')`, time.Minute)
+	if _, err := d.client.PatchVM(ctx, v.ID, map[string]*string{"seen": new("after-restart")}); err != nil {
+		t.Fatalf("PATCH the VM's tags: %v", err)
+	}
+	do("enter the new token", chromedp.SendKeys(chromedp.ID("token"), token2), chromedp.Click(chromedp.ID("login-submit")))
+	waitPage("the page to read the VM again after the restart",
+		`document.querySelector('#conn').textContent === 'live' && `+row+`?.querySelector('td.tags').textContent.includes('seen=after-restart')`, time.Minute)
+	if s := eval(row + `.dataset.status`); s != "running" {
+		t.Errorf("after the daemon's restart the page shows the VM %s, want running", s)
+	}
+
 	// Delete asks first: dismissed, the VM stays; accepted, it goes.
 	deleteButton := chromedp.CSS(fmt.Sprintf(`tr[data-vm=%q] button.delete`, v.ID))
 	do("click delete and dismiss", chromedp.Click(deleteButton))
@@ -202,6 +224,12 @@ func TestDashboard(t *testing.T) {
 
 	if eval(`String(window.goldvmNoReload === true)`) != "true" {
 		t.Error("the page was reloaded")
+	}
+	// The token is kept for the tab: a reload does not ask again.
+	do("reload the page", chromedp.Reload())
+	waitPage("the reloaded page to be live without asking", `document.querySelector('#conn').textContent === 'live'`, 30*time.Second)
+	if eval(`String(document.querySelector('#login').open)`) != "false" {
+		t.Error("the reloaded page asked for the token again")
 	}
 	// The token went in headers only, never in a URL.
 	urls := eval(`JSON.stringify(performance.getEntriesByType('resource').map(e => e.name).concat([location.href]))`)
