@@ -20,6 +20,8 @@
     // arrive meanwhile wait in pending and are applied after it.
     loading: false,
     pending: [],
+    loaded: false, // a snapshot was read once
+
     detail: null, // {id, kind: "console" | "screenshot"}
   };
 
@@ -110,7 +112,9 @@
 
   // loadAll reads every VM (page by page) and image, then applies the
   // events that came in meanwhile.
+  let loadGen = 0; // the latest loadAll: an earlier one still reading gives way
   async function loadAll() {
+    const gen = ++loadGen;
     state.loading = true;
     try {
       const vms = new Map();
@@ -121,18 +125,25 @@
         after = page.next || '';
       } while (after);
       const imgs = await apiJSON('/images');
+      if (gen !== loadGen) return;
       state.vms = vms;
       state.images = new Map(imgs.images.map((i) => [i.key, i]));
+      state.loaded = true;
       showError(null);
     } catch (err) {
-      showError(err);
+      if (gen === loadGen) showError(err);
     } finally {
-      state.loading = false;
-      const pending = state.pending;
-      state.pending = [];
-      for (const ev of pending) apply(ev);
-      render();
+      if (gen === loadGen) finishLoad();
     }
+  }
+
+  // finishLoad applies the events that came while the snapshot was read.
+  function finishLoad() {
+    state.loading = false;
+    const pending = state.pending;
+    state.pending = [];
+    for (const ev of pending) apply(ev);
+    render();
   }
 
   const updated = (v) => Date.parse(v.updated_at) || 0;
@@ -347,6 +358,10 @@
     for (const [id, row] of state.rows) {
       if (!seen.has(id)) { row.remove(); state.rows.delete(id); }
     }
+    if (state.loaded) {
+      $('#no-vms').textContent = 'No VMs.';
+      $('#no-images').textContent = 'No images.';
+    }
     $('#no-vms').hidden = vms.length > 0;
     $('#vms').hidden = vms.length === 0;
     $('#vm-count').textContent = vms.length ? '(' + vms.length + ')' : '';
@@ -467,8 +482,9 @@
   $('#detail-refresh').addEventListener('click', loadDetail);
   $('#detail-close').addEventListener('click', closeDetail);
 
-  async function deleteVM(id) {
+  async function deleteVM(id, button) {
     if (!confirm('Delete VM ' + id + '? Its machine and disk are removed.')) return;
+    button.disabled = true; // until the record says how the delete went
     try {
       const resp = await api('/vms/' + encodeURIComponent(id), { method: 'DELETE' });
       if (resp.status === 404) {
@@ -489,7 +505,7 @@
     const row = e.target.closest('tr[data-vm]');
     if (!b || !row) return;
     const id = row.dataset.vm;
-    if (b.dataset.action === 'delete') deleteVM(id);
+    if (b.dataset.action === 'delete') deleteVM(id, b);
     else openDetail(id, b.dataset.action);
   });
 
