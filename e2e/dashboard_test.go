@@ -53,6 +53,8 @@ func TestDashboard(t *testing.T) {
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chrome),
 		chromedp.UserDataDir(t.TempDir()),
+		// Its singleton socket and shared memory files too.
+		chromedp.Env("TMPDIR="+t.TempDir()),
 		chromedp.WindowSize(1400, 1000))
 	if os.Geteuid() == 0 {
 		// Chromium refuses to run as root with its sandbox.
