@@ -16,7 +16,9 @@ if [[ "${1:-}" == "--test" ]]; then
 		qemu-system-gui xvfb x11-utils genisoimage xorriso
 		# The lxd backend's tests run containers in a local LXD
 		# (scripts/lxd-init.sh starts and initialises it).
-		lxd lxd-client)
+		lxd lxd-client
+		# The dashboard's test opens the web page in a headless browser.
+		chromium)
 fi
 
 missing=()

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/dashboard"
 	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/events"
 	"github.com/goldvm/goldvm/internal/group"
@@ -103,6 +104,7 @@ func New(cfg Config) *Server {
 	})
 	s.mux.HandleFunc("/", s.noRoute)
 	s.opsRoutes(cfg)
+	s.addDashboard()
 	return s
 }
 
@@ -134,7 +136,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 	defer func() { s.observe(rec, r, start) }()
-	if s.token != "" && r.URL.Path != "/healthz" {
+	// The web page and its files hold no data (dashboard.Public).
+	if s.token != "" && r.URL.Path != "/healthz" && !dashboard.Public(r) {
 		got, ok := bearerToken(r.Header.Get("Authorization"))
 		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) != 1 {
 			rec.Header().Set("WWW-Authenticate", `Bearer realm="goldvm"`)
