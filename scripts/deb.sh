@@ -30,6 +30,9 @@ if ! [[ "$VERSION" =~ ^[0-9][A-Za-z0-9.+~-]*$ ]]; then
 	echo "deb.sh: VERSION $VERSION: a Debian version starts with a digit" >&2
 	exit 1
 fi
+# The go command records the commit in a clone's binaries but not in a git
+# worktree's: stamp it.
+REVISION=${REVISION:-$(git -C "$root" rev-parse HEAD 2>/dev/null || true)}
 arch=${GOARCH:-$(go env GOARCH)}
 
 stage=$(mktemp -d)
@@ -38,9 +41,9 @@ pkg=$stage/goldvm
 install -d -m 0755 "$pkg/DEBIAN" "$pkg/usr/bin" "$pkg/lib/systemd/system" "$pkg/etc/goldvm" "$pkg/usr/share/doc/goldvm"
 
 # Static (no cgo: user lookups read /etc/passwd), reproducible paths, the
-# version stamped in (goldvm version) and the commit too where git can say.
+# version and commit stamped in (goldvm version).
 (cd "$root" && CGO_ENABLED=0 GOARCH=$arch go build -trimpath -buildvcs=auto \
-	-ldflags "-s -w -X main.version=$VERSION" -o "$pkg/usr/bin/goldvm" ./cmd/goldvm)
+	-ldflags "-s -w -X main.version=$VERSION -X main.revision=$REVISION" -o "$pkg/usr/bin/goldvm" ./cmd/goldvm)
 chmod 0755 "$pkg/usr/bin/goldvm"
 install -m 0644 "$root/contrib/systemd/goldvm.service" "$pkg/lib/systemd/system/goldvm.service"
 # 0640: it may hold the API token.

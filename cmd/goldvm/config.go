@@ -16,8 +16,9 @@ import (
 )
 
 // defaultConfigFile is the configuration file `goldvm serve` reads when
-// neither --config nor $GOLDVM_CONFIG names one. It may be missing.
-const defaultConfigFile = "/etc/goldvm/goldvm.toml"
+// neither --config nor $GOLDVM_CONFIG names one. It may be missing. (A
+// variable for tests.)
+var defaultConfigFile = "/etc/goldvm/goldvm.toml"
 
 // origin is where a setting's value came from.
 type origin struct {

@@ -14,8 +14,9 @@ import (
 // configShow is `goldvm config print`: serve settles its configuration
 // from the same flags, environment and file, hands it here and returns.
 type configShow struct {
-	out  io.Writer
-	json bool
+	out     io.Writer
+	json    bool
+	printed *config // the configuration print was given
 }
 
 // register declares print's own flags on the serve flag set and adds
@@ -42,6 +43,7 @@ type shownConfig struct {
 // print writes c's settings, by name, with their values and origins.
 // Secrets (the token) show only whether they are set.
 func (s *configShow) print(c *config) error {
+	s.printed = c
 	sc := shownConfig{File: c.file, FileRead: c.fileRead}
 	c.flags.VisitAll(func(f *flag.Flag) {
 		o, ok := c.origins[f.Name]

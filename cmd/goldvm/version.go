@@ -7,10 +7,12 @@ import (
 	"strings"
 )
 
-// version is goldvm's release, set when packaging:
-// go build -ldflags "-X main.version=1.2.3". Empty: the module version of
-// the build information ("(devel)" for a build from a checkout).
-var version string
+// version and revision are goldvm's release and commit, set when
+// packaging: go build -ldflags "-X main.version=1.2.3 -X main.revision=abc…"
+// (scripts/deb.sh does). Empty: the build information's module version
+// ("(devel)" from a checkout) and VCS revision (which the go command records
+// in a clone but not in a git worktree, nor with -buildvcs=false).
+var version, revision string
 
 // versionInfo is what `goldvm version` reports.
 type versionInfo struct {
@@ -24,18 +26,15 @@ type versionInfo struct {
 // buildVersion reads the binary's build information.
 func buildVersion() versionInfo {
 	bi, _ := debug.ReadBuildInfo()
-	return versionFrom(bi, version)
+	return versionFrom(bi, version, revision)
 }
 
 // versionFrom is buildVersion for build information bi (nil when the
-// binary has none) and the -X override (empty: none).
-func versionFrom(bi *debug.BuildInfo, override string) versionInfo {
-	v := versionInfo{Version: override}
+// binary has none) and the -X overrides (empty: none).
+func versionFrom(bi *debug.BuildInfo, override, rev string) versionInfo {
+	v := versionInfo{Version: override, Revision: rev}
 	if bi == nil {
-		if v.Version == "" {
-			v.Version = "unknown"
-		}
-		return v
+		bi = &debug.BuildInfo{}
 	}
 	v.Go = bi.GoVersion
 	if v.Version == "" {
@@ -47,7 +46,9 @@ func versionFrom(bi *debug.BuildInfo, override string) versionInfo {
 	for _, s := range bi.Settings {
 		switch s.Key {
 		case "vcs.revision":
-			v.Revision = s.Value
+			if rev == "" {
+				v.Revision = s.Value
+			}
 		case "vcs.time":
 			v.Time = s.Value
 		case "vcs.modified":
