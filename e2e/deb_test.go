@@ -48,6 +48,7 @@ func TestDebPackage(t *testing.T) {
 		}
 	}
 	repo := repoRoot()
+	head := strings.TrimSpace(output(t, "git", "-C", repo, "rev-parse", "HEAD"))
 	outDir := t.TempDir()
 	build := exec.Command("bash", filepath.Join(repo, "scripts", "deb.sh"), outDir)
 	build.Env = append(os.Environ(), "VERSION="+debVersion)
@@ -109,7 +110,6 @@ func TestDebPackage(t *testing.T) {
 		}
 	}
 	bin := filepath.Join(root, "usr/bin/goldvm")
-	head := strings.TrimSpace(output(t, "git", "-C", repo, "rev-parse", "HEAD"))
 	if v := output(t, bin, "version"); !strings.HasPrefix(v, "goldvm "+debVersion+" (commit "+head[:12]) {
 		t.Errorf("goldvm version: %q, want %s at commit %s", v, debVersion, head[:12])
 	}
@@ -190,11 +190,11 @@ func TestDebPackage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var vms []api.VM
-	err = json.NewDecoder(resp.Body).Decode(&vms)
+	var list api.VMList
+	err = json.NewDecoder(resp.Body).Decode(&list)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || err != nil || len(vms) != 0 {
-		t.Errorf("GET /vms: %d, %v, %v; want 200 and no VM", resp.StatusCode, vms, err)
+	if resp.StatusCode != 200 || err != nil || len(list.VMs) != 0 {
+		t.Errorf("GET /vms: %d, %+v, %v; want 200 and no VM", resp.StatusCode, list, err)
 	}
 	// Environment=GOLDVM_LOG_FORMAT=json reached it: the journal gets JSON.
 	if line := firstLine(t, logPath); !json.Valid([]byte(line)) {
