@@ -190,7 +190,11 @@ func parseConfigFile(path string, data []byte, flags *flag.FlagSet, own map[stri
 		key := strings.Join(append(table, parts...), ".")
 		f := flags.Lookup(key)
 		if len(table)+len(parts) != 1 || f == nil || own[key] {
-			errs = append(errs, fmt.Errorf("%s:%d: unknown key %q: not a flag of goldvm serve (goldvm serve -h lists them)", path, line, key))
+			hint := "goldvm serve -h lists them"
+			if alt := strings.ReplaceAll(key, "_", "-"); alt != key && flags.Lookup(alt) != nil && !own[alt] {
+				hint = "did you mean " + alt + "?"
+			}
+			errs = append(errs, fmt.Errorf("%s:%d: unknown key %q: not a flag of goldvm serve (%s)", path, line, key, hint))
 			continue
 		}
 		v, err := flagText(f, values[key])

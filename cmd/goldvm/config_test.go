@@ -94,6 +94,7 @@ func TestConfigUnknownKey(t *testing.T) {
 		"",
 		"max-cpu = 4",
 		`config = "/etc/other.toml"`,
+		"max_cpus = 4",
 		"[lxd]",
 		`url = "unix:///x"`,
 	)
@@ -104,8 +105,9 @@ func TestConfigUnknownKey(t *testing.T) {
 	for _, want := range []string{
 		path + `:3: unknown key "max-cpu"`,
 		path + `:4: unknown key "config"`,
-		path + `:5: table [lxd]`,
-		path + `:6: unknown key "lxd.url"`,
+		path + `:5: unknown key "max_cpus": not a flag of goldvm serve (did you mean max-cpus?)`,
+		path + `:6: table [lxd]`,
+		path + `:7: unknown key "lxd.url"`,
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q\nlacks %q", err, want)
