@@ -24,6 +24,8 @@ Usage:
   goldvm vnc     [flags] ID         relay a local port to a VM's VNC console
   goldvm screenshot [flags] ID -o FILE.png   save a PNG of a VM's display
   goldvm capacity [flags]           show the host's capacity for VMs
+  goldvm config print [flags]       show serve's configuration and where each value came from
+  goldvm version [--json]           show goldvm's version and build
 
 Client commands talk to $GOLDVM_ADDR (default 127.0.0.1:12345) with the bearer
 token $GOLDVM_TOKEN if set; --json prints JSON for scripts.
@@ -64,6 +66,10 @@ func main() {
 		err = runScreenshot(args)
 	case "capacity":
 		err = runCapacity(args)
+	case "config":
+		err = runConfig(args)
+	case "version", "--version", "-version":
+		err = runVersion(args)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

@@ -54,7 +54,12 @@ func envInt(key string, def int) int {
 	return def
 }
 
-func runServe(args []string) error {
+func runServe(args []string) error { return serve(args, nil) }
+
+// serve runs the daemon as args, the environment and the configuration
+// file say; with show, it prints that configuration instead (goldvm config
+// print). Errors about a setting from the file or the environment say so.
+func serve(args []string, show *configShow) (err error) {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	listen := fs.String("listen", envOr("GOLDVM_LISTEN", "127.0.0.1:12345"), "address to listen on ($GOLDVM_LISTEN)")
 	dataDir := fs.String("data-dir", envOr("GOLDVM_DATA_DIR", defaultDataDir()), "where images, VMs and the database live ($GOLDVM_DATA_DIR)")
@@ -92,9 +97,16 @@ func runServe(args []string) error {
 	logLevel := fs.String("log-level", envOr("GOLDVM_LOG_LEVEL", "info"), "debug, info, warn or error")
 	logFormat := fs.String("log-format", envOr("GOLDVM_LOG_FORMAT", ""), "text or json; default text on a terminal, json otherwise ($GOLDVM_LOG_FORMAT)")
 	lxdOpts := addLXDFlags(fs)
-	fs.Parse(args)
+	cfg, err := loadConfig(fs, args, show)
+	if err != nil {
+		return err
+	}
+	defer func() { err = cfg.explain(err) }()
 	if err := checkSettings(fs); err != nil {
 		return err
+	}
+	if show != nil {
+		return show.print(cfg)
 	}
 
 	var level slog.Level
@@ -318,7 +330,7 @@ func runServe(args []string) error {
 		IdleTimeout:       2 * time.Minute,
 	}
 	srv.RegisterOnShutdown(handler.StopStreams)
-	log.Info("goldvm serving", "listen", ln.Addr().String(), "data_dir", *dataDir, "backend", driver.Name())
+	log.Info("goldvm serving", "listen", ln.Addr().String(), "data_dir", *dataDir, "backend", driver.Name(), "version", buildVersion().String(), "config", cfg.file)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
