@@ -153,10 +153,13 @@ type VM struct {
 	// StartedFrom is StartedFromTemplate for a VM restored from a
 	// template, StartedFromBoot for one booted ("" before it started);
 	// WarmStartError says why a matching template was not used.
-	StartedFrom    string    `json:"started_from,omitempty"`
-	WarmStartError string    `json:"warm_start_error,omitempty"`
-	CreatedAt      time.Time `json:"created_at"`
-	UpdatedAt      time.Time `json:"updated_at"`
+	StartedFrom    string `json:"started_from,omitempty"`
+	WarmStartError string `json:"warm_start_error,omitempty"`
+	// FromGroup is set on a VM handed out for a create with from_group,
+	// or for a create whose template equals a warm group's.
+	FromGroup *HandOut  `json:"from_group,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // VMList is the reply of GET /vms.
