@@ -8,6 +8,9 @@
 // tags are in it), before any of the VM exists, and the VM manager resumes
 // or cleans up that record after a crash; so a daemon killed mid-reconcile
 // finds every creation it had begun and starts no second one for it.
+//
+// A group may also keep warm VMs (GroupSpec.Warm), handed out to creates
+// with from_group: see warm.go.
 package group
 
 import (
