@@ -155,6 +155,9 @@ type VM struct {
 	// WarmStartError says why a matching template was not used.
 	StartedFrom    string `json:"started_from,omitempty"`
 	WarmStartError string `json:"warm_start_error,omitempty"`
+	// FromGroup is set on a VM handed out for a create with from_group,
+	// or for a create whose template equals a warm group's.
+	FromGroup *HandOut `json:"from_group,omitempty"`
 	// PhaseTimes are the phases the creation went through, in order, with
 	// the time each took (the last one ends when the VM is running or
 	// failed).

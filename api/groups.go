@@ -17,6 +17,9 @@ const (
 	TagGroup = "goldvm.group"
 	// TagTemplate is the hash of the group template a VM was made from.
 	TagTemplate = "goldvm.template"
+	// TagWarm marks a group's warm VM (value "true"): booted, unassigned,
+	// waiting to be handed out by a create with from_group.
+	TagWarm = "goldvm.warm"
 )
 
 // ValidTagKey reports whether k is a tag key: 1 to MaxTagKeyLen characters
@@ -53,6 +56,21 @@ type GroupSpec struct {
 	// template change may leave (default 0: old VMs go only once their
 	// replacements run).
 	MaxUnavailable int `json:"max_unavailable,omitempty"`
+	// Warm is how many extra VMs the group keeps booted and unassigned,
+	// besides Size, for creates with from_group (or with a template equal
+	// to this one) to take at once. A VM handed out leaves the group.
+	Warm int `json:"warm,omitempty"`
+}
+
+// HandOut says how a create from a group was served (VM.FromGroup).
+type HandOut struct {
+	// Group is the group whose template made the VM.
+	Group string `json:"group"`
+	// Warm is true when a warm VM of the group was handed out, false when
+	// the VM was created cold from the group's template.
+	Warm bool `json:"warm"`
+	// Reason says why a create with from_group was served cold.
+	Reason string `json:"reason,omitempty"`
 }
 
 // Group states.
@@ -69,6 +87,8 @@ type GroupVM struct {
 	ID       string `json:"id"`
 	Status   Status `json:"status"`
 	Template string `json:"template"`
+	// Warm is true for a VM of the group's warm pool.
+	Warm bool `json:"warm,omitempty"`
 	// Current is false for a VM of an earlier template, removed as the
 	// group rolls over.
 	Current bool `json:"current"`
@@ -83,8 +103,12 @@ type Group struct {
 	TemplateHash string    `json:"template_hash"`
 	State        string    `json:"state"`
 	VMs          []GroupVM `json:"vms"`
-	// Running counts the group's VMs in status running.
+	// Running counts the group's VMs in status running, the warm pool's
+	// not included.
 	Running int `json:"running"`
+	// WarmReady counts the warm VMs ready to be handed out (running, of
+	// the current template).
+	WarmReady int `json:"warm_ready"`
 	// Failures counts creations from this template that failed in a row.
 	Failures int `json:"failures,omitempty"`
 	// NextRetry is when a creation is tried again after failures.

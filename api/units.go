@@ -219,4 +219,9 @@ type CreateVMRequest struct {
 	CDROMs []Image `json:"cdroms,omitempty"`
 	// Boot boots a Linux kernel directly (for building images).
 	Boot *Boot `json:"boot,omitempty"`
+	// FromGroup takes one of the named group's warm VMs (see
+	// GroupSpec.Warm): the group's template gives the VM; the request may
+	// add only tags and callback_url. With no warm VM ready the VM is
+	// created cold from the template (VM.FromGroup says which).
+	FromGroup string `json:"from_group,omitempty"`
 }

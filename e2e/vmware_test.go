@@ -206,3 +206,53 @@ func TestVMwareRestartKeepsGold(t *testing.T) {
 		t.Errorf("the driver's directory of the deleted image is still there: %v", err)
 	}
 }
+
+// TestVMwareLifecycleThroughTheDaemon: lifecycle actions on the vmware
+// backend through the API and the stand-in vmrun: suspend (vmrun suspend;
+// the VM stays suspended across a daemon restart, as its machine has no
+// process), resume (vmrun start), restart (vmrun reset), stop and start,
+// and 409 where the status does not allow the action.
+func TestVMwareLifecycleThroughTheDaemon(t *testing.T) {
+	tmp := t.TempDir()
+	vmrun, state, _, img := vmwareSetup(t, tmp)
+	d := startDaemonEnv(t, filepath.Join(tmp, "data"), []string{"VMRUN_PATH=" + vmrun, "FAKEVMRUN_STATE=" + state}, "--backend", "vmware")
+	ctx := context.Background()
+	c := d.client
+	v := waitVM(t, d, mustCreate(t, d, createReq(img, "")).ID, time.Minute)
+	if v.Status != api.StatusRunning {
+		t.Fatalf("got %s, want running", fmtVM(v))
+	}
+	act := func(action string, want api.Status) {
+		t.Helper()
+		got, err := c.VMAction(ctx, v.ID, action)
+		if err != nil || got.Status != want {
+			t.Fatalf("%s: %+v, %v; want %s", action, got, err, want)
+		}
+		if want == api.StatusRunning && got.IPAddress == "" {
+			t.Errorf("%s: no address: %s", action, fmtVM(got))
+		}
+	}
+	act("suspend", api.StatusSuspended)
+	if _, err := c.VMAction(ctx, v.ID, "suspend"); !isAPIError(err, 409, api.CodeVMInvalidState) {
+		t.Errorf("suspend of a suspended VM: %v, want 409", err)
+	}
+	d.stop()
+	d.start("--backend", "vmware")
+	if got, err := c.GetVM(ctx, v.ID); err != nil || got.Status != api.StatusSuspended {
+		t.Fatalf("after a daemon restart: %+v, %v; want still suspended", got, err)
+	}
+	act("resume", api.StatusRunning)
+	act("restart", api.StatusRunning)
+	act("stop", api.StatusStopped)
+	act("start", api.StatusRunning)
+	calls, _ := os.ReadFile(filepath.Join(state, "calls.log"))
+	for _, want := range []string{"\tsuspend\t", "\treset\t", "\tstop\t"} {
+		if !strings.Contains(string(calls), want) {
+			t.Errorf("vmrun was not asked to %s:\n%s", strings.TrimSpace(want), calls)
+		}
+	}
+	if err := c.DeleteVM(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, d, v.ID)
+}

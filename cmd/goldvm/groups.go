@@ -70,6 +70,7 @@ func runGroup(args []string) error {
 		size := fs.Int("size", 1, "how many VMs the group keeps")
 		surge := fs.Int("max-surge", 1, "most creations in flight")
 		unavail := fs.Int("max-unavailable", 0, "how many fewer than size may run during a template change")
+		warm := fs.Int("warm", 0, "extra VMs kept booted for creates with from_group")
 		cpus := fs.Int("cpus", 1, "virtual CPUs of each VM")
 		memory := fs.String("memory", "512mib", "memory of each VM: MiB or IEC")
 		network := fs.String("network", "nat", "network type: nat, bridged or hostonly")
@@ -84,7 +85,7 @@ func runGroup(args []string) error {
 		if name == "" || *imageURL == "" || *checksum == "" {
 			return errors.New("group set NAME needs --image URL and --checksum HEX")
 		}
-		spec := api.GroupSpec{Size: *size, MaxSurge: *surge, MaxUnavailable: *unavail, Template: api.CreateVMRequest{
+		spec := api.GroupSpec{Size: *size, MaxSurge: *surge, MaxUnavailable: *unavail, Warm: *warm, Template: api.CreateVMRequest{
 			CPUs: *cpus, NetworkType: *network, Tags: tags.m, ToolsInitTimeout: api.Duration(*toolsTimeout),
 			Image: api.Image{URL: *imageURL, Checksum: *checksum, ChecksumType: *checksumType},
 		}}
@@ -141,6 +142,9 @@ func showGroup(asJSON bool, g *api.Group) error {
 		return printJSON(g)
 	}
 	fmt.Printf("group %s: %s, size %d, %d running, template %s\n", g.Name, g.State, g.Spec.Size, g.Running, g.TemplateHash)
+	if g.Spec.Warm > 0 {
+		fmt.Printf("warm %d, %d ready\n", g.Spec.Warm, g.WarmReady)
+	}
 	if g.Error != nil {
 		fmt.Printf("last error (%d in a row): %s: %s\n", g.Failures, g.Error.Code, g.Error.Message)
 	}
@@ -148,6 +152,9 @@ func showGroup(asJSON bool, g *api.Group) error {
 		cur := ""
 		if !v.Current {
 			cur = " (old template)"
+		}
+		if v.Warm {
+			cur += " (warm)"
 		}
 		fmt.Printf("  %s  %s%s\n", v.ID, v.Status, cur)
 	}

@@ -93,6 +93,7 @@ func serve(args []string, show *configShow) (err error) {
 	qemuUser := fs.String("qemu-user", os.Getenv("GOLDVM_QEMU_USER"), "as root, run every QEMU as this user (e.g. a system user goldvm-qemu), which owns each VM's directory, disk and tap; \"root\" runs QEMU as root (not recommended) ($GOLDVM_QEMU_USER)")
 	qemuUIDs := fs.String("qemu-uid-range", os.Getenv("GOLDVM_QEMU_UID_RANGE"), "as root, run each VM's QEMU as a user id of its own from FIRST-LAST, ids no account or process uses (checked at start): one VM's QEMU cannot reach another's disk; the default when neither this nor --qemu-user is given is "+qemu.DefaultUIDRange+" ($GOLDVM_QEMU_UID_RANGE)")
 	maxGroupSize := fs.Int("max-group-size", envInt("GOLDVM_MAX_GROUP_SIZE", 100), "largest size a group may ask for ($GOLDVM_MAX_GROUP_SIZE)")
+	maxGroupWarm := fs.Int("max-group-warm", envInt("GOLDVM_MAX_GROUP_WARM", group.DefaultMaxWarm), "largest warm pool a group may ask for ($GOLDVM_MAX_GROUP_WARM)")
 	groupRetry := fs.Duration("group-retry-backoff", envDuration("GOLDVM_GROUP_RETRY_BACKOFF", 2*time.Second), "wait after a group's first failed creation; doubles with each failure in a row, up to 5m")
 	logLevel := fs.String("log-level", envOr("GOLDVM_LOG_LEVEL", "info"), "debug, info, warn or error")
 	logFormat := fs.String("log-format", envOr("GOLDVM_LOG_FORMAT", ""), "text or json; default text on a terminal, json otherwise ($GOLDVM_LOG_FORMAT)")
@@ -312,7 +313,7 @@ func serve(args []string, show *configShow) (err error) {
 	stopEvict := startEviction(images, policy, mgr.ImageUsers, log)
 	defer stopEvict()
 
-	groups := group.New(group.Config{Store: db, VMs: mgr, MaxSize: *maxGroupSize, RetryBase: *groupRetry, Logger: log})
+	groups := group.New(group.Config{Store: db, VMs: mgr, MaxSize: *maxGroupSize, MaxWarm: *maxGroupWarm, RetryBase: *groupRetry, Logger: log})
 	gctx, stopGroups := context.WithCancel(context.Background())
 	groupsDone := make(chan struct{})
 	go func() { defer close(groupsDone); groups.Run(gctx) }()

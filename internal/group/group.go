@@ -8,6 +8,9 @@
 // tags are in it), before any of the VM exists, and the VM manager resumes
 // or cleans up that record after a crash; so a daemon killed mid-reconcile
 // finds every creation it had begun and starts no second one for it.
+//
+// A group may also keep warm VMs (GroupSpec.Warm), handed out to creates
+// with from_group: see warm.go.
 package group
 
 import (
@@ -34,6 +37,9 @@ type Config struct {
 	VMs   *vm.Manager
 	// MaxSize is the largest size a group may ask for (default 100).
 	MaxSize int
+	// MaxWarm is the largest warm pool a group may ask for (default
+	// DefaultMaxWarm).
+	MaxWarm int
 	// Interval is the pause between two reconcile passes (default 1s);
 	// a change through the API starts one at once.
 	Interval time.Duration
@@ -66,6 +72,9 @@ type Manager struct {
 func New(cfg Config) *Manager {
 	if cfg.MaxSize == 0 {
 		cfg.MaxSize = 100
+	}
+	if cfg.MaxWarm == 0 {
+		cfg.MaxWarm = DefaultMaxWarm
 	}
 	if cfg.Interval == 0 {
 		cfg.Interval = time.Second
@@ -129,6 +138,9 @@ func templateHash(v vm.Validated) string {
 func (g *Manager) validate(spec api.GroupSpec) (api.GroupSpec, string, error) {
 	if spec.Size < 0 || spec.Size > g.cfg.MaxSize {
 		return spec, "", invalid("size %d must be from 0 to %d", spec.Size, g.cfg.MaxSize)
+	}
+	if spec.Warm < 0 || spec.Warm > g.cfg.MaxWarm {
+		return spec, "", invalid("warm %d must be from 0 to %d", spec.Warm, g.cfg.MaxWarm)
 	}
 	if spec.MaxSurge < 0 || spec.MaxSurge > g.cfg.MaxSize {
 		return spec, "", invalid("max_surge %d must be from 1 to %d (0: the default, 1)", spec.MaxSurge, g.cfg.MaxSize)
@@ -216,8 +228,12 @@ func (g *Manager) view(sg *records.Group, vms []api.VM) api.Group {
 	}
 	for _, v := range members(vms, sg.Name) {
 		tpl := v.Tags[api.TagTemplate]
-		out.VMs = append(out.VMs, api.GroupVM{ID: v.ID, Status: v.Status, Template: tpl, Current: tpl == sg.TemplateHash})
-		if v.Status == api.StatusRunning {
+		warm := v.Tags[api.TagWarm] != ""
+		out.VMs = append(out.VMs, api.GroupVM{ID: v.ID, Status: v.Status, Template: tpl, Warm: warm, Current: tpl == sg.TemplateHash})
+		switch {
+		case warm && readyWarm(v, sg):
+			out.WarmReady++
+		case !warm && v.Status == api.StatusRunning:
 			out.Running++
 		}
 	}
@@ -292,7 +308,7 @@ func (g *Manager) finishDelete(ctx context.Context, sg *records.Group) error {
 	var mu sync.Mutex
 	for _, v := range members(vms, sg.Name) {
 		if sg.KeepVMs {
-			if err := g.cfg.VMs.RemoveSystemTags(v.ID, api.TagGroup, api.TagTemplate); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			if err := g.cfg.VMs.RemoveSystemTags(v.ID, api.TagGroup, api.TagTemplate, api.TagWarm); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 				errs = append(errs, err)
 			}
 			continue
@@ -300,7 +316,7 @@ func (g *Manager) finishDelete(ctx context.Context, sg *records.Group) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := g.deleteVM(ctx, v.ID); err != nil {
+			if err := g.deleteVM(ctx, v.ID, sg.Name); err != nil {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()
@@ -333,26 +349,27 @@ func (g *Manager) claim(id string) bool {
 	return true
 }
 
-// deleteClaimed deletes a claimed VM and releases it.
-func (g *Manager) deleteClaimed(ctx context.Context, id string) error {
+// deleteClaimed deletes a claimed VM of group and releases it. A VM that
+// left the group meanwhile (a warm VM handed out) is left alone.
+func (g *Manager) deleteClaimed(ctx context.Context, id, group string) error {
 	defer func() {
 		g.mu.Lock()
 		delete(g.deleting, id)
 		g.mu.Unlock()
 	}()
-	err := g.cfg.VMs.Delete(ctx, id)
-	if errors.Is(err, errdefs.ErrNotFound) {
+	err := g.cfg.VMs.DeleteIf(ctx, id, func(v *api.VM) bool { return v.Tags[api.TagGroup] == group })
+	if errors.Is(err, errdefs.ErrNotFound) || errors.Is(err, vm.ErrSkipped) {
 		return nil
 	}
 	return err
 }
 
-// deleteVM deletes a VM unless a delete of it runs already.
-func (g *Manager) deleteVM(ctx context.Context, id string) error {
+// deleteVM deletes a VM of group unless a delete of it runs already.
+func (g *Manager) deleteVM(ctx context.Context, id, group string) error {
 	if !g.claim(id) {
 		return nil
 	}
-	return g.deleteClaimed(ctx, id)
+	return g.deleteClaimed(ctx, id, group)
 }
 
 // Run reconciles every group each Interval, and at once after a Kick,
@@ -427,18 +444,32 @@ func (g *Manager) backoff(n int) time.Duration {
 // reconcile runs one pass over one group.
 func (g *Manager) reconcile(ctx context.Context, sg *records.Group, vms []api.VM) error {
 	now := time.Now().UTC()
-	var ms []*member
+	// The group's own VMs and its warm pool are planned apart, the pool
+	// with what is left of max_surge.
+	var ms, warm []*member
 	g.mu.Lock()
 	for _, v := range vms {
 		if v.Status == api.StatusDeleting || g.deleting[v.ID] {
 			continue
 		}
-		ms = append(ms, &member{ID: v.ID, Status: v.Status, Template: v.Tags[api.TagTemplate], CreatedAt: v.CreatedAt, Error: v.Error})
+		m := &member{ID: v.ID, Status: v.Status, Template: v.Tags[api.TagTemplate], CreatedAt: v.CreatedAt, Error: v.Error}
+		if v.Tags[api.TagWarm] != "" {
+			warm = append(warm, m)
+		} else {
+			ms = append(ms, m)
+		}
 	}
 	g.mu.Unlock()
 	w := want{Size: sg.Spec.Size, MaxSurge: sg.Spec.MaxSurge, MaxUnavailable: sg.Spec.MaxUnavailable,
 		Template: sg.TemplateHash, Hold: sg.Failures > 0 && now.Before(sg.NextRetry)}
 	p := planGroup(w, ms)
+	ww := w
+	ww.Size, ww.MaxUnavailable = sg.Spec.Warm, sg.Spec.Warm // an old warm VM is of no use: no floor
+	ww.MaxSurge = max(w.MaxSurge-p.InFlight-p.Create, 0)
+	pw := planGroup(ww, warm)
+	p.Delete = append(p.Delete, pw.Delete...)
+	p.Failed = append(p.Failed, pw.Failed...)
+	p.Running = p.Running || pw.Running
 	if len(p.Failed) > 0 || (p.Running && sg.Failures > 0) {
 		// Failures are counted before their VMs go, so that a restart in
 		// between counts them again rather than never.
@@ -465,7 +496,7 @@ func (g *Manager) reconcile(ctx context.Context, sg *records.Group, vms []api.VM
 		}
 		if len(p.Failed) > 0 {
 			g.log.Warn("group: creation failed", "group", sg.Name, "failures", sg.Failures, "next_retry", sg.NextRetry, "error", sg.LastError)
-			p.Create = 0
+			p.Create, pw.Create = 0, 0
 		}
 	}
 	for _, id := range p.Delete {
@@ -477,14 +508,21 @@ func (g *Manager) reconcile(ctx context.Context, sg *records.Group, vms []api.VM
 		g.wg.Add(1)
 		go func() {
 			defer g.wg.Done()
-			if err := g.deleteClaimed(context.WithoutCancel(ctx), id); err != nil {
+			if err := g.deleteClaimed(context.WithoutCancel(ctx), id, sg.Name); err != nil {
 				g.log.Error("group: delete VM", "group", sg.Name, "vm", id, "err", err)
 			}
 		}()
 	}
 	sys := map[string]string{api.TagGroup: sg.Name, api.TagTemplate: sg.TemplateHash}
-	for range p.Create {
-		v, err := g.cfg.VMs.CreateTagged(ctx, sg.Spec.Template, maps.Clone(sys))
+	warmSys := maps.Clone(sys)
+	warmSys[api.TagWarm] = "true"
+	for i := range p.Create + pw.Create {
+		// A warm VM is nobody's yet: its callback is the hand-out's.
+		opts := vm.CreateOptions{SystemTags: maps.Clone(sys)}
+		if i >= p.Create {
+			opts = vm.CreateOptions{SystemTags: maps.Clone(warmSys), NoCallback: true}
+		}
+		v, err := g.cfg.VMs.CreateWith(ctx, sg.Spec.Template, opts)
 		if err != nil {
 			code, msg := errdefs.CodeOf(err)
 			g.cfg.Store.UpdateGroup(sg.Name, func(cur *records.Group) error {
@@ -495,7 +533,7 @@ func (g *Manager) reconcile(ctx context.Context, sg *records.Group, vms []api.VM
 			})
 			return fmt.Errorf("create VM: %w", err)
 		}
-		g.log.Info("group: VM created", "group", sg.Name, "vm", v.ID, "template", sg.TemplateHash)
+		g.log.Info("group: VM created", "group", sg.Name, "vm", v.ID, "template", sg.TemplateHash, "warm", i >= p.Create)
 	}
 	return nil
 }

@@ -31,6 +31,8 @@ type want struct {
 type plan struct {
 	// Create is how many VMs to create from the current template.
 	Create int
+	// InFlight is how many VMs are being created already.
+	InFlight int
 	// Delete lists the VMs to destroy, in order.
 	Delete []string
 	// Failed lists the VMs of the current template whose creation failed
@@ -92,6 +94,7 @@ func planGroup(w want, members []*member) plan {
 	} else if n < 0 && !w.Hold {
 		p.Create = min(-n, max(w.MaxSurge-inFlight, 0))
 	}
+	p.InFlight = inFlight
 	// Old VMs that may go without the group falling under its floor.
 	floor := max(w.Size-w.MaxUnavailable, 0)
 	removable := min(len(oldRunning), max(running-floor, 0))

@@ -28,3 +28,13 @@ type Suspender interface {
 	// answers StateStopped for it.
 	SuspendEndsProcess() bool
 }
+
+// Restarter is implemented by drivers that can reboot a running machine in
+// place (VMware: vmrun reset); POST /vms/{id}/restart of a running VM uses
+// it, and otherwise stops and starts the machine.
+type Restarter interface {
+	// Restart reboots the machine: the guest's own restart first, then,
+	// after the driver's timeout, by force. It fails, wrapping
+	// ErrNotRunning, when the machine does not run.
+	Restart(ctx context.Context, spec Spec) error
+}

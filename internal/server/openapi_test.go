@@ -397,8 +397,14 @@ func TestOpenAPI(t *testing.T) {
 
 	// Groups.
 	tpl := fmt.Sprintf(`{"cpus": 1, "memory": 128, "image": {"url": %q, "checksum": %q, "checksum_type": "sha256"}}`, d.image.URL, d.image.Checksum)
-	code, body = d.call(t, false, "PUT", "/groups/web", js, `{"size": 0, "max_surge": 2, "template": `+tpl+`}`)
+	code, body = d.call(t, false, "PUT", "/groups/web", js, `{"size": 0, "max_surge": 2, "warm": 1, "template": `+tpl+`}`)
 	want("PUT /groups/web", code, 200, body)
+	code, body = d.call(t, false, "POST", "/vms", js, `{"from_group": "web", "tags": {"team": "ci"}}`)
+	want("POST /vms from a group", code, 202, body)
+	code, body = d.call(t, false, "POST", "/vms", js, `{"from_group": "nope"}`)
+	want("POST /vms from an unknown group", code, 404, body)
+	code, body = d.call(t, false, "POST", "/vms", js, `{"from_group": "web", "cpus": 2}`)
+	want("POST /vms from a group with cpus", code, 400, body)
 	code, body = d.call(t, true, "PUT", "/groups/web", js, `{"size": -1, "template": `+tpl+`}`)
 	want("PUT of a negative size", code, 400, body)
 	code, body = d.call(t, false, "GET", "/groups", "", "")

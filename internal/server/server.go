@@ -277,7 +277,11 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, err)
 		return
 	}
-	v, err := s.vms.Create(r.Context(), req)
+	create := s.vms.Create
+	if s.groups != nil {
+		create = s.groups.CreateVM // from_group and warm VMs
+	}
+	v, err := create(r.Context(), req)
 	if err != nil {
 		s.writeError(w, err)
 		return

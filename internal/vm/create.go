@@ -31,6 +31,25 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest) (*api.VM,
 // tags are in the record from the moment it is stored, in one transaction:
 // a VM never exists without them.
 func (m *Manager) CreateTagged(ctx context.Context, req api.CreateVMRequest, system map[string]string) (*api.VM, error) {
+	return m.CreateWith(ctx, req, CreateOptions{SystemTags: system})
+}
+
+// CreateOptions are what the daemon adds to a create request of its own.
+type CreateOptions struct {
+	// SystemTags are tags of the daemon's own (see CreateTagged).
+	SystemTags map[string]string
+	// FromGroup, when set, is stored as the record's from_group.
+	FromGroup *api.HandOut
+	// NoCallback creates the VM without the request's callback_url (a
+	// group's warm VM, which is nobody's until handed out).
+	NoCallback bool
+}
+
+// CreateWith is Create with the daemon's own additions.
+func (m *Manager) CreateWith(ctx context.Context, req api.CreateVMRequest, opts CreateOptions) (*api.VM, error) {
+	if opts.NoCallback {
+		req.CallbackURL = ""
+	}
 	v, err := m.ValidateRequest(req)
 	if err != nil {
 		return nil, err
@@ -43,7 +62,7 @@ func (m *Manager) CreateTagged(ctx context.Context, req api.CreateVMRequest, sys
 	if (v.Boot != nil || len(v.CDROMs) > 0) && m.cfg.Media == nil {
 		return nil, errdefs.Newf(errdefs.ErrInvalid, api.CodeNotSupported, "the %s backend takes no boot media (boot, cdroms)", m.cfg.Driver.Name())
 	}
-	tags, err := withSystemTags(v.Tags, system)
+	tags, err := withSystemTags(v.Tags, opts.SystemTags)
 	if err != nil {
 		return nil, err
 	}
@@ -55,7 +74,7 @@ func (m *Manager) CreateTagged(ctx context.Context, req api.CreateVMRequest, sys
 			CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, NetworkType: v.NetworkType, Image: v.Image,
 			Headless: v.Headless, LaunchGUI: !v.Headless, CallbackURL: v.CallbackURL, ToolsInitTimeout: api.Duration(v.ToolsInitTimeout),
 			SSHAuthorizedKeys: v.SSHKeys, CDROMs: v.CDROMs, Boot: v.Boot,
-			CreatedAt: now, UpdatedAt: now, Tags: tags,
+			CreatedAt: now, UpdatedAt: now, Tags: tags, FromGroup: opts.FromGroup,
 		},
 		Dir:       filepath.Join(m.cfg.VMDir, id),
 		UserData:  v.UserData,

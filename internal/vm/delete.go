@@ -16,6 +16,17 @@ import (
 // is cancelled first. The record is marked "deleting" before anything is
 // removed, so a daemon killed mid-delete finishes the job on restart.
 func (m *Manager) Delete(ctx context.Context, id string) error {
+	return m.DeleteIf(ctx, id, nil)
+}
+
+// ErrSkipped is DeleteIf's answer when its condition refused the VM.
+var ErrSkipped = errors.New("vm: delete skipped: the VM no longer meets the condition")
+
+// DeleteIf is Delete when cond (nil: always) accepts the VM as it is in
+// the transaction that marks it deleting; otherwise nothing changes and it
+// returns ErrSkipped. A group deletes its VMs this way, so that a warm VM
+// handed out meanwhile is not destroyed under its new owner.
+func (m *Manager) DeleteIf(ctx context.Context, id string, cond func(*api.VM) bool) error {
 	if !records.ValidID(id) {
 		return errdefs.Newf(errdefs.ErrNotFound, "vm-not-found", "no VM with id %q", id)
 	}
@@ -23,6 +34,9 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	defer unlock()
 	var prev api.Status
 	r, err := m.update(id, func(r *records.Record) error {
+		if cond != nil && !cond(&r.VM) {
+			return ErrSkipped
+		}
 		prev = r.Status
 		r.Status = api.StatusDeleting
 		return nil

@@ -64,7 +64,9 @@ func (m *Manager) Action(ctx context.Context, id, action string) (*api.VM, error
 	case ActionStart:
 		err = m.powerOn(ctx, r)
 	case ActionRestart:
-		if err = m.powerOff(ctx, r, "restarting"); err == nil {
+		if rs, ok := m.cfg.Driver.(hypervisor.Restarter); ok && r.Status == api.StatusRunning {
+			err = m.reboot(ctx, r, rs)
+		} else if err = m.powerOff(ctx, r, "restarting"); err == nil {
 			err = m.powerOn(ctx, r)
 		}
 	case ActionSuspend, ActionResume:
@@ -141,11 +143,21 @@ func (m *Manager) powerOn(ctx context.Context, r *records.Record) error {
 	if err := m.cfg.Driver.Start(ctx, spec); err != nil {
 		return fail(err)
 	}
+	if err := m.rediscover(ctx, r, spec); err != nil {
+		return fail(err)
+	}
+	m.log.Info("vm started", "vm", r.ID)
+	return nil
+}
+
+// rediscover learns the guest's address again after it booted, records
+// the VM as running with it and watches it.
+func (m *Manager) rediscover(ctx context.Context, r *records.Record, spec hypervisor.Spec) error {
 	dctx, cancel := context.WithTimeout(ctx, time.Duration(r.ToolsInitTimeout))
 	defer cancel()
 	info, err := m.cfg.Driver.Discover(dctx, spec)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	_, err = m.update(r.ID, func(r *records.Record) error {
 		r.Status, r.StopReason, r.Error = api.StatusRunning, "", nil
@@ -156,8 +168,28 @@ func (m *Manager) powerOn(ctx context.Context, r *records.Record) error {
 	if err != nil {
 		return err
 	}
-	m.log.Info("vm started", "vm", r.ID, "ip", info.IPAddress)
 	m.startWatch(r.ID)
+	return nil
+}
+
+// reboot restarts a running VM in place through the driver and discovers
+// the guest again.
+func (m *Manager) reboot(ctx context.Context, r *records.Record, rs hypervisor.Restarter) error {
+	m.stop(m.watchers, r.ID)
+	spec := m.spec(r)
+	if err := rs.Restart(ctx, spec); err != nil {
+		if errors.Is(err, hypervisor.ErrNotRunning) {
+			m.markStopped(r.ID, "machine was not running at restart")
+			return errdefs.New(errdefs.ErrConflict, api.CodeVMNotRunning, fmt.Sprintf("cannot restart VM %s: its machine is not running", r.ID), err)
+		}
+		m.startWatch(r.ID)
+		return fmt.Errorf("restart vm %s: %w", r.ID, err)
+	}
+	if err := m.rediscover(ctx, r, spec); err != nil {
+		m.startWatch(r.ID)
+		return fmt.Errorf("restart vm %s: %w", r.ID, err)
+	}
+	m.log.Info("vm restarted", "vm", r.ID)
 	return nil
 }
 

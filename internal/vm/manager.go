@@ -86,7 +86,9 @@ const (
 type Manager struct {
 	// macMu serialises the check that a machine's MAC is no other VM's
 	// with the record's update (resolveMachine).
-	macMu  sync.Mutex
+	macMu sync.Mutex
+	// warmMu serialises hand-outs of warm VMs (TakeWarm).
+	warmMu sync.Mutex
 	cfg    Config
 	log    *slog.Logger
 	ctx    context.Context // ends at Close

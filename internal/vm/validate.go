@@ -212,6 +212,11 @@ func requestMachine(req api.CreateVMRequest, lim Limits) (api.Machine, error) {
 func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
 	lim = lim.withDefaults()
 	var v Validated
+	if req.FromGroup != "" {
+		// A create from a group goes through the group manager, which
+		// validates the group's template instead.
+		return v, invalid("from_group %q: not allowed here (a group's template cannot take from another group)", truncate(req.FromGroup, 64))
+	}
 	if req.CPUs < 0 {
 		return v, invalid("cpus must be at least 1, got %d", req.CPUs)
 	}

@@ -9,7 +9,9 @@
 //
 // The suite runs as one sequence of subtests, to boot as few machines as
 // it can (two): clone, start, discover and state of a VM; destroy twice;
-// destroy of half-made VMs (never cloned, cloned but never started); a new
+// destroy of half-made VMs (never cloned, cloned but never started); the
+// lifecycle actions the driver offers (Suspend/Resume, Restart, Stop and
+// Start again: each leaves the VM answering Discover); a new
 // driver instance (a daemon restart) that finds the running VM, watches it
 // when the driver can, and destroys it; and the gold image, unchanged to
 // the byte and mode, from which the new instance clones and starts again.
@@ -88,6 +90,7 @@ func Run(t *testing.T, env Env) {
 		fn   func(t *testing.T)
 	}{
 		{"lifecycle", func(t *testing.T) { running = s.lifecycle(t, d1) }},
+		{"power-actions", func(t *testing.T) { s.powerActions(t, d1, running) }},
 		{"destroy-half-made", func(t *testing.T) { s.halfMade(t, d1) }},
 		{"restart-reattach", func(t *testing.T) { s.reattach(t, env.New(t), running) }},
 		{"gold-intact-and-reusable", func(t *testing.T) {
@@ -206,6 +209,52 @@ func (s *suite) lifecycle(t *testing.T, d hypervisor.Driver) hypervisor.Spec {
 	}
 	wantState(t, d, spec, hypervisor.StateRunning, "after Discover")
 	return spec
+}
+
+// powerActions runs the lifecycle actions d offers on the running VM
+// spec and leaves it running: Suspend (paused, or stopped when suspending
+// ends the process) and Resume; Restart; Stop (twice: a stopped machine is
+// no error), Start. After each the guest answers Discover again.
+func (s *suite) powerActions(t *testing.T, d hypervisor.Driver, spec hypervisor.Spec) {
+	rediscover := func(after string) {
+		t.Helper()
+		wantState(t, d, spec, hypervisor.StateRunning, "after "+after)
+		if info, err := d.Discover(s.ctx(t), spec); err != nil || info.IPAddress == "" {
+			t.Fatalf("Discover after %s = %+v, %v; want an address", after, info, err)
+		}
+	}
+	if sp, ok := d.(hypervisor.Suspender); ok {
+		if err := sp.Suspend(s.ctx(t), spec); err != nil {
+			t.Fatalf("Suspend: %v", err)
+		}
+		want := hypervisor.StatePaused
+		if sp.SuspendEndsProcess() {
+			want = hypervisor.StateStopped
+		}
+		wantState(t, d, spec, want, "after Suspend")
+		if err := sp.Resume(s.ctx(t), spec); err != nil {
+			t.Fatalf("Resume: %v", err)
+		}
+		rediscover("Resume")
+	}
+	if rs, ok := d.(hypervisor.Restarter); ok {
+		if err := rs.Restart(s.ctx(t), spec); err != nil {
+			t.Fatalf("Restart: %v", err)
+		}
+		rediscover("Restart")
+	}
+	if st, ok := d.(hypervisor.Stopper); ok {
+		for i := 1; i <= 2; i++ {
+			if err := st.Stop(s.ctx(t), spec); err != nil {
+				t.Fatalf("Stop #%d: %v", i, err)
+			}
+			wantState(t, d, spec, hypervisor.StateStopped, fmt.Sprintf("after Stop #%d", i))
+		}
+		if err := d.Start(s.ctx(t), spec); err != nil {
+			t.Fatalf("Start after Stop: %v", err)
+		}
+		rediscover("Start after Stop")
+	}
 }
 
 // halfMade destroys a VM that was never cloned and one that was cloned but

@@ -344,25 +344,14 @@ func (d *Driver) Destroy(ctx context.Context, spec hypervisor.Spec) error {
 	return nil
 }
 
-// stop powers the VM off: softly first, then hard.
+// stop powers the VM off: softly first, then hard; a VM that is not
+// powered on is fine.
 func (d *Driver) stop(ctx context.Context, spec hypervisor.Spec, path string) error {
-	sctx, cancel := context.WithTimeout(ctx, d.cfg.StopTimeout)
-	_, err := d.run(sctx, false, "stop", path, "soft")
-	cancel()
-	switch {
-	case err == nil:
-		return nil
-	case isNotRunning(err):
-		return nil
-	case ctx.Err() != nil:
-		return fmt.Errorf("stopping the VM: %w", ctx.Err())
-	}
-	d.log.Info("soft stop failed, stopping hard", "id", spec.ID, "err", err)
-	_, err = d.run(ctx, false, "stop", path, "hard")
-	if err == nil || isNotRunning(err) {
+	err := d.softThenHard(ctx, spec, "stop", path)
+	if errors.Is(err, hypervisor.ErrNotRunning) {
 		return nil
 	}
-	return mapErr("stopping the VM", err)
+	return err
 }
 
 // deleteVM runs `vmrun deleteVM`. VMware updates the base VM's record of

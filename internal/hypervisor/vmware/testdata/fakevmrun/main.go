@@ -3,14 +3,21 @@
 //
 //	vmrun [-T ws|fusion|player] [-gu user] [-gp pass] ... COMMAND [PARAMETERS]
 //
-// and implements the commands goldvm uses (start, stop, list, clone,
-// snapshot, listSnapshots, getGuestIPAddress, checkToolsState, deleteVM).
+// and implements the commands goldvm uses (start, stop, suspend, reset,
+// list, clone, snapshot, listSnapshots, getGuestIPAddress, checkToolsState,
+// deleteVM).
 // Like vmrun it prints results and "Error: ..." messages on stdout and exits
 // with status 255 on error. It writes files where VMware does (a clone's
 // .vmx and delta disk, a .vmsd next to a snapshotted .vmx, .lck lock
 // directories) and keeps the rest of its state under $FAKEVMRUN_STATE:
 //
-//	running/<hash>   one file per powered-on VM: its .vmx path and start time
+//	running/<hash>   one file per powered-on VM: its .vmx path and boot time
+//
+// suspend writes the VM's state beside its .vmx as VMware does
+// (<name>.vmss, holding the boot time, named by checkpoint.vmState in the
+// .vmx) and powers it off; start resumes it from there, the same boot;
+// reset starts a new boot.
+//
 //	calls.log        one line per invocation: the arguments, tab-separated
 //
 // Because tests may run as root, it checks permission bits itself where
@@ -118,6 +125,10 @@ func main() {
 		err = s.start(params)
 	case "stop":
 		err = s.stop(params)
+	case "suspend":
+		err = s.suspend(params)
+	case "reset":
+		err = s.reset(params)
 	case "snapshot":
 		err = s.snapshot(params)
 	case "listsnapshots":
@@ -319,10 +330,22 @@ func (s *fake) start(params []string) error {
 			return vmError("Cannot connect the CD-ROM image '" + iso + "': it is missing or not an ISO 9660 image")
 		}
 	}
-	os.MkdirAll(filepath.Join(s.state, "running"), 0o755)
-	rec := vmx + "\n" + strconv.FormatInt(time.Now().UnixNano(), 10) + "\n"
-	if err := os.WriteFile(s.runningFile(vmx), []byte(rec), 0o644); err != nil {
-		return vmError(err.Error())
+	boot := time.Now()
+	if vmss := stateFile(vmx, kv); vmss != "" {
+		// Resume: the same boot goes on; the saved state is used up.
+		data, err := os.ReadFile(vmss)
+		if err != nil {
+			return vmError("Cannot open the suspended state file '" + vmss + "'")
+		}
+		n, _ := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)
+		boot = time.Unix(0, n)
+		if err := setKV(vmx, "checkpoint.vmState", ""); err != nil {
+			return vmError(err.Error())
+		}
+		os.Remove(vmss)
+	}
+	if err := s.setRunning(vmx, boot); err != nil {
+		return err
 	}
 	base := strings.TrimSuffix(vmx, filepath.Ext(vmx))
 	os.WriteFile(filepath.Join(filepath.Dir(vmx), "vmware.log"), []byte("fake vmware.log\n"), 0o644)
@@ -330,26 +353,109 @@ func (s *fake) start(params []string) error {
 	return nil
 }
 
-func (s *fake) stop(params []string) error {
-	vmx, err := vmxArg(params)
+// setRunning records vmx as powered on, booted at boot.
+func (s *fake) setRunning(vmx string, boot time.Time) error {
+	os.MkdirAll(filepath.Join(s.state, "running"), 0o755)
+	rec := vmx + "\n" + strconv.FormatInt(boot.UnixNano(), 10) + "\n"
+	if err := os.WriteFile(s.runningFile(vmx), []byte(rec), 0o644); err != nil {
+		return vmError(err.Error())
+	}
+	return nil
+}
+
+// stateFile returns the suspended state file the .vmx (read into kv)
+// names, if it exists.
+func stateFile(vmx string, kv map[string]string) string {
+	f := kv["checkpoint.vmstate"]
+	if f == "" {
+		return ""
+	}
+	if !filepath.IsAbs(f) {
+		f = filepath.Join(filepath.Dir(vmx), f)
+	}
+	if !exists(f) {
+		return ""
+	}
+	return f
+}
+
+// setKV sets key to value in a .vmx, replacing its line or appending one.
+func setKV(path, key, value string) error {
+	_, lines, err := readKV(path)
 	if err != nil {
 		return err
 	}
-	mode := "soft"
+	line := key + " = \"" + value + "\""
+	done := false
+	for i, l := range lines {
+		if m := kvLine.FindStringSubmatch(l); m != nil && strings.EqualFold(m[1], key) {
+			lines[i], done = line, true
+		}
+	}
+	if !done {
+		lines = append(lines, line)
+	}
+	return os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o644)
+}
+
+// poweredOn checks the .vmx parameter and an optional soft|hard mode
+// (default soft) of stop, suspend and reset, and that the VM is powered on.
+func (s *fake) poweredOn(params []string) (vmx, mode string, boot time.Time, err error) {
+	vmx, err = vmxArg(params)
+	if err != nil {
+		return "", "", boot, err
+	}
+	mode = "soft"
 	if len(params) > 1 {
 		mode = params[1]
 	}
 	if mode != "soft" && mode != "hard" {
-		return vmError("Invalid argument: " + mode)
+		return "", "", boot, vmError("Invalid argument: " + mode)
 	}
-	if _, ok := s.startedAt(vmx); !ok {
-		return vmError("The virtual machine is not powered on: " + vmx)
+	boot, ok := s.startedAt(vmx)
+	if !ok {
+		return "", "", boot, vmError("The virtual machine is not powered on: " + vmx)
+	}
+	return vmx, mode, boot, nil
+}
+
+func (s *fake) stop(params []string) error {
+	vmx, mode, _, err := s.poweredOn(params)
+	if err != nil {
+		return err
 	}
 	if mode == "soft" && os.Getenv("FAKEVMRUN_SOFT_STOP_HANG") == "1" {
 		time.Sleep(time.Hour)
 	}
 	os.Remove(s.runningFile(vmx))
 	return nil
+}
+
+// suspend saves the VM's state to <name>.vmss, records it in the .vmx as
+// checkpoint.vmState and powers the VM off.
+func (s *fake) suspend(params []string) error {
+	vmx, _, boot, err := s.poweredOn(params)
+	if err != nil {
+		return err
+	}
+	name := strings.TrimSuffix(filepath.Base(vmx), filepath.Ext(vmx)) + ".vmss"
+	if err := os.WriteFile(filepath.Join(filepath.Dir(vmx), name), []byte(strconv.FormatInt(boot.UnixNano(), 10)+"\n"), 0o644); err != nil {
+		return vmError(err.Error())
+	}
+	if err := setKV(vmx, "checkpoint.vmState", name); err != nil {
+		return vmError(err.Error())
+	}
+	os.Remove(s.runningFile(vmx))
+	return nil
+}
+
+// reset reboots a powered-on VM: a new boot.
+func (s *fake) reset(params []string) error {
+	vmx, _, _, err := s.poweredOn(params)
+	if err != nil {
+		return err
+	}
+	return s.setRunning(vmx, time.Now())
 }
 
 // snapshots returns the names recorded in the .vmsd next to vmx.
@@ -630,7 +736,7 @@ func (s *fake) deleteVM(params []string) error {
 			os.Remove(filepath.Join(dir, v))
 		}
 	}
-	for _, ext := range []string{".vmsd", ".vmxf", ".nvram"} {
+	for _, ext := range []string{".vmsd", ".vmxf", ".nvram", ".vmss"} {
 		os.Remove(filepath.Join(dir, base+ext))
 	}
 	unlock()
