@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,14 +72,32 @@ func TestGroupWarm(t *testing.T) {
 		t.Errorf("the VM handed out after the restart: %+v, %v", got, err)
 	}
 
-	// Deleting the group destroys its warm VMs, not the one handed out.
+	// The CLI: `goldvm create --from-group` takes a warm VM too, and
+	// refuses the flags the group's template decides.
+	out, err := exec.Command(goldvmBin, "create", "--addr", d.addr, "--from-group", "pool", "--cpus", "2").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--cpus") {
+		t.Errorf("create --from-group --cpus 2: %v: %s; want a refusal naming --cpus", err, out)
+	}
+	out, err = exec.Command(goldvmBin, "create", "--addr", d.addr, "--from-group", "pool", "--tag", "job=8", "--json").Output()
+	var w api.VM
+	if err != nil || json.Unmarshal(out, &w) != nil {
+		t.Fatalf("goldvm create --from-group pool: %v: %s", err, out)
+	}
+	if w.Status != api.StatusRunning || w.FromGroup == nil || !w.FromGroup.Warm || w.Tags["job"] != "8" || !slices.Contains(groupIDs(g), w.ID) {
+		t.Errorf("goldvm create --from-group pool: %s, want a running warm VM of %v tagged job=8", fmtVM(&w), groupIDs(g))
+	}
+
+	// Deleting the group destroys its warm VMs, not the ones handed out.
+	g = waitGroup(t, d, "pool", 5*time.Minute, nil, warmReady(2))
 	if err := c.DeleteGroup(ctx, "pool", false); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range groupIDs(g) {
 		assertGone(t, d, id)
 	}
-	if _, err := c.GetVM(ctx, v.ID); err != nil {
-		t.Errorf("the VM handed out went with the group: %v", err)
+	for _, id := range []string{v.ID, w.ID} {
+		if _, err := c.GetVM(ctx, id); err != nil {
+			t.Errorf("the VM %s handed out went with the group: %v", id, err)
+		}
 	}
 }

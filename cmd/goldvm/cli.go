@@ -64,26 +64,33 @@ func runCreate(args []string) error {
 	gui := fs.Bool("gui", false, "open a console window (not headless)")
 	toolsTimeout := fs.Duration("tools-init-timeout", 5*time.Minute, "how long to wait for the guest's address")
 	wait := fs.Bool("wait", true, "wait until the VM runs (or fails), showing progress")
+	fromGroup := fs.String("from-group", "", "take one of this group's warm VMs (booted cold from its template when none is ready); only --tag and --callback-url go with it")
+	var tags tagFlags
+	fs.Var(&tags, "tag", "tag the VM, key=value (repeat for more)")
 	fs.Parse(args)
-	if *imageURL == "" || *checksum == "" {
-		return errors.New("create needs --image URL and --checksum HEX")
+	req, err := createRequest(fs, *fromGroup, tags.m, *callback)
+	if err != nil {
+		return err
 	}
-	req := api.CreateVMRequest{
-		CPUs: *cpus, NetworkType: *network, CallbackURL: *callback,
-		Image:            api.Image{URL: *imageURL, Checksum: *checksum, ChecksumType: *checksumType},
-		ToolsInitTimeout: api.Duration(*toolsTimeout),
+	if *fromGroup == "" {
+		req.CPUs, req.NetworkType = *cpus, *network
+		req.Image = api.Image{URL: *imageURL, Checksum: *checksum, ChecksumType: *checksumType}
+		req.ToolsInitTimeout = api.Duration(*toolsTimeout)
+		if err := json.Unmarshal(memoryJSON(*memory), &req.Memory); err != nil {
+			return fmt.Errorf("--memory: %w", err)
+		}
+		headless := !*gui
+		req.Headless = &headless
 	}
-	if err := json.Unmarshal(memoryJSON(*memory), &req.Memory); err != nil {
-		return fmt.Errorf("--memory: %w", err)
-	}
-	headless := !*gui
-	req.Headless = &headless
 	ctx, cancel := signalContext()
 	defer cancel()
 	c := cf.client()
 	v, err := c.CreateVM(ctx, req)
 	if err != nil {
 		return err
+	}
+	if v.FromGroup != nil && v.FromGroup.Warm {
+		fmt.Fprintf(os.Stderr, "handed out a warm VM of group %s\n", v.FromGroup.Group)
 	}
 	if !*wait {
 		if cf.json {
@@ -111,6 +118,31 @@ func runCreate(args []string) error {
 		return err
 	}
 	return nil
+}
+
+// createRequest starts the create request of `goldvm create`: with
+// fromGroup, the group's template gives the machine and image, so the
+// flags that describe them are refused when given.
+func createRequest(fs *flag.FlagSet, fromGroup string, tags map[string]string, callback string) (api.CreateVMRequest, error) {
+	req := api.CreateVMRequest{FromGroup: fromGroup, Tags: tags, CallbackURL: callback}
+	if fromGroup == "" {
+		if fs.Lookup("image").Value.String() == "" || fs.Lookup("checksum").Value.String() == "" {
+			return req, errors.New("create needs --image URL and --checksum HEX (or --from-group NAME)")
+		}
+		return req, nil
+	}
+	var clash []string
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "from-group", "tag", "callback-url", "wait", "json", "addr", "token":
+		default:
+			clash = append(clash, "--"+f.Name)
+		}
+	})
+	if len(clash) > 0 {
+		return req, fmt.Errorf("--from-group takes the machine and image from the group's template: drop %s", strings.Join(clash, ", "))
+	}
+	return req, nil
 }
 
 // memoryJSON turns a flag value into the JSON the API takes: digits are MiB.
