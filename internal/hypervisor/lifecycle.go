@@ -28,3 +28,12 @@ type Suspender interface {
 	// answers StateStopped for it.
 	SuspendEndsProcess() bool
 }
+
+// Capturer is implemented by drivers that can write a stopped VM's disk
+// as a standalone disk of a new gold image (POST /vms/{id}/capture).
+type Capturer interface {
+	// Capture writes the disk of the stopped VM spec, flattened onto its
+	// gold disk (no backing file), into the directory dst, and returns its
+	// file name there. A running machine is refused (vm-locked).
+	Capture(ctx context.Context, spec Spec, dst string) (string, error)
+}

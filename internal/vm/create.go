@@ -180,11 +180,13 @@ func (m *Manager) create(ctx context.Context, r *records.Record) (hypervisor.Gue
 			return nil
 		})
 	}
-	gold, err := m.cfg.Images.Ensure(ctx, imageSpec(r), progress)
+	gold, err := m.ensureImage(ctx, r, progress)
 	if err != nil {
 		return hypervisor.GuestInfo{}, err
 	}
-	m.cfg.Images.Touch(gold.Key)
+	if gold.Key != "" {
+		m.cfg.Images.Touch(gold.Key)
+	}
 	if r, err = m.resolveMachine(r, gold); err != nil {
 		return hypervisor.GuestInfo{}, err
 	}
@@ -204,9 +206,13 @@ func (m *Manager) create(ctx context.Context, r *records.Record) (hypervisor.Gue
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
 		return hypervisor.GuestInfo{}, fmt.Errorf("create VM directory: %w", err)
 	}
-	if warm, err := m.warmStart(ctx, r, spec); err != nil {
-		return hypervisor.GuestInfo{}, err
-	} else if !warm {
+	warm := false
+	if spec.EmptyDisk == 0 { // no template is made of an empty disk
+		if warm, err = m.warmStart(ctx, r, spec); err != nil {
+			return hypervisor.GuestInfo{}, err
+		}
+	}
+	if !warm {
 		if err := m.cfg.Driver.Clone(ctx, spec); err != nil {
 			return hypervisor.GuestInfo{}, err
 		}

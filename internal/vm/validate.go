@@ -245,7 +245,7 @@ func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
 	default:
 		return v, invalid("network_type %q is not one of nat, bridged, hostonly", req.NetworkType)
 	}
-	img, err := ValidateImage(req.Image)
+	img, err := validateCreateImage(req)
 	if err != nil {
 		return v, err
 	}
