@@ -1,9 +1,11 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"encoding/base64"
 	"encoding/hex"
+	"io"
 	"net/http"
 	"time"
 
@@ -23,7 +25,14 @@ const captureTimeout = 30 * time.Minute
 // up does not stop it.
 func (s *Server) captureVM(w http.ResponseWriter, r *http.Request) {
 	var req api.CaptureRequest
-	if r.ContentLength != 0 {
+	// The body is optional: an empty one (of any type) is {}.
+	// The body is optional: an empty one, of any type, is {}.
+	body := bufio.NewReader(r.Body)
+	if _, err := body.Peek(1); err != io.EOF {
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{body, r.Body}
 		if err := decodeJSON(w, r, &req); err != nil {
 			s.writeError(w, err)
 			return

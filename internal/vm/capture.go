@@ -36,25 +36,25 @@ func (m *Manager) Capture(ctx context.Context, id string, stop bool) (*image.Gol
 	if err != nil {
 		return nil, err
 	}
+	running := r.Status == api.StatusRunning || r.Status == api.StatusSuspended
+	switch {
+	case running && !stop:
+		return nil, errdefs.Newf(errdefs.ErrConflict, api.CodeVMNotStopped,
+			"VM %s is %s: stop it first, or ask the capture to stop it ({\"stop\": true})", id, r.Status)
+	case !running && r.Status != api.StatusStopped:
+		return nil, errdefs.Newf(errdefs.ErrConflict, api.CodeVMInvalidState, "cannot capture VM %s: it is %s (capture needs a VM that is running, suspended or stopped)", id, r.Status)
+	}
 	cp, ok := m.cfg.Driver.(hypervisor.Capturer)
 	if !ok {
 		return nil, notSupported(m.cfg.Driver.Name(), "capture")
 	}
-	switch r.Status {
-	case api.StatusStopped:
-	case api.StatusRunning, api.StatusSuspended:
-		if !stop {
-			return nil, errdefs.Newf(errdefs.ErrConflict, api.CodeVMNotStopped,
-				"VM %s is %s: stop it first, or ask the capture to stop it ({\"stop\": true})", id, r.Status)
-		}
+	if running {
 		if err := m.powerOff(ctx, r, StopReasonCapture); err != nil {
 			return nil, err
 		}
 		if r, err = m.get(id); err != nil {
 			return nil, err
 		}
-	default:
-		return nil, errdefs.Newf(errdefs.ErrConflict, api.CodeVMInvalidState, "cannot capture VM %s: it is %s (capture needs a VM that is running, suspended or stopped)", id, r.Status)
 	}
 	parent := api.ImageParent{VM: id}
 	if key, err := image.Key(imageSpec(r)); err == nil {
