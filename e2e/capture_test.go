@@ -3,10 +3,14 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -176,5 +180,81 @@ func TestCaptureAndPackage(t *testing.T) {
 	}
 	if i2, err := d2.client.GetImage(ctx, info.Key); err != nil || i2.PackageSHA256 != info.PackageSHA256 {
 		t.Fatalf("second daemon's image: %+v %v", i2, err)
+	}
+}
+
+// guestBootFiles copies the test guest's kernel and initrd off its FAT
+// disk (guest.raw) into srv, and returns a func naming a file of srv by URL
+// and checksum. It skips the test without guest.raw.
+func guestBootFiles(t *testing.T, srv *imageServer) func(name string) api.Image {
+	t.Helper()
+	raw := filepath.Join(filepath.Dir(guestDisk), "guest.raw")
+	if _, err := os.Stat(raw); err != nil {
+		t.Skipf("the test guest's FAT disk (guest.raw) is not beside %s: %v", guestDisk, err)
+	}
+	for _, f := range []string{"vmlinuz", "initrd.gz"} {
+		cmd := exec.Command("mcopy", "-i", raw, "::/"+f, filepath.Join(srv.dir, f))
+		cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("mcopy %s: %v\n%s", f, err, out)
+		}
+	}
+	return func(name string) api.Image {
+		b, err := os.ReadFile(filepath.Join(srv.dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(b)
+		return api.Image{URL: srv.URL + "/" + name, Checksum: hex.EncodeToString(sum[:]), ChecksumType: "sha256"}
+	}
+}
+
+// TestEmptyDisk: a VM on an empty 64 MiB disk (no gold image), booted from
+// the test guest's kernel and initrd, sees a blank disk of that size;
+// written and captured, it gives an image without a parent image that a
+// new VM boots with the data there. A size that is not one, and an empty
+// disk with nothing to boot from, are refused.
+func TestEmptyDisk(t *testing.T) {
+	requireEnv(t)
+	srv := newImageServer(t)
+	file := guestBootFiles(t, srv)
+	d := startDaemon(t, filepath.Join(t.TempDir(), "data"))
+	ctx := context.Background()
+	req := createReq(api.Image{EmptyDisk: "64mib"}, "")
+	initrd := file("initrd.gz")
+	req.Boot = &api.Boot{Kernel: file("vmlinuz"), Initrd: &initrd, Append: "console=ttyS0,115200 panic=-1 8250.nr_uarts=1"}
+
+	for _, bad := range []api.Image{{EmptyDisk: "lots"}, {EmptyDisk: "1kib"}, {EmptyDisk: "1gb"}, {EmptyDisk: "1gib", Key: "sha256-" + strings.Repeat("0", 64)}} {
+		b := req
+		b.Image = bad
+		if _, err := d.client.CreateVM(ctx, b); !isAPIError(err, 400, api.CodeInvalidRequest) || !strings.Contains(err.Error(), "empty_disk") {
+			t.Errorf("image %+v: %v", bad, err)
+		}
+	}
+	nothing := req
+	nothing.Boot = nil
+	if _, err := d.client.CreateVM(ctx, nothing); !isAPIError(err, 400, api.CodeInvalidRequest) || !strings.Contains(err.Error(), "cdroms") {
+		t.Errorf("empty disk without boot media: %v", err)
+	}
+
+	v := mustCreate(t, d, req)
+	v = waitStatus(t, d, v.ID, api.StatusRunning, 5*time.Minute)
+	if got := strings.TrimSpace(guestShell(t, d, v.ID, `cat /sys/block/vda/size; dd if=/dev/vda bs=1M count=1 2>/dev/null | tr -d '\000' | wc -c`)); got != "131072\n0" {
+		t.Fatalf("the empty disk (sectors, non-zero bytes of its first MiB): %q", got)
+	}
+	marker := "goldvm-empty-" + v.ID
+	writeMarker(t, d, v.ID, marker)
+	info, err := d.client.Capture(ctx, v.ID, true)
+	if err != nil {
+		t.Fatalf("capture: %v", err)
+	}
+	if info.Parent == nil || info.Parent.Key != "" || info.Parent.VM != v.ID {
+		t.Errorf("capture of an empty-disk VM: parent %+v", info.Parent)
+	}
+	req.Image = api.Image{Key: info.Key}
+	w := mustCreate(t, d, req)
+	w = waitStatus(t, d, w.ID, api.StatusRunning, 5*time.Minute)
+	if got := guestShell(t, d, w.ID, markerScript); got != marker {
+		t.Fatalf("VM from the captured empty disk reads %q, want %q", got, marker)
 	}
 }

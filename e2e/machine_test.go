@@ -309,29 +309,11 @@ func TestCapacityQueue(t *testing.T) {
 // checksum. A CD-ROM without a checksum, or three of them, are refused.
 func TestBootMedia(t *testing.T) {
 	requireEnv(t)
-	raw := filepath.Join(filepath.Dir(guestDisk), "guest.raw")
-	if _, err := os.Stat(raw); err != nil {
-		t.Skipf("the test guest's FAT disk (guest.raw) is not beside %s: %v", guestDisk, err)
-	}
 	srv := newImageServer(t)
-	for _, f := range []string{"vmlinuz", "initrd.gz"} {
-		cmd := exec.Command("mcopy", "-i", raw, "::/"+f, filepath.Join(srv.dir, f))
-		cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("mcopy %s: %v\n%s", f, err, out)
-		}
-	}
+	file := guestBootFiles(t, srv)
 	cd := bytes.Repeat([]byte("goldvm-cdrom "), 80000)
 	if err := os.WriteFile(filepath.Join(srv.dir, "cd.iso"), cd, 0o644); err != nil {
 		t.Fatal(err)
-	}
-	file := func(name string) api.Image {
-		b, err := os.ReadFile(filepath.Join(srv.dir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		sum := sha256.Sum256(b)
-		return api.Image{URL: srv.URL + "/" + name, Checksum: hex.EncodeToString(sum[:]), ChecksumType: "sha256"}
 	}
 	d := startDaemon(t, t.TempDir(), "--qemu-uid-range", ownUIDs(t))
 	req := createReq(publish(t, srv, "qcow2"), "")
