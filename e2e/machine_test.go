@@ -96,7 +96,7 @@ func TestMachineDefinition(t *testing.T) {
 	srv := newImageServer(t)
 	d := startDaemon(t, t.TempDir(), "--qemu-uid-range", ownUIDs(t), "--max-cpus", "2", "--max-memory", "1gib", "--default-memory", "144mib")
 	img := machinePackage(t, srv, "hw.tar", []byte(`{"version": 2, "threads": 2, "cores": 1, "sockets": 1, "memory": 192,
-		"network": "virtio-net", "mac": "52:54:00:aa:bb:cc", "storage": "virtio-scsi", "usb": "qemu-xhci", "tablet": "usb"}`))
+		"network": "virtio-net", "mac": "02:54:00:aa:bb:cc", "storage": "virtio-scsi", "usb": "qemu-xhci", "tablet": "usb"}`))
 	req := api.CreateVMRequest{NetworkType: "nat", Image: img, ToolsInitTimeout: api.Duration(3 * time.Minute),
 		Machine: &api.Machine{Storage: "sata", Graphics: "virtio"}}
 	v := mustCreate(t, d, req)
@@ -106,7 +106,7 @@ func TestMachineDefinition(t *testing.T) {
 	}
 	m := v.Machine
 	if m == nil || v.CPUs != 2 || v.MemoryMiB != 192 || m.Threads != 2 || m.Storage != "sata" || m.Graphics != "virtio" ||
-		m.MAC != "52:54:00:aa:bb:cc" || m.Tablet != "usb" || m.Chipset != "q35" || m.Firmware != "bios" || m.Version != api.MachineVersion {
+		m.MAC != "02:54:00:aa:bb:cc" || m.Tablet != "usb" || m.Chipset != "q35" || m.Firmware != "bios" || m.Version != api.MachineVersion {
 		t.Errorf("merged machine: cpus %d, memory %d, %+v", v.CPUs, v.MemoryMiB, m)
 	}
 	if hw := guestHW(t, d, v.ID); hw[0] != "2" || hw[1] != "0x1af4:0x1000" || hw[2] != "virtio_net" {

@@ -265,7 +265,7 @@ func TestOpenAPI(t *testing.T) {
 
 	// A VM, created, listed, tagged, acted on.
 	req := fmt.Sprintf(`{"cpus": 1, "memory": "1gib", "image": {"url": %q, "checksum": %q, "checksum_type": "sha256"}, "tags": {"team": "ci"}, "tools_init_timeout": "2m",
-		"machine": {"chipset": "q35", "cpu": "qemu64", "network": "e1000", "mac": "52:54:00:12:34:56", "keyboard_layout": "de", "tablet": "usb", "firmware": "bios"},
+		"machine": {"chipset": "q35", "cpu": "qemu64", "network": "e1000", "mac": "02:54:00:12:34:56", "keyboard_layout": "de", "tablet": "usb", "firmware": "bios"},
 		"user_data": "#cloud-config\nhostname: openapi\n", "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGoldvmOpenAPITestKey test@goldvm"]}`,
 		d.image.URL, d.image.Checksum)
 	code, body = d.call(t, false, "POST", "/vms", js, req)

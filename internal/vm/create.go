@@ -339,6 +339,10 @@ func (m *Manager) machineFor(req api.Machine, gold *image.Gold) (api.Machine, er
 		img = *gold.Machine
 	}
 	hw, err := lim.machineLimits().Resolve(machine.Merge(req, img))
+	if err == nil && req.MAC == "" {
+		// The request's own is checked with it.
+		err = machine.CheckMAC(hw.MAC, "mac")
+	}
 	if err == nil && hw.MemoryMiB < lim.MinMemoryMiB {
 		err = errdefs.Newf(errdefs.ErrInvalid, api.CodeInvalidRequest, "memory %d MiB is less than the minimum of %d MiB", hw.MemoryMiB, lim.MinMemoryMiB)
 	}
