@@ -123,9 +123,14 @@ func TestCaptureAndPackage(t *testing.T) {
 	if _, err := c.Capture(ctx, v.ID, false); !isAPIError(err, 409, api.CodeVMNotStopped) {
 		t.Errorf("capture of a running VM without stop: %v", err)
 	}
-	info, err := c.Capture(ctx, v.ID, true)
+	// goldvm capture --stop, as a user would.
+	out, err := exec.Command(goldvmBin, "capture", "--addr", d.addr, "--json", "--stop", v.ID).CombinedOutput()
 	if err != nil {
-		t.Fatalf("capture: %v", err)
+		t.Fatalf("goldvm capture: %v\n%s", err, out)
+	}
+	var info *api.ImageInfo
+	if err := json.Unmarshal(out, &info); err != nil {
+		t.Fatalf("goldvm capture --json: %v\n%s", err, out)
 	}
 	t.Logf("captured %+v", info)
 	if info.Parent == nil || info.Parent.VM != v.ID || info.Parent.Key == "" || info.Parent.Key == info.Key ||
@@ -147,6 +152,16 @@ func TestCaptureAndPackage(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("GET /images does not list the capture with its parent: %+v", images)
+	}
+
+	// goldvm images package: the file is the package, its sha256 the key's.
+	pkg := filepath.Join(t.TempDir(), "captured.tar.zst")
+	if out, err := exec.Command(goldvmBin, "images", "package", "--addr", d.addr, info.Key, "-o", pkg).CombinedOutput(); err != nil ||
+		strings.TrimSpace(string(out)) != "sha256 "+info.PackageSHA256 {
+		t.Fatalf("goldvm images package: %v\n%s", err, out)
+	}
+	if sum := sha256File(t, pkg); sum != info.PackageSHA256 {
+		t.Fatalf("package file has sha256 %s, want %s", sum, info.PackageSHA256)
 	}
 
 	// Bad input to creates naming images.
