@@ -145,6 +145,18 @@ func TestCapturePackageRoundTrip(t *testing.T) {
 	if i, err := b.Info(g3.Key); err != nil || i.PackageSHA256 != sum {
 		t.Fatalf("re-imported info %+v %v", i, err)
 	}
+	// Eviction takes the re-imported copy, never the capture (the only one).
+	for _, st := range []*Store{a, b} {
+		if _, err := st.Evict(EvictPolicy{MaxBytes: 1}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.Get(g.Key); err != nil {
+		t.Errorf("the capture was evicted: %v", err)
+	}
+	if _, err := b.Get(g.Key); err == nil {
+		t.Error("the re-imported image was not evicted")
+	}
 }
 
 // A capture whose fill fails leaves nothing in the store.
