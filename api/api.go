@@ -58,11 +58,20 @@ const (
 	ChecksumSHA512 = "sha512"
 )
 
-// Image names a base image by URL and checksum.
+// Image names a base image by URL and checksum. In a create request it
+// may instead name an image already on the host by its Key (a captured
+// image, say), or ask for an EmptyDisk of a size (an IEC string such as
+// "20gib") to install onto from a CD-ROM.
 type Image struct {
 	URL          string `json:"url"`
 	Checksum     string `json:"checksum"`
 	ChecksumType string `json:"checksum_type"`
+	// Key is a store key ("sha256-…", GET /images): the image on this
+	// host, never fetched. Checksum and checksum_type follow from it.
+	Key string `json:"key,omitempty"`
+	// EmptyDisk is the size of a fresh, empty disk: the VM has no image
+	// and boots from its cdroms (or boot). Given alone.
+	EmptyDisk string `json:"empty_disk,omitempty"`
 }
 
 // Error is the body of every error reply, and the error of a failed VM.
@@ -203,7 +212,34 @@ type ImageInfo struct {
 	CreatedAt time.Time `json:"created_at,omitzero"`
 	LastUsed  time.Time `json:"last_used,omitzero"`
 	Error     *Error    `json:"error,omitempty"`
+	// Parent is what a captured image was made from (POST
+	// /vms/{id}/capture); nil for a fetched image.
+	Parent *ImageParent `json:"parent,omitempty"`
+	// PackageSHA256 is the sha256 of the image's package (GET
+	// /images/{key}/package), once known: recorded at capture (where it
+	// is also the key's checksum), computed at the first package request
+	// otherwise.
+	PackageSHA256 string `json:"package_sha256,omitempty"`
 }
+
+// ImageParent is what a captured image was made from.
+type ImageParent struct {
+	// Key is the image the VM was made from ("" for a VM on an empty disk).
+	Key string `json:"key,omitempty"`
+	// VM is the id of the captured VM.
+	VM string `json:"vm"`
+}
+
+// CaptureRequest is the body of POST /vms/{id}/capture.
+type CaptureRequest struct {
+	// Stop stops a running (or suspended) VM for the capture; without it
+	// such a VM is refused with vm-not-stopped.
+	Stop bool `json:"stop,omitempty"`
+}
+
+// PackageChecksumHeader is the header of GET /images/{key}/package giving
+// the package's sha256 in hex (also given as Digest: sha-256=<base64>).
+const PackageChecksumHeader = "X-Checksum-Sha256"
 
 // ImageList is the reply of GET /images.
 type ImageList struct {

@@ -34,6 +34,7 @@ const (
 	CodeVMLocked           = "vm-locked"
 	CodeVMNotRunning       = "vm-not-running"
 	CodeVMInvalidState     = "vm-invalid-state"
+	CodeVMNotStopped       = "vm-not-stopped"
 	CodeMACInUse           = "mac-in-use"
 	CodeVMExists           = "vm-exists"
 	CodeVMNotCloned        = "vm-not-cloned"
@@ -42,6 +43,7 @@ const (
 	CodeVMStopFailed       = "vm-stop-failed"
 	CodeDiskFull           = "disk-full"
 	CodeCloneFailed        = "clone-failed"
+	CodeCaptureFailed      = "capture-failed"
 	CodeNetworkSetup       = "network-setup-failed"
 	CodeNetworkCleanup     = "network-cleanup-failed"
 	CodeQEMUStartFailed    = "qemu-start-failed"
@@ -128,6 +130,7 @@ var Codes = []CodeInfo{
 	{CodeVMLocked, http.StatusConflict, "the VM's files are locked by another process (or, with VMware, its .vmx is locked or corrupt)"},
 	{CodeVMNotRunning, http.StatusConflict, "the VM is not running (a screenshot of a stopped VM; the guest stopped while booting)"},
 	{CodeVMInvalidState, http.StatusConflict, "the VM's status does not allow the action (`/resume` of a running VM, `/start` of one being created, a change to one being deleted)"},
+	{CodeVMNotStopped, http.StatusConflict, "`POST /vms/{id}/capture` of a running or suspended VM without `\"stop\": true`"},
 	{CodeMACInUse, http.StatusConflict, "in a VM's error: the MAC its machine definition gives (the request's or the image's machine.json) is another VM's"},
 	{CodeVMExists, http.StatusConflict, "the VM's directory already holds a clone (vmware)"},
 	{CodeVMNotCloned, http.StatusConflict, "the VM has no .vmx to start (vmware)"},
@@ -136,6 +139,7 @@ var Codes = []CodeInfo{
 	{CodeVMStopFailed, http.StatusServiceUnavailable, "QEMU did not exit after SIGKILL"},
 	{CodeDiskFull, http.StatusServiceUnavailable, "the data directory's disk is full"},
 	{CodeCloneFailed, http.StatusServiceUnavailable, "the linked clone could not be made"},
+	{CodeCaptureFailed, http.StatusServiceUnavailable, "the VM's disk could not be flattened into a new image (`POST /vms/{id}/capture`)"},
 	{CodeNetworkSetup, http.StatusServiceUnavailable, "the VM's bridge, tap or DHCP server could not be set up"},
 	{CodeNetworkCleanup, http.StatusServiceUnavailable, "the VM's tap device could not be removed"},
 	{CodeQEMUStartFailed, http.StatusServiceUnavailable, "QEMU could not be run or exited while starting"},

@@ -30,7 +30,8 @@ type Machine struct {
 	// Network is the NIC model: "virtio-net", "e1000" or "rtl8139".
 	Network string `json:"network,omitempty"`
 	// MAC is the NIC's address, a local unicast MAC in lower case
-	// ("52:54:00:12:34:56"); empty: one derived from the VM's id.
+	// ("02:54:00:12:34:56"), outside 52:54:00:xx:xx:xx where goldvm
+	// derives the MACs of VMs without one; empty: one derived from the VM's id.
 	MAC string `json:"mac,omitempty"`
 	// Storage is the boot disk's bus: "virtio-blk", "virtio-scsi", "ide"
 	// or "sata".

@@ -96,7 +96,7 @@ func TestMachineDefinition(t *testing.T) {
 	srv := newImageServer(t)
 	d := startDaemon(t, t.TempDir(), "--qemu-uid-range", ownUIDs(t), "--max-cpus", "2", "--max-memory", "1gib", "--default-memory", "144mib")
 	img := machinePackage(t, srv, "hw.tar", []byte(`{"version": 2, "threads": 2, "cores": 1, "sockets": 1, "memory": 192,
-		"network": "virtio-net", "mac": "52:54:00:aa:bb:cc", "storage": "virtio-scsi", "usb": "qemu-xhci", "tablet": "usb"}`))
+		"network": "virtio-net", "mac": "02:54:00:aa:bb:cc", "storage": "virtio-scsi", "usb": "qemu-xhci", "tablet": "usb"}`))
 	req := api.CreateVMRequest{NetworkType: "nat", Image: img, ToolsInitTimeout: api.Duration(3 * time.Minute),
 		Machine: &api.Machine{Storage: "sata", Graphics: "virtio"}}
 	v := mustCreate(t, d, req)
@@ -106,7 +106,7 @@ func TestMachineDefinition(t *testing.T) {
 	}
 	m := v.Machine
 	if m == nil || v.CPUs != 2 || v.MemoryMiB != 192 || m.Threads != 2 || m.Storage != "sata" || m.Graphics != "virtio" ||
-		m.MAC != "52:54:00:aa:bb:cc" || m.Tablet != "usb" || m.Chipset != "q35" || m.Firmware != "bios" || m.Version != api.MachineVersion {
+		m.MAC != "02:54:00:aa:bb:cc" || m.Tablet != "usb" || m.Chipset != "q35" || m.Firmware != "bios" || m.Version != api.MachineVersion {
 		t.Errorf("merged machine: cpus %d, memory %d, %+v", v.CPUs, v.MemoryMiB, m)
 	}
 	if hw := guestHW(t, d, v.ID); hw[0] != "2" || hw[1] != "0x1af4:0x1000" || hw[2] != "virtio_net" {
@@ -309,29 +309,11 @@ func TestCapacityQueue(t *testing.T) {
 // checksum. A CD-ROM without a checksum, or three of them, are refused.
 func TestBootMedia(t *testing.T) {
 	requireEnv(t)
-	raw := filepath.Join(filepath.Dir(guestDisk), "guest.raw")
-	if _, err := os.Stat(raw); err != nil {
-		t.Skipf("the test guest's FAT disk (guest.raw) is not beside %s: %v", guestDisk, err)
-	}
 	srv := newImageServer(t)
-	for _, f := range []string{"vmlinuz", "initrd.gz"} {
-		cmd := exec.Command("mcopy", "-i", raw, "::/"+f, filepath.Join(srv.dir, f))
-		cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("mcopy %s: %v\n%s", f, err, out)
-		}
-	}
+	file := guestBootFiles(t, srv)
 	cd := bytes.Repeat([]byte("goldvm-cdrom "), 80000)
 	if err := os.WriteFile(filepath.Join(srv.dir, "cd.iso"), cd, 0o644); err != nil {
 		t.Fatal(err)
-	}
-	file := func(name string) api.Image {
-		b, err := os.ReadFile(filepath.Join(srv.dir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		sum := sha256.Sum256(b)
-		return api.Image{URL: srv.URL + "/" + name, Checksum: hex.EncodeToString(sum[:]), ChecksumType: "sha256"}
 	}
 	d := startDaemon(t, t.TempDir(), "--qemu-uid-range", ownUIDs(t))
 	req := createReq(publish(t, srv, "qcow2"), "")

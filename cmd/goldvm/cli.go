@@ -335,8 +335,10 @@ func runImages(args []string) error {
 			}
 		}
 		return errors.Join(errs...)
+	case "package":
+		return runImagePackage(fs, &cf, args)
 	default:
-		return fmt.Errorf("unknown images command %q (ls, pull, rm)", sub)
+		return fmt.Errorf("unknown images command %q (ls, pull, rm, package)", sub)
 	}
 }
 

@@ -17,6 +17,8 @@ Usage:
   goldvm ls      [flags]            list VMs, newest first
   goldvm rm      [flags] ID...      delete VMs and free their disks
   goldvm images  [ls|pull|rm] ...   list, pre-fetch or delete gold images
+  goldvm images package KEY -o FILE save an image's tar.zst package
+  goldvm capture [--stop] ID        write a new gold image from a VM's disk
   goldvm group   [set|ls|get|rm] .. keep groups of VMs at a size
   goldvm stop|start|restart|suspend|resume ID
                                     run a lifecycle action on a VM
@@ -64,6 +66,8 @@ func main() {
 		err = runVNC(args)
 	case "screenshot":
 		err = runScreenshot(args)
+	case "capture":
+		err = runCapture(args)
 	case "capacity":
 		err = runCapacity(args)
 	case "config":

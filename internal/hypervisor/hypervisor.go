@@ -71,6 +71,10 @@ type Spec struct {
 	// read-only files the hypervisor opens by path.
 	Kernel, Initrd, Append string
 	CDROMs                 []string
+	// EmptyDisk, when not 0, is the size in bytes of a fresh, empty disk
+	// that Clone makes instead of a linked clone: the VM has no gold
+	// image (GoldDir and GoldDisk are zero) and installs from its CDROMs.
+	EmptyDisk int64
 }
 
 // CloudInit is the configuration a stock cloud image reads at boot.

@@ -38,3 +38,12 @@ type Restarter interface {
 	// ErrNotRunning, when the machine does not run.
 	Restart(ctx context.Context, spec Spec) error
 }
+
+// Capturer is implemented by drivers that can write a stopped VM's disk
+// as a standalone disk of a new gold image (POST /vms/{id}/capture).
+type Capturer interface {
+	// Capture writes the disk of the stopped VM spec, flattened onto its
+	// gold disk (no backing file), into the directory dst, and returns its
+	// file name there. A running machine is refused (vm-locked).
+	Capture(ctx context.Context, spec Spec, dst string) (string, error)
+}

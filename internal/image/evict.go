@@ -73,7 +73,8 @@ type EvictPolicy struct {
 
 // Evict removes unused images by policy, least recently used first, and
 // returns the removed image keys. An image for which inUse returns > 0 is
-// never removed, even if the store stays over MaxBytes.
+// never removed, even if the store stays over MaxBytes, and neither is an
+// image captured here (it cannot be fetched again) unless it is damaged.
 //
 // Partial downloads (see partial.go) take part too: their disk space
 // counts towards MaxBytes, their last checkpoint is their last use, and
@@ -129,6 +130,10 @@ func (s *Store) Evict(policy EvictPolicy, inUse func(key string) int) ([]string,
 			continue
 		}
 		if !idle && !over && in.Damaged == "" {
+			continue
+		}
+		if in.Parent != nil && in.Damaged == "" {
+			// A capture is the only copy: only DELETE removes it.
 			continue
 		}
 		if inUse != nil && inUse(in.Key) > 0 {

@@ -197,17 +197,11 @@ func (s *Store) fetch(ctx context.Context, spec Spec, key string, report func(Pr
 // decompresses and reads the archive; a fileWriter's goroutine finds holes,
 // writes and syncs the files.
 func (s *Store) fetchOnce(ctx context.Context, spec Spec, key string, report func(Progress), log *slog.Logger) (g *Gold, err error) {
-	tmp, err := os.MkdirTemp(s.dir, tmpPrefix+key+"-")
+	tmp, undo, err := s.tempDir(key, log)
 	if err != nil {
-		return nil, ioErr("creating temp dir", err)
+		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			if rerr := removeTree(tmp); rerr != nil {
-				log.Error("cannot remove temp dir", "dir", tmp, "err", rerr)
-			}
-		}
-	}()
+	defer func() { undo(err) }()
 	// The files land in tmp/files, through an os.Root. A zip that must be
 	// unpacked after the download gets a fresh, empty one.
 	files := filepath.Join(tmp, filesDirName)

@@ -17,26 +17,44 @@ import (
 // publish syncs and seals the files, writes the marker last and renames
 // the temp dir into place.
 func (s *Store) publish(ctx context.Context, tmp, key string, spec Spec, x *extractor, report func(Progress), log *slog.Logger) (*Gold, error) {
-	files := filepath.Join(tmp, filesDirName)
-	mach, err := readMachine(files)
-	if err != nil {
-		return nil, err
-	}
-	disk, err := s.prepareDisk(ctx, tmp, files, report)
-	if err != nil {
-		return nil, err
-	}
-	if err := sealTree(files); err != nil {
-		return nil, err
-	}
-	size, _, err := treeSize(files)
+	mach, disk, size, err := s.inspect(ctx, tmp, report)
 	if err != nil {
 		return nil, err
 	}
 	kind, sum, _ := parseKey(key)
 	m := &marker{Version: 1, Key: key, URL: displayURL(spec.URL), Checksum: sum, ChecksumType: kind,
 		Format: x.format, Size: size, Files: x.records, Created: s.opts.Now().UTC(), Disk: disk, Machine: mach}
-	if disk != nil {
+	return s.commit(tmp, m, &spec, log)
+}
+
+// inspect reads the machine.json of the image being published in tmp,
+// has its disk prepared (Options.PrepareDisk), seals its files and
+// returns their size.
+func (s *Store) inspect(ctx context.Context, tmp string, report func(Progress)) (*api.Machine, *Disk, int64, error) {
+	files := filepath.Join(tmp, filesDirName)
+	mach, err := readMachine(files)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	disk, err := s.prepareDisk(ctx, tmp, files, report)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	if err := sealTree(files); err != nil {
+		return nil, nil, 0, err
+	}
+	size, _, err := treeSize(files)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	return mach, disk, size, nil
+}
+
+// commit writes the marker m of the image in tmp (synced, last) and
+// renames tmp into place as m.Key. When that key was published meanwhile,
+// tmp is discarded and the published image returned.
+func (s *Store) commit(tmp string, m *marker, spec *Spec, log *slog.Logger) (*Gold, error) {
+	if m.Disk != nil && m.Version < 2 {
 		m.Version = 2
 	}
 	b, err := json.MarshalIndent(m, "", "  ")
@@ -54,10 +72,10 @@ func (s *Store) publish(ctx context.Context, tmp, key string, spec Spec, x *extr
 	if err := syncDir(tmp); err != nil {
 		return nil, err
 	}
-	dst := filepath.Join(s.dir, key)
+	dst := filepath.Join(s.dir, m.Key)
 	if err := os.Rename(tmp, dst); err != nil {
 		// Someone published the same key meanwhile: theirs is as good.
-		if g, gerr := s.Get(key); gerr == nil {
+		if g, gerr := s.Get(m.Key); gerr == nil {
 			log.Info("image was published concurrently; discarding this copy")
 			if rerr := removeTree(tmp); rerr != nil {
 				log.Error("cannot remove temp dir", "dir", tmp, "err", rerr)
@@ -69,7 +87,7 @@ func (s *Store) publish(ctx context.Context, tmp, key string, spec Spec, x *extr
 	if err := syncDir(s.dir); err != nil {
 		return nil, err
 	}
-	return s.gold(key, m, &spec), nil
+	return s.gold(m.Key, m, spec), nil
 }
 
 // readMachine reads and checks the machine.json at the root of an image's

@@ -313,6 +313,10 @@ type ImageInfo struct {
 	// Damaged, when set, says why the image failed its start-up check. It
 	// is kept because VMs depend on it, and not given to new VMs.
 	Damaged string `json:"damaged,omitempty"`
+	// Parent is what a captured image was made from (nil otherwise).
+	Parent *api.ImageParent `json:"parent,omitempty"`
+	// PackageSHA256 is the sha256 of the image's package, once known.
+	PackageSHA256 string `json:"package_sha256,omitempty"`
 }
 
 // marker is the completion marker, written last into a fetched image.
@@ -331,6 +335,17 @@ type marker struct {
 	// Machine is the package's machine.json, checked and migrated to
 	// the current format; nil when the package has none.
 	Machine *api.Machine `json:"machine,omitempty"`
+	// Parent names the image and VM a captured image was made from.
+	Parent *api.ImageParent `json:"parent,omitempty"`
+	// Package is the package's checksum, recorded at capture (see
+	// package.go).
+	Package *packageRecord `json:"package,omitempty"`
+}
+
+// packageRecord is the recorded checksum of an image's package.
+type packageRecord struct {
+	Format string `json:"format"` // packageFormatVersion
+	SHA256 string `json:"sha256"`
 }
 
 // Store is the image store. Its methods are safe for concurrent use.
@@ -653,7 +668,8 @@ func (s *Store) info(key string) (info ImageInfo, found bool, err error) {
 		}
 	}
 	return ImageInfo{Key: key, URL: m.URL, Checksum: m.Checksum, ChecksumType: m.ChecksumType,
-		Format: m.Format, Size: m.Size, DiskBytes: disk, Created: m.Created, LastUsed: s.lastUsed(key, m.Created), Damaged: why}, true, nil
+		Format: m.Format, Size: m.Size, DiskBytes: disk, Created: m.Created, LastUsed: s.lastUsed(key, m.Created), Damaged: why,
+		Parent: m.Parent, PackageSHA256: recordedPackageSum(s.dir, m)}, true, nil
 }
 
 func (s *Store) lastUsed(key string, created time.Time) time.Time {

@@ -262,6 +262,24 @@ func Validate(m api.Machine, prefix string) error {
 	return nil
 }
 
+// DerivedMACPrefix is the block of the MACs goldvm derives from VM ids
+// (QEMU's own 52:54:00): a VM without a MAC in its machine definition gets
+// one there. A definition's MAC in that block could be another VM's
+// derived one, and is refused (see CheckMAC).
+const DerivedMACPrefix = "52:54:00:"
+
+// CheckMAC refuses a machine definition's MAC in the block goldvm derives
+// MACs from (DerivedMACPrefix); field names it ("machine.mac", "mac").
+// Moving the derived block instead would change the MAC of every VM
+// created before, under its guest and its DHCP lease.
+func CheckMAC(mac, field string) error {
+	if strings.HasPrefix(strings.ToLower(mac), DerivedMACPrefix) {
+		return invalid("%s %q is in %s00:00:00/24, the block goldvm derives VMs' MACs from, so it could be another VM's: give a local unicast MAC outside it (e.g. 02:%s)",
+			field, mac, DerivedMACPrefix, mac[3:])
+	}
+	return nil
+}
+
 // Merge returns over with its empty fields taken from under.
 func Merge(over, under api.Machine) api.Machine {
 	m := over

@@ -29,6 +29,7 @@ func imageInfo(i image.ImageInfo, users int) api.ImageInfo {
 	info := api.ImageInfo{
 		Key: i.Key, URL: i.URL, ChecksumType: i.ChecksumType, Checksum: i.Checksum,
 		SizeBytes: i.DiskBytes, VMs: users, State: "ready", CreatedAt: i.Created, LastUsed: i.LastUsed,
+		Parent: i.Parent, PackageSHA256: i.PackageSHA256,
 	}
 	if i.Damaged != "" {
 		// Kept for the VMs that depend on it (see image.Options.InUse).

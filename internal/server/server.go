@@ -83,6 +83,7 @@ func New(cfg Config) *Server {
 	for _, a := range vmActions {
 		s.mux.HandleFunc("POST /vms/{id}/"+a, s.vmAction(a))
 	}
+	s.mux.HandleFunc("POST /vms/{id}/capture", s.captureVM)
 	s.mux.HandleFunc("GET /vms/{id}/screenshot", s.screenshot)
 	s.mux.HandleFunc("GET /vms/{id}/console", s.console)
 	if s.groups != nil {
@@ -99,6 +100,7 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("DELETE /images/{key}", s.deleteImage)
 	s.mux.HandleFunc("POST /images/{key}/templates", s.makeTemplate)
 	s.mux.HandleFunc("GET /images/{key}/templates", s.listTemplates)
+	s.mux.HandleFunc("GET /images/{key}/package", s.imagePackage)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "backend": s.vms.DriverName()})
 	})

@@ -200,11 +200,13 @@ func (m *Manager) create(ctx context.Context, r *records.Record) (hypervisor.Gue
 			return nil
 		})
 	}
-	gold, err := m.cfg.Images.Ensure(ctx, imageSpec(r), progress)
+	gold, err := m.ensureImage(ctx, r, progress)
 	if err != nil {
 		return hypervisor.GuestInfo{}, err
 	}
-	m.cfg.Images.Touch(gold.Key)
+	if gold.Key != "" {
+		m.cfg.Images.Touch(gold.Key)
+	}
 	if r, err = m.resolveMachine(r, gold); err != nil {
 		return hypervisor.GuestInfo{}, err
 	}
@@ -224,9 +226,13 @@ func (m *Manager) create(ctx context.Context, r *records.Record) (hypervisor.Gue
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
 		return hypervisor.GuestInfo{}, fmt.Errorf("create VM directory: %w", err)
 	}
-	if warm, err := m.warmStart(ctx, r, spec); err != nil {
-		return hypervisor.GuestInfo{}, err
-	} else if !warm {
+	warm := false
+	if spec.EmptyDisk == 0 { // no template is made of an empty disk
+		if warm, err = m.warmStart(ctx, r, spec); err != nil {
+			return hypervisor.GuestInfo{}, err
+		}
+	}
+	if !warm {
 		if err := m.cfg.Driver.Clone(ctx, spec); err != nil {
 			return hypervisor.GuestInfo{}, err
 		}
@@ -353,6 +359,10 @@ func (m *Manager) machineFor(req api.Machine, gold *image.Gold) (api.Machine, er
 		img = *gold.Machine
 	}
 	hw, err := lim.machineLimits().Resolve(machine.Merge(req, img))
+	if err == nil && req.MAC == "" {
+		// The request's own is checked with it.
+		err = machine.CheckMAC(hw.MAC, "mac")
+	}
 	if err == nil && hw.MemoryMiB < lim.MinMemoryMiB {
 		err = errdefs.Newf(errdefs.ErrInvalid, api.CodeInvalidRequest, "memory %d MiB is less than the minimum of %d MiB", hw.MemoryMiB, lim.MinMemoryMiB)
 	}

@@ -124,7 +124,7 @@ func (m *Manager) powerOff(ctx context.Context, r *records.Record, reason string
 // powerOn boots a stopped VM from its disk and discovers the guest again.
 // A failure leaves the VM stopped, with the error as its stop reason.
 func (m *Manager) powerOn(ctx context.Context, r *records.Record) error {
-	gold, err := m.cfg.Images.Ensure(ctx, imageSpec(r), nil)
+	gold, err := m.ensureImage(ctx, r, nil)
 	if err != nil {
 		return fmt.Errorf("start vm %s: its image: %w", r.ID, err)
 	}

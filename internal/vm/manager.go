@@ -32,6 +32,11 @@ type ImageStore interface {
 	// Release tells the store a VM that depended on key is gone (a damaged
 	// image is removed once inUse answers 0 for it).
 	Release(key string, inUse func(key string) int) error
+	// Get returns a published image by key.
+	Get(key string) (*image.Gold, error)
+	// Capture publishes an image whose files fill writes (see
+	// image.Store.Capture).
+	Capture(ctx context.Context, parent api.ImageParent, fill func(ctx context.Context, files string) error) (*image.Gold, error)
 }
 
 // Config wires a Manager.
@@ -224,6 +229,10 @@ func (m *Manager) spec(r *records.Record) hypervisor.Spec {
 	}
 	if r.Boot != nil {
 		s.Append = r.Boot.Append
+	}
+	if r.Image.EmptyDisk != "" {
+		// Validated at creation.
+		s.EmptyDisk, _ = emptyDiskBytes(r.Image.EmptyDisk)
 	}
 	if key, err := image.Key(imageSpec(r)); err == nil {
 		s.ImageKey, s.GoldDir = key, m.cfg.Images.GoldDir(key)

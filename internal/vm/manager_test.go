@@ -458,7 +458,7 @@ func TestSpecOnEveryCall(t *testing.T) {
 func TestMACIsOneVMs(t *testing.T) {
 	e := newEnv(t)
 	req := e.request()
-	req.Machine = &api.Machine{MAC: "52:54:00:aa:bb:cc"}
+	req.Machine = &api.Machine{MAC: "02:54:00:aa:bb:cc"}
 	first, err := e.m.Create(context.Background(), req)
 	if err != nil {
 		t.Fatal(err)
@@ -480,7 +480,7 @@ func TestMACIsOneVMs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := e.waitStatus(third.ID, api.StatusRunning); got.Machine == nil || got.Machine.MAC != "52:54:00:aa:bb:cc" {
+	if got := e.waitStatus(third.ID, api.StatusRunning); got.Machine == nil || got.Machine.MAC != "02:54:00:aa:bb:cc" {
 		t.Errorf("third VM: machine %+v, want the freed MAC", got.Machine)
 	}
 }

@@ -47,7 +47,7 @@ func (m *Manager) MakeTemplate(ctx context.Context, key string, req api.Template
 	}
 	v, err := m.ValidateRequest(api.CreateVMRequest{
 		CPUs: req.CPUs, Memory: req.Memory, NetworkType: req.NetworkType, Machine: req.Machine,
-		Image: api.Image{URL: gold.Spec.URL, Checksum: gold.Spec.Checksum, ChecksumType: gold.Spec.ChecksumType},
+		Image: api.Image{Key: gold.Key}, // also a captured image, which has no URL
 	})
 	if err != nil {
 		return api.Template{}, err

@@ -176,6 +176,9 @@ func requestMachine(req api.CreateVMRequest, lim Limits) (api.Machine, error) {
 		if err := machine.Validate(hw, "machine."); err != nil {
 			return hw, err
 		}
+		if err := machine.CheckMAC(hw.MAC, "machine.mac"); err != nil {
+			return hw, err
+		}
 		hw.Version = 0
 	}
 	if n := hw.CPUs(); hw.Threads != 0 || hw.Cores != 0 || hw.Sockets != 0 {
@@ -250,7 +253,7 @@ func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
 	default:
 		return v, invalid("network_type %q is not one of nat, bridged, hostonly", req.NetworkType)
 	}
-	img, err := ValidateImage(req.Image)
+	img, err := validateCreateImage(req)
 	if err != nil {
 		return v, err
 	}

@@ -112,6 +112,30 @@ func TestValidate(t *testing.T) {
 			}
 		}},
 		{desc: "machine global mac", mutate: func(r *api.CreateVMRequest) { r.Machine = &api.Machine{MAC: "00:16:3e:00:00:01"} }, wantErr: "local unicast"},
+		{desc: "machine mac in the derived block", mutate: func(r *api.CreateVMRequest) { r.Machine = &api.Machine{MAC: "52:54:00:12:34:56"} }, wantErr: `machine.mac "52:54:00:12:34:56" is in 52:54:00:00:00:00/24`},
+		{desc: "image by key", mutate: func(r *api.CreateVMRequest) { r.Image = api.Image{Key: "SHA256-" + strings.Repeat("Ab", 32)} }, check: func(t *testing.T, v Validated) {
+			if v.Image != (api.Image{Key: "sha256-" + strings.Repeat("ab", 32), Checksum: strings.Repeat("ab", 32), ChecksumType: "sha256"}) {
+				t.Errorf("image %+v", v.Image)
+			}
+		}},
+		{desc: "image key with a url", mutate: func(r *api.CreateVMRequest) { r.Image.Key = "sha256-" + strings.Repeat("0", 64) }, wantErr: "without image.url"},
+		{desc: "image key malformed", mutate: func(r *api.CreateVMRequest) { r.Image = api.Image{Key: "sha256-00"} }, wantErr: `image.key "sha256-00"`},
+		{desc: "image key disagrees with checksum", mutate: func(r *api.CreateVMRequest) {
+			r.Image = api.Image{Key: "sha256-" + strings.Repeat("0", 64), Checksum: strings.Repeat("1", 64)}
+		}, wantErr: "disagrees"},
+		{desc: "empty disk", mutate: func(r *api.CreateVMRequest) {
+			r.Image = api.Image{EmptyDisk: "20GiB"}
+			r.CDROMs = []api.Image{{URL: "http://x/a.iso", Checksum: strings.Repeat("0", 64), ChecksumType: "sha256"}}
+		}, check: func(t *testing.T, v Validated) {
+			if v.Image != (api.Image{EmptyDisk: "20GiB"}) {
+				t.Errorf("image %+v", v.Image)
+			}
+			if n, err := emptyDiskBytes(v.Image.EmptyDisk); n != 20<<30 || err != nil {
+				t.Errorf("empty disk of %d bytes (%v)", n, err)
+			}
+		}},
+		{desc: "empty disk malformed", mutate: func(r *api.CreateVMRequest) { r.Image = api.Image{EmptyDisk: "20gb"} }, wantErr: "image.empty_disk"},
+		{desc: "empty disk too large", mutate: func(r *api.CreateVMRequest) { r.Image = api.Image{EmptyDisk: "65tib"} }, wantErr: "more than 64 TiB"},
 		{desc: "tiny memory", mutate: func(r *api.CreateVMRequest) { r.Memory = 8 }, wantErr: "less than the minimum"},
 		{desc: "bad network", mutate: func(r *api.CreateVMRequest) { r.NetworkType = "wifi" }, wantErr: "network_type"},
 		{desc: "no url", mutate: func(r *api.CreateVMRequest) { r.Image.URL = "" }, wantErr: "image.url is required"},

@@ -265,6 +265,11 @@ func diskLayerArgs(goldPath, goldFormat, frozen, overlay, storage string) []stri
 		"cache": map[string]bool{"direct": false},
 		"file":  file{"file", overlay},
 	}
+	if goldPath == "" {
+		// An empty disk of its own (hypervisor.Spec.EmptyDisk).
+		disk["backing"] = nil
+		return append([]string{"-blockdev", mustJSON(disk)}, diskDeviceArgs(storage)...)
+	}
 	a := []string{"-blockdev", mustJSON(gold)}
 	if frozen != "" {
 		a = append(a, "-blockdev", mustJSON(map[string]any{
@@ -274,16 +279,21 @@ func diskLayerArgs(goldPath, goldFormat, frozen, overlay, storage string) []stri
 		disk["backing"] = "frozen"
 	}
 	a = append(a, "-blockdev", mustJSON(disk))
+	return append(a, diskDeviceArgs(storage)...)
+}
+
+// diskDeviceArgs attach the node "disk" on the storage bus.
+func diskDeviceArgs(storage string) []string {
 	switch storage {
 	case "virtio-scsi":
-		return append(a, "-device", "virtio-scsi-pci,id=scsi0", "-device", "scsi-hd,bus=scsi0.0,drive=disk")
+		return []string{"-device", "virtio-scsi-pci,id=scsi0", "-device", "scsi-hd,bus=scsi0.0,drive=disk"}
 	case "ide":
 		// The chipset's own controller: PIIX IDE on pc, AHCI on q35.
-		return append(a, "-device", "ide-hd,bus=ide.0,drive=disk")
+		return []string{"-device", "ide-hd,bus=ide.0,drive=disk"}
 	case "sata":
-		return append(a, "-device", "ahci,id=sata0", "-device", "ide-hd,bus=sata0.0,drive=disk")
+		return []string{"-device", "ahci,id=sata0", "-device", "ide-hd,bus=sata0.0,drive=disk"}
 	}
-	return append(a, "-device", "virtio-blk-pci,drive=disk")
+	return []string{"-device", "virtio-blk-pci,drive=disk"}
 }
 
 func mustJSON(v any) string {

@@ -30,7 +30,7 @@ func (d *Driver) Clone(ctx context.Context, spec hypervisor.Spec) error {
 	if _, err := d.plan(spec); err != nil {
 		return err
 	}
-	if err := checkGold(spec.GoldDisk); err != nil {
+	if err := checkDisk(spec); err != nil {
 		return err
 	}
 	l := d.vmLock(spec.ID)
@@ -47,8 +47,11 @@ func (d *Driver) Clone(ctx context.Context, spec hypervisor.Spec) error {
 	tmp := p(spec.Dir, fileDiskTmp)
 	os.Remove(tmp)
 	// -u: the backing file is not opened; its size comes from its record.
-	if _, err := d.run(ctx, d.cfg.QemuImg, "create", "-q", "-u", "-f", "qcow2", "-b", gold.Path, "-F", gold.Format,
-		tmp, strconv.FormatInt(gold.VirtualSize, 10)); err != nil {
+	args := []string{"create", "-q", "-u", "-f", "qcow2", "-b", gold.Path, "-F", gold.Format, tmp, strconv.FormatInt(gold.VirtualSize, 10)}
+	if spec.EmptyDisk > 0 {
+		args = []string{"create", "-q", "-f", "qcow2", tmp, strconv.FormatInt(spec.EmptyDisk, 10)}
+	}
+	if _, err := d.run(ctx, d.cfg.QemuImg, args...); err != nil {
 		os.Remove(tmp)
 		return errdefs.New(errdefs.ErrUnavailable, "clone-failed", "cannot create the linked clone", err)
 	}
@@ -71,6 +74,15 @@ func (d *Driver) Clone(ctx context.Context, spec hypervisor.Spec) error {
 	syncFile(spec.Dir)
 	d.log.Debug("cloned", "vm", spec.ID, "gold", gold.Path, "format", gold.Format)
 	return nil
+}
+
+// checkDisk refuses a Spec without a gold disk PrepareGold decided on,
+// unless it asks for an empty disk.
+func checkDisk(spec hypervisor.Spec) error {
+	if spec.EmptyDisk > 0 {
+		return nil
+	}
+	return checkGold(spec.GoldDisk)
 }
 
 func syncFile(path string) error {

@@ -225,3 +225,17 @@ func TestBuildArgsBootMedia(t *testing.T) {
 		}
 	}
 }
+
+// An empty disk (no gold image) is one qcow2 node without a backing; with
+// a gold disk, the overlay's backing is the gold node.
+func TestDiskLayerArgsEmptyDisk(t *testing.T) {
+	empty := strings.Join(diskLayerArgs("", "", "", "/d/disk.qcow2", "virtio-scsi"), " ")
+	if strings.Contains(empty, `"gold"`) || !strings.Contains(empty, `"backing":null`) ||
+		strings.Count(empty, "-blockdev") != 1 || !strings.Contains(empty, "scsi-hd,bus=scsi0.0,drive=disk") {
+		t.Errorf("empty disk args: %s", empty)
+	}
+	gold := strings.Join(diskLayerArgs("/g/disk.qcow2", "qcow2", "", "/d/disk.qcow2", ""), " ")
+	if !strings.Contains(gold, `"backing":"gold"`) || strings.Count(gold, "-blockdev") != 2 || !strings.HasSuffix(gold, "virtio-blk-pci,drive=disk") {
+		t.Errorf("gold disk args: %s", gold)
+	}
+}

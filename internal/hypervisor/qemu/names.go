@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"path/filepath"
+
+	"github.com/goldvm/goldvm/internal/machine"
 )
 
 // Files in spec.Dir.
@@ -28,10 +30,11 @@ const (
 // qemuName is the -name of a VM's QEMU process, also how we recognise it.
 func qemuName(id string) string { return "goldvm-" + id }
 
-// macFor derives a stable locally administered MAC in QEMU's 52:54:00 range.
+// macFor derives a stable locally administered MAC in QEMU's 52:54:00 range
+// (machine.DerivedMACPrefix, where machine definitions may not put theirs).
 func macFor(id string) string {
 	h := sha256.Sum256([]byte("goldvm-mac:" + id))
-	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", h[0], h[1], h[2])
+	return fmt.Sprintf("%s%02x:%02x:%02x", machine.DerivedMACPrefix, h[0], h[1], h[2])
 }
 
 // tapFor is the tap device name of a VM: "gv" and 12 hex digits of a hash of

@@ -94,7 +94,7 @@ func (d *Driver) start(ctx context.Context, spec hypervisor.Spec, warm warmOpts)
 	if _, err := os.Stat(p(spec.Dir, fileDisk)); err != nil {
 		return errdefs.New(errdefs.ErrConflict, "vm-disk-missing", "the VM has no disk (Clone it first)", err)
 	}
-	if err := checkGold(spec.GoldDisk); err != nil {
+	if err := checkDisk(spec); err != nil {
 		return err
 	}
 	for _, f := range []string{fileQMP, fileQMPWatch, fileQGA, filePID, fileSSHPort, fileVNC} {
