@@ -235,3 +235,56 @@ func TestDialUnixLongPath(t *testing.T) {
 	}
 	c.Close()
 }
+
+// TestQMPStaleReplies: QEMU can send a new connection an event and the
+// reply to a command an earlier client left running (a screendump) before
+// its greeting, and more stale replies after it; dialQMP skips them and a
+// command gets its own reply, not one with an id an earlier connection used.
+func TestQMPStaleReplies(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "qmp.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		fmt.Fprint(c, `{"return": {}, "id": "g1"}`+"\n")
+		fmt.Fprint(c, `{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESUME"}`+"\n")
+		fmt.Fprint(c, `{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}}`+"\n")
+		dec := json.NewDecoder(c)
+		for {
+			var req map[string]any
+			if dec.Decode(&req) != nil {
+				return
+			}
+			// Stale replies first, with the ids a fresh connection would
+			// have used before commands were numbered per process.
+			fmt.Fprint(c, `{"return": {}, "id": "caps"}`+"\n"+`{"return": {"status": "paused"}, "id": "g1"}`+"\n")
+			if req["execute"] == "query-status" {
+				fmt.Fprintf(c, `{"return": {"status": "running", "running": true}, "id": %q}`+"\n", req["id"])
+			} else {
+				fmt.Fprintf(c, `{"return": {}, "id": %q}`+"\n", req["id"])
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q, err := dialQMP(ctx, sock)
+	if err != nil {
+		t.Fatalf("dial with stale messages before the greeting: %v", err)
+	}
+	defer q.Close()
+	ret, err := q.Execute(ctx, "query-status", nil)
+	var st qmpStatus
+	if err == nil {
+		err = json.Unmarshal(ret, &st)
+	}
+	if err != nil || st.Status != "running" {
+		t.Fatalf("query-status: %+v, %v; want its own reply (running)", st, err)
+	}
+}

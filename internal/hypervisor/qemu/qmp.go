@@ -58,11 +58,15 @@ type qmpReply struct {
 	err error
 }
 
+// qmpSeq numbers the commands of all QMP connections of this process: a
+// reply that QEMU sends to a later connection than the one that asked
+// (see dialQMP) never matches a command of that connection.
+var qmpSeq atomic.Uint64
+
 // qmpConn is one QMP connection in command mode.
 type qmpConn struct {
 	conn   net.Conn
 	wmu    sync.Mutex
-	nextID atomic.Uint64
 
 	mu      sync.Mutex
 	pending map[string]chan qmpReply
@@ -114,16 +118,26 @@ func dialQMP(ctx context.Context, path string) (*qmpConn, error) {
 	unbind := bindDeadline(ctx, c)
 	br := bufio.NewReaderSize(c, 64<<10)
 	dec := json.NewDecoder(br)
-	var greet qmpMessage
-	if err := dec.Decode(&greet); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("qmp greeting: %w", err)
+	// The greeting comes first, except that QEMU may still send an event,
+	// or the reply to a command the previous client left running (a
+	// screendump is a coroutine that can outlive its connection), to the
+	// next connection: those are skipped.
+	for skipped := 0; ; skipped++ {
+		var greet qmpMessage
+		if err := dec.Decode(&greet); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("qmp greeting: %w", err)
+		}
+		if greet.QMP != nil {
+			break
+		}
+		if (greet.Event == "" && greet.Return == nil && greet.Error == nil) || skipped == 16 {
+			c.Close()
+			return nil, errors.New("qmp greeting: not a QMP server")
+		}
 	}
-	if greet.QMP == nil {
-		c.Close()
-		return nil, errors.New("qmp greeting: not a QMP server")
-	}
-	if _, err := io.WriteString(c, `{"execute":"qmp_capabilities","id":"caps"}`+"\n"); err != nil {
+	capsID := "caps" + strconv.FormatUint(qmpSeq.Add(1), 10)
+	if _, err := fmt.Fprintf(c, `{"execute":"qmp_capabilities","id":%q}`+"\n", capsID); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("qmp_capabilities: %w", err)
 	}
@@ -133,8 +147,9 @@ func dialQMP(ctx context.Context, path string) (*qmpConn, error) {
 			c.Close()
 			return nil, fmt.Errorf("qmp_capabilities: %w", err)
 		}
-		if m.Event != "" {
-			continue
+		var id string
+		if m.Event != "" || json.Unmarshal(m.ID, &id) != nil || id != capsID {
+			continue // an event, or a stale reply (see the greeting)
 		}
 		if m.Error != nil {
 			c.Close()
@@ -206,7 +221,7 @@ func (q *qmpConn) Execute(ctx context.Context, cmd string, args any) (json.RawMe
 // in the same message as the command, as getfd and add-fd expect); f nil:
 // none.
 func (q *qmpConn) ExecuteFD(ctx context.Context, cmd string, args any, f *os.File) (json.RawMessage, error) {
-	id := "g" + strconv.FormatUint(q.nextID.Add(1), 10)
+	id := "g" + strconv.FormatUint(qmpSeq.Add(1), 10)
 	req := map[string]any{"execute": cmd, "id": id}
 	if args != nil {
 		req["arguments"] = args
