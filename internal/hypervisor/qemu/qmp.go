@@ -65,8 +65,8 @@ var qmpSeq atomic.Uint64
 
 // qmpConn is one QMP connection in command mode.
 type qmpConn struct {
-	conn   net.Conn
-	wmu    sync.Mutex
+	conn net.Conn
+	wmu  sync.Mutex
 
 	mu      sync.Mutex
 	pending map[string]chan qmpReply
