@@ -213,7 +213,7 @@ func runServe(args []string) error {
 		// image is published.
 		imageOpts.PrepareDisk = func(ctx context.Context, files, scratch string) (image.Disk, error) {
 			g, err := gp.PrepareGold(ctx, files, scratch)
-			return image.Disk{Path: g.Path, Format: g.Format, VirtualSize: g.VirtualSize, Source: g.Source}, err
+			return image.Disk{Path: g.Path, Format: g.Format, VirtualSize: g.VirtualSize, Source: g.Source, GuestOS: g.GuestOS}, err
 		}
 	}
 	images, err := image.NewStore(filepath.Join(*dataDir, "images"), imageOpts)

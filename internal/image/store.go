@@ -218,6 +218,9 @@ type Disk struct {
 	// Source is the package's disk a converted disk was made from,
 	// relative to the image's files; empty when Path is that disk.
 	Source string `json:"source,omitempty"`
+	// GuestOS is the OS the disk's os-release names, read at publish; ""
+	// when unknown.
+	GuestOS string `json:"guest_os,omitempty"`
 }
 
 func (o *Options) setDefaults() {

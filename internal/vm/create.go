@@ -1,7 +1,6 @@
 package vm
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -127,11 +126,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 	} else {
 		_, uerr := m.update(id, func(r *records.Record) error {
 			r.Status, r.Phase, r.Progress, r.Error = api.StatusRunning, "", nil, nil
-			r.IPAddress, r.GuestOS, r.SSHAddress = info.IPAddress, info.GuestOS, info.SSHAddress
-			r.GuestOSName = cmp.Or(info.GuestOSName, info.GuestOS)
-			if info.IPSource != "" || info.GuestOSSource != "" {
-				r.Sources = &api.Sources{IPAddress: info.IPSource, GuestOS: info.GuestOSSource}
-			}
+			setDiscovered(r, info)
 			return nil
 		})
 		if uerr != nil {
@@ -141,7 +136,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 		m.capacity.setRunning(id)
 		log.Info("vm running", "ip", info.IPAddress, "guest_os", info.GuestOS, "ip_source", info.IPSource)
 		m.startWatch(id)
-		if info.GuestOS == "" {
+		if info.GuestOSSource != api.SourceGuestAgent {
 			m.startProbe(id, time.Duration(r.ToolsInitTimeout))
 		}
 	}

@@ -149,16 +149,29 @@ func (m *Manager) powerOn(ctx context.Context, r *records.Record) error {
 	}
 	_, err = m.update(r.ID, func(r *records.Record) error {
 		r.Status, r.StopReason, r.Error = api.StatusRunning, "", nil
-		r.IPAddress, r.GuestOS, r.SSHAddress = info.IPAddress, info.GuestOS, info.SSHAddress
-		r.GuestOSName = cmp.Or(info.GuestOSName, info.GuestOS)
+		setDiscovered(r, info)
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	m.log.Info("vm started", "vm", r.ID, "ip", info.IPAddress)
+	m.log.Info("vm started", "vm", r.ID, "ip", info.IPAddress, "guest_os", info.GuestOS)
 	m.startWatch(r.ID)
+	if info.GuestOSSource != api.SourceGuestAgent {
+		m.startProbe(r.ID, time.Duration(r.ToolsInitTimeout))
+	}
 	return nil
+}
+
+// setDiscovered records what discovery learnt of a running guest, and
+// where each value came from.
+func setDiscovered(r *records.Record, info hypervisor.GuestInfo) {
+	r.IPAddress, r.GuestOS, r.SSHAddress = info.IPAddress, info.GuestOS, info.SSHAddress
+	r.GuestOSName = cmp.Or(info.GuestOSName, info.GuestOS)
+	r.Sources = nil
+	if info.IPSource != "" || info.GuestOSSource != "" {
+		r.Sources = &api.Sources{IPAddress: info.IPSource, GuestOS: info.GuestOSSource}
+	}
 }
 
 // suspendResume runs a suspend or resume and records the new status.

@@ -230,7 +230,7 @@ func (m *Manager) goldSpec(r *records.Record, gold *image.Gold) hypervisor.Spec 
 	s := m.spec(r)
 	s.GoldDir = gold.Dir
 	if d := gold.Disk; d != nil {
-		s.GoldDisk = hypervisor.GoldDisk{Path: d.Path, Format: d.Format, VirtualSize: d.VirtualSize, Source: d.Source}
+		s.GoldDisk = hypervisor.GoldDisk{Path: d.Path, Format: d.Format, VirtualSize: d.VirtualSize, Source: d.Source, GuestOS: d.GuestOS}
 	}
 	return s
 }
