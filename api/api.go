@@ -132,7 +132,10 @@ type VM struct {
 	// SSHAuthorizedKeys are the public keys given at creation, which
 	// cloud-init installs. (The user_data given is kept but never shown.)
 	SSHAuthorizedKeys []string `json:"ssh_authorized_keys,omitempty"`
-	Error             *Error   `json:"error,omitempty"`
+	// Peers is the set of VMs this VM may reach on its bridge, as created
+	// (see CreateVMRequest.Peers); "" for none: isolated.
+	Peers string `json:"peers,omitempty"`
+	Error *Error `json:"error,omitempty"`
 	// StopReason says why a VM that was running stopped.
 	StopReason string `json:"stop_reason,omitempty"`
 	// Tags are the VM's labels (see ValidTagKey); a group's VMs carry

@@ -53,7 +53,7 @@ func (m *Manager) CreateTagged(ctx context.Context, req api.CreateVMRequest, sys
 			ID: id, Status: api.StatusCreating, Phase: api.PhasePending, Backend: m.cfg.Driver.Name(),
 			CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, NetworkType: v.NetworkType, Image: v.Image,
 			Headless: v.Headless, LaunchGUI: !v.Headless, CallbackURL: v.CallbackURL, ToolsInitTimeout: api.Duration(v.ToolsInitTimeout),
-			SSHAuthorizedKeys: v.SSHKeys, CDROMs: v.CDROMs, Boot: v.Boot,
+			SSHAuthorizedKeys: v.SSHKeys, CDROMs: v.CDROMs, Boot: v.Boot, Peers: v.Peers,
 			CreatedAt: now, UpdatedAt: now, Tags: tags,
 		},
 		Dir:       filepath.Join(m.cfg.VMDir, id),

@@ -209,7 +209,7 @@ func (m *Manager) stop(set map[string]*task, id string) {
 func (m *Manager) spec(r *records.Record) hypervisor.Spec {
 	s := hypervisor.Spec{
 		ID: r.ID, Dir: r.Dir, CPUs: r.CPUs, MemoryMiB: r.MemoryMiB,
-		Network: r.NetworkType, Headless: r.Headless, Machine: r.Machine,
+		Network: r.NetworkType, Peers: r.Peers, Headless: r.Headless, Machine: r.Machine,
 		Kernel: r.KernelPath, Initrd: r.InitrdPath, CDROMs: r.CDROMPaths,
 		CloudInit: &hypervisor.CloudInit{
 			InstanceID: r.ID, Hostname: r.ID, UserData: r.UserData, SSHAuthorizedKeys: r.SSHAuthorizedKeys,

@@ -351,8 +351,9 @@ func TestE2EMetadataHostOnly(t *testing.T) {
 	}
 }
 
-// Reap deletes the nftables rules of unknown VMs whose tap is gone, and
-// keeps those of known VMs and of VMs whose tap lives (another instance's).
+// Reap deletes the nftables rules of unknown VMs whose tap is gone (and
+// takes their taps out of their peer sets), and keeps those of known VMs
+// and of VMs whose tap lives (another instance's).
 func TestReapVMRules(t *testing.T) {
 	if !inNetns(t, "") {
 		return
@@ -367,8 +368,9 @@ func TestReapVMRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
+	peers := map[string]string{"vm-known": "team", "vm-gone": "team"}
 	for _, id := range []string{"vm-known", "vm-gone", "vm-others"} {
-		if err := d.vmRules(ctx, id, tapFor(id), macFor(id), "10.213.0.1", 40000); err != nil {
+		if err := d.vmRules(ctx, id, tapFor(id), macFor(id), peers[id], "10.213.0.1", 40000); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -378,7 +380,7 @@ func TestReapVMRules(t *testing.T) {
 	if err := d.Reap(ctx, func(id string) bool { return id == "vm-known" }); err != nil {
 		t.Fatal(err)
 	}
-	rules, err := d.metadataRules(ctx)
+	rules, sets, err := d.nftObjects(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -386,7 +388,16 @@ func TestReapVMRules(t *testing.T) {
 	for _, r := range rules {
 		count[r.Comment]++
 	}
-	if count["vm-known"] != 5 || count["vm-others"] != 5 || count["vm-gone"] != 0 {
-		t.Errorf("rules per VM after Reap: %v; want vm-known and vm-others 5 each, vm-gone none", count)
+	if count["vm-known"] != 6 || count["vm-others"] != 5 || count["vm-gone"] != 0 {
+		t.Errorf("rules per VM after Reap: %v; want vm-known 6 (one for its peers), vm-others 5, vm-gone none", count)
+	}
+	var members []any
+	for _, s := range sets {
+		if s.Name == peerSet("team") {
+			members = s.Elem
+		}
+	}
+	if len(members) != 1 || members[0] != tapFor("vm-known") {
+		t.Errorf("peer set team holds %v after Reap, want only %s", members, tapFor("vm-known"))
 	}
 }
