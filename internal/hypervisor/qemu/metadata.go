@@ -34,8 +34,10 @@ package qemu
 // Each rule carries the VM's id as its comment; Destroy deletes them. The
 // hostonly bridge's DHCP hands out a route to 169.254.169.254/32 via the
 // host (option 121), as it has no default route. User-mode networking has
-// no metadata service (QEMU's guestfwd to a chardev carries one stream, not
-// one connection per request).
+// no metadata service: QEMU refuses a guestfwd to 169.254.169.254 (outside
+// its 10.0.2.0/24), and a guestfwd to a chardev carries one stream for all
+// the guest's connections, on which answers go to the wrong connection or
+// are lost (tried with real QEMU: docs/usernet-metadata.md).
 
 import (
 	"context"
