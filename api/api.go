@@ -181,6 +181,9 @@ type ImageInfo struct {
 	Checksum     string `json:"checksum"`
 	SizeBytes    int64  `json:"size_bytes"`
 	VMs          int    `json:"vms"`
+	// GuestOS is the OS its disk's os-release names, read when it was
+	// published: the guest_os of its VMs whose agent does not answer.
+	GuestOS string `json:"guest_os,omitempty"`
 	// State is "ready", "fetching", "error", or "damaged": the stored
 	// image no longer matches what was published, and is kept (not given
 	// to new VMs) until the VMs that depend on it are deleted.

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -33,5 +34,9 @@ func TestNoAgentGuestOSFromImage(t *testing.T) {
 	}
 	if got.GuestOS != noAgentOS || got.Sources == nil || got.Sources.GuestOS != api.SourceImage || got.Sources.IPAddress != api.SourceDHCPLease {
 		t.Errorf("guest_os %q, sources %+v: want %q from the image and the address from the DHCP lease", got.GuestOS, got.Sources, noAgentOS)
+	}
+	images, err := d.client.ListImages(context.Background())
+	if err != nil || len(images) != 1 || images[0].GuestOS != noAgentOS {
+		t.Errorf("GET /images: %+v, %v; want the image with guest_os %q", images, err, noAgentOS)
 	}
 }

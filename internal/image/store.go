@@ -309,6 +309,8 @@ type ImageInfo struct {
 	DiskBytes    int64     `json:"disk_bytes"` // bytes allocated on disk
 	Created      time.Time `json:"created"`
 	LastUsed     time.Time `json:"last_used"`
+	// GuestOS is the OS its disk's os-release names (Disk.GuestOS).
+	GuestOS string `json:"guest_os,omitempty"`
 	// Damaged, when set, says why the image failed its start-up check. It
 	// is kept because VMs depend on it, and not given to new VMs.
 	Damaged string `json:"damaged,omitempty"`
@@ -651,8 +653,12 @@ func (s *Store) info(key string) (info ImageInfo, found bool, err error) {
 			disk += allocated(fi)
 		}
 	}
-	return ImageInfo{Key: key, URL: m.URL, Checksum: m.Checksum, ChecksumType: m.ChecksumType,
-		Format: m.Format, Size: m.Size, DiskBytes: disk, Created: m.Created, LastUsed: s.lastUsed(key, m.Created), Damaged: why}, true, nil
+	info = ImageInfo{Key: key, URL: m.URL, Checksum: m.Checksum, ChecksumType: m.ChecksumType,
+		Format: m.Format, Size: m.Size, DiskBytes: disk, Created: m.Created, LastUsed: s.lastUsed(key, m.Created), Damaged: why}
+	if m.Disk != nil {
+		info.GuestOS = m.Disk.GuestOS
+	}
+	return info, true, nil
 }
 
 func (s *Store) lastUsed(key string, created time.Time) time.Time {
