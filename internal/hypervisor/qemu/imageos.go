@@ -3,6 +3,7 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -33,6 +34,22 @@ func (d *Driver) imageOS(ctx context.Context, disk, format string) string {
 	return name
 }
 
+// nbdDiskSpec is the disk as qemu-nbd opens it: a json: description
+// with its driver given (nothing probed) and, for a qcow2, no backing
+// file (whatever name the image holds), as QEMU opens it (diskArgs).
+func nbdDiskSpec(disk, format string) (string, error) {
+	node := map[string]any{"driver": format, "file": map[string]any{"driver": "file", "filename": disk}}
+	switch format {
+	case "qcow2":
+		node["backing"] = nil
+	case "raw":
+	default:
+		return "", fmt.Errorf("qemu-nbd: a %q disk is not read", format)
+	}
+	b, err := json.Marshal(node)
+	return "json:" + string(b), err
+}
+
 func (d *Driver) readImageOS(ctx context.Context, disk, format string) (string, error) {
 	bin := filepath.Join(filepath.Dir(d.cfg.QemuImg), "qemu-nbd")
 	if _, err := os.Stat(bin); err != nil {
@@ -48,8 +65,12 @@ func (d *Driver) readImageOS(ctx context.Context, disk, format string) (string, 
 	}
 	defer os.RemoveAll(dir)
 	sock := filepath.Join(dir, "nbd.sock")
+	spec, err := nbdDiskSpec(disk, format)
+	if err != nil {
+		return "", err
+	}
 	// Without --persistent qemu-nbd exits when its one client leaves.
-	argv := confined([]string{bin, "--read-only", "--format=" + format, "--socket=" + sock, "--shared=1", disk})
+	argv := confined([]string{bin, "--read-only", "--socket=" + sock, "--shared=1", spec})
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = confinedEnv
 	var stderr bytes.Buffer

@@ -2,10 +2,13 @@ package qemu
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/goldvm/goldvm/internal/osrelease"
 )
 
 // PrepareGold reads the OS from the gold disk's os-release, whatever the
@@ -39,6 +42,13 @@ func TestPrepareGoldReadsOSRelease(t *testing.T) {
 		if g.GuestOS != "Gold Linux 7" {
 			t.Errorf("%s: GuestOS = %q", c.format, g.GuestOS)
 		}
+	}
+	// A qcow2 whose backing file holds the OS: the backing file is not
+	// opened (PrepareGold refuses such a disk; qemu-nbd is told too).
+	top := filepath.Join(t.TempDir(), "top.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", "-b", src, "-F", "raw", top)
+	if name, err := d.readImageOS(context.Background(), top, "qcow2"); name != "" || !errors.Is(err, osrelease.ErrNotFound) {
+		t.Errorf("qcow2 over a backing file with an OS: %q, %v; want no OS", name, err)
 	}
 	blank := t.TempDir()
 	qemuImg(t, "create", "-q", "-f", "qcow2", filepath.Join(blank, "disk.qcow2"), "8M")
