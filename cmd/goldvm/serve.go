@@ -80,7 +80,7 @@ func runServe(args []string) error {
 	imageBackoff := fs.Duration("image-retry-backoff", envDuration("GOLDVM_IMAGE_RETRY_BACKOFF", time.Second), "wait before the first image download retry; doubles each time")
 	cbAttempts := fs.Int("callback-attempts", envInt("GOLDVM_CALLBACK_ATTEMPTS", 8), "how many times a callback is tried before it is recorded as failed")
 	cbBackoff := fs.Duration("callback-backoff", envDuration("GOLDVM_CALLBACK_BACKOFF", time.Second), "wait after the first failed callback; doubles each time, up to a minute")
-	agentWait := fs.Duration("agent-wait", envDuration("GOLDVM_AGENT_WAIT", qemu.DefaultAgentWait), "qemu: once a guest's address is known, wait this long for its guest agent's OS name before reporting it running without one")
+	agentWait := fs.Duration("agent-wait", envDuration("GOLDVM_AGENT_WAIT", qemu.DefaultAgentWait), "qemu: once a guest's address is known, wait this long for its guest agent's OS name before reporting it running with its image's OS (or none)")
 	cbTimeout := fs.Duration("callback-timeout", envDuration("GOLDVM_CALLBACK_TIMEOUT", 10*time.Second), "timeout of one callback attempt")
 	urlAllow := fs.String("url-allow", os.Getenv("GOLDVM_URL_ALLOW"), "networks (CIDR, comma-separated) image downloads and callbacks may connect to; empty: any not denied ($GOLDVM_URL_ALLOW)")
 	urlDeny := fs.String("url-deny", os.Getenv("GOLDVM_URL_DENY"), "more networks (CIDR, comma-separated) image downloads and callbacks may not connect to; link-local ("+netpolicy.DefaultDeny+"), where clouds serve instance credentials, is always denied ($GOLDVM_URL_DENY)")
