@@ -141,7 +141,10 @@ type VM struct {
 	// SSHAuthorizedKeys are the public keys given at creation, which
 	// cloud-init installs. (The user_data given is kept but never shown.)
 	SSHAuthorizedKeys []string `json:"ssh_authorized_keys,omitempty"`
-	Error             *Error   `json:"error,omitempty"`
+	// Peers is the set of VMs this VM may reach on its bridge, as created
+	// (see CreateVMRequest.Peers); "" for none: isolated.
+	Peers string `json:"peers,omitempty"`
+	Error *Error `json:"error,omitempty"`
 	// StopReason says why a VM that was running stopped.
 	StopReason string `json:"stop_reason,omitempty"`
 	// Tags are the VM's labels (see ValidTagKey); a group's VMs carry
@@ -201,6 +204,9 @@ type ImageInfo struct {
 	Checksum     string `json:"checksum"`
 	SizeBytes    int64  `json:"size_bytes"`
 	VMs          int    `json:"vms"`
+	// GuestOS is the OS its disk's os-release names, read when it was
+	// published: the guest_os of its VMs whose agent does not answer.
+	GuestOS string `json:"guest_os,omitempty"`
 	// State is "ready", "fetching", "error", or "damaged": the stored
 	// image no longer matches what was published, and is kept (not given
 	// to new VMs) until the VMs that depend on it are deleted.

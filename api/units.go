@@ -224,4 +224,10 @@ type CreateVMRequest struct {
 	// add only tags and callback_url. With no warm VM ready the VM is
 	// created cold from the template (VM.FromGroup says which).
 	FromGroup string `json:"from_group,omitempty"`
+	// Peers opts the VM into a set of VMs that may reach each other on
+	// their bridge (QEMU nat and hostonly, where VMs are otherwise
+	// isolated): VMs created with the same peers name exchange traffic.
+	// A name is 1-63 characters from [a-z0-9._/-] (as a tag key); a
+	// group's template gives it to all the group's VMs.
+	Peers string `json:"peers,omitempty"`
 }

@@ -85,7 +85,7 @@ func serve(args []string, show *configShow) (err error) {
 	imageBackoff := fs.Duration("image-retry-backoff", envDuration("GOLDVM_IMAGE_RETRY_BACKOFF", time.Second), "wait before the first image download retry; doubles each time")
 	cbAttempts := fs.Int("callback-attempts", envInt("GOLDVM_CALLBACK_ATTEMPTS", 8), "how many times a callback is tried before it is recorded as failed")
 	cbBackoff := fs.Duration("callback-backoff", envDuration("GOLDVM_CALLBACK_BACKOFF", time.Second), "wait after the first failed callback; doubles each time, up to a minute")
-	agentWait := fs.Duration("agent-wait", envDuration("GOLDVM_AGENT_WAIT", qemu.DefaultAgentWait), "qemu: once a guest's address is known, wait this long for its guest agent's OS name before reporting it running without one")
+	agentWait := fs.Duration("agent-wait", envDuration("GOLDVM_AGENT_WAIT", qemu.DefaultAgentWait), "qemu: once a guest's address is known, wait this long for its guest agent's OS name before reporting it running with its image's OS (or none)")
 	warmTemplates := fs.Int("warm-templates", envInt("GOLDVM_WARM_TEMPLATES", 0), "qemu: make the warm-start template of an image and hardware after this many of its VMs booted cold (then later ones start from it); 0 makes templates only on request (POST /images/{key}/templates); needs --qemu-user or root QEMU ($GOLDVM_WARM_TEMPLATES)")
 	cbTimeout := fs.Duration("callback-timeout", envDuration("GOLDVM_CALLBACK_TIMEOUT", 10*time.Second), "timeout of one callback attempt")
 	urlAllow := fs.String("url-allow", os.Getenv("GOLDVM_URL_ALLOW"), "networks (CIDR, comma-separated) image downloads and callbacks may connect to; empty: any not denied ($GOLDVM_URL_ALLOW)")
@@ -235,7 +235,7 @@ func serve(args []string, show *configShow) (err error) {
 		// image is published.
 		imageOpts.PrepareDisk = func(ctx context.Context, files, scratch string) (image.Disk, error) {
 			g, err := gp.PrepareGold(ctx, files, scratch)
-			return image.Disk{Path: g.Path, Format: g.Format, VirtualSize: g.VirtualSize, Source: g.Source}, err
+			return image.Disk{Path: g.Path, Format: g.Format, VirtualSize: g.VirtualSize, Source: g.Source, GuestOS: g.GuestOS}, err
 		}
 	}
 	if qemuDriver != nil {

@@ -16,6 +16,11 @@ type GoldDisk struct {
 	// Source is the package's disk a converted disk was made from, relative
 	// to the image's files; empty when Path is that disk.
 	Source string
+	// GuestOS is the OS the disk names in its /etc/os-release (its
+	// PRETTY_NAME), read once when the image is published; "" when the
+	// driver could not tell. It is the VM's guest_os when the guest's agent
+	// does not answer.
+	GuestOS string
 }
 
 // GoldPreparer is implemented by drivers that inspect a gold image before

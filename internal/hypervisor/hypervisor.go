@@ -57,6 +57,10 @@ type Spec struct {
 	MemoryMiB int64
 	// Network is one of api.NetworkNAT, api.NetworkBridged, api.NetworkHostOnly.
 	Network string
+	// Peers names the set of VMs this VM may reach on its bridge (VMs
+	// with the same Peers); "" for none: the VM is isolated from the
+	// other VMs. Drivers without isolation ignore it.
+	Peers string
 	// Headless is false when the caller asked for a GUI window.
 	Headless bool
 	// CloudInit is what the guest's cloud-init is given (a NoCloud seed

@@ -222,6 +222,9 @@ type Disk struct {
 	// Source is the package's disk a converted disk was made from,
 	// relative to the image's files; empty when Path is that disk.
 	Source string `json:"source,omitempty"`
+	// GuestOS is the OS the disk's os-release names, read at publish; ""
+	// when unknown.
+	GuestOS string `json:"guest_os,omitempty"`
 }
 
 func (o *Options) setDefaults() {
@@ -310,6 +313,8 @@ type ImageInfo struct {
 	DiskBytes    int64     `json:"disk_bytes"` // bytes allocated on disk
 	Created      time.Time `json:"created"`
 	LastUsed     time.Time `json:"last_used"`
+	// GuestOS is the OS its disk's os-release names (Disk.GuestOS).
+	GuestOS string `json:"guest_os,omitempty"`
 	// Damaged, when set, says why the image failed its start-up check. It
 	// is kept because VMs depend on it, and not given to new VMs.
 	Damaged string `json:"damaged,omitempty"`
@@ -667,9 +672,13 @@ func (s *Store) info(key string) (info ImageInfo, found bool, err error) {
 			disk += allocated(fi)
 		}
 	}
-	return ImageInfo{Key: key, URL: m.URL, Checksum: m.Checksum, ChecksumType: m.ChecksumType,
+	info = ImageInfo{Key: key, URL: m.URL, Checksum: m.Checksum, ChecksumType: m.ChecksumType,
 		Format: m.Format, Size: m.Size, DiskBytes: disk, Created: m.Created, LastUsed: s.lastUsed(key, m.Created), Damaged: why,
-		Parent: m.Parent, PackageSHA256: recordedPackageSum(s.dir, m)}, true, nil
+		Parent: m.Parent, PackageSHA256: recordedPackageSum(s.dir, m)}
+	if m.Disk != nil {
+		info.GuestOS = m.Disk.GuestOS
+	}
+	return info, true, nil
 }
 
 func (s *Store) lastUsed(key string, created time.Time) time.Time {

@@ -28,7 +28,7 @@ func (s *Server) prefetchInfo(p image.PrefetchInfo) api.ImageInfo {
 func imageInfo(i image.ImageInfo, users int) api.ImageInfo {
 	info := api.ImageInfo{
 		Key: i.Key, URL: i.URL, ChecksumType: i.ChecksumType, Checksum: i.Checksum,
-		SizeBytes: i.DiskBytes, VMs: users, State: "ready", CreatedAt: i.Created, LastUsed: i.LastUsed,
+		SizeBytes: i.DiskBytes, VMs: users, State: "ready", CreatedAt: i.Created, LastUsed: i.LastUsed, GuestOS: i.GuestOS,
 		Parent: i.Parent, PackageSHA256: i.PackageSHA256,
 	}
 	if i.Damaged != "" {

@@ -264,7 +264,7 @@ func TestOpenAPI(t *testing.T) {
 	want("GET /vms with a wrong token", code, 401, body)
 
 	// A VM, created, listed, tagged, acted on.
-	req := fmt.Sprintf(`{"cpus": 1, "memory": "1gib", "image": {"url": %q, "checksum": %q, "checksum_type": "sha256"}, "tags": {"team": "ci"}, "tools_init_timeout": "2m",
+	req := fmt.Sprintf(`{"cpus": 1, "memory": "1gib", "image": {"url": %q, "checksum": %q, "checksum_type": "sha256"}, "tags": {"team": "ci"}, "tools_init_timeout": "2m", "peers": "team-ci",
 		"machine": {"chipset": "q35", "cpu": "qemu64", "network": "e1000", "mac": "02:54:00:12:34:56", "keyboard_layout": "de", "tablet": "usb", "firmware": "bios"},
 		"user_data": "#cloud-config\nhostname: openapi\n", "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGoldvmOpenAPITestKey test@goldvm"]}`,
 		d.image.URL, d.image.Checksum)
@@ -284,8 +284,8 @@ func TestOpenAPI(t *testing.T) {
 			t.Fatalf("VM never running: %d %s", code, body)
 		}
 	}
-	if len(created.SSHAuthorizedKeys) != 1 {
-		t.Errorf("POST /vms: ssh_authorized_keys %v, want the key given", created.SSHAuthorizedKeys)
+	if len(created.SSHAuthorizedKeys) != 1 || created.Peers != "team-ci" {
+		t.Errorf("POST /vms: ssh_authorized_keys %v, peers %q, want the key and peers given", created.SSHAuthorizedKeys, created.Peers)
 	}
 	code, body = d.call(t, false, "GET", "/capacity", "", "")
 	want("GET /capacity", code, 200, body)
@@ -336,6 +336,7 @@ func TestOpenAPI(t *testing.T) {
 		{js, strings.Replace(req, `"cpu": "qemu64"`, `"cpu": "pentium"`, 1)},
 		{js, strings.Replace(req, `"tablet": "usb"`, `"tablet": "usb", "threads": 256`, 1)},
 		{js, strings.Replace(req, `"ssh_authorized_keys": [`, `"ssh_authorized_keys": ["", `, 1)},
+		{js, strings.Replace(req, `"peers": "team-ci"`, `"peers": "Team CI"`, 1)},
 		{js, strings.Replace(req, `"tags"`, `"cdroms": [{}, {}, {}], "tags"`, 1)},
 		{js, `{"image": {"empty_disk": "20 gigs"}, "cdroms": [{"url": "http://x/a.iso", "checksum": "` + strings.Repeat("0", 64) + `", "checksum_type": "sha256"}]}`},
 		{js, `{"image": {"empty_disk": "20gib"}}`},

@@ -1,7 +1,6 @@
 package vm
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -73,7 +72,7 @@ func (m *Manager) CreateWith(ctx context.Context, req api.CreateVMRequest, opts 
 			ID: id, Status: api.StatusCreating, Phase: api.PhasePending, Backend: m.cfg.Driver.Name(),
 			CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, NetworkType: v.NetworkType, Image: v.Image,
 			Headless: v.Headless, LaunchGUI: !v.Headless, CallbackURL: v.CallbackURL, ToolsInitTimeout: api.Duration(v.ToolsInitTimeout),
-			SSHAuthorizedKeys: v.SSHKeys, CDROMs: v.CDROMs, Boot: v.Boot,
+			SSHAuthorizedKeys: v.SSHKeys, CDROMs: v.CDROMs, Boot: v.Boot, Peers: v.Peers,
 			CreatedAt: now, UpdatedAt: now, Tags: tags, FromGroup: opts.FromGroup,
 		},
 		Dir:       filepath.Join(m.cfg.VMDir, id),
@@ -146,11 +145,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 	} else {
 		done, uerr := m.update(id, func(r *records.Record) error {
 			r.Status, r.Phase, r.Progress, r.Error = api.StatusRunning, "", nil, nil
-			r.IPAddress, r.GuestOS, r.SSHAddress = info.IPAddress, info.GuestOS, info.SSHAddress
-			r.GuestOSName = cmp.Or(info.GuestOSName, info.GuestOS)
-			if info.IPSource != "" || info.GuestOSSource != "" {
-				r.Sources = &api.Sources{IPAddress: info.IPSource, GuestOS: info.GuestOSSource}
-			}
+			setDiscovered(r, info)
 			return nil
 		})
 		if uerr != nil {
@@ -160,7 +155,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 		m.capacity.setRunning(id)
 		log.Info("vm running", "ip", info.IPAddress, "guest_os", info.GuestOS, "ip_source", info.IPSource)
 		m.startWatch(id)
-		if info.GuestOS == "" {
+		if info.GuestOSSource != api.SourceGuestAgent {
 			m.startProbe(id, time.Duration(r.ToolsInitTimeout))
 		}
 		m.noteColdBoot(done)

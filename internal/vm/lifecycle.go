@@ -161,14 +161,17 @@ func (m *Manager) rediscover(ctx context.Context, r *records.Record, spec hyperv
 	}
 	_, err = m.update(r.ID, func(r *records.Record) error {
 		r.Status, r.StopReason, r.Error = api.StatusRunning, "", nil
-		r.IPAddress, r.GuestOS, r.SSHAddress = info.IPAddress, info.GuestOS, info.SSHAddress
-		r.GuestOSName = cmp.Or(info.GuestOSName, info.GuestOS)
+		setDiscovered(r, info)
 		return nil
 	})
 	if err != nil {
 		return err
 	}
+	m.log.Info("vm discovered", "vm", r.ID, "ip", info.IPAddress, "guest_os", info.GuestOS, "guest_os_source", info.GuestOSSource)
 	m.startWatch(r.ID)
+	if info.GuestOSSource != api.SourceGuestAgent {
+		m.startProbe(r.ID, time.Duration(r.ToolsInitTimeout))
+	}
 	return nil
 }
 
@@ -191,6 +194,17 @@ func (m *Manager) reboot(ctx context.Context, r *records.Record, rs hypervisor.R
 	}
 	m.log.Info("vm restarted", "vm", r.ID)
 	return nil
+}
+
+// setDiscovered records what discovery learnt of a running guest, and
+// where each value came from.
+func setDiscovered(r *records.Record, info hypervisor.GuestInfo) {
+	r.IPAddress, r.GuestOS, r.SSHAddress = info.IPAddress, info.GuestOS, info.SSHAddress
+	r.GuestOSName = cmp.Or(info.GuestOSName, info.GuestOS)
+	r.Sources = nil
+	if info.IPSource != "" || info.GuestOSSource != "" {
+		r.Sources = &api.Sources{IPAddress: info.IPSource, GuestOS: info.GuestOSSource}
+	}
 }
 
 // suspendResume runs a suspend or resume and records the new status.

@@ -221,7 +221,7 @@ func (m *Manager) stop(set map[string]*task, id string) {
 func (m *Manager) spec(r *records.Record) hypervisor.Spec {
 	s := hypervisor.Spec{
 		ID: r.ID, Dir: r.Dir, CPUs: r.CPUs, MemoryMiB: r.MemoryMiB,
-		Network: r.NetworkType, Headless: r.Headless, Machine: r.Machine,
+		Network: r.NetworkType, Peers: r.Peers, Headless: r.Headless, Machine: r.Machine,
 		Kernel: r.KernelPath, Initrd: r.InitrdPath, CDROMs: r.CDROMPaths,
 		CloudInit: &hypervisor.CloudInit{
 			InstanceID: r.ID, Hostname: r.ID, UserData: r.UserData, SSHAuthorizedKeys: r.SSHAuthorizedKeys,
@@ -246,7 +246,7 @@ func (m *Manager) goldSpec(r *records.Record, gold *image.Gold) hypervisor.Spec 
 	s := m.spec(r)
 	s.GoldDir = gold.Dir
 	if d := gold.Disk; d != nil {
-		s.GoldDisk = hypervisor.GoldDisk{Path: d.Path, Format: d.Format, VirtualSize: d.VirtualSize, Source: d.Source}
+		s.GoldDisk = hypervisor.GoldDisk{Path: d.Path, Format: d.Format, VirtualSize: d.VirtualSize, Source: d.Source, GuestOS: d.GuestOS}
 	}
 	return s
 }

@@ -63,7 +63,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 				}
 				log.Info("recover: reattached to running vm")
 				m.startWatch(r.ID)
-				if r.GuestOS == "" {
+				if r.Sources == nil || r.Sources.GuestOS != api.SourceGuestAgent {
 					m.startProbe(r.ID, time.Duration(r.ToolsInitTimeout))
 				}
 			} else if r.Status == api.StatusRunning || r.Status == api.StatusSuspended {

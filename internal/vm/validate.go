@@ -96,6 +96,8 @@ type Validated struct {
 	// CDROMs and Boot are the boot media, normalised.
 	CDROMs []api.Image
 	Boot   *api.Boot
+	// Peers names the set of VMs the VM may reach ("" for none).
+	Peers string
 }
 
 // MaxSSHKeys bounds ssh_authorized_keys; maxSSHKeyBytes bounds one key.
@@ -300,7 +302,11 @@ func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
 	if err := validateCloudInit(req); err != nil {
 		return v, err
 	}
+	if req.Peers != "" && !api.ValidTagKey(req.Peers) {
+		return v, invalid("peers %q is not a peer set name (1-%d characters from a-z, 0-9, '.', '_', '/', '-')", req.Peers, api.MaxTagKeyLen)
+	}
 	return Validated{
+		Peers:            req.Peers,
 		Tags:             tags,
 		UserData:         string(req.UserData),
 		SSHKeys:          req.SSHAuthorizedKeys,

@@ -138,6 +138,12 @@ func TestValidate(t *testing.T) {
 		{desc: "empty disk too large", mutate: func(r *api.CreateVMRequest) { r.Image = api.Image{EmptyDisk: "65tib"} }, wantErr: "more than 64 TiB"},
 		{desc: "tiny memory", mutate: func(r *api.CreateVMRequest) { r.Memory = 8 }, wantErr: "less than the minimum"},
 		{desc: "bad network", mutate: func(r *api.CreateVMRequest) { r.NetworkType = "wifi" }, wantErr: "network_type"},
+		{desc: "bad peers", mutate: func(r *api.CreateVMRequest) { r.Peers = "Team A" }, wantErr: `peers "Team A"`},
+		{desc: "peers", mutate: func(r *api.CreateVMRequest) { r.Peers = "team-a" }, check: func(t *testing.T, v Validated) {
+			if v.Peers != "team-a" {
+				t.Errorf("peers %q, want team-a", v.Peers)
+			}
+		}},
 		{desc: "no url", mutate: func(r *api.CreateVMRequest) { r.Image.URL = "" }, wantErr: "image.url is required"},
 		{desc: "file url", mutate: func(r *api.CreateVMRequest) { r.Image.URL = "file:///etc/passwd" }, wantErr: "http or https"},
 		{desc: "bad checksum type", mutate: func(r *api.CreateVMRequest) { r.Image.ChecksumType = "crc32" }, wantErr: "checksum_type"},

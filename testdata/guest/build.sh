@@ -74,6 +74,7 @@ command -v syslinux >/dev/null || need_pkgs+=(syslinux)
 command -v mcopy >/dev/null || need_pkgs+=(mtools)
 command -v mkfs.vfat >/dev/null || [ -x /usr/sbin/mkfs.vfat ] || [ -x /sbin/mkfs.vfat ] || need_pkgs+=(dosfstools)
 command -v qemu-img >/dev/null || need_pkgs+=(qemu-utils)
+command -v mkfs.ext4 >/dev/null || [ -x /usr/sbin/mkfs.ext4 ] || [ -x /sbin/mkfs.ext4 ] || need_pkgs+=(e2fsprogs)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
 	[ "$(id -u)" = 0 ] || die "missing build dependencies (${need_pkgs[*]}); install them as root"
 	log "installing build dependencies: ${need_pkgs[*]}"
@@ -511,21 +512,65 @@ EOF
 chmod 755 "$R/init"
 
 # ---- initramfs and disk -----------------------------------------------------
-# make_disk NAME: the initramfs of $R on a bootable FAT disk, $WORK/NAME.raw and .qcow2
+# make_disk NAME [parted]: the initramfs of $R on a bootable FAT disk,
+# $WORK/NAME.raw and .qcow2. With "parted" the disk has an MBR partition
+# table: the FAT file system (active, booted by syslinux's mbr.bin) in the
+# first partition, and a small ext4 file system in the second holding $R's
+# os-release (/etc/os-release a symlink to ../usr/lib/os-release, as in
+# Debian), where a stock cloud image has its root file system: goldvm reads
+# the OS of an image whose guest agent does not answer from it. The guest
+# itself still runs from its initramfs.
 make_disk() {
-	local name="$1" disk_kib need_kib
+	local name="$1" parted="${2:-}" disk_kib need_kib off=0
+	local fat="$WORK/$name.raw"
 	(cd "$R" && find . -mindepth 1 | sort | "$BB" cpio -o -H newc 2>/dev/null) | gzip -9n >"$WORK/$name-initrd.gz"
 	need_kib=$((($(stat -c %s "$VMLINUZ") + $(stat -c %s "$WORK/$name-initrd.gz")) / 1024 + 4096))
 	disk_kib=$DISK_MIN_KIB
 	while [ "$disk_kib" -lt "$need_kib" ]; do disk_kib=$((disk_kib + 8192)); done
-	mkfs.vfat -n GOLDVM -C "$WORK/$name.raw" "$disk_kib" >/dev/null
-	mcopy -i "$WORK/$name.raw" "$VMLINUZ" ::/vmlinuz
-	mcopy -i "$WORK/$name.raw" "$WORK/$name-initrd.gz" ::/initrd.gz
-	mcopy -i "$WORK/$name.raw" "$WORK/syslinux.cfg" ::/syslinux.cfg
-	syslinux --install "$WORK/$name.raw"
+	if [ -n "$parted" ]; then
+		fat="$WORK/$name-boot.raw"
+		off=2048 # sectors: the first partition starts at 1 MiB
+	fi
+	mkfs.vfat -n GOLDVM -h "$off" -C "$fat" "$disk_kib" >/dev/null
+	mcopy -i "$fat" "$VMLINUZ" ::/vmlinuz
+	mcopy -i "$fat" "$WORK/$name-initrd.gz" ::/initrd.gz
+	mcopy -i "$fat" "$WORK/syslinux.cfg" ::/syslinux.cfg
+	syslinux --install "$fat" # the BPB says where it lies on the disk (-h)
+	if [ -n "$parted" ]; then
+		local root="$WORK/$name-rootfs" root_kib=4096 disk="$WORK/$name.raw"
+		rm -rf "$root"
+		mkdir -p "$root/etc" "$root/usr/lib"
+		cp "$R/etc/os-release" "$root/usr/lib/os-release"
+		ln -s ../usr/lib/os-release "$root/etc/os-release"
+		mkfs.ext4 -q -F -L goldvm-root -d "$root" "$WORK/$name-root.raw" "${root_kib}k" >&2
+		rm -f "$disk"
+		truncate -s $(((1024 + disk_kib + root_kib) * 1024)) "$disk"
+		dd if=/usr/lib/syslinux/mbr/mbr.bin of="$disk" bs=440 count=1 conv=notrunc status=none
+		dd if="$fat" of="$disk" bs=1M seek=1 conv=notrunc status=none
+		dd if="$WORK/$name-root.raw" of="$disk" bs=1k seek=$((1024 + disk_kib)) conv=notrunc status=none
+		{
+			mbr_entry 0x80 0x0e "$off" $((disk_kib * 2))
+			mbr_entry 0x00 0x83 $((off + disk_kib * 2)) $((root_kib * 2))
+			printf '\0%.0s' $(seq 1 32) # entries 3 and 4: unused
+			printf '\x55\xaa'
+		} | dd of="$disk" bs=1 seek=446 conv=notrunc status=none
+		rm -rf "$fat" "$root" "$WORK/$name-root.raw"
+	fi
 	qemu-img convert -f raw -O qcow2 "$WORK/$name.raw" "$WORK/$name.qcow2"
-	log "made $name.qcow2 (initrd $(($(stat -c %s "$WORK/$name-initrd.gz") / 1024)) KiB, disk $((disk_kib / 1024)) MiB)"
+	log "made $name.qcow2 (initrd $(($(stat -c %s "$WORK/$name-initrd.gz") / 1024)) KiB, disk $((disk_kib / 1024)) MiB${parted:+, partitioned})"
 }
+# mbr_entry STATUS TYPE START COUNT: a 16-byte MBR partition entry (LBA only).
+mbr_entry() {
+	byte "$1"
+	byte 0xfe; byte 0xff; byte 0xff
+	byte "$2"
+	byte 0xfe; byte 0xff; byte 0xff
+	le32 "$3"
+	le32 "$4"
+}
+le32() { byte $(($1 & 255)); byte $((($1 >> 8) & 255)); byte $((($1 >> 16) & 255)); byte $((($1 >> 24) & 255)); }
+# byte N: the byte of value N.
+byte() { printf "\\$(printf '%03o' $(($1)))"; }
 cat >"$WORK/syslinux.cfg" <<EOF
 DEFAULT goldvm
 PROMPT 0
@@ -540,7 +585,7 @@ make_disk guest
 # The variant without a guest agent: the same tree minus qemu-ga.
 rm -f "$R/usr/sbin/qemu-ga" "$R/sbin/goldvm-qga"
 sed -i 's/^PRETTY_NAME=.*/PRETTY_NAME="goldvm test guest without agent (Debian kernel, busybox)"/' "$R/etc/os-release"
-make_disk guest-noagent
+make_disk guest-noagent parted
 
 # ---- publish atomically ---------------------------------------------------
 stamp_content >"$WORK/stamp"

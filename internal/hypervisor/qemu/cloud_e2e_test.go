@@ -29,8 +29,11 @@ func noAgentGuest(t *testing.T) string {
 	return g
 }
 
+// noAgentOS is the PRETTY_NAME of the guest without an agent.
+const noAgentOS = "goldvm test guest without agent (Debian kernel, busybox)"
+
 // bootNoAgent clones, starts and discovers a VM of the guest without an
-// agent and checks that it is reported with an address and no OS.
+// agent and checks that it is reported with an address and its image's OS.
 func bootNoAgent(t *testing.T, d *Driver, spec hypervisor.Spec, wantSource string) hypervisor.GuestInfo {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
@@ -70,8 +73,11 @@ func bootNoAgent(t *testing.T, d *Driver, spec hypervisor.Spec, wantSource strin
 	if info.IPAddress == "" || info.IPSource != wantSource {
 		t.Errorf("ip %q from %q, want an address from %q", info.IPAddress, info.IPSource, wantSource)
 	}
-	if info.GuestOS != "" || info.GuestOSSource != "" {
-		t.Errorf("guest OS %q from %q, want none (the guest has no agent)", info.GuestOS, info.GuestOSSource)
+	// The guest has no agent: its OS is the one its image's os-release
+	// names (build.sh puts one on an ext4 partition of the disk), read when
+	// the image was prepared.
+	if spec.GoldDisk.GuestOS != noAgentOS || info.GuestOS != noAgentOS || info.GuestOSSource != api.SourceImage {
+		t.Errorf("guest OS %q from %q (the image's: %q), want %q from the image", info.GuestOS, info.GuestOSSource, spec.GoldDisk.GuestOS, noAgentOS)
 	}
 	return info
 }
@@ -345,8 +351,9 @@ func TestE2EMetadataHostOnly(t *testing.T) {
 	}
 }
 
-// Reap deletes the nftables rules of unknown VMs whose tap is gone, and
-// keeps those of known VMs and of VMs whose tap lives (another instance's).
+// Reap deletes the nftables rules of unknown VMs whose tap is gone (and
+// takes their taps out of their peer sets), and keeps those of known VMs
+// and of VMs whose tap lives (another instance's).
 func TestReapVMRules(t *testing.T) {
 	if !inNetns(t, "") {
 		return
@@ -361,8 +368,9 @@ func TestReapVMRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
+	peers := map[string]string{"vm-known": "team", "vm-gone": "team"}
 	for _, id := range []string{"vm-known", "vm-gone", "vm-others"} {
-		if err := d.vmRules(ctx, id, tapFor(id), macFor(id), "10.213.0.1", 40000); err != nil {
+		if err := d.vmRules(ctx, id, tapFor(id), macFor(id), peers[id], "10.213.0.1", 40000); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -372,7 +380,7 @@ func TestReapVMRules(t *testing.T) {
 	if err := d.Reap(ctx, func(id string) bool { return id == "vm-known" }); err != nil {
 		t.Fatal(err)
 	}
-	rules, err := d.metadataRules(ctx)
+	rules, sets, err := d.nftObjects(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +388,16 @@ func TestReapVMRules(t *testing.T) {
 	for _, r := range rules {
 		count[r.Comment]++
 	}
-	if count["vm-known"] != 5 || count["vm-others"] != 5 || count["vm-gone"] != 0 {
-		t.Errorf("rules per VM after Reap: %v; want vm-known and vm-others 5 each, vm-gone none", count)
+	if count["vm-known"] != 6 || count["vm-others"] != 5 || count["vm-gone"] != 0 {
+		t.Errorf("rules per VM after Reap: %v; want vm-known 6 (one for its peers), vm-others 5, vm-gone none", count)
+	}
+	var members []any
+	for _, s := range sets {
+		if s.Name == peerSet("team") {
+			members = s.Elem
+		}
+	}
+	if len(members) != 1 || members[0] != tapFor("vm-known") {
+		t.Errorf("peer set team holds %v after Reap, want only %s", members, tapFor("vm-known"))
 	}
 }

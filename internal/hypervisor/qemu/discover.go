@@ -82,9 +82,11 @@ func (a *agentAnswers) ask(ctx context.Context, sock, mac string) {
 // VM's MAC (nat, hostonly); the host's neighbour entry for the VM's MAC
 // (bridged); with user-mode networking the guest's fixed address once a
 // connection to the forwarded SSH port reaches the guest (answered or
-// refused by it). The OS name comes from the agent only. Once the address
-// is known Discover waits at most Config.AgentWait for the agent, then
-// returns without a GuestOS (ProbeGuestOS keeps asking). On timeout it
+// refused by it). The OS name comes from the agent. Once the address is
+// known Discover waits at most Config.AgentWait for the agent, then
+// returns with the OS the gold disk's os-release names
+// (spec.GoldDisk.GuestOS, source "image"), or none, and ProbeGuestOS keeps
+// asking the agent. On timeout it
 // returns what it learned with an error with code "discovery-timeout".
 func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor.GuestInfo, error) {
 	var info hypervisor.GuestInfo
@@ -151,7 +153,11 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 		}
 		if info.IPAddress != "" && (info.GuestOS != "" || time.Since(addrAt) >= d.cfg.AgentWait) {
 			if info.GuestOS == "" {
-				d.log.Info("the guest agent did not answer; reporting the VM without its OS", "vm", spec.ID, "ip_source", info.IPSource, "last_agent_error", aerr)
+				d.log.Info("the guest agent did not answer; reporting the VM with the OS of its image", "vm", spec.ID, "ip_source", info.IPSource,
+					"image_os", spec.GoldDisk.GuestOS, "last_agent_error", aerr)
+				if spec.GoldDisk.GuestOS != "" {
+					info.GuestOS, info.GuestOSSource = spec.GoldDisk.GuestOS, api.SourceImage
+				}
 			}
 			if np.User {
 				port, err := SSHForwardPort(spec.Dir)

@@ -59,7 +59,8 @@ func (d *Driver) PrepareGold(ctx context.Context, files, scratch string) (hyperv
 		return hypervisor.GoldDisk{}, err
 	}
 	if disk.Format != string(diskfmt.VMDK) {
-		return hypervisor.GoldDisk{Path: disk.Path, Format: disk.Format, VirtualSize: info.VirtualSize}, nil
+		return hypervisor.GoldDisk{Path: disk.Path, Format: disk.Format, VirtualSize: info.VirtualSize,
+			GuestOS: d.imageOS(ctx, disk.Path, disk.Format)}, nil
 	}
 	// Converted once, sparse; the package's VMDK stays as it came.
 	out := filepath.Join(scratch, "disk.qcow2")
@@ -72,7 +73,8 @@ func (d *Driver) PrepareGold(ctx context.Context, files, scratch string) (hyperv
 		os.Remove(out)
 		return hypervisor.GoldDisk{}, err
 	}
-	return hypervisor.GoldDisk{Path: out, Format: "qcow2", VirtualSize: conv.VirtualSize, Source: filepath.ToSlash(rel)}, nil
+	return hypervisor.GoldDisk{Path: out, Format: "qcow2", VirtualSize: conv.VirtualSize, Source: filepath.ToSlash(rel),
+		GuestOS: d.imageOS(ctx, out, "qcow2")}, nil
 }
 
 // inspect runs `qemu-img info` on a disk of the given format, inside root,
@@ -174,7 +176,16 @@ func (d *Driver) runConfined(ctx context.Context, timeout time.Duration, args ..
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	argv := append([]string{d.cfg.QemuImg}, args...)
+	argv := confined(append([]string{d.cfg.QemuImg}, args...))
+	return d.runEnv(ctx, confinedEnv, argv[0], argv[1:]...)
+}
+
+// confinedEnv is the whole environment of a confined program.
+var confinedEnv = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+
+// confined returns argv run bounded in address space and, as root, in a
+// network namespace of its own (no network at all).
+func confined(argv []string) []string {
 	if prlimit, err := exec.LookPath("prlimit"); err == nil {
 		argv = append([]string{prlimit, fmt.Sprintf("--as=%d", inspectMemory), "--"}, argv...)
 	}
@@ -183,7 +194,7 @@ func (d *Driver) runConfined(ctx context.Context, timeout time.Duration, args ..
 			argv = append([]string{unshare, "--net", "--"}, argv...)
 		}
 	}
-	return d.runEnv(ctx, []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, argv[0], argv[1:]...)
+	return argv
 }
 
 // goldDisk is the disk found in a gold image directory.

@@ -22,16 +22,27 @@ package qemu
 //	  without that mark is dropped, so no VM (and no other local process)
 //	  reaches another VM's listener directly.
 //
+// VMs created with the same peers name (hypervisor.Spec.Peers) may reach
+// each other: their taps are the elements of a set of that name's (table
+// bridge goldvm_md, set peers_<hash of the name>), and each one's tap has,
+// before its isolation rule, a rule that accepts frames from it to a tap
+// in its set. Membership is by tap, as the isolation is: a guest cannot
+// join a set by forging an address.
+//
 // A guest that forges another VM's IP address still sends through its own
 // tap and gets its own mark; one that forges its MAC is dropped at its tap.
 // Each rule carries the VM's id as its comment; Destroy deletes them. The
 // hostonly bridge's DHCP hands out a route to 169.254.169.254/32 via the
 // host (option 121), as it has no default route. User-mode networking has
-// no metadata service (QEMU's guestfwd to a chardev carries one stream, not
-// one connection per request).
+// no metadata service: QEMU refuses a guestfwd to 169.254.169.254 (outside
+// its 10.0.2.0/24), and a guestfwd to a chardev carries one stream for all
+// the guest's connections, on which answers go to the wrong connection or
+// are lost (tried with real QEMU: docs/usernet-metadata.md).
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -110,7 +121,7 @@ func (d *Driver) guardVM(ctx context.Context, spec hypervisor.Spec, np netPlan) 
 		mdPort = ln.Addr().(*net.TCPAddr).Port
 	}
 	d.netMu.Lock()
-	err = d.vmRules(ctx, spec.ID, np.Tap, macOf(spec), host, mdPort)
+	err = d.vmRules(ctx, spec.ID, np.Tap, macOf(spec), spec.Peers, host, mdPort)
 	d.netMu.Unlock()
 	if err != nil {
 		if ln != nil {
@@ -126,18 +137,26 @@ func (d *Driver) guardVM(ctx context.Context, spec hypervisor.Spec, np netPlan) 
 }
 
 // vmRules replaces VM id's nftables rules (caller holds netMu): frames
-// from its tap must carry its MAC and are not forwarded to another VM's tap,
-// and with mdPort > 0 its metadata traffic is steered to host:mdPort.
-func (d *Driver) vmRules(ctx context.Context, id, tap, mac, host string, mdPort int) error {
+// from its tap must carry its MAC and are not forwarded to another VM's
+// tap, except, with peers, to the taps of its peer set; with mdPort > 0 its
+// metadata traffic is steered to host:mdPort.
+func (d *Driver) vmRules(ctx context.Context, id, tap, mac, peers, host string, mdPort int) error {
 	if err := d.unsteerMetadata(ctx, id); err != nil {
 		return err
 	}
-	q := strconv.Quote(id)
+	q, qtap := strconv.Quote(id), strconv.Quote(tap)
 	lines := append(nftChains(),
-		fmt.Sprintf("add rule bridge %s pre iifname %s ether saddr != %s drop comment %s", nftTable, strconv.Quote(tap), mac, q),
-		// Nothing from this VM to another VM's tap: it reaches the host
-		// (DHCP, metadata, NAT to the outside), not the other VMs.
-		fmt.Sprintf(`add rule bridge %s isolate iifname %s oifname "gv*" drop comment %s`, nftTable, strconv.Quote(tap), q))
+		fmt.Sprintf("add rule bridge %s pre iifname %s ether saddr != %s drop comment %s", nftTable, qtap, mac, q))
+	if peers != "" {
+		set := peerSet(peers)
+		lines = append(lines,
+			fmt.Sprintf("add set bridge %s %s { type ifname; comment %s; }", nftTable, set, strconv.Quote("peers "+peers)),
+			fmt.Sprintf("add element bridge %s %s { %s }", nftTable, set, qtap),
+			fmt.Sprintf("add rule bridge %s isolate iifname %s oifname @%s accept comment %s", nftTable, qtap, set, q))
+	}
+	// Nothing else from this VM to another VM's tap: it reaches the host
+	// (DHCP, metadata, NAT to the outside), not the other VMs.
+	lines = append(lines, fmt.Sprintf(`add rule bridge %s isolate iifname %s oifname "gv*" drop comment %s`, nftTable, qtap, q))
 	if mdPort > 0 {
 		mark := metadataMark(mdPort)
 		lines = append(lines,
@@ -146,6 +165,12 @@ func (d *Driver) vmRules(ctx context.Context, id, tap, mac, host string, mdPort 
 			fmt.Sprintf("add rule ip %s in ip daddr %s tcp dport %d meta mark != %s drop comment %s", nftTable, host, mdPort, mark, q))
 	}
 	return d.nftScript(ctx, lines)
+}
+
+// peerSet is the name of the nftables set of the taps of peer set name.
+func peerSet(name string) string {
+	sum := sha256.Sum256([]byte(name))
+	return "peers_" + hex.EncodeToString(sum[:8])
 }
 
 // nftChains declares goldvm's tables and chains (idempotent).
@@ -179,32 +204,51 @@ type nftRule struct {
 	Comment string `json:"comment"`
 }
 
+// nftSet is the part of a set in `nft -j list table` goldvm reads.
+type nftSet struct {
+	Family string `json:"family"`
+	Table  string `json:"table"`
+	Name   string `json:"name"`
+	Elem   []any  `json:"elem"`
+}
+
 // metadataRules lists goldvm's metadata rules in both families.
 func (d *Driver) metadataRules(ctx context.Context) ([]nftRule, error) {
+	rules, _, err := d.nftObjects(ctx)
+	return rules, err
+}
+
+// nftObjects lists goldvm's rules in both families, and its sets.
+func (d *Driver) nftObjects(ctx context.Context) ([]nftRule, []nftSet, error) {
 	var rules []nftRule
+	var sets []nftSet
 	for _, fam := range []string{"bridge", "ip"} {
 		out, err := d.run(ctx, d.nft, "-j", "list", "table", fam, nftTable)
 		if err != nil {
 			if strings.Contains(err.Error(), "No such file or directory") {
 				continue // no table yet
 			}
-			return nil, err
+			return nil, nil, err
 		}
 		var doc struct {
 			Nftables []struct {
 				Rule *nftRule `json:"rule"`
+				Set  *nftSet  `json:"set"`
 			} `json:"nftables"`
 		}
 		if err := json.Unmarshal(out, &doc); err != nil {
-			return nil, fmt.Errorf("nft -j: %w", err)
+			return nil, nil, fmt.Errorf("nft -j: %w", err)
 		}
 		for _, o := range doc.Nftables {
 			if o.Rule != nil {
 				rules = append(rules, *o.Rule)
 			}
+			if o.Set != nil {
+				sets = append(sets, *o.Set)
+			}
 		}
 	}
-	return rules, nil
+	return rules, sets, nil
 }
 
 // unsteerMetadata deletes VM id's rules (caller holds netMu).
@@ -212,20 +256,31 @@ func (d *Driver) unsteerMetadata(ctx context.Context, id string) error {
 	return d.deleteMetadataRules(ctx, func(owner string) bool { return owner == id })
 }
 
-// deleteMetadataRules deletes the metadata rules whose owner (comment)
-// del accepts.
+// deleteMetadataRules deletes the rules whose owner (comment) del accepts,
+// and takes the owners' taps out of the peer sets.
 func (d *Driver) deleteMetadataRules(ctx context.Context, del func(owner string) bool) error {
-	rules, err := d.metadataRules(ctx)
+	rules, sets, err := d.nftObjects(ctx)
 	if err != nil {
 		return err
 	}
 	var errs []error
+	taps := map[string]bool{}
 	for _, r := range rules {
 		if r.Comment == "" || !del(r.Comment) {
 			continue
 		}
+		taps[tapFor(r.Comment)] = true
 		if _, err := d.run(ctx, d.nft, "delete", "rule", r.Family, r.Table, r.Chain, "handle", strconv.Itoa(r.Handle)); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	for _, s := range sets {
+		for _, e := range s.Elem {
+			if tap, ok := e.(string); ok && taps[tap] && strings.HasPrefix(s.Name, "peers_") {
+				if _, err := d.run(ctx, d.nft, "delete", "element", s.Family, s.Table, s.Name, "{ "+strconv.Quote(tap)+" }"); err != nil {
+					errs = append(errs, err)
+				}
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -324,7 +324,7 @@ func (d *Driver) MakeTemplate(ctx context.Context, root, imageKey string, gold h
 	if err != nil {
 		return Template{}, fmt.Errorf("template guest: %w", err)
 	}
-	if info.GuestOS == "" || info.IPAddress == "" {
+	if info.GuestOSSource != api.SourceGuestAgent || info.IPAddress == "" {
 		return Template{}, fmt.Errorf("template guest: the guest agent did not answer (address %q): a template needs one", info.IPAddress)
 	}
 	if err := d.saveState(ctx, spec, p(tmp, fileTplState)); err != nil {
