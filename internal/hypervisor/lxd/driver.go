@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/cloudinit"
 	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/hypervisor"
 )
@@ -43,6 +44,9 @@ const (
 const (
 	keyID    = "user.goldvm.id"
 	keyImage = "user.goldvm.image"
+	// the user-data LXD gives the instance's cloud-init (its devlxd API
+	// for containers, its config drive for VMs).
+	keyUserData = "cloud-init.user-data"
 	// prefix of every instance name: goldvm-<id>.
 	namePrefix = "goldvm-"
 )
@@ -221,7 +225,8 @@ type instanceState struct {
 }
 
 // Clone creates the instance from the gold image (imported first when LXD
-// does not have it yet), with spec's CPUs and memory as its limits. LXD
+// does not have it yet), with spec's CPUs and memory as its limits and its
+// user-data, ssh_authorized_keys folded in, as cloud-init.user-data. LXD
 // clones the image on its storage pool (see the README for which pools
 // copy and which share blocks). An instance of the same VM left by an
 // interrupted Clone is taken as it is.
@@ -244,6 +249,11 @@ func (d *Driver) Clone(ctx context.Context, spec hypervisor.Spec) error {
 		keyImage:        spec.ImageKey,
 		"limits.cpu":    strconv.Itoa(spec.CPUs),
 		"limits.memory": strconv.FormatInt(spec.MemoryMiB, 10) + "MiB",
+	}
+	if ci := spec.CloudInit; ci != nil {
+		if ud := cloudinit.UserData(cloudinit.Config{CloudInit: *ci}); ud != "" {
+			config[keyUserData] = ud
+		}
 	}
 	if d.cfg.InstanceType == TypeVM {
 		// Gold images are not signed for UEFI Secure Boot.
