@@ -150,6 +150,10 @@ type VM struct {
 	// CDROMs and Boot are the request's boot media.
 	CDROMs []Image `json:"cdroms,omitempty"`
 	Boot   *Boot   `json:"boot,omitempty"`
+	// Placement is the request's placement; Location is the cluster
+	// member the VM was made on (lxd backend on a cluster).
+	Placement *Placement `json:"placement,omitempty"`
+	Location  string     `json:"location,omitempty"`
 	// StartedFrom is StartedFromTemplate for a VM restored from a
 	// template, StartedFromBoot for one booted ("" before it started);
 	// WarmStartError says why a matching template was not used.

@@ -219,4 +219,7 @@ type CreateVMRequest struct {
 	CDROMs []Image `json:"cdroms,omitempty"`
 	// Boot boots a Linux kernel directly (for building images).
 	Boot *Boot `json:"boot,omitempty"`
+	// Placement pins the VM to a cluster member or group (lxd backend on
+	// an LXD cluster only).
+	Placement *Placement `json:"placement,omitempty"`
 }

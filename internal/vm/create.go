@@ -54,7 +54,7 @@ func (m *Manager) CreateTagged(ctx context.Context, req api.CreateVMRequest, sys
 			ID: id, Status: api.StatusCreating, Phase: api.PhasePending, Backend: m.cfg.Driver.Name(),
 			CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, NetworkType: v.NetworkType, Image: v.Image,
 			Headless: v.Headless, LaunchGUI: !v.Headless, CallbackURL: v.CallbackURL, ToolsInitTimeout: api.Duration(v.ToolsInitTimeout),
-			SSHAuthorizedKeys: v.SSHKeys, CDROMs: v.CDROMs, Boot: v.Boot,
+			SSHAuthorizedKeys: v.SSHKeys, CDROMs: v.CDROMs, Boot: v.Boot, Placement: v.Placement,
 			CreatedAt: now, UpdatedAt: now, Tags: tags,
 		},
 		Dir:       filepath.Join(m.cfg.VMDir, id),
@@ -127,7 +127,7 @@ func (m *Manager) runCreate(ctx context.Context, id string) {
 	} else {
 		_, uerr := m.update(id, func(r *records.Record) error {
 			r.Status, r.Phase, r.Progress, r.Error = api.StatusRunning, "", nil, nil
-			r.IPAddress, r.GuestOS, r.SSHAddress = info.IPAddress, info.GuestOS, info.SSHAddress
+			r.IPAddress, r.GuestOS, r.SSHAddress, r.Location = info.IPAddress, info.GuestOS, info.SSHAddress, info.Location
 			r.GuestOSName = cmp.Or(info.GuestOSName, info.GuestOS)
 			if info.IPSource != "" || info.GuestOSSource != "" {
 				r.Sources = &api.Sources{IPAddress: info.IPSource, GuestOS: info.GuestOSSource}

@@ -210,7 +210,7 @@ func (m *Manager) spec(r *records.Record) hypervisor.Spec {
 	s := hypervisor.Spec{
 		ID: r.ID, Dir: r.Dir, CPUs: r.CPUs, MemoryMiB: r.MemoryMiB,
 		Network: r.NetworkType, Headless: r.Headless, Machine: r.Machine,
-		Kernel: r.KernelPath, Initrd: r.InitrdPath, CDROMs: r.CDROMPaths,
+		Kernel: r.KernelPath, Initrd: r.InitrdPath, CDROMs: r.CDROMPaths, Placement: r.Placement,
 		CloudInit: &hypervisor.CloudInit{
 			InstanceID: r.ID, Hostname: r.ID, UserData: r.UserData, SSHAuthorizedKeys: r.SSHAuthorizedKeys,
 		},

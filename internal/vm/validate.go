@@ -96,6 +96,8 @@ type Validated struct {
 	// CDROMs and Boot are the boot media, normalised.
 	CDROMs []api.Image
 	Boot   *api.Boot
+	// Placement is the request's placement (nil: the backend's choice).
+	Placement *api.Placement
 }
 
 // MaxSSHKeys bounds ssh_authorized_keys; maxSSHKeyBytes bounds one key.
@@ -292,6 +294,11 @@ func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
 	if err := validateCloudInit(req); err != nil {
 		return v, err
 	}
+	if p := req.Placement; p != nil {
+		if err := p.Check(); err != nil {
+			return v, invalid("%v", err)
+		}
+	}
 	return Validated{
 		Tags:             tags,
 		UserData:         string(req.UserData),
@@ -306,6 +313,7 @@ func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
 		Headless:         headless,
 		CallbackURL:      req.CallbackURL,
 		ToolsInitTimeout: timeout,
+		Placement:        req.Placement,
 	}, nil
 }
 

@@ -21,11 +21,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/goldvm/goldvm/api"
@@ -87,6 +89,18 @@ type Driver struct {
 
 	mu         sync.Mutex
 	imageLocks map[string]keyLock
+
+	// server is what GET /1.0 last said (at New, and at every
+	// CheckAvailable, i.e. before every create).
+	server atomic.Pointer[serverInfo]
+}
+
+// serverInfo is the part of GET /1.0 the driver reads.
+type serverInfo struct {
+	Environment struct {
+		ServerName      string `json:"server_name"`
+		ServerClustered bool   `json:"server_clustered"`
+	} `json:"environment"`
 }
 
 // The driver's capabilities.
@@ -101,6 +115,7 @@ var (
 	_ hypervisor.ImageForgetter = (*Driver)(nil)
 
 	_ hypervisor.AvailabilityChecker = (*Driver)(nil)
+	_ hypervisor.Placer              = (*Driver)(nil)
 )
 
 var projectPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
@@ -139,6 +154,9 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		return nil, err
 	}
 	d := &Driver{cfg: cfg, c: c, log: cfg.Logger.With("backend", "lxd"), imageLocks: map[string]keyLock{}}
+	if err := d.readServer(ctx); err != nil {
+		return nil, err
+	}
 	if err := d.ensureProject(ctx); err != nil {
 		return nil, err
 	}
@@ -177,11 +195,38 @@ func (d *Driver) ensureProject(ctx context.Context) error {
 func (d *Driver) CheckAvailable(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	err := d.c.do(ctx, http.MethodGet, "/1.0", nil, nil)
+	err := d.readServer(ctx)
 	if errors.Is(err, context.DeadlineExceeded) {
 		return errdefs.New(errdefs.ErrUnavailable, api.CodeBackendUnavailable, "LXD at "+d.c.where+" did not answer in time", err)
 	}
 	return err
+}
+
+// readServer asks LXD for its server information (GET /1.0) and keeps it.
+func (d *Driver) readServer(ctx context.Context) error {
+	var si serverInfo
+	if err := d.c.do(ctx, http.MethodGet, "/1.0", nil, &si); err != nil {
+		return err
+	}
+	d.server.Store(&si)
+	return nil
+}
+
+// CheckPlacement accepts a placement when LXD is a cluster (as it was at
+// the last CheckAvailable). A standalone LXD refuses every ?target=, its
+// own name's included ("Target only allowed when clustered", LXD 5.0), so
+// placement is refused there, before anything is made. Whether the member
+// or group exists is LXD's to say when the instance is created.
+func (d *Driver) CheckPlacement(p api.Placement) error {
+	if si := d.server.Load(); si == nil || !si.Environment.ServerClustered {
+		name := ""
+		if si != nil {
+			name = si.Environment.ServerName
+		}
+		return errdefs.Newf(errdefs.ErrInvalid, api.CodePlacementUnsupported,
+			"placement %q: LXD at %s (server %q) is not clustered, and a standalone LXD takes no target; leave placement out", p.String(), d.c.where, name)
+	}
+	return nil
 }
 
 // Name returns "lxd".
@@ -259,7 +304,11 @@ func (d *Driver) Clone(ctx context.Context, spec hypervisor.Spec) error {
 		// Gold images are not signed for UEFI Secure Boot.
 		config["security.secureboot"] = "false"
 	}
-	err = d.c.do(ctx, http.MethodPost, "/1.0/instances", map[string]any{
+	path := "/1.0/instances"
+	if spec.Placement != nil {
+		path += "?target=" + url.QueryEscape(spec.Placement.String())
+	}
+	err = d.c.do(ctx, http.MethodPost, path, map[string]any{
 		"name":     name,
 		"type":     d.cfg.InstanceType,
 		"profiles": d.cfg.Profiles,
@@ -359,7 +408,7 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 	if err != nil {
 		return hypervisor.GuestInfo{}, err
 	}
-	info := hypervisor.GuestInfo{GuestOS: guestOS(in.Config)}
+	info := hypervisor.GuestInfo{GuestOS: guestOS(in.Config), Location: memberOf(in)}
 	for {
 		st, ok, err := d.state(ctx, name)
 		if err != nil {
@@ -383,6 +432,15 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 
 func discoveryTimeout(name string, err error) error {
 	return errdefs.New(errdefs.ErrUnavailable, api.CodeDiscoveryTimeout, "LXD instance "+name+" reported no IPv4 address in time", err)
+}
+
+// memberOf is the cluster member in runs on, "" on a standalone LXD
+// (whose instances' location is "none").
+func memberOf(in *instance) string {
+	if in.Location == "none" {
+		return ""
+	}
+	return in.Location
 }
 
 // guestOS names the guest's OS from the instance's image.* settings.
