@@ -13,12 +13,6 @@ import (
 
 var _ hypervisor.CapacityReporter = (*Driver)(nil)
 
-// member is the part of LXD's cluster member object the driver reads.
-type member struct {
-	Name   string `json:"server_name"`
-	Status string `json:"status"` // Online, Offline, Evacuated, Blocked
-}
-
 // resources is the part of GET /1.0/resources the driver reads.
 type resources struct {
 	CPU struct {
@@ -28,21 +22,6 @@ type resources struct {
 		Total int64 `json:"total"` // bytes
 		Used  int64 `json:"used"`
 	} `json:"memory"`
-}
-
-// members lists the cluster's members (GET /1.0/cluster/members), or the
-// one server of a standalone LXD as an online member; clustered says
-// which.
-func (d *Driver) members(ctx context.Context) (ms []member, clustered bool, err error) {
-	if err := d.readServer(ctx); err != nil {
-		return nil, false, err
-	}
-	si := d.server.Load()
-	if !si.Environment.ServerClustered {
-		return []member{{Name: si.Environment.ServerName, Status: "Online"}}, false, nil
-	}
-	err = d.c.do(ctx, http.MethodGet, "/1.0/cluster/members?recursion=1", nil, &ms)
-	return ms, true, err
 }
 
 // BackendCapacity asks every online member for its resources (GET

@@ -480,9 +480,15 @@ func ipv4(st *instanceState) string {
 }
 
 // State maps LXD's status: Running, Frozen (paused), anything else, or no
-// instance at all, stopped.
+// instance at all, or an instance whose cluster member is offline,
+// stopped.
 func (d *Driver) State(ctx context.Context, spec hypervisor.Spec) (hypervisor.State, error) {
-	_, st, ok, err := d.lookup(ctx, spec)
+	name, st, ok, err := d.lookup(ctx, spec)
+	if (err != nil && name != "") || (ok && st.Status == "Error") {
+		if d.memberDown(ctx, name) != "" {
+			return hypervisor.StateStopped, nil
+		}
+	}
 	if err != nil {
 		return "", err
 	}
@@ -596,7 +602,9 @@ func (d *Driver) freeze(ctx context.Context, spec hypervisor.Spec, action, from 
 func (d *Driver) SuspendEndsProcess() bool { return false }
 
 // Watch polls the instance's state every PollInterval until it is no
-// longer running or frozen, or gone.
+// longer running or frozen, or gone, or LXD cannot answer for it because
+// its cluster member is offline (see memberDown: the reason names the
+// member; a group then replaces the VM).
 func (d *Driver) Watch(ctx context.Context, spec hypervisor.Spec) (string, error) {
 	name, err := instanceName(spec)
 	if err != nil {
@@ -604,11 +612,16 @@ func (d *Driver) Watch(ctx context.Context, spec hypervisor.Spec) (string, error
 	}
 	for {
 		st, ok, err := d.state(ctx, name)
+		if ctx.Err() == nil && (err != nil || (ok && st.Status == "Error")) {
+			if reason := d.memberDown(ctx, name); reason != "" {
+				return reason, nil
+			}
+		}
 		switch {
 		case ctx.Err() != nil:
 			return "", ctx.Err()
 		case err != nil:
-			// LXD restarting, or a cluster member away: keep watching.
+			// LXD restarting: keep watching.
 			d.log.Debug("watch: LXD state", "instance", name, "err", err)
 		case !ok:
 			return "instance deleted", nil
