@@ -1,21 +1,66 @@
 #!/usr/bin/env bash
-# Starts a second LXD daemon beside the host's, with a directory of its own,
-# bootstrapped as a one-member LXD cluster (scripts/lxd-init.sh with cluster
-# settings): member "member1" listening on 127.0.0.1:18443 (loopback only),
-# a dir storage pool, a bridge goldvmbr1 on a fixed subnet (10.187.43.0/24,
-# NAT, no IPv6) and the default profile on both. goldvm's tests of what only
-# a cluster does (placement ?target=, location, GET /capacity over
-# /1.0/cluster/members) run against it; the host's own LXD stays
-# standalone. Safe to run again. Run as root. The last line on stdout is
-# the daemon's unix socket.
+# Starts LXD daemons beside the host's, each with a directory of its own,
+# and makes them one LXD cluster (scripts/lxd-init.sh with cluster
+# settings): GOLDVM_LXD_CLUSTER_MEMBERS members (default 1) named member1,
+# member2, … listening on loopback from port GOLDVM_LXD_CLUSTER_PORT
+# (default 18443) up, member1's directory GOLDVM_LXD_CLUSTER_DIR (default
+# /var/lib/goldvm-test-lxd-cluster) and member N's that directory with -N
+# appended; a dir storage pool and the default profile's NIC on a bridge
+# member1 makes (goldvmbr1, 10.187.43.0/24, NAT, no IPv6), or, for several
+# members (several daemons on one host cannot each make a bridge of one
+# name), on the host LXD's lxdbr0 (scripts/lxd-init.sh first), whose DHCP
+# serves them. goldvm's tests of what only a cluster does (placement
+# ?target=, location, GET /capacity over /1.0/cluster/members, a member
+# going offline, after 11 s without heartbeat) run against it; the host's own LXD stays standalone.
+# Safe to run again. Run as root. The last line on stdout is member1's
+# unix socket.
 set -euo pipefail
 
-export LXD_DIR=${GOLDVM_LXD_CLUSTER_DIR:-/var/lib/goldvm-test-lxd-cluster}
-export GOLDVM_LXD_CLUSTER_ADDRESS=${GOLDVM_LXD_CLUSTER_ADDRESS:-127.0.0.1:18443}
+self=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
+base=${GOLDVM_LXD_CLUSTER_DIR:-/var/lib/goldvm-test-lxd-cluster}
+members=${GOLDVM_LXD_CLUSTER_MEMBERS:-1}
+port=${GOLDVM_LXD_CLUSTER_PORT:-18443}
+
+export GOLDVM_LXD_CLUSTER_ADDRESS=127.0.0.1:$port
 export GOLDVM_LXD_CLUSTER_MEMBER=member1
 export GOLDVM_LXD_SUBNET=${GOLDVM_LXD_CLUSTER_SUBNET:-10.187.43.1/24}
 export GOLDVM_LXD_BRIDGE=goldvmbr1
+if ((members > 1)); then
+	bash "$self/lxd-init.sh" >&2
+	export GOLDVM_LXD_PARENT=lxdbr0
+fi
+export LXD_DIR=$base
 mkdir -p "$LXD_DIR"
 chmod 0711 "$LXD_DIR"
-bash "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lxd-init.sh" >&2
-echo "$LXD_DIR/unix.socket"
+bash "$self/lxd-init.sh" >&2
+# A member without heartbeat for 11 s (LXD's least) is offline.
+lxc config set cluster.offline_threshold 11
+
+for ((i = 2; i <= members; i++)); do
+	dir=$base-$i
+	mkdir -p "$dir"
+	chmod 0711 "$dir"
+	if ! LXD_DIR=$dir lxd waitready --timeout=1 >/dev/null 2>&1; then
+		LXD_DIR=$dir setsid lxd --group lxd --logfile="$dir/lxd.log" </dev/null >/dev/null 2>&1 &
+		LXD_DIR=$dir lxd waitready --timeout=120
+	fi
+	if LXD_DIR=$dir lxc cluster list --format csv >/dev/null 2>&1; then
+		continue
+	fi
+	LXD_DIR=$dir lxc config set core.https_address "127.0.0.1:$((port + i - 1))"
+	token=$(LXD_DIR=$base lxc cluster add "member$i" --quiet)
+	LXD_DIR=$dir lxd init --preseed >&2 <<PRESEED
+cluster:
+  enabled: true
+  server_name: member$i
+  server_address: 127.0.0.1:$((port + i - 1))
+  cluster_address: 127.0.0.1:$port
+  cluster_token: $token
+  member_config:
+  - entity: storage-pool
+    name: default
+    key: source
+    value: ""
+PRESEED
+done
+echo "$base/unix.socket"

@@ -9,12 +9,16 @@
 # With LXD_DIR set it starts a daemon of that directory (never the
 # system's service), and with GOLDVM_LXD_CLUSTER_MEMBER and
 # GOLDVM_LXD_CLUSTER_ADDRESS set it bootstraps it as a one-member cluster
-# (scripts/lxd-cluster-init.sh); GOLDVM_LXD_BRIDGE names the bridge.
+# (scripts/lxd-cluster-init.sh); GOLDVM_LXD_BRIDGE names the bridge, and
+# GOLDVM_LXD_PARENT, instead, a host bridge another LXD manages that the
+# default profile's NIC joins (for a cluster of several daemons on one
+# host, which cannot each make a managed bridge of one name).
 set -euo pipefail
 
 subnet=${GOLDVM_LXD_SUBNET:-10.187.42.1/24}
 bridge=${GOLDVM_LXD_BRIDGE:-lxdbr0}
 log=${GOLDVM_LXD_LOG:-${LXD_DIR:-/var/log/lxd}/lxd.log}
+parent=${GOLDVM_LXD_PARENT:-}
 member=${GOLDVM_LXD_CLUSTER_MEMBER:-}
 address=${GOLDVM_LXD_CLUSTER_ADDRESS:-}
 
@@ -45,8 +49,7 @@ if [[ -n $member ]]; then
 	config=$'config:\n  core.https_address: '"$address"
 	cluster=$'cluster:\n  server_name: '"$member"$'\n  enabled: true'
 fi
-lxd init --preseed <<PRESEED
-$config
+networks=$(cat <<NETWORKS
 networks:
 - name: $bridge
   type: bridge
@@ -54,6 +57,16 @@ networks:
     ipv4.address: $subnet
     ipv4.nat: "true"
     ipv6.address: none
+NETWORKS
+)
+nic="network: $bridge"
+if [[ -n $parent ]]; then
+	networks=""
+	nic=$'nictype: bridged\n      parent: '"$parent"
+fi
+lxd init --preseed <<PRESEED
+$config
+$networks
 storage_pools:
 - name: default
   driver: dir
@@ -66,7 +79,7 @@ profiles:
       type: disk
     eth0:
       name: eth0
-      network: $bridge
+      $nic
       type: nic
 $cluster
 PRESEED

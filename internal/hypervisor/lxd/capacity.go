@@ -59,7 +59,9 @@ func (d *Driver) BackendCapacity(ctx context.Context) (api.BackendCapacity, erro
 		out.Members = append(out.Members, mc)
 	}
 	for _, in := range ins {
-		if _, ok := in.Config[keyID]; !ok || !strings.HasPrefix(in.Name, namePrefix) {
+		// An instance on an offline member is listed without its
+		// settings: known by its name only.
+		if _, ok := in.Config[keyID]; !strings.HasPrefix(in.Name, namePrefix) || (!ok && !unreachable(in)) {
 			continue
 		}
 		where := memberOf(&in)

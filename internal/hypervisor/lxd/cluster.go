@@ -62,3 +62,8 @@ func (d *Driver) memberDown(ctx context.Context, name string) string {
 	}
 	return ""
 }
+
+// unreachable reports whether LXD listed in as an instance of a member it
+// cannot reach: status "Error" and none of its settings (LXD 5.0 lists
+// such an instance with its name, location and status only).
+func unreachable(in instance) bool { return in.Status == "Error" && len(in.Config) == 0 }

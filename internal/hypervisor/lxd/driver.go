@@ -649,7 +649,9 @@ func (d *Driver) Console(ctx context.Context, spec hypervisor.Spec, limit int64)
 }
 
 // Reap deletes the project's instances that carry a goldvm id no record
-// has (strays of a crash), and goldvm-* instances without an id.
+// has (strays of a crash), and goldvm-* instances without an id. Those on
+// an offline cluster member are left: LXD lists them without their
+// settings, so whose they are cannot be told (and they cannot be deleted).
 func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 	ins, err := d.instances(ctx)
 	if err != nil {
@@ -658,7 +660,7 @@ func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 	var errs []error
 	for _, in := range ins {
 		id, ok := in.Config[keyID]
-		if !strings.HasPrefix(in.Name, namePrefix) || (ok && known(id)) {
+		if !strings.HasPrefix(in.Name, namePrefix) || (ok && known(id)) || unreachable(in) {
 			continue
 		}
 		if id == "" {

@@ -71,14 +71,16 @@ func containerPackage(t *testing.T) string {
 	return pkgPath
 }
 
-// runScript runs the repository's script rel with bash and returns the
-// last line it printed on stdout.
-func runScript(rel string) (string, error) {
+// runScript runs the repository's script rel with bash, with env added
+// to the environment, and returns the last line it printed on stdout.
+func runScript(rel string, env ...string) (string, error) {
 	script, err := filepath.Abs(filepath.Join("../../..", rel))
 	if err != nil {
 		return "", err
 	}
-	out, err := exec.Command("bash", script).Output()
+	cmd := exec.Command("bash", script)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.Output()
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", script, err)
 	}
