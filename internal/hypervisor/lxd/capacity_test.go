@@ -47,7 +47,7 @@ func TestBackendCapacity(t *testing.T) {
 	gold, key := goldFromPackage(t, containerPackage(t))
 	for _, c := range []struct{ name, url, member string }{
 		{"standalone", "", ""},
-		{"cluster", requireLXDCluster(t), "member1"},
+		{"cluster", requireLXDCluster(t, 1), "member1"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			project := testProjectAt(t, c.url)

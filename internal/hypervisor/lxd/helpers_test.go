@@ -177,23 +177,41 @@ func seal(t *testing.T, dir string) {
 	})
 }
 
-var (
-	clusterOnce   sync.Once
-	clusterSocket string
-	clusterErr    error
-)
+// cluster3Dir is member1's directory of the three-member test cluster;
+// member N's is cluster3Dir-N.
+const cluster3Dir = "/var/lib/goldvm-test-lxd-cluster3"
 
-// requireLXDCluster starts the one-member LXD cluster of the tests
-// (scripts/lxd-cluster-init.sh: a second LXD daemon beside the host's) and
-// returns its URL (unix://socket). It skips and fails as requireLXD does.
-func requireLXDCluster(t *testing.T) string {
+// testCluster is one of the test LXD clusters, started once.
+type testCluster struct {
+	env  []string // for scripts/lxd-cluster-init.sh
+	once sync.Once
+	url  string
+	err  error
+}
+
+// testClusters are the one-member cluster (placement, capacity) and the
+// three-member one (a member going offline), by size.
+var testClusters = map[int]*testCluster{
+	1: {},
+	3: {env: []string{"GOLDVM_LXD_CLUSTER_DIR=" + cluster3Dir, "GOLDVM_LXD_CLUSTER_MEMBERS=3", "GOLDVM_LXD_CLUSTER_PORT=18451"}},
+}
+
+// requireLXDCluster starts the test LXD cluster of members members
+// (scripts/lxd-cluster-init.sh: LXD daemons beside the host's) and returns
+// member1's URL (unix://socket). It skips and fails as requireLXD does.
+func requireLXDCluster(t *testing.T, members int) string {
 	t.Helper()
 	requireLXD(t)
-	clusterOnce.Do(func() { clusterSocket, clusterErr = runScript("scripts/lxd-cluster-init.sh") })
-	if clusterErr != nil {
-		t.Fatalf("the test LXD cluster is not usable: %v", clusterErr)
+	c := testClusters[members]
+	c.once.Do(func() {
+		var sock string
+		sock, c.err = runScript("scripts/lxd-cluster-init.sh", c.env...)
+		c.url = "unix://" + sock
+	})
+	if c.err != nil {
+		t.Fatalf("the %d-member test LXD cluster is not usable: %v", members, c.err)
 	}
-	return "unix://" + clusterSocket
+	return c.url
 }
 
 // testProject returns a project name of its own for this test on the

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -12,34 +11,6 @@ import (
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/hypervisor"
 )
-
-// cluster3Dir is member1's directory of the three-member test cluster;
-// member N's is cluster3Dir-N.
-const cluster3Dir = "/var/lib/goldvm-test-lxd-cluster3"
-
-var (
-	cluster3Once sync.Once
-	cluster3URL  string
-	cluster3Err  error
-)
-
-// requireLXDCluster3 starts the three-member test cluster: three LXD
-// daemons on this host (scripts/lxd-cluster-init.sh with three members),
-// their containers on the host LXD's lxdbr0.
-func requireLXDCluster3(t *testing.T) string {
-	t.Helper()
-	requireLXD(t)
-	cluster3Once.Do(func() {
-		var sock string
-		sock, cluster3Err = runScript("scripts/lxd-cluster-init.sh",
-			"GOLDVM_LXD_CLUSTER_DIR="+cluster3Dir, "GOLDVM_LXD_CLUSTER_MEMBERS=3", "GOLDVM_LXD_CLUSTER_PORT=18451")
-		cluster3URL = "unix://" + sock
-	})
-	if cluster3Err != nil {
-		t.Fatalf("the three-member test cluster is not usable: %v", cluster3Err)
-	}
-	return cluster3URL
-}
 
 // daemonPID is the process that serves the unix socket sock (its peer
 // credentials): the LXD daemon of one member, started by the test's
@@ -75,7 +46,7 @@ func daemonPID(t *testing.T, sock string) int {
 // the others only. SIGCONT brings it back: State is running again and the
 // VM can be destroyed; the VM on member2 was never touched.
 func TestMemberOfflineReal(t *testing.T) {
-	url := requireLXDCluster3(t)
+	url := requireLXDCluster(t, 3)
 	gold, key := goldFromPackage(t, containerPackage(t))
 	project := testProjectAt(t, url)
 	d := newTestDriverAt(t, url, project)

@@ -55,7 +55,7 @@ func TestPlacementStandalone(t *testing.T) {
 // location (from Discover, with its address), and an unknown member
 // fails the clone with LXD's message.
 func TestPlacementCluster(t *testing.T) {
-	url := requireLXDCluster(t)
+	url := requireLXDCluster(t, 1)
 	gold, key := goldFromPackage(t, containerPackage(t))
 	project := testProjectAt(t, url)
 	d := newTestDriverAt(t, url, project)
