@@ -29,6 +29,17 @@ if ((members > 1)); then
 	bash "$self/lxd-init.sh" >&2
 	export GOLDVM_LXD_PARENT=lxdbr0
 fi
+# start DIR starts the LXD daemon of DIR unless it answers.
+start() {
+	if ! LXD_DIR=$1 lxd waitready --timeout=1 >/dev/null 2>&1; then
+		LXD_DIR=$1 setsid lxd --group lxd --logfile="$1/lxd.log" </dev/null >/dev/null 2>&1 &
+	fi
+}
+# Members made before start together: none is ready without a quorum of
+# the cluster's database.
+for ((i = 2; i <= members; i++)); do
+	[[ -d $base-$i/database/global ]] && start "$base-$i"
+done
 export LXD_DIR=$base
 mkdir -p "$LXD_DIR"
 chmod 0711 "$LXD_DIR"
@@ -40,10 +51,8 @@ for ((i = 2; i <= members; i++)); do
 	dir=$base-$i
 	mkdir -p "$dir"
 	chmod 0711 "$dir"
-	if ! LXD_DIR=$dir lxd waitready --timeout=1 >/dev/null 2>&1; then
-		LXD_DIR=$dir setsid lxd --group lxd --logfile="$dir/lxd.log" </dev/null >/dev/null 2>&1 &
-		LXD_DIR=$dir lxd waitready --timeout=120
-	fi
+	start "$dir"
+	LXD_DIR=$dir lxd waitready --timeout=120
 	if LXD_DIR=$dir lxc cluster list --format csv >/dev/null 2>&1; then
 		continue
 	fi
@@ -62,5 +71,10 @@ cluster:
     key: source
     value: ""
 PRESEED
+done
+# A restarted member is listed offline until its first heartbeat.
+for _ in $(seq 60); do
+	[[ $(LXD_DIR=$base lxc cluster list --format csv | grep -vc ',ONLINE,Fully operational$') -eq 0 ]] && break
+	sleep 1
 done
 echo "$base/unix.socket"
