@@ -162,6 +162,10 @@ type VM struct {
 	// CDROMs and Boot are the request's boot media.
 	CDROMs []Image `json:"cdroms,omitempty"`
 	Boot   *Boot   `json:"boot,omitempty"`
+	// Placement is the request's placement; Location is the cluster
+	// member the VM was made on (lxd backend on a cluster).
+	Placement *Placement `json:"placement,omitempty"`
+	Location  string     `json:"location,omitempty"`
 	// StartedFrom is StartedFromTemplate for a VM restored from a
 	// template, StartedFromBoot for one booted ("" before it started);
 	// WarmStartError says why a matching template was not used.
@@ -183,6 +187,37 @@ type PhaseTime struct {
 	Phase Phase `json:"phase"`
 	// Seconds is the time spent, to the millisecond.
 	Seconds float64 `json:"seconds"`
+}
+
+// BackendCapacity is GET /capacity's view of the backend's own hosts (the
+// lxd backend: the members of its LXD cluster, or its one server).
+type BackendCapacity struct {
+	// Total sums the online members' CPU threads and memory.
+	Total Resources `json:"total"`
+	// Used sums the limits (limits.cpu, limits.memory) of goldvm's
+	// running instances.
+	Used Resources `json:"used"`
+	// Members are the hosts, in the backend's order.
+	Members []MemberCapacity `json:"members,omitempty"`
+	// Error says why the backend could not be asked (then nothing else
+	// is set).
+	Error string `json:"error,omitempty"`
+}
+
+// MemberCapacity is one host of the backend.
+type MemberCapacity struct {
+	Name string `json:"name"`
+	// Status is the backend's word for it (LXD: Online, Offline,
+	// Evacuated); an offline member's resources are unknown (zero).
+	Status string `json:"status"`
+	// Total is its CPU threads and memory; MemoryUsedMiB the memory its
+	// kernel has in use, goldvm's or not.
+	Total         Resources `json:"total"`
+	MemoryUsedMiB int64     `json:"memory_used"`
+	// Used sums the limits of goldvm's running instances on it;
+	// Instances counts goldvm's instances on it, running or not.
+	Used      Resources `json:"used"`
+	Instances int       `json:"instances"`
 }
 
 // VMList is the reply of GET /vms.

@@ -20,6 +20,7 @@ const (
 	CodeBridgedNotConfigured = "bridged-not-configured"
 	CodeInvalidNetworkType   = "invalid-network-type"
 	CodeNotSupported         = "not-supported"
+	CodePlacementUnsupported = "placement-not-supported"
 	CodeUnauthorized         = "unauthorized"
 	CodeNotFound             = "not-found"
 	CodeMethodNotAllowed     = "method-not-allowed"
@@ -118,6 +119,7 @@ var Codes = []CodeInfo{
 	{CodeBridgedNotConfigured, http.StatusBadRequest, "`network_type: bridged` without `--bridge`"},
 	{CodeInvalidNetworkType, http.StatusBadRequest, "the backend does not know the network type"},
 	{CodeNotSupported, http.StatusBadRequest, "the backend has no console log or screenshots"},
+	{CodePlacementUnsupported, http.StatusBadRequest, "`placement` with a backend that does not place VMs on a cluster (any but lxd) or a standalone LXD, which refuses every `?target=` (LXD 5.0: \"Target only allowed when clustered\")"},
 	{CodeUnauthorized, http.StatusUnauthorized, "a missing or wrong bearer token"},
 	{CodeNotFound, http.StatusNotFound, "no such endpoint"},
 	{CodeMethodNotAllowed, http.StatusMethodNotAllowed, "the endpoint does not take this method"},

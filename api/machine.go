@@ -97,6 +97,9 @@ type Capacity struct {
 	// QueueTimeout is how long a request waits before it fails with
 	// insufficient-capacity, in seconds.
 	QueueTimeout Duration `json:"queue_timeout"`
+	// Backend is what the backend's hosts have, for backends that report
+	// it (lxd: the sum of its cluster's members).
+	Backend *BackendCapacity `json:"backend,omitempty"`
 }
 
 // Resources counts vCPUs and memory.

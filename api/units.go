@@ -230,4 +230,7 @@ type CreateVMRequest struct {
 	// A name is 1-63 characters from [a-z0-9._/-] (as a tag key); a
 	// group's template gives it to all the group's VMs.
 	Peers string `json:"peers,omitempty"`
+	// Placement pins the VM to a cluster member or group (lxd backend on
+	// an LXD cluster only).
+	Placement *Placement `json:"placement,omitempty"`
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,8 +61,12 @@ func lxdQuery(project, path string, out any) error {
 // TestLXDCreateRunningDelete drives the lxd backend through the daemon,
 // with container instances of the test root file system
 // (testdata/container/build.sh): create → running with the address LXD
-// reports and the OS the image's metadata names → delete, which removes
-// the instance; deleting the image then removes LXD's copy of it.
+// reports and the OS the image's metadata names, its user_data and
+// ssh_authorized_keys as the instance's cloud-init.user-data, and GET
+// /capacity showing LXD's one member with the VM's limits used → delete,
+// which removes the instance; deleting the image then removes LXD's copy
+// of it. A placement is refused (400 placement-not-supported): the host's
+// LXD is standalone.
 func TestLXDCreateRunningDelete(t *testing.T) {
 	requireLXD(t)
 	out, err := exec.Command("bash", filepath.Join(repoRoot(), "testdata", "container", "build.sh")).Output()
@@ -95,7 +100,16 @@ func TestLXDCreateRunningDelete(t *testing.T) {
 
 	d := startDaemon(t, filepath.Join(t.TempDir(), "data"),
 		"--backend", "lxd", "--lxd-instance-type", "container", "--lxd-project", project)
-	v := mustCreate(t, d, createReq(img, ""))
+	placed := createReq(img, "")
+	placed.Placement = &api.Placement{Member: "member1"}
+	_, err = d.client.CreateVM(context.Background(), placed)
+	if !isAPIError(err, http.StatusBadRequest, api.CodePlacementUnsupported) || !strings.Contains(err.Error(), "placement") {
+		t.Errorf("create with a placement on a standalone LXD: %v, want placement-not-supported", err)
+	}
+	req := createReq(img, "")
+	req.UserData = "#cloud-config\nhostname: e2e\n"
+	req.SSHAuthorizedKeys = []string{"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2e k1"}
+	v := mustCreate(t, d, req)
 	got := waitVM(t, d, v.ID, bootTimeout)
 	if got.Status != api.StatusRunning {
 		t.Fatalf("got %s, want running", fmtVM(got))
@@ -132,6 +146,18 @@ func TestLXDCreateRunningDelete(t *testing.T) {
 	}
 	if inst.Config["user.goldvm.id"] != v.ID || inst.Config["limits.cpu"] != "1" || inst.Config["limits.memory"] != "128MiB" {
 		t.Errorf("instance config %v; want user.goldvm.id %s, limits.cpu 1, limits.memory 128MiB", inst.Config, v.ID)
+	}
+	ud := inst.Config["cloud-init.user-data"]
+	if !strings.HasPrefix(ud, "Content-Type: multipart/mixed") || !strings.Contains(ud, "Content-Type: text/cloud-config") {
+		t.Errorf("cloud-init.user-data %q, want the user_data and the keys in a multipart document", ud)
+	}
+	c, err := d.client.Capacity(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := c.Backend; b == nil || len(b.Members) != 1 || b.Members[0].Status != "Online" || b.Members[0].Instances != 1 ||
+		b.Used != (api.Resources{CPUs: 1, MemoryMiB: 128}) || b.Total.CPUs < 1 {
+		t.Errorf("GET /capacity backend %+v, want one online member with the VM's limits used", b)
 	}
 
 	if err := d.client.DeleteVM(context.Background(), v.ID); err != nil {

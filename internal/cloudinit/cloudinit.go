@@ -10,8 +10,10 @@ package cloudinit
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/goldvm/goldvm/internal/hypervisor"
 	"github.com/goldvm/goldvm/internal/iso9660"
@@ -76,4 +78,57 @@ func mustJSON(v any) []byte {
 		panic(err) // maps of strings, bools and string slices always encode
 	}
 	return b.Bytes()
+}
+
+// userDataBoundary separates the parts of UserData's multipart document;
+// both parts are base64, whose alphabet has no '-', so it cannot occur in
+// them.
+const userDataBoundary = "goldvm-user-data-part"
+
+// keysMergeHow makes cloud-init append the keys part's lists to those of
+// the caller's cloud-config (ssh_authorized_keys of its own are kept)
+// instead of replacing them.
+var keysMergeHow = []map[string]any{
+	{"name": "list", "settings": []string{"append"}},
+	{"name": "dict", "settings": []string{"no_replace", "recurse_list"}},
+}
+
+// UserData is the user-data of a datasource whose meta-data goldvm does
+// not write (LXD's cloud-init.user-data: LXD makes the meta-data itself),
+// so the VM's ssh_authorized_keys, which the NoCloud seed and the metadata
+// service give as meta-data public-keys, are folded into it:
+//   - no keys: c.UserData as it is ("" for none);
+//   - keys and no user-data: a #cloud-config with ssh_authorized_keys;
+//   - both: a MIME multipart document (which cloud-init reads part by
+//     part) of the caller's user-data, typed by its first line as cloud-init
+//     types any text/plain part, then that #cloud-config, whose merge_how
+//     appends the keys to any ssh_authorized_keys of the caller's.
+//
+// Either way cloud-init installs the keys for the image's default user,
+// as it does with meta-data public-keys.
+func UserData(c Config) string {
+	if len(c.SSHAuthorizedKeys) == 0 {
+		return c.UserData
+	}
+	keys := map[string]any{"ssh_authorized_keys": c.SSHAuthorizedKeys}
+	if c.UserData == "" {
+		return "#cloud-config\n" + string(mustJSON(keys))
+	}
+	keys["merge_how"] = keysMergeHow
+	var b strings.Builder
+	b.WriteString("Content-Type: multipart/mixed; boundary=\"" + userDataBoundary + "\"\r\nMIME-Version: 1.0\r\n")
+	part := func(ctype, body string) {
+		b.WriteString("\r\n--" + userDataBoundary + "\r\n")
+		b.WriteString("Content-Type: " + ctype + "; charset=\"utf-8\"\r\nMIME-Version: 1.0\r\nContent-Transfer-Encoding: base64\r\n\r\n")
+		enc := base64.StdEncoding.EncodeToString([]byte(body))
+		for len(enc) > 76 {
+			b.WriteString(enc[:76] + "\r\n")
+			enc = enc[76:]
+		}
+		b.WriteString(enc)
+	}
+	part("text/plain", c.UserData)
+	part("text/cloud-config", "#cloud-config\n"+string(mustJSON(keys)))
+	b.WriteString("\r\n--" + userDataBoundary + "--\r\n")
+	return b.String()
 }

@@ -79,6 +79,9 @@ type Spec struct {
 	// that Clone makes instead of a linked clone: the VM has no gold
 	// image (GoldDir and GoldDisk are zero) and installs from its CDROMs.
 	EmptyDisk int64
+	// Placement pins the VM to a cluster member or group (drivers that
+	// are a Placer); nil: the backend places it.
+	Placement *api.Placement
 }
 
 // CloudInit is the configuration a stock cloud image reads at boot.
@@ -112,6 +115,9 @@ type GuestInfo struct {
 	// IPSource and GuestOSSource say where IPAddress and GuestOS came from
 	// (api.Source* constants; "" when the value is empty).
 	IPSource, GuestOSSource string
+	// Location is the cluster member the VM runs on (a Placer's; "" on a
+	// single host).
+	Location string
 }
 
 // State is the machine state a driver reports.

@@ -9,7 +9,9 @@ import (
 
 // capacity answers GET /capacity.
 func (s *Server) capacity(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, s.vms.Capacity())
+	c := s.vms.Capacity()
+	c.Backend = s.vms.BackendCapacity(r.Context())
+	writeJSON(w, http.StatusOK, c)
 }
 
 // vnc answers GET /vms/{id}/vnc: a WebSocket that relays the running VM's

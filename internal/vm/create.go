@@ -72,7 +72,7 @@ func (m *Manager) CreateWith(ctx context.Context, req api.CreateVMRequest, opts 
 			ID: id, Status: api.StatusCreating, Phase: api.PhasePending, Backend: m.cfg.Driver.Name(),
 			CPUs: v.CPUs, MemoryMiB: v.MemoryMiB, NetworkType: v.NetworkType, Image: v.Image,
 			Headless: v.Headless, LaunchGUI: !v.Headless, CallbackURL: v.CallbackURL, ToolsInitTimeout: api.Duration(v.ToolsInitTimeout),
-			SSHAuthorizedKeys: v.SSHKeys, CDROMs: v.CDROMs, Boot: v.Boot, Peers: v.Peers,
+			SSHAuthorizedKeys: v.SSHKeys, CDROMs: v.CDROMs, Boot: v.Boot, Peers: v.Peers, Placement: v.Placement,
 			CreatedAt: now, UpdatedAt: now, Tags: tags, FromGroup: opts.FromGroup,
 		},
 		Dir:       filepath.Join(m.cfg.VMDir, id),

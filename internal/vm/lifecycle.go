@@ -199,7 +199,7 @@ func (m *Manager) reboot(ctx context.Context, r *records.Record, rs hypervisor.R
 // setDiscovered records what discovery learnt of a running guest, and
 // where each value came from.
 func setDiscovered(r *records.Record, info hypervisor.GuestInfo) {
-	r.IPAddress, r.GuestOS, r.SSHAddress = info.IPAddress, info.GuestOS, info.SSHAddress
+	r.IPAddress, r.GuestOS, r.SSHAddress, r.Location = info.IPAddress, info.GuestOS, info.SSHAddress, info.Location
 	r.GuestOSName = cmp.Or(info.GuestOSName, info.GuestOS)
 	r.Sources = nil
 	if info.IPSource != "" || info.GuestOSSource != "" {

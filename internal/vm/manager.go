@@ -139,6 +139,23 @@ func New(cfg Config) *Manager {
 // admitted VMs hold and what the queue waits for.
 func (m *Manager) Capacity() api.Capacity { return m.capacity.snapshot() }
 
+// BackendCapacity is what the backend's hosts have (see
+// hypervisor.CapacityReporter), nil for a driver that does not report it;
+// a backend that cannot be asked gives its error in the answer's Error.
+func (m *Manager) BackendCapacity(ctx context.Context) *api.BackendCapacity {
+	cr, ok := m.cfg.Driver.(hypervisor.CapacityReporter)
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	bc, err := cr.BackendCapacity(ctx)
+	if err != nil {
+		return &api.BackendCapacity{Error: err.Error()}
+	}
+	return &bc
+}
+
 // resources is what a record's VM holds of the capacity.
 func resources(r *records.Record) api.Resources {
 	return api.Resources{CPUs: r.CPUs, MemoryMiB: r.MemoryMiB}
@@ -222,7 +239,7 @@ func (m *Manager) spec(r *records.Record) hypervisor.Spec {
 	s := hypervisor.Spec{
 		ID: r.ID, Dir: r.Dir, CPUs: r.CPUs, MemoryMiB: r.MemoryMiB,
 		Network: r.NetworkType, Peers: r.Peers, Headless: r.Headless, Machine: r.Machine,
-		Kernel: r.KernelPath, Initrd: r.InitrdPath, CDROMs: r.CDROMPaths,
+		Kernel: r.KernelPath, Initrd: r.InitrdPath, CDROMs: r.CDROMPaths, Placement: r.Placement,
 		CloudInit: &hypervisor.CloudInit{
 			InstanceID: r.ID, Hostname: r.ID, UserData: r.UserData, SSHAuthorizedKeys: r.SSHAuthorizedKeys,
 		},

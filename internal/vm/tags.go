@@ -159,6 +159,16 @@ func (m *Manager) ValidateRequest(req api.CreateVMRequest) (Validated, error) {
 			return v, err
 		}
 	}
+	if v.Placement != nil {
+		pl, ok := m.cfg.Driver.(hypervisor.Placer)
+		if !ok {
+			return v, errdefs.Newf(errdefs.ErrInvalid, api.CodePlacementUnsupported,
+				"placement: the %s backend runs VMs on this host only; placement is for the lxd backend on an LXD cluster", m.cfg.Driver.Name())
+		}
+		if err := pl.CheckPlacement(*v.Placement); err != nil {
+			return v, err
+		}
+	}
 	return v, nil
 }
 

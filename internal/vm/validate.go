@@ -98,6 +98,8 @@ type Validated struct {
 	Boot   *api.Boot
 	// Peers names the set of VMs the VM may reach ("" for none).
 	Peers string
+	// Placement is the request's placement (nil: the backend's choice).
+	Placement *api.Placement
 }
 
 // MaxSSHKeys bounds ssh_authorized_keys; maxSSHKeyBytes bounds one key.
@@ -305,6 +307,11 @@ func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
 	if req.Peers != "" && !api.ValidTagKey(req.Peers) {
 		return v, invalid("peers %q is not a peer set name (1-%d characters from a-z, 0-9, '.', '_', '/', '-')", req.Peers, api.MaxTagKeyLen)
 	}
+	if p := req.Placement; p != nil {
+		if err := p.Check(); err != nil {
+			return v, invalid("%v", err)
+		}
+	}
 	return Validated{
 		Peers:            req.Peers,
 		Tags:             tags,
@@ -320,6 +327,7 @@ func Validate(req api.CreateVMRequest, lim Limits) (Validated, error) {
 		Headless:         headless,
 		CallbackURL:      req.CallbackURL,
 		ToolsInitTimeout: timeout,
+		Placement:        req.Placement,
 	}, nil
 }
 

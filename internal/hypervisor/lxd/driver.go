@@ -21,14 +21,17 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/goldvm/goldvm/api"
+	"github.com/goldvm/goldvm/internal/cloudinit"
 	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/hypervisor"
 )
@@ -43,6 +46,9 @@ const (
 const (
 	keyID    = "user.goldvm.id"
 	keyImage = "user.goldvm.image"
+	// the user-data LXD gives the instance's cloud-init (its devlxd API
+	// for containers, its config drive for VMs).
+	keyUserData = "cloud-init.user-data"
 	// prefix of every instance name: goldvm-<id>.
 	namePrefix = "goldvm-"
 )
@@ -83,6 +89,18 @@ type Driver struct {
 
 	mu         sync.Mutex
 	imageLocks map[string]keyLock
+
+	// server is what GET /1.0 last said (at New, and at every
+	// CheckAvailable, i.e. before every create).
+	server atomic.Pointer[serverInfo]
+}
+
+// serverInfo is the part of GET /1.0 the driver reads.
+type serverInfo struct {
+	Environment struct {
+		ServerName      string `json:"server_name"`
+		ServerClustered bool   `json:"server_clustered"`
+	} `json:"environment"`
 }
 
 // The driver's capabilities.
@@ -97,6 +115,7 @@ var (
 	_ hypervisor.ImageForgetter = (*Driver)(nil)
 
 	_ hypervisor.AvailabilityChecker = (*Driver)(nil)
+	_ hypervisor.Placer              = (*Driver)(nil)
 )
 
 var projectPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
@@ -135,6 +154,9 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		return nil, err
 	}
 	d := &Driver{cfg: cfg, c: c, log: cfg.Logger.With("backend", "lxd"), imageLocks: map[string]keyLock{}}
+	if err := d.readServer(ctx); err != nil {
+		return nil, err
+	}
 	if err := d.ensureProject(ctx); err != nil {
 		return nil, err
 	}
@@ -173,11 +195,38 @@ func (d *Driver) ensureProject(ctx context.Context) error {
 func (d *Driver) CheckAvailable(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	err := d.c.do(ctx, http.MethodGet, "/1.0", nil, nil)
+	err := d.readServer(ctx)
 	if errors.Is(err, context.DeadlineExceeded) {
 		return errdefs.New(errdefs.ErrUnavailable, api.CodeBackendUnavailable, "LXD at "+d.c.where+" did not answer in time", err)
 	}
 	return err
+}
+
+// readServer asks LXD for its server information (GET /1.0) and keeps it.
+func (d *Driver) readServer(ctx context.Context) error {
+	var si serverInfo
+	if err := d.c.do(ctx, http.MethodGet, "/1.0", nil, &si); err != nil {
+		return err
+	}
+	d.server.Store(&si)
+	return nil
+}
+
+// CheckPlacement accepts a placement when LXD is a cluster (as it was at
+// the last CheckAvailable). A standalone LXD refuses every ?target=, its
+// own name's included ("Target only allowed when clustered", LXD 5.0), so
+// placement is refused there, before anything is made. Whether the member
+// or group exists is LXD's to say when the instance is created.
+func (d *Driver) CheckPlacement(p api.Placement) error {
+	if si := d.server.Load(); si == nil || !si.Environment.ServerClustered {
+		name := ""
+		if si != nil {
+			name = si.Environment.ServerName
+		}
+		return errdefs.Newf(errdefs.ErrInvalid, api.CodePlacementUnsupported,
+			"placement %q: LXD at %s (server %q) is not clustered, and a standalone LXD takes no target; leave placement out", p.String(), d.c.where, name)
+	}
+	return nil
 }
 
 // Name returns "lxd".
@@ -221,7 +270,8 @@ type instanceState struct {
 }
 
 // Clone creates the instance from the gold image (imported first when LXD
-// does not have it yet), with spec's CPUs and memory as its limits. LXD
+// does not have it yet), with spec's CPUs and memory as its limits and its
+// user-data, ssh_authorized_keys folded in, as cloud-init.user-data. LXD
 // clones the image on its storage pool (see the README for which pools
 // copy and which share blocks). An instance of the same VM left by an
 // interrupted Clone is taken as it is.
@@ -245,11 +295,20 @@ func (d *Driver) Clone(ctx context.Context, spec hypervisor.Spec) error {
 		"limits.cpu":    strconv.Itoa(spec.CPUs),
 		"limits.memory": strconv.FormatInt(spec.MemoryMiB, 10) + "MiB",
 	}
+	if ci := spec.CloudInit; ci != nil {
+		if ud := cloudinit.UserData(cloudinit.Config{CloudInit: *ci}); ud != "" {
+			config[keyUserData] = ud
+		}
+	}
 	if d.cfg.InstanceType == TypeVM {
 		// Gold images are not signed for UEFI Secure Boot.
 		config["security.secureboot"] = "false"
 	}
-	err = d.c.do(ctx, http.MethodPost, "/1.0/instances", map[string]any{
+	path := "/1.0/instances"
+	if spec.Placement != nil {
+		path += "?target=" + url.QueryEscape(spec.Placement.String())
+	}
+	err = d.c.do(ctx, http.MethodPost, path, map[string]any{
 		"name":     name,
 		"type":     d.cfg.InstanceType,
 		"profiles": d.cfg.Profiles,
@@ -349,7 +408,7 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 	if err != nil {
 		return hypervisor.GuestInfo{}, err
 	}
-	info := hypervisor.GuestInfo{GuestOS: guestOS(in.Config)}
+	info := hypervisor.GuestInfo{GuestOS: guestOS(in.Config), Location: memberOf(in)}
 	for {
 		st, ok, err := d.state(ctx, name)
 		if err != nil {
@@ -373,6 +432,15 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 
 func discoveryTimeout(name string, err error) error {
 	return errdefs.New(errdefs.ErrUnavailable, api.CodeDiscoveryTimeout, "LXD instance "+name+" reported no IPv4 address in time", err)
+}
+
+// memberOf is the cluster member in runs on, "" on a standalone LXD
+// (whose instances' location is "none").
+func memberOf(in *instance) string {
+	if in.Location == "none" {
+		return ""
+	}
+	return in.Location
 }
 
 // guestOS names the guest's OS from the instance's image.* settings.
@@ -412,9 +480,15 @@ func ipv4(st *instanceState) string {
 }
 
 // State maps LXD's status: Running, Frozen (paused), anything else, or no
-// instance at all, stopped.
+// instance at all, or an instance whose cluster member is offline,
+// stopped.
 func (d *Driver) State(ctx context.Context, spec hypervisor.Spec) (hypervisor.State, error) {
-	_, st, ok, err := d.lookup(ctx, spec)
+	name, st, ok, err := d.lookup(ctx, spec)
+	if (err != nil && name != "") || (ok && st.Status == "Error") {
+		if d.memberDown(ctx, name) != "" {
+			return hypervisor.StateStopped, nil
+		}
+	}
 	if err != nil {
 		return "", err
 	}
@@ -528,7 +602,9 @@ func (d *Driver) freeze(ctx context.Context, spec hypervisor.Spec, action, from 
 func (d *Driver) SuspendEndsProcess() bool { return false }
 
 // Watch polls the instance's state every PollInterval until it is no
-// longer running or frozen, or gone.
+// longer running or frozen, or gone, or LXD cannot answer for it because
+// its cluster member is offline (see memberDown: the reason names the
+// member; a group then replaces the VM).
 func (d *Driver) Watch(ctx context.Context, spec hypervisor.Spec) (string, error) {
 	name, err := instanceName(spec)
 	if err != nil {
@@ -536,11 +612,16 @@ func (d *Driver) Watch(ctx context.Context, spec hypervisor.Spec) (string, error
 	}
 	for {
 		st, ok, err := d.state(ctx, name)
+		if ctx.Err() == nil && (err != nil || (ok && st.Status == "Error")) {
+			if reason := d.memberDown(ctx, name); reason != "" {
+				return reason, nil
+			}
+		}
 		switch {
 		case ctx.Err() != nil:
 			return "", ctx.Err()
 		case err != nil:
-			// LXD restarting, or a cluster member away: keep watching.
+			// LXD restarting: keep watching.
 			d.log.Debug("watch: LXD state", "instance", name, "err", err)
 		case !ok:
 			return "instance deleted", nil
@@ -568,7 +649,9 @@ func (d *Driver) Console(ctx context.Context, spec hypervisor.Spec, limit int64)
 }
 
 // Reap deletes the project's instances that carry a goldvm id no record
-// has (strays of a crash), and goldvm-* instances without an id.
+// has (strays of a crash), and goldvm-* instances without an id. Those on
+// an offline cluster member are left: LXD lists them without their
+// settings, so whose they are cannot be told (and they cannot be deleted).
 func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 	ins, err := d.instances(ctx)
 	if err != nil {
@@ -577,7 +660,7 @@ func (d *Driver) Reap(ctx context.Context, known func(id string) bool) error {
 	var errs []error
 	for _, in := range ins {
 		id, ok := in.Config[keyID]
-		if !strings.HasPrefix(in.Name, namePrefix) || (ok && known(id)) {
+		if !strings.HasPrefix(in.Name, namePrefix) || (ok && known(id)) || unreachable(in) {
 			continue
 		}
 		if id == "" {

@@ -64,24 +64,28 @@ func requireLXD(t *testing.T) {
 // testdata/container/build.sh (cached in ~/.cache/goldvm/container).
 func containerPackage(t *testing.T) string {
 	t.Helper()
-	pkgOnce.Do(func() {
-		script, err := filepath.Abs("../../../testdata/container/build.sh")
-		if err != nil {
-			pkgErr = err
-			return
-		}
-		out, err := exec.Command("bash", script).Output()
-		if err != nil {
-			pkgErr = fmt.Errorf("%s: %w", script, err)
-			return
-		}
-		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		pkgPath = lines[len(lines)-1]
-	})
+	pkgOnce.Do(func() { pkgPath, pkgErr = runScript("testdata/container/build.sh") })
 	if pkgErr != nil {
 		t.Fatal(pkgErr)
 	}
 	return pkgPath
+}
+
+// runScript runs the repository's script rel with bash, with env added
+// to the environment, and returns the last line it printed on stdout.
+func runScript(rel string, env ...string) (string, error) {
+	script, err := filepath.Abs(filepath.Join("../../..", rel))
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.Command("bash", script)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", script, err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return lines[len(lines)-1], nil
 }
 
 // goldFromPackage unpacks the tar.gz pkg into a new directory and seals it
@@ -173,19 +177,61 @@ func seal(t *testing.T, dir string) {
 	})
 }
 
-// testProject returns a project name of its own for this test and removes
-// the project (its instances and images first) when the test ends.
-func testProject(t *testing.T) string {
+// cluster3Dir is member1's directory of the three-member test cluster;
+// member N's is cluster3Dir-N.
+const cluster3Dir = "/var/lib/goldvm-test-lxd-cluster3"
+
+// testCluster is one of the test LXD clusters, started once.
+type testCluster struct {
+	env  []string // for scripts/lxd-cluster-init.sh
+	once sync.Once
+	url  string
+	err  error
+}
+
+// testClusters are the one-member cluster (placement, capacity) and the
+// three-member one (a member going offline), by size.
+var testClusters = map[int]*testCluster{
+	1: {},
+	3: {env: []string{"GOLDVM_LXD_CLUSTER_DIR=" + cluster3Dir, "GOLDVM_LXD_CLUSTER_MEMBERS=3", "GOLDVM_LXD_CLUSTER_PORT=18451"}},
+}
+
+// requireLXDCluster starts the test LXD cluster of members members
+// (scripts/lxd-cluster-init.sh: LXD daemons beside the host's) and returns
+// member1's URL (unix://socket). It skips and fails as requireLXD does.
+func requireLXDCluster(t *testing.T, members int) string {
+	t.Helper()
+	requireLXD(t)
+	c := testClusters[members]
+	c.once.Do(func() {
+		var sock string
+		sock, c.err = runScript("scripts/lxd-cluster-init.sh", c.env...)
+		c.url = "unix://" + sock
+	})
+	if c.err != nil {
+		t.Fatalf("the %d-member test LXD cluster is not usable: %v", members, c.err)
+	}
+	return c.url
+}
+
+// testProject returns a project name of its own for this test on the
+// host's LXD and removes the project (its instances and images first)
+// when the test ends.
+func testProject(t *testing.T) string { return testProjectAt(t, "") }
+
+// testProjectAt is testProject on the LXD at url.
+func testProjectAt(t *testing.T, url string) string {
 	t.Helper()
 	sum := sha256.Sum256(fmt.Appendf(nil, "%s %d %d", t.Name(), os.Getpid(), time.Now().UnixNano()))
 	name := "goldvm-test-" + hex.EncodeToString(sum[:4])
-	t.Cleanup(func() { removeProject(t, name) })
+	t.Cleanup(func() { removeProject(t, url, name) })
 	return name
 }
 
-// removeProject deletes the project name with everything in it.
-func removeProject(t *testing.T, name string) {
-	c, err := newClient("", "", "", "", name)
+// removeProject deletes the project name of the LXD at url with
+// everything in it.
+func removeProject(t *testing.T, url, name string) {
+	c, err := newClient(url, "", "", "", name)
 	if err != nil {
 		t.Errorf("cleanup: %v", err)
 		return
@@ -221,12 +267,15 @@ func removeProject(t *testing.T, name string) {
 	}
 }
 
-// newTestDriver returns a container driver in project.
-func newTestDriver(t *testing.T, project string) *Driver {
+// newTestDriver returns a container driver in project of the host's LXD.
+func newTestDriver(t *testing.T, project string) *Driver { return newTestDriverAt(t, "", project) }
+
+// newTestDriverAt is newTestDriver on the LXD at url.
+func newTestDriverAt(t *testing.T, url, project string) *Driver {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	d, err := New(ctx, Config{Project: project, InstanceType: TypeContainer, StopTimeout: 5 * time.Second, Logger: testLogger(t)})
+	d, err := New(ctx, Config{URL: url, Project: project, InstanceType: TypeContainer, StopTimeout: 5 * time.Second, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
