@@ -28,22 +28,7 @@ import (
 // need root are refused up front; delete cleans up as usual.
 func TestUnprivilegedDaemon(t *testing.T) {
 	requireEnv(t)
-	var cred *syscall.Credential
-	base := t.TempDir()
-	if os.Geteuid() == 0 {
-		cred = nobody(t)
-		// t.TempDir's directories are 0700 root: nobody needs its own.
-		var err error
-		base, err = os.MkdirTemp("", "goldvm-e2e-nobody-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(base) })
-		if err := os.Chown(base, int(cred.Uid), int(cred.Gid)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	dataDir := filepath.Join(base, "data")
+	dataDir, cred := ordinaryUserDataDir(t)
 	srv := newImageServer(t)
 	cb := newCallbackServer(t)
 	d := startDaemonAs(t, dataDir, nil, cred)
@@ -91,6 +76,27 @@ func TestUnprivilegedDaemon(t *testing.T) {
 		t.Fatalf("delete: %v", err)
 	}
 	assertGone(t, d, v.ID)
+}
+
+// ordinaryUserDataDir returns a data directory for a daemon run as an
+// ordinary user, and that user: nobody when the tests run as root (nil:
+// the tests' own user).
+func ordinaryUserDataDir(t *testing.T) (string, *syscall.Credential) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		return filepath.Join(t.TempDir(), "data"), nil
+	}
+	cred := nobody(t)
+	// t.TempDir's directories are 0700 root: nobody needs its own.
+	base, err := os.MkdirTemp("", "goldvm-e2e-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chown(base, int(cred.Uid), int(cred.Gid)); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(base, "data"), cred
 }
 
 // TestQEMUAsUnprivilegedUser runs the daemon as root with --qemu-user

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -323,6 +324,11 @@ func serve(args []string, show *configShow) (err error) {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	if qemuDriver != nil && qemuDriver.UsesUserNet() {
+		// Guests on user-mode networking reach the host's loopback, and so
+		// this API, through their gateway: their connections are refused.
+		ln = &guestRefusingListener{Listener: ln, fromGuest: qemuDriver.FromGuest, log: log}
+	}
 	handler := server.New(server.Config{VMs: mgr, Groups: groups, Images: images, Prefetcher: prefetcher, Token: *token, Redactor: redactor, Logger: log, Events: bus, Metrics: mets})
 	srv := &http.Server{
 		Handler:           handler,
@@ -494,4 +500,31 @@ func chooseQEMUUser(user, uidRange *string, log *slog.Logger) error {
 		}
 	}
 	return nil
+}
+
+// guestRefusingListener closes, as it accepts them, the connections that
+// fromGuest says a VM's QEMU opened for its guest (user-mode networking
+// maps the guest's gateway to the host's loopback).
+type guestRefusingListener struct {
+	net.Listener
+	fromGuest func(peer, local netip.AddrPort) bool
+	log       *slog.Logger
+}
+
+// Accept returns the next connection that is not a guest's.
+func (l *guestRefusingListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return c, err
+		}
+		peer, ok1 := c.RemoteAddr().(*net.TCPAddr)
+		local, ok2 := c.LocalAddr().(*net.TCPAddr)
+		if ok1 && ok2 && peer.IP.IsLoopback() && l.fromGuest(peer.AddrPort(), local.AddrPort()) {
+			l.log.Warn("refused an API connection from a guest (user-mode networking reaches the host's loopback)", "peer", peer.String())
+			c.Close()
+			continue
+		}
+		return c, nil
+	}
 }
