@@ -131,15 +131,18 @@ func truncate(b []byte) string {
 
 // openAPIDaemon is the whole API on a fake driver (every capability but
 // VNC, no hypervisor), a real record, image and boot media store, event
-// bus and metrics, and a loopback image server serving one gold image.
+// bus and metrics, and a loopback image server serving one gold image. A
+// non-zero capacity is the VMs' budget (--capacity-cpus, --capacity-memory).
 type openAPIDaemon struct {
-	url    string
+	url string
+	// groups is the group manager, its reconcile loop not running.
+	groups *group.Manager
 	client *http.Client
 	image  api.Image
 	images *httptest.Server
 }
 
-func newOpenAPIDaemon(t *testing.T, v *validator) *openAPIDaemon {
+func newOpenAPIDaemon(t *testing.T, v *validator, capacity api.Resources) *openAPIDaemon {
 	t.Helper()
 	dir := t.TempDir()
 	log := slog.New(slog.DiscardHandler)
@@ -154,10 +157,10 @@ func newOpenAPIDaemon(t *testing.T, v *validator) *openAPIDaemon {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { media.Close() })
-	mgr := vm.New(vm.Config{VMDir: filepath.Join(dir, "vms"), Store: db, Images: images, Media: media, Driver: fakedriver.NewHost().New(), Logger: log, Events: bus})
+	mgr := vm.New(vm.Config{VMDir: filepath.Join(dir, "vms"), Store: db, Images: images, Media: media, Driver: fakedriver.NewHost().New(), Logger: log, Events: bus, Capacity: capacity})
 	t.Cleanup(mgr.Close)
 	mets.CollectVMs(func() ([]api.VM, error) { return mgr.List(context.Background()) })
-	groups := group.New(group.Config{Store: db, VMs: mgr, MaxSize: 10, Logger: log})
+	groups := group.New(group.Config{Store: db, VMs: mgr, MaxSize: 10, Events: bus, Logger: log})
 	s := New(Config{VMs: mgr, Groups: groups, Images: images, Prefetcher: pf, Token: v.token, Logger: log, Events: bus, Metrics: mets})
 	hs := httptest.NewUnstartedServer(s)
 	hs.Config.RegisterOnShutdown(s.StopStreams)
@@ -186,7 +189,7 @@ func newOpenAPIDaemon(t *testing.T, v *validator) *openAPIDaemon {
 	if v.router, err = legacy.NewRouter(v.doc); err != nil {
 		t.Fatal(err)
 	}
-	return &openAPIDaemon{url: hs.URL, client: &http.Client{Transport: v}, images: imgs,
+	return &openAPIDaemon{url: hs.URL, groups: groups, client: &http.Client{Transport: v}, images: imgs,
 		image: api.Image{URL: imgs.URL + "/gold.tar", Checksum: hex.EncodeToString(sum[:]), ChecksumType: "sha256"}}
 }
 
@@ -227,7 +230,7 @@ func TestOpenAPI(t *testing.T) {
 	doc := loadOpenAPI(t)
 	openapi3filter.RegisterBodyDecoder("image/png", openapi3filter.FileBodyDecoder)
 	v := &validator{t: t, doc: doc, token: testToken, seen: map[string][]int{}}
-	d := newOpenAPIDaemon(t, v)
+	d := newOpenAPIDaemon(t, v, api.Resources{})
 	want := func(what string, code, wantCode int, body []byte) {
 		t.Helper()
 		if code != wantCode {
