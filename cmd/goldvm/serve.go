@@ -314,6 +314,7 @@ func serve(args []string, show *configShow) (err error) {
 	defer stopEvict()
 
 	groups := group.New(group.Config{Store: db, VMs: mgr, MaxSize: *maxGroupSize, MaxWarm: *maxGroupWarm, RetryBase: *groupRetry, Events: bus, Logger: log})
+	collectGroups(mets, groups)
 	gctx, stopGroups := context.WithCancel(context.Background())
 	groupsDone := make(chan struct{})
 	go func() { defer close(groupsDone); groups.Run(gctx) }()

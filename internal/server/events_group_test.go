@@ -15,6 +15,27 @@ import (
 	"github.com/goldvm/goldvm/api"
 )
 
+// wantMetrics scrapes GET /metrics and checks the samples named (name
+// with labels, as the text format writes them).
+func (d *openAPIDaemon) wantMetrics(t *testing.T, when string, want map[string]string) {
+	t.Helper()
+	code, body := d.call(t, false, "GET", "/metrics", "", "")
+	if code != 200 {
+		t.Fatalf("GET /metrics: %d", code)
+	}
+	got := map[string]string{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if name, value, ok := strings.Cut(line, " "); ok && !strings.HasPrefix(line, "#") {
+			got[name] = value
+		}
+	}
+	for name, v := range want {
+		if got[name] != v {
+			t.Errorf("%s: %s = %q, want %s", when, name, got[name], v)
+		}
+	}
+}
+
 // waitStatus polls GET /vms/{id} until the VM has the status.
 func (d *openAPIDaemon) waitStatus(t *testing.T, id string, status api.Status) {
 	t.Helper()
@@ -129,6 +150,15 @@ func TestEventsOfGroupsAndCapacity(t *testing.T) {
 	if e := expect(api.EventCapacity, api.ActionQueued, b); e.Position != 1 || e.Capacity.Waiting != 1 || e.Capacity.Used.CPUs != 1 {
 		t.Errorf("queued %s: position %d, capacity %+v", b, e.Position, e.Capacity)
 	}
+	d.wantMetrics(t, "with one VM running and one queued", map[string]string{
+		"goldvm_capacity_queue_length":                  "1",
+		`goldvm_capacity_cpus{state="total"}`:           "1",
+		`goldvm_capacity_cpus{state="used"}`:            "1",
+		`goldvm_capacity_cpus{state="reserved"}`:        "0",
+		`goldvm_capacity_cpus{state="queued"}`:          "1",
+		`goldvm_capacity_memory_bytes{state="used"}`:    "2.68435456e+08",
+		`goldvm_capacity_events_total{action="queued"}`: "1",
+	})
 	if code, body := d.call(t, false, "DELETE", "/vms/"+a, "", ""); code != 204 {
 		t.Fatalf("DELETE /vms/%s: %d %s", a, code, body)
 	}
@@ -154,6 +184,14 @@ func TestEventsOfGroupsAndCapacity(t *testing.T) {
 	}
 	member := rec.Reconcile.Created[0]
 	expect(api.EventCapacity, api.ActionAdmitted, member)
+	d.waitStatus(t, member, api.StatusRunning)
+	d.wantMetrics(t, "with the group's VM running", map[string]string{
+		`goldvm_group_vms_desired{group="evg"}`: "1",
+		`goldvm_group_vms_running{group="evg"}`: "1",
+		`goldvm_group_degraded{group="evg"}`:    "0",
+		"goldvm_capacity_queue_length":          "0",
+		`goldvm_capacity_cpus{state="used"}`:    "1",
+	})
 	if code, body := d.call(t, false, "DELETE", "/groups/evg", "", ""); code != 204 {
 		t.Fatalf("DELETE /groups/evg: %d %s", code, body)
 	}

@@ -79,6 +79,8 @@ func newOpenAPIDaemon(t *testing.T, capacity api.Resources) *openAPIDaemon {
 	t.Cleanup(mgr.Close)
 	mets.CollectVMs(func() ([]api.VM, error) { return mgr.List(context.Background()) })
 	groups := group.New(group.Config{Store: db, VMs: mgr, MaxSize: 10, Events: bus, Logger: log})
+	mets.CollectCapacity(mgr.Capacity)
+	mets.CollectGroups(func() ([]api.Group, error) { return groups.List(context.Background()) })
 	s := New(Config{VMs: mgr, Groups: groups, Images: images, Prefetcher: pf, Token: testToken, Logger: log, Events: bus, Metrics: mets})
 	hs := httptest.NewUnstartedServer(s)
 	hs.Config.RegisterOnShutdown(s.StopStreams)
