@@ -322,6 +322,10 @@ func TestOpenAPI(t *testing.T) {
 	want("PUT /groups/web", code, 200, body)
 	code, body = d.call(t, false, "POST", "/vms", js, `{"from_group": "web", "tags": {"team": "ci"}}`)
 	want("POST /vms from a group", code, 202, body)
+	// As clients that always send the image object do: all empty, it
+	// counts as none.
+	code, body = d.call(t, false, "POST", "/vms", js, `{"from_group": "web", "image": {"url": "", "checksum": "", "checksum_type": ""}}`)
+	want("POST /vms from a group with an empty image", code, 202, body)
 	code, body = d.call(t, false, "POST", "/vms", js, `{"from_group": "nope"}`)
 	want("POST /vms from an unknown group", code, 404, body)
 	code, body = d.call(t, false, "POST", "/vms", js, `{"from_group": "web", "cpus": 2}`)
