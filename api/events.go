@@ -38,7 +38,7 @@ const (
 // Actions of "group" events (with ActionUpdated and ActionDeleted).
 const (
 	ActionCreated    = "created"    // PUT /groups/{name} made the group
-	ActionReconciled = "reconciled" // a reconcile pass created or deleted VMs, or counted failures (Event.Reconcile)
+	ActionReconciled = "reconciled" // a reconcile pass created or deleted VMs, or found failed ones (Event.Reconcile)
 	ActionDegraded   = "degraded"   // creations keep failing (Event.Message, Group.Error)
 	ActionRecovered  = "recovered"  // a degraded group's VM ran again
 	ActionHandedOut  = "handed_out" // a warm VM of the group was handed out (Event.VMID)
@@ -59,7 +59,8 @@ type Reconcile struct {
 	Created []string `json:"created,omitempty"`
 	// Deleted are the VMs it began to delete.
 	Deleted []string `json:"deleted,omitempty"`
-	// Failed are the failed VMs it counted as failures.
+	// Failed are the failed VMs it found (failures of the template, unless
+	// the template changed meanwhile); they are replaced.
 	Failed []string `json:"failed,omitempty"`
 }
 

@@ -41,7 +41,7 @@ func (g *Manager) publishFailures(ctx context.Context, before int, after *record
 }
 
 // publishReconciled publishes a "reconciled" event when a pass did
-// something: created or deleted VMs, or counted failed ones.
+// something: created or deleted VMs, or found failed ones.
 func (g *Manager) publishReconciled(ctx context.Context, name string, did api.Reconcile) {
 	if len(did.Created)+len(did.Deleted)+len(did.Failed) == 0 {
 		return
