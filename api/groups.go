@@ -80,6 +80,9 @@ const (
 	// GroupDegraded: creations from the template keep failing; the group
 	// retries slowly (see Group.Error) instead of creating VMs in a loop.
 	GroupDegraded = "degraded"
+	// GroupDeleting: DELETE /groups/{name} is destroying (or detaching)
+	// the group's VMs.
+	GroupDeleting = "deleting"
 )
 
 // GroupVM is one of a group's VMs, as GET /groups/{name} lists it.

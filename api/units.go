@@ -194,7 +194,8 @@ type CreateVMRequest struct {
 	CPUs        int    `json:"cpus"`
 	Memory      Memory `json:"memory"`
 	NetworkType string `json:"network_type"`
-	Image       Image  `json:"image"`
+	// Image is left out when empty (a create with FromGroup has none).
+	Image Image `json:"image,omitzero"`
 	// Headless and LaunchGUI are inverses; give at most one (default headless).
 	Headless         *bool    `json:"headless,omitempty"`
 	LaunchGUI        *bool    `json:"launch_gui,omitempty"`

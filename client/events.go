@@ -20,7 +20,8 @@ import (
 type EventOptions struct {
 	// VM keeps only the events of this VM id.
 	VM string
-	// Types keeps only events of these types (api.EventVM, api.EventImage).
+	// Types keeps only events of these types (api.EventVM, api.EventImage,
+	// api.EventGroup, api.EventCapacity).
 	Types []string
 	// Resume asks for the events after LastEventID first (from the
 	// daemon's ring; an api.EventReset event when they are gone).

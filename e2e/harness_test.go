@@ -73,6 +73,9 @@ func startDaemonAs(t *testing.T, dataDir string, env []string, cred *syscall.Cre
 	searchableParents(t, dataDir)
 	d := &daemon{t: t, dataDir: dataDir, addr: freeAddr(t), env: env, cred: cred,
 		logPath: filepath.Join(dataDir, "..", filepath.Base(dataDir)+"-daemon.log")}
+	// Registered first, so it ends last: the daemon's traffic until it
+	// stops is checked against api/openapi.yaml, its mismatches fail t.
+	t.Cleanup(apiCheck.Watch(d.addr, t))
 	d.start(extra...)
 	t.Cleanup(func() {
 		d.stop()

@@ -14,12 +14,15 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/goldvm/goldvm/internal/openapicheck"
 )
 
 const netnsMarker = "GOLDVM_E2E_IN_NETNS"
@@ -28,6 +31,9 @@ var (
 	goldvmBin string // the built goldvm binary
 	guestDisk string // the test guest's qcow2
 	setupErr  error  // why the environment is not usable
+	// apiCheck validates the traffic to the daemons against the OpenAPI
+	// document; a mismatch fails the test that started the daemon.
+	apiCheck *openapicheck.Transport
 )
 
 func TestMain(m *testing.M) {
@@ -58,7 +64,16 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	setupErr = setup(tmp)
+	// Every request to a daemon the harness started, from client.New,
+	// http.Get or any client on http.DefaultTransport, and its answer are
+	// checked against api/openapi.yaml (see startDaemonAs).
+	if apiCheck, err = openapicheck.New(http.DefaultTransport); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		os.Exit(1)
+	}
+	http.DefaultTransport = apiCheck
 	code := m.Run()
+	fmt.Fprintln(os.Stderr, "e2e:", apiCheck.Summary())
 	if os.Getenv(netnsMarker) != "" {
 		killNamespaceDnsmasq()
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -22,7 +23,7 @@ func runEvents(args []string) error {
 	var cf clientFlags
 	cf.register(fs)
 	vmID := fs.String("vm", "", "only the events of this VM")
-	types := fs.String("type", "", "only events of these types, comma-separated: vm, image")
+	types := fs.String("type", "", "only events of these types, comma-separated: vm, image, group, capacity")
 	fs.Parse(args)
 	if fs.NArg() != 0 {
 		return fmt.Errorf("events takes no arguments, got %q", fs.Args())
@@ -107,7 +108,53 @@ func formatEvent(e api.Event) string {
 			detail += " " + e.Image.Error.Code + ": " + e.Image.Error.Message
 		}
 		return fmt.Sprintf("%s image.%s %s %s", ts, e.Action, shortKey(e.ImageKey), detail)
+	case e.Type == api.EventGroup:
+		return fmt.Sprintf("%s group.%s %s%s", ts, e.Action, e.GroupName, groupDetail(e))
+	case e.Type == api.EventCapacity && e.Capacity != nil:
+		c := e.Capacity
+		detail := fmt.Sprintf(" %d/%s vCPUs %d/%s MiB held, %d waiting", c.Used.CPUs+c.Reserved.CPUs, limit(int64(c.Total.CPUs)),
+			c.Used.MemoryMiB+c.Reserved.MemoryMiB, limit(c.Total.MemoryMiB), c.Waiting)
+		if e.Position > 0 {
+			detail = fmt.Sprintf(" position %d,%s", e.Position, detail)
+		}
+		if e.Message != "" {
+			detail += ": " + e.Message
+		}
+		return fmt.Sprintf("%s capacity.%s %s%s", ts, e.Action, e.VMID, detail)
 	default:
 		return fmt.Sprintf("%s %s.%s %s%s", ts, e.Type, e.Action, e.VMID, e.ImageKey)
 	}
+}
+
+// groupDetail is the tail of a group event's line: the VM handed out, what
+// a pass did, why the group degraded, or its state.
+func groupDetail(e api.Event) string {
+	switch {
+	case e.Action == api.ActionHandedOut:
+		return " vm " + e.VMID
+	case e.Reconcile != nil:
+		var parts []string
+		for _, p := range []struct {
+			what string
+			ids  []string
+		}{{"created", e.Reconcile.Created}, {"deleting", e.Reconcile.Deleted}, {"failed", e.Reconcile.Failed}} {
+			if len(p.ids) > 0 {
+				parts = append(parts, p.what+" "+strings.Join(p.ids, ","))
+			}
+		}
+		return " " + strings.Join(parts, "; ")
+	case e.Message != "":
+		return " " + e.Message
+	case e.Group != nil:
+		return fmt.Sprintf(" %s, %d/%d running", e.Group.State, e.Group.Running, e.Group.Spec.Size)
+	}
+	return ""
+}
+
+// limit shows a capacity total, "∞" for none.
+func limit(n int64) string {
+	if n == 0 {
+		return "∞"
+	}
+	return strconv.FormatInt(n, 10)
 }

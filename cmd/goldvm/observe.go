@@ -5,6 +5,7 @@ import (
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/events"
+	"github.com/goldvm/goldvm/internal/group"
 	"github.com/goldvm/goldvm/internal/image"
 	"github.com/goldvm/goldvm/internal/metrics"
 	"github.com/goldvm/goldvm/internal/vm"
@@ -21,9 +22,10 @@ func newObservability() (*events.Bus, *metrics.Metrics) {
 }
 
 // collectState adds the gauges read at each scrape: VMs by status and
-// backend, gold images and their disk space.
+// backend, the capacity and its queue, gold images and their disk space.
 func collectState(mets *metrics.Metrics, mgr *vm.Manager, images *image.Store) {
 	mets.CollectVMs(func() ([]api.VM, error) { return mgr.List(context.Background()) })
+	mets.CollectCapacity(mgr.Capacity)
 	mets.CollectImages(func() (metrics.ImageStats, error) {
 		infos, err := images.List()
 		if err != nil {
@@ -35,4 +37,10 @@ func collectState(mets *metrics.Metrics, mgr *vm.Manager, images *image.Store) {
 		}
 		return st, nil
 	})
+}
+
+// collectGroups adds the gauges of each group (desired and running VMs,
+// warm pool, degraded), read at each scrape.
+func collectGroups(mets *metrics.Metrics, groups *group.Manager) {
+	mets.CollectGroups(func() ([]api.Group, error) { return groups.List(context.Background()) })
 }

@@ -314,7 +314,8 @@ func serve(args []string, show *configShow) (err error) {
 	stopEvict := startEviction(images, policy, mgr.ImageUsers, log)
 	defer stopEvict()
 
-	groups := group.New(group.Config{Store: db, VMs: mgr, MaxSize: *maxGroupSize, MaxWarm: *maxGroupWarm, RetryBase: *groupRetry, Logger: log})
+	groups := group.New(group.Config{Store: db, VMs: mgr, MaxSize: *maxGroupSize, MaxWarm: *maxGroupWarm, RetryBase: *groupRetry, Events: bus, Logger: log})
+	collectGroups(mets, groups)
 	gctx, stopGroups := context.WithCancel(context.Background())
 	groupsDone := make(chan struct{})
 	go func() { defer close(groupsDone); groups.Run(gctx) }()

@@ -68,7 +68,8 @@ func New(opts Options) *Bus {
 type Filter struct {
 	// VMID keeps only the events of this VM.
 	VMID string
-	// Types keeps only events of these types (api.EventVM, api.EventImage).
+	// Types keeps only events of these types (api.EventVM, api.EventImage,
+	// api.EventGroup, api.EventCapacity).
 	Types []string
 }
 

@@ -27,6 +27,7 @@ import (
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/events"
 	"github.com/goldvm/goldvm/internal/records"
 	"github.com/goldvm/goldvm/internal/vm"
 )
@@ -49,7 +50,9 @@ type Config struct {
 	// DegradedAfter is how many failures in a row mark a group degraded
 	// (default 3).
 	DegradedAfter int
-	Logger        *slog.Logger
+	// Events receives the "group" events (nil: none).
+	Events *events.Bus
+	Logger *slog.Logger
 }
 
 // Manager owns the groups and their reconcile loop.
@@ -175,8 +178,10 @@ func (g *Manager) Put(ctx context.Context, name string, spec api.GroupSpec) (*ap
 	if err != nil {
 		return nil, err
 	}
+	action := api.ActionUpdated
 	_, err = g.cfg.Store.PutGroup(name, func(old *records.Group) (*records.Group, error) {
 		if old == nil {
+			action = api.ActionCreated
 			return &records.Group{Spec: spec, TemplateHash: hash, CreatedAt: time.Now().UTC()}, nil
 		}
 		if old.Deleting {
@@ -192,8 +197,12 @@ func (g *Manager) Put(ctx context.Context, name string, spec api.GroupSpec) (*ap
 		return nil, err
 	}
 	g.log.Info("group set", "group", name, "size", spec.Size, "template", hash)
+	view, err := g.Get(ctx, name)
+	if err == nil {
+		g.publish(ctx, api.Event{Action: action, GroupName: name}, view)
+	}
 	g.Kick()
-	return g.Get(ctx, name)
+	return view, err
 }
 
 // Kick starts a reconcile pass soon.
@@ -224,7 +233,7 @@ func (g *Manager) view(sg *records.Group, vms []api.VM) api.Group {
 		out.State = api.GroupDegraded
 	}
 	if sg.Deleting {
-		out.State = "deleting"
+		out.State = api.GroupDeleting
 	}
 	for _, v := range members(vms, sg.Name) {
 		tpl := v.Tags[api.TagTemplate]
@@ -303,6 +312,7 @@ func (g *Manager) finishDelete(ctx context.Context, sg *records.Group) error {
 	if err != nil {
 		return err
 	}
+	before := g.view(sg, vms)
 	var errs []error
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -335,6 +345,7 @@ func (g *Manager) finishDelete(ctx context.Context, sg *records.Group) error {
 	delete(g.passErr, sg.Name)
 	g.mu.Unlock()
 	g.log.Info("group deleted", "group", sg.Name, "kept_vms", sg.KeepVMs)
+	g.publish(ctx, api.Event{Action: api.ActionDeleted, GroupName: sg.Name}, &before)
 	return nil
 }
 
@@ -470,11 +481,14 @@ func (g *Manager) reconcile(ctx context.Context, sg *records.Group, vms []api.VM
 	p.Delete = append(p.Delete, pw.Delete...)
 	p.Failed = append(p.Failed, pw.Failed...)
 	p.Running = p.Running || pw.Running
+	var did api.Reconcile
 	if len(p.Failed) > 0 || (p.Running && sg.Failures > 0) {
 		// Failures are counted before their VMs go, so that a restart in
 		// between counts them again rather than never.
 		var err error
+		var before int
 		sg, err = g.cfg.Store.UpdateGroup(sg.Name, func(cur *records.Group) error {
+			before = cur.Failures
 			if cur.TemplateHash != sg.TemplateHash {
 				return nil // changed meanwhile: these failures are of the old one
 			}
@@ -494,6 +508,10 @@ func (g *Manager) reconcile(ctx context.Context, sg *records.Group, vms []api.VM
 		if err != nil {
 			return fmt.Errorf("record failures: %w", err)
 		}
+		g.publishFailures(ctx, before, sg)
+		for _, f := range p.Failed {
+			did.Failed = append(did.Failed, f.ID)
+		}
 		if len(p.Failed) > 0 {
 			g.log.Warn("group: creation failed", "group", sg.Name, "failures", sg.Failures, "next_retry", sg.NextRetry, "error", sg.LastError)
 			p.Create, pw.Create = 0, 0
@@ -505,6 +523,7 @@ func (g *Manager) reconcile(ctx context.Context, sg *records.Group, vms []api.VM
 		if !g.claim(id) {
 			continue
 		}
+		did.Deleted = append(did.Deleted, id)
 		g.wg.Add(1)
 		go func() {
 			defer g.wg.Done()
@@ -525,15 +544,21 @@ func (g *Manager) reconcile(ctx context.Context, sg *records.Group, vms []api.VM
 		v, err := g.cfg.VMs.CreateWith(ctx, sg.Spec.Template, opts)
 		if err != nil {
 			code, msg := errdefs.CodeOf(err)
-			g.cfg.Store.UpdateGroup(sg.Name, func(cur *records.Group) error {
+			var before int
+			after, _ := g.cfg.Store.UpdateGroup(sg.Name, func(cur *records.Group) error {
+				before = cur.Failures
 				cur.Failures++
 				cur.NextRetry = now.Add(g.backoff(cur.Failures))
 				cur.LastError = &api.Error{Code: code, Message: msg}
 				return nil
 			})
+			g.publishReconciled(ctx, sg.Name, did)
+			g.publishFailures(ctx, before, after)
 			return fmt.Errorf("create VM: %w", err)
 		}
+		did.Created = append(did.Created, v.ID)
 		g.log.Info("group: VM created", "group", sg.Name, "vm", v.ID, "template", sg.TemplateHash, "warm", i >= p.Create)
 	}
+	g.publishReconciled(ctx, sg.Name, did)
 	return nil
 }

@@ -58,7 +58,7 @@ func (g *Manager) CreateVM(ctx context.Context, req api.CreateVMRequest) (*api.V
 	if err != nil {
 		return nil, err
 	}
-	got, err := g.matchWarm(v)
+	got, err := g.matchWarm(ctx, v)
 	if err != nil || got != nil {
 		return got, err
 	}
@@ -67,7 +67,7 @@ func (g *Manager) CreateVM(ctx context.Context, req api.CreateVMRequest) (*api.V
 
 // matchWarm hands out a warm VM of the first warm group (by name) whose
 // template has v's hand-out key; nil when there is none.
-func (g *Manager) matchWarm(v vm.Validated) (*api.VM, error) {
+func (g *Manager) matchWarm(ctx context.Context, v vm.Validated) (*api.VM, error) {
 	sgs, err := g.cfg.Store.ListGroups()
 	if err != nil {
 		return nil, err
@@ -82,6 +82,9 @@ func (g *Manager) matchWarm(v vm.Validated) (*api.VM, error) {
 			continue
 		}
 		got, err := g.cfg.VMs.TakeWarm(sg.Name, sg.TemplateHash, v.Tags, v.CallbackURL, api.HandOut{Group: sg.Name, Warm: true})
+		if err == nil && got != nil {
+			g.publishHandedOut(ctx, sg.Name, got)
+		}
 		if err != nil || got != nil {
 			g.Kick()
 			return got, err
@@ -126,6 +129,9 @@ func (g *Manager) createFrom(ctx context.Context, req api.CreateVMRequest) (*api
 		return nil, err
 	}
 	got, err := g.cfg.VMs.TakeWarm(name, sg.TemplateHash, v.Tags, v.CallbackURL, api.HandOut{Group: name, Warm: true})
+	if err == nil && got != nil {
+		g.publishHandedOut(ctx, name, got)
+	}
 	g.Kick()
 	if err != nil || got != nil {
 		return got, err

@@ -16,12 +16,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/callback"
 	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/events"
 	"github.com/goldvm/goldvm/internal/hypervisor"
 	"github.com/goldvm/goldvm/internal/hypervisor/fakedriver"
 	"github.com/goldvm/goldvm/internal/image"
@@ -31,7 +33,7 @@ import (
 
 // warmEnv is a group manager over a VM manager on the fake driver, with a
 // real record database, a real image store fed by a loopback HTTP server
-// and a loopback callback receiver.
+// and a loopback callback receiver; both managers publish to one event bus.
 type warmEnv struct {
 	t      *testing.T
 	dir    string
@@ -41,7 +43,10 @@ type warmEnv struct {
 	img    api.Image
 	vms    *vm.Manager
 	g      *Manager
+	bus    *events.Bus
 	stop   func()
+	// broken makes the image server answer 404: creations fail.
+	broken atomic.Bool
 
 	cbMu      sync.Mutex
 	callbacks map[string][]api.VM // by VM id
@@ -50,7 +55,7 @@ type warmEnv struct {
 
 func newWarmEnv(t *testing.T) *warmEnv {
 	t.Helper()
-	e := &warmEnv{t: t, dir: t.TempDir(), host: fakedriver.NewHost(), callbacks: map[string][]api.VM{}}
+	e := &warmEnv{t: t, dir: t.TempDir(), host: fakedriver.NewHost(), callbacks: map[string][]api.VM{}, bus: events.New(events.Options{})}
 	var err error
 	if e.db, err = records.Open(filepath.Join(e.dir, "goldvm.db")); err != nil {
 		t.Fatal(err)
@@ -67,7 +72,13 @@ func newWarmEnv(t *testing.T) *warmEnv {
 	tw.Write(disk)
 	tw.Close()
 	body := buf.Bytes()
-	imgs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(body) }))
+	imgs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if e.broken.Load() {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write(body)
+	}))
 	t.Cleanup(imgs.Close)
 	sum := sha256.Sum256(body)
 	e.img = api.Image{URL: imgs.URL + "/gold.tar", Checksum: hex.EncodeToString(sum[:]), ChecksumType: "sha256"}
@@ -91,11 +102,12 @@ func newWarmEnv(t *testing.T) *warmEnv {
 func (e *warmEnv) start() {
 	log := slog.New(slog.DiscardHandler)
 	e.vms = vm.New(vm.Config{VMDir: filepath.Join(e.dir, "vms"), Store: e.db, Images: e.images, Driver: e.host.New(),
-		Callbacks: callback.New(callback.Options{Backoff: -1}), Logger: log})
+		Callbacks: callback.New(callback.Options{Backoff: -1}), Logger: log, Events: e.bus})
 	if err := e.vms.Recover(context.Background()); err != nil {
 		e.t.Fatal(err)
 	}
-	e.g = New(Config{Store: e.db, VMs: e.vms, MaxSize: 10, MaxWarm: 5, Interval: 20 * time.Millisecond, Logger: log})
+	e.g = New(Config{Store: e.db, VMs: e.vms, MaxSize: 10, MaxWarm: 5, Interval: 20 * time.Millisecond,
+		RetryBase: 5 * time.Millisecond, RetryMax: 20 * time.Millisecond, Events: e.bus, Logger: log})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); e.g.Run(ctx) }()

@@ -32,6 +32,9 @@ type Metrics struct {
 	imageFetches *prometheus.CounterVec
 	callbacks    *prometheus.CounterVec
 	exits        *prometheus.CounterVec
+	capacity     *prometheus.CounterVec
+	handOuts     *prometheus.CounterVec
+	groupChanges *prometheus.CounterVec
 
 	mu     sync.Mutex
 	phases map[string]phaseStart // creations under way, by VM id
@@ -84,10 +87,22 @@ func New() *Metrics {
 		exits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "goldvm_vm_machine_exits_total", Help: "Running VMs whose machine (QEMU process, VMware VM) ended without a delete.",
 		}, []string{"backend"}),
+		capacity: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "goldvm_capacity_events_total", Help: "VMs admitted to the host's capacity, queued for it, released it, or left the queue without it (dequeued: a timeout, delete or shutdown).",
+		}, []string{"action"}),
+		handOuts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "goldvm_group_handouts_total", Help: "Warm VMs a group handed out to creates.",
+		}, []string{"group"}),
+		groupChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "goldvm_group_transitions_total", Help: "Groups that became degraded or recovered.",
+		}, []string{"group", "action"}),
 		phases: map[string]phaseStart{},
 	}
+	for _, a := range []string{api.ActionAdmitted, api.ActionQueued, api.ActionReleased, api.ActionDequeued} {
+		m.capacity.WithLabelValues(a) // shown at 0 before the first
+	}
 	m.reg.MustRegister(m.httpRequests, m.httpDuration, m.phaseSeconds, m.createTotal, m.downloaded,
-		m.lookups, m.evictions, m.imageFetches, m.callbacks, m.exits,
+		m.lookups, m.evictions, m.imageFetches, m.callbacks, m.exits, m.capacity, m.handOuts, m.groupChanges,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -114,8 +129,9 @@ func (m *Metrics) Lookup(result string) { m.lookups.WithLabelValues(result).Inc(
 func (m *Metrics) Downloaded(n int64) { m.downloaded.Add(float64(n)) }
 
 // Observe counts what an event tells: phase and creation durations,
-// callback outcomes, machine exits, image fetches and evictions. It is
-// meant for events.Bus.Observe.
+// callback outcomes, machine exits, image fetches and evictions, capacity
+// admissions, waits and releases, warm hand-outs and groups degraded or
+// recovered. It is meant for events.Bus.Observe.
 func (m *Metrics) Observe(e api.Event) {
 	switch e.Type {
 	case api.EventImage:
@@ -134,6 +150,19 @@ func (m *Metrics) Observe(e api.Event) {
 	case api.EventVM:
 		if e.VM != nil {
 			m.observeVM(e)
+		}
+	case api.EventCapacity:
+		m.capacity.WithLabelValues(e.Action).Inc()
+	case api.EventGroup:
+		switch e.Action {
+		case api.ActionHandedOut:
+			m.handOuts.WithLabelValues(e.GroupName).Inc()
+		case api.ActionDegraded, api.ActionRecovered:
+			m.groupChanges.WithLabelValues(e.GroupName, e.Action).Inc()
+		case api.ActionDeleted:
+			// A deleted group's series go with it.
+			m.handOuts.DeleteLabelValues(e.GroupName)
+			m.groupChanges.DeletePartialMatch(prometheus.Labels{"group": e.GroupName})
 		}
 	}
 }
@@ -244,4 +273,97 @@ func (m *Metrics) CollectEventDrops(dropped func() uint64) {
 	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "goldvm_event_clients_dropped_total", Help: "Event stream clients dropped for falling too far behind.",
 	}, func() float64 { return float64(dropped()) }))
+}
+
+// CollectCapacity adds the gauges goldvm_capacity_cpus{state},
+// goldvm_capacity_memory_bytes{state} (state: total, used, reserved, free,
+// queued; a total of 0 is no limit) and goldvm_capacity_queue_length, read
+// from snap (GET /capacity's answer) at each scrape.
+func (m *Metrics) CollectCapacity(snap func() api.Capacity) {
+	m.reg.MustRegister(&capacityCollector{snap: snap})
+}
+
+var (
+	capacityCPUsDesc = prometheus.NewDesc("goldvm_capacity_cpus",
+		"The host's vCPU budget for VMs (total; 0 is no limit) and what running VMs use, admitted creations reserve, is free, and queued creations ask for.", []string{"state"}, nil)
+	capacityMemDesc = prometheus.NewDesc("goldvm_capacity_memory_bytes",
+		"The host's memory budget for VMs (total; 0 is no limit) and what running VMs use, admitted creations reserve, is free, and queued creations ask for.", []string{"state"}, nil)
+	queueLenDesc = prometheus.NewDesc("goldvm_capacity_queue_length", "VM creations waiting for capacity.", nil, nil)
+)
+
+type capacityCollector struct {
+	snap func() api.Capacity
+}
+
+func (c *capacityCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- capacityCPUsDesc
+	ch <- capacityMemDesc
+	ch <- queueLenDesc
+}
+
+func (c *capacityCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.snap()
+	for _, st := range []struct {
+		state string
+		r     api.Resources
+	}{{"total", s.Total}, {"used", s.Used}, {"reserved", s.Reserved}, {"free", s.Free}, {"queued", s.Queued}} {
+		ch <- prometheus.MustNewConstMetric(capacityCPUsDesc, prometheus.GaugeValue, float64(st.r.CPUs), st.state)
+		ch <- prometheus.MustNewConstMetric(capacityMemDesc, prometheus.GaugeValue, float64(st.r.MemoryMiB)*(1<<20), st.state)
+	}
+	ch <- prometheus.MustNewConstMetric(queueLenDesc, prometheus.GaugeValue, float64(s.Waiting))
+}
+
+// CollectGroups adds the gauges of each group, read from list at each
+// scrape: goldvm_group_vms_desired and goldvm_group_vms_running (its size
+// and its running VMs, the warm pool's not counted),
+// goldvm_group_warm_desired and goldvm_group_warm_ready (its warm pool),
+// goldvm_group_vms (its VMs in any status, warm ones included),
+// goldvm_group_degraded (1 when creations keep failing) and
+// goldvm_group_failures (creations failed in a row).
+func (m *Metrics) CollectGroups(list func() ([]api.Group, error)) {
+	m.reg.MustRegister(&groupCollector{list: list})
+}
+
+var (
+	groupDesiredDesc  = prometheus.NewDesc("goldvm_group_vms_desired", "A group's size.", []string{"group"}, nil)
+	groupRunningDesc  = prometheus.NewDesc("goldvm_group_vms_running", "A group's running VMs, its warm pool not counted.", []string{"group"}, nil)
+	groupVMsDesc      = prometheus.NewDesc("goldvm_group_vms", "A group's VMs in any status, warm ones included.", []string{"group"}, nil)
+	groupWarmDesc     = prometheus.NewDesc("goldvm_group_warm_desired", "The warm VMs a group keeps.", []string{"group"}, nil)
+	groupWarmReady    = prometheus.NewDesc("goldvm_group_warm_ready", "A group's warm VMs ready to be handed out.", []string{"group"}, nil)
+	groupDegradedDesc = prometheus.NewDesc("goldvm_group_degraded", "1 when a group's creations keep failing (state degraded), else 0.", []string{"group"}, nil)
+	groupFailuresDesc = prometheus.NewDesc("goldvm_group_failures", "Creations from a group's template that failed in a row.", []string{"group"}, nil)
+)
+
+type groupCollector struct {
+	list func() ([]api.Group, error)
+}
+
+func (c *groupCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{groupDesiredDesc, groupRunningDesc, groupVMsDesc, groupWarmDesc, groupWarmReady, groupDegradedDesc, groupFailuresDesc} {
+		ch <- d
+	}
+}
+
+func (c *groupCollector) Collect(ch chan<- prometheus.Metric) {
+	groups, err := c.list()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(groupDesiredDesc, err)
+		return
+	}
+	for _, g := range groups {
+		degraded := 0.0
+		if g.State == api.GroupDegraded {
+			degraded = 1
+		}
+		for _, v := range []struct {
+			d *prometheus.Desc
+			n float64
+		}{
+			{groupDesiredDesc, float64(g.Spec.Size)}, {groupRunningDesc, float64(g.Running)}, {groupVMsDesc, float64(len(g.VMs))},
+			{groupWarmDesc, float64(g.Spec.Warm)}, {groupWarmReady, float64(g.WarmReady)},
+			{groupDegradedDesc, degraded}, {groupFailuresDesc, float64(g.Failures)},
+		} {
+			ch <- prometheus.MustNewConstMetric(v.d, prometheus.GaugeValue, v.n, g.Name)
+		}
+	}
 }

@@ -37,6 +37,19 @@ func exercise(m *Metrics) {
 	m.CollectVMs(func() ([]api.VM, error) { return []api.VM{{Status: api.StatusRunning, Backend: "qemu"}}, nil })
 	m.CollectImages(func() (ImageStats, error) { return ImageStats{Images: 1, DiskBytes: 4096}, nil })
 	m.CollectEventDrops(func() uint64 { return 0 })
+	m.Observe(api.Event{Type: api.EventCapacity, Action: api.ActionAdmitted, VMID: "vm-1"})
+	m.Observe(api.Event{Type: api.EventCapacity, Action: api.ActionQueued, VMID: "vm-2", Position: 1})
+	m.Observe(api.Event{Type: api.EventGroup, Action: api.ActionHandedOut, GroupName: "web", VMID: "vm-3"})
+	m.Observe(api.Event{Type: api.EventGroup, Action: api.ActionDegraded, GroupName: "web"})
+	m.CollectCapacity(func() api.Capacity {
+		return api.Capacity{Total: api.Resources{CPUs: 4, MemoryMiB: 4096}, Used: api.Resources{CPUs: 1, MemoryMiB: 512},
+			Reserved: api.Resources{CPUs: 2, MemoryMiB: 1024}, Free: api.Resources{CPUs: 1, MemoryMiB: 2560},
+			Queued: api.Resources{CPUs: 2, MemoryMiB: 256}, Waiting: 1}
+	})
+	m.CollectGroups(func() ([]api.Group, error) {
+		return []api.Group{{Name: "web", Spec: api.GroupSpec{Size: 3, Warm: 2}, State: api.GroupDegraded, Running: 2, WarmReady: 1, Failures: 4,
+			VMs: make([]api.GroupVM, 4)}}, nil
+	})
 }
 
 // TestPhaseDurations: each phase's time is observed once, when the next
@@ -76,6 +89,23 @@ func TestPhaseDurations(t *testing.T) {
 		"goldvm_image_download_bytes_total":                                      1234,
 		"goldvm_vms,backend=qemu,status=running":                                 1,
 		"goldvm_image_disk_bytes":                                                4096,
+		"goldvm_capacity_cpus,state=total":                                       4,
+		"goldvm_capacity_cpus,state=used":                                        1,
+		"goldvm_capacity_cpus,state=reserved":                                    2,
+		"goldvm_capacity_cpus,state=queued":                                      2,
+		"goldvm_capacity_memory_bytes,state=free":                                2560 << 20,
+		"goldvm_capacity_queue_length":                                           1,
+		"goldvm_capacity_events_total,action=queued":                             1,
+		"goldvm_capacity_events_total,action=admitted":                           1,
+		"goldvm_group_vms_desired,group=web":                                     3,
+		"goldvm_group_vms_running,group=web":                                     2,
+		"goldvm_group_vms,group=web":                                             4,
+		"goldvm_group_warm_desired,group=web":                                    2,
+		"goldvm_group_warm_ready,group=web":                                      1,
+		"goldvm_group_degraded,group=web":                                        1,
+		"goldvm_group_failures,group=web":                                        4,
+		"goldvm_group_handouts_total,group=web":                                  1,
+		"goldvm_group_transitions_total,action=degraded,group=web":               1,
 	} {
 		if got[name] != want {
 			t.Errorf("%s = %v, want %v", name, got[name], want)
@@ -124,5 +154,36 @@ func TestDashboardUsesExposedMetrics(t *testing.T) {
 	}
 	if n == 0 {
 		t.Fatal("the dashboard queries no goldvm metric")
+	}
+}
+
+// TestDeletedGroupSeries: a deleted group's counters go with it; another
+// group's stay.
+func TestDeletedGroupSeries(t *testing.T) {
+	m := New()
+	for _, g := range []string{"web", "db"} {
+		m.Observe(api.Event{Type: api.EventGroup, Action: api.ActionHandedOut, GroupName: g})
+		m.Observe(api.Event{Type: api.EventGroup, Action: api.ActionDegraded, GroupName: g})
+	}
+	m.Observe(api.Event{Type: api.EventGroup, Action: api.ActionDeleted, GroupName: "web"})
+	fams, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := map[string]int{}
+	for _, f := range fams {
+		if !strings.HasPrefix(f.GetName(), "goldvm_group_") {
+			continue
+		}
+		for _, mt := range f.Metric {
+			for _, l := range mt.Label {
+				if l.GetName() == "group" {
+					left[l.GetValue()]++
+				}
+			}
+		}
+	}
+	if left["web"] != 0 || left["db"] != 2 {
+		t.Errorf("group series after web's delete: %v, want db's 2 only", left)
 	}
 }

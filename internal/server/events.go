@@ -28,9 +28,10 @@ const (
 	eventRetryMillis = 2000
 )
 
-// streamEvents answers GET /events: server-sent events of every VM and
-// image state change (see api.Event). Query parameters, optional: vm (a VM
-// id: only its events) and type (comma-separated: vm, image). A client
+// streamEvents answers GET /events: server-sent events of every VM, image,
+// group and capacity state change (see api.Event). Query parameters,
+// optional: vm (a VM id: only its events) and type (comma-separated: vm,
+// image, group, capacity). A client
 // that sends Last-Event-ID gets what it missed from the ring first, or a
 // "reset" event when that is no longer there. A client too slow to keep up
 // is dropped (a ": dropped" comment, then the stream ends); it reconnects
@@ -48,10 +49,10 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request) {
 	for _, t := range strings.Split(q.Get("type"), ",") {
 		switch t = strings.TrimSpace(t); t {
 		case "":
-		case api.EventVM, api.EventImage:
+		case api.EventVM, api.EventImage, api.EventGroup, api.EventCapacity:
 			f.Types = append(f.Types, t)
 		default:
-			s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, api.CodeInvalidQuery, "type %s: use vm or image", quote(t)))
+			s.writeError(w, errdefs.Newf(errdefs.ErrInvalid, api.CodeInvalidQuery, "type %s: use vm, image, group or capacity", quote(t)))
 			return
 		}
 	}

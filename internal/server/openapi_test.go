@@ -16,14 +16,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
-	"github.com/getkin/kin-openapi/openapi3filter"
-	"github.com/getkin/kin-openapi/routers"
-	"github.com/getkin/kin-openapi/routers/legacy"
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/events"
@@ -31,115 +27,40 @@ import (
 	"github.com/goldvm/goldvm/internal/hypervisor/fakedriver"
 	"github.com/goldvm/goldvm/internal/image"
 	"github.com/goldvm/goldvm/internal/metrics"
+	"github.com/goldvm/goldvm/internal/openapicheck"
 	"github.com/goldvm/goldvm/internal/vm"
 )
 
 // loadOpenAPI loads and validates api/openapi.yaml.
 func loadOpenAPI(t *testing.T) *openapi3.T {
 	t.Helper()
-	doc, err := openapi3.NewLoader().LoadFromData(api.OpenAPIYAML)
+	doc, err := openapicheck.Load()
 	if err != nil {
-		t.Fatalf("load api/openapi.yaml: %v", err)
-	}
-	if err := doc.Validate(context.Background()); err != nil {
-		t.Fatalf("api/openapi.yaml is not a valid OpenAPI document: %v", err)
+		t.Fatal(err)
 	}
 	return doc
 }
 
-// badInput marks a request the test sends knowing it breaks the document
-// (malformed JSON, a wrong content type, a bad query): only its answer is
-// checked.
-type badInput struct{}
-
-// validator is an http.RoundTripper that checks every request and its
-// answer against the OpenAPI document, and counts the operations and
-// statuses it saw.
-type validator struct {
-	t      *testing.T
-	doc    *openapi3.T
-	router routers.Router
-	next   http.RoundTripper
-	token  string
-
-	mu   sync.Mutex
-	seen map[string][]int // "GET /vms/{id}" → statuses answered
-}
-
-func (v *validator) RoundTrip(req *http.Request) (*http.Response, error) {
-	v.t.Helper()
-	var body []byte
-	if req.Body != nil {
-		body, _ = io.ReadAll(req.Body)
-		req.Body.Close()
-	}
-	req.Body = io.NopCloser(bytes.NewReader(body))
-	if v.token != "" && req.Header.Get("Authorization") == "" {
-		req.Header.Set("Authorization", "Bearer "+v.token)
-	}
-	route, params, err := v.router.FindRoute(req)
-	if err != nil {
-		v.t.Errorf("%s %s: not in api/openapi.yaml: %v", req.Method, req.URL, err)
-		return v.next.RoundTrip(req)
-	}
-	in := &openapi3filter.RequestValidationInput{
-		Request: req.Clone(req.Context()), PathParams: params, Route: route,
-		Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc, IncludeResponseStatus: true},
-	}
-	in.Request.Body = io.NopCloser(bytes.NewReader(body))
-	if req.Context().Value(badInput{}) == nil {
-		if err := openapi3filter.ValidateRequest(req.Context(), in); err != nil {
-			v.t.Errorf("%s %s: the request breaks api/openapi.yaml: %v", req.Method, req.URL, err)
-		}
-	}
-	resp, err := v.next.RoundTrip(req)
-	if err != nil {
-		return nil, err
-	}
-	stream := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
-	var out []byte
-	if !stream {
-		out, err = io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if err != nil {
-			return nil, err
-		}
-		resp.Body = io.NopCloser(bytes.NewReader(out))
-	}
-	opts := *in.Options
-	opts.ExcludeResponseBody = stream
-	err = openapi3filter.ValidateResponse(req.Context(), &openapi3filter.ResponseValidationInput{
-		RequestValidationInput: in, Status: resp.StatusCode, Header: resp.Header,
-		Body: io.NopCloser(bytes.NewReader(out)), Options: &opts,
-	})
-	if err != nil {
-		v.t.Errorf("%s %s: answer %d %s breaks api/openapi.yaml: %v", req.Method, req.URL, resp.StatusCode, truncate(out), err)
-	}
-	v.mu.Lock()
-	op := route.Method + " " + route.Path
-	v.seen[op] = append(v.seen[op], resp.StatusCode)
-	v.mu.Unlock()
-	return resp, nil
-}
-
-func truncate(b []byte) string {
-	if len(b) > 300 {
-		return string(b[:300]) + "…"
-	}
-	return string(b)
-}
+// truncate shortens a body for a message.
+func truncate(b []byte) string { return openapicheck.Truncate(b) }
 
 // openAPIDaemon is the whole API on a fake driver (every capability but
 // VNC, no hypervisor), a real record, image and boot media store, event
-// bus and metrics, and a loopback image server serving one gold image.
+// bus and metrics, and a loopback image server serving one gold image. A
+// non-zero capacity is the VMs' budget (--capacity-cpus, --capacity-memory).
 type openAPIDaemon struct {
-	url    string
+	url string
+	// check validates the client's traffic (strict: a request that
+	// breaks the document must be marked bad).
+	check *openapicheck.Transport
+	// groups is the group manager, its reconcile loop not running.
+	groups *group.Manager
 	client *http.Client
 	image  api.Image
 	images *httptest.Server
 }
 
-func newOpenAPIDaemon(t *testing.T, v *validator) *openAPIDaemon {
+func newOpenAPIDaemon(t *testing.T, capacity api.Resources) *openAPIDaemon {
 	t.Helper()
 	dir := t.TempDir()
 	log := slog.New(slog.DiscardHandler)
@@ -154,11 +75,13 @@ func newOpenAPIDaemon(t *testing.T, v *validator) *openAPIDaemon {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { media.Close() })
-	mgr := vm.New(vm.Config{VMDir: filepath.Join(dir, "vms"), Store: db, Images: images, Media: media, Driver: fakedriver.NewHost().New(), Logger: log, Events: bus})
+	mgr := vm.New(vm.Config{VMDir: filepath.Join(dir, "vms"), Store: db, Images: images, Media: media, Driver: fakedriver.NewHost().New(), Logger: log, Events: bus, Capacity: capacity})
 	t.Cleanup(mgr.Close)
 	mets.CollectVMs(func() ([]api.VM, error) { return mgr.List(context.Background()) })
-	groups := group.New(group.Config{Store: db, VMs: mgr, MaxSize: 10, Logger: log})
-	s := New(Config{VMs: mgr, Groups: groups, Images: images, Prefetcher: pf, Token: v.token, Logger: log, Events: bus, Metrics: mets})
+	groups := group.New(group.Config{Store: db, VMs: mgr, MaxSize: 10, Events: bus, Logger: log})
+	mets.CollectCapacity(mgr.Capacity)
+	mets.CollectGroups(func() ([]api.Group, error) { return groups.List(context.Background()) })
+	s := New(Config{VMs: mgr, Groups: groups, Images: images, Prefetcher: pf, Token: testToken, Logger: log, Events: bus, Metrics: mets})
 	hs := httptest.NewUnstartedServer(s)
 	hs.Config.RegisterOnShutdown(s.StopStreams)
 	hs.Start()
@@ -180,13 +103,13 @@ func newOpenAPIDaemon(t *testing.T, v *validator) *openAPIDaemon {
 	}))
 	t.Cleanup(imgs.Close)
 	sum := sha256.Sum256(gold)
-	v.next = hs.Client().Transport
-	// The document's server is the test daemon.
-	v.doc.Servers = openapi3.Servers{{URL: hs.URL}}
-	if v.router, err = legacy.NewRouter(v.doc); err != nil {
+	v, err := openapicheck.New(hs.Client().Transport)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return &openAPIDaemon{url: hs.URL, client: &http.Client{Transport: v}, images: imgs,
+	v.Token, v.Strict = testToken, true
+	t.Cleanup(v.Watch(hs.Listener.Addr().String(), t))
+	return &openAPIDaemon{url: hs.URL, check: v, groups: groups, client: &http.Client{Transport: v}, images: imgs,
 		image: api.Image{URL: imgs.URL + "/gold.tar", Checksum: hex.EncodeToString(sum[:]), ChecksumType: "sha256"}}
 }
 
@@ -196,7 +119,7 @@ func (d *openAPIDaemon) call(t *testing.T, bad bool, method, path, contentType, 
 	t.Helper()
 	ctx := context.Background()
 	if bad {
-		ctx = context.WithValue(ctx, badInput{}, true)
+		ctx = openapicheck.Bad(ctx)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, d.url+path, strings.NewReader(body))
 	if err != nil {
@@ -225,10 +148,7 @@ func (d *openAPIDaemon) call(t *testing.T, bad bool, method, path, contentType, 
 // are exactly api.Codes; GET /openapi.json serves it.
 func TestOpenAPI(t *testing.T) {
 	doc := loadOpenAPI(t)
-	openapi3filter.RegisterBodyDecoder("image/png", openapi3filter.FileBodyDecoder)
-	openapi3filter.RegisterBodyDecoder("application/zstd", openapi3filter.FileBodyDecoder)
-	v := &validator{t: t, doc: doc, token: testToken, seen: map[string][]int{}}
-	d := newOpenAPIDaemon(t, v)
+	d := newOpenAPIDaemon(t, api.Resources{})
 	want := func(what string, code, wantCode int, body []byte) {
 		t.Helper()
 		if code != wantCode {
@@ -434,6 +354,10 @@ func TestOpenAPI(t *testing.T) {
 	want("PUT /groups/web", code, 200, body)
 	code, body = d.call(t, false, "POST", "/vms", js, `{"from_group": "web", "tags": {"team": "ci"}}`)
 	want("POST /vms from a group", code, 202, body)
+	// As clients that always send the image object do: all empty, it
+	// counts as none.
+	code, body = d.call(t, false, "POST", "/vms", js, `{"from_group": "web", "image": {"url": "", "checksum": "", "checksum_type": ""}}`)
+	want("POST /vms from a group with an empty image", code, 202, body)
 	code, body = d.call(t, false, "POST", "/vms", js, `{"from_group": "nope"}`)
 	want("POST /vms from an unknown group", code, 404, body)
 	code, body = d.call(t, false, "POST", "/vms", js, `{"from_group": "web", "cpus": 2}`)
@@ -514,8 +438,9 @@ func TestOpenAPI(t *testing.T) {
 	if !slices.Equal(ops, routes) {
 		t.Errorf("operations of api/openapi.yaml:\n%v\nroutes of the server:\n%v", ops, routes)
 	}
+	seen := d.check.Seen()
 	for _, op := range ops {
-		if len(v.seen[op]) == 0 {
+		if len(seen[op]) == 0 {
 			t.Errorf("%s: no request checked it", op)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/events"
 )
 
 // DefaultQueueTimeout is how long a VM waits for capacity when
@@ -22,6 +23,10 @@ const DefaultQueueTimeout = 10 * time.Minute
 type capacity struct {
 	total   api.Resources
 	timeout time.Duration
+	// bus receives a "capacity" event for every admission, wait and
+	// release, published under mu so that the events come in the order
+	// of the changes and each carries the capacity right after its own.
+	bus *events.Bus
 
 	mu    sync.Mutex
 	held  map[string]holding
@@ -39,11 +44,20 @@ type waiter struct {
 	ready chan struct{} // closed at admission
 }
 
-func newCapacity(total api.Resources, timeout time.Duration) *capacity {
+func newCapacity(total api.Resources, timeout time.Duration, bus *events.Bus) *capacity {
 	if timeout <= 0 {
 		timeout = DefaultQueueTimeout
 	}
-	return &capacity{total: total, timeout: timeout, held: map[string]holding{}}
+	return &capacity{total: total, timeout: timeout, bus: bus, held: map[string]holding{}}
+}
+
+// publish sends a capacity event about id; mu held.
+func (c *capacity) publish(action, id string, position int, msg string) {
+	if c.bus == nil {
+		return
+	}
+	snap := c.snapshotLocked()
+	c.bus.Publish(api.Event{Type: api.EventCapacity, Action: action, VMID: id, Capacity: &snap, Position: position, Message: msg})
 }
 
 // fits reports whether res fits in what is free; mu held.
@@ -65,6 +79,7 @@ func (c *capacity) dispatch() {
 		c.queue = c.queue[1:]
 		c.held[w.id] = holding{res: w.res}
 		close(w.ready)
+		c.publish(api.ActionAdmitted, w.id, 0, "")
 	}
 }
 
@@ -87,11 +102,13 @@ func (c *capacity) admit(ctx context.Context, id string, res api.Resources, queu
 	}
 	if len(c.queue) == 0 && c.fits(res) {
 		c.held[id] = holding{res: res}
+		c.publish(api.ActionAdmitted, id, 0, "")
 		c.mu.Unlock()
 		return nil
 	}
 	w := &waiter{id: id, res: res, ready: make(chan struct{})}
 	c.queue = append(c.queue, w)
+	c.publish(api.ActionQueued, id, len(c.queue), "")
 	c.mu.Unlock()
 	if queued != nil {
 		queued()
@@ -112,11 +129,13 @@ func (c *capacity) admit(ctx context.Context, id string, res api.Resources, queu
 	defer c.mu.Unlock()
 	if i := slices.Index(c.queue, w); i >= 0 {
 		c.queue = slices.Delete(c.queue, i, i+1)
+		c.publish(api.ActionDequeued, id, 0, err.Error())
 		c.dispatch() // those behind it may fit now
 		return err
 	}
 	// Admitted just as it gave up: give it back.
 	delete(c.held, id)
+	c.publish(api.ActionReleased, id, 0, err.Error())
 	c.dispatch()
 	return err
 }
@@ -127,6 +146,7 @@ func (c *capacity) hold(id string, res api.Resources, running bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.held[id] = holding{res: res, running: running}
+	c.publish(api.ActionAdmitted, id, 0, "")
 }
 
 // setRunning moves id's share from reserved to used.
@@ -148,6 +168,7 @@ func (c *capacity) release(id string) {
 		return
 	}
 	delete(c.held, id)
+	c.publish(api.ActionReleased, id, 0, "")
 	c.dispatch()
 }
 
@@ -167,6 +188,11 @@ func (c *capacity) position(id string) int {
 func (c *capacity) snapshot() api.Capacity {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.snapshotLocked()
+}
+
+// snapshotLocked is snapshot with mu held.
+func (c *capacity) snapshotLocked() api.Capacity {
 	out := api.Capacity{Total: c.total, Waiting: len(c.queue), QueueTimeout: api.Duration(c.timeout)}
 	for _, h := range c.held {
 		dst := &out.Reserved

@@ -8,6 +8,7 @@ import (
 
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
+	"github.com/goldvm/goldvm/internal/events"
 )
 
 func res(cpus int, mem int64) api.Resources { return api.Resources{CPUs: cpus, MemoryMiB: mem} }
@@ -21,8 +22,14 @@ func admitAsync(c *capacity, ctx context.Context, id string, r api.Resources) (<
 	return done, queued
 }
 
+// TestCapacityFIFO also checks the "capacity" events: one per admission,
+// wait, release and departure from the queue, in the order of the changes,
+// each with the capacity right after it.
 func TestCapacityFIFO(t *testing.T) {
-	c := newCapacity(res(4, 4096), time.Hour)
+	bus := events.New(events.Options{})
+	sub, _, _ := bus.Subscribe(events.Filter{Types: []string{api.EventCapacity}}, false, 0)
+	defer sub.Cancel()
+	c := newCapacity(res(4, 4096), time.Hour, bus)
 	ctx := context.Background()
 	if err := c.admit(ctx, "a", res(3, 1024), nil); err != nil {
 		t.Fatal(err)
@@ -73,10 +80,53 @@ func TestCapacityFIFO(t *testing.T) {
 	if s := c.snapshot(); s.Reserved != res(0, 0) || s.Free != res(4, 4096) {
 		t.Fatalf("all released: %+v", s)
 	}
+
+	type ev struct {
+		action, id string
+		position   int
+		held       api.Resources // used + reserved after the change
+		waiting    int
+	}
+	want := []ev{
+		{api.ActionAdmitted, "a", 0, res(3, 1024), 0},
+		{api.ActionQueued, "b", 1, res(3, 1024), 1},
+		{api.ActionQueued, "c", 2, res(3, 1024), 2},
+		{api.ActionReleased, "a", 0, res(0, 0), 2},
+		{api.ActionAdmitted, "b", 0, res(2, 1024), 1},
+		{api.ActionAdmitted, "c", 0, res(3, 2048), 0},
+		{api.ActionQueued, "d", 1, res(3, 2048), 1},
+		{api.ActionDequeued, "d", 0, res(3, 2048), 0},
+		{api.ActionReleased, "b", 0, res(1, 1024), 0},
+		{api.ActionReleased, "c", 0, res(0, 0), 0},
+	}
+	for i, w := range want {
+		var e api.Event
+		select {
+		case e = <-sub.C():
+		default:
+			t.Fatalf("event %d: none, want %+v", i, w)
+		}
+		cp := e.Capacity
+		if cp == nil {
+			t.Fatalf("event %d %s %s: no capacity", i, e.Action, e.VMID)
+		}
+		got := ev{e.Action, e.VMID, e.Position, res(cp.Used.CPUs+cp.Reserved.CPUs, cp.Used.MemoryMiB+cp.Reserved.MemoryMiB), cp.Waiting}
+		if e.Type != api.EventCapacity || got != w || cp.Total != res(4, 4096) {
+			t.Errorf("event %d: %s %+v, want %+v", i, e.Type, got, w)
+		}
+		if e.Action == api.ActionDequeued && e.Message != context.Canceled.Error() {
+			t.Errorf("dequeued: message %q", e.Message)
+		}
+	}
+	select {
+	case e := <-sub.C():
+		t.Errorf("one event too many: %+v", e)
+	default:
+	}
 }
 
 func TestCapacityTimeout(t *testing.T) {
-	c := newCapacity(res(1, 0), time.Millisecond)
+	c := newCapacity(res(1, 0), time.Millisecond, nil)
 	c.hold("a", res(1, 128), true)
 	if err := c.admit(context.Background(), "b", res(1, 128), nil); !isCode(err, api.CodeInsufficientCapacity) {
 		t.Fatalf("timeout: %v", err)

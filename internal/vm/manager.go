@@ -131,7 +131,7 @@ func New(cfg Config) *Manager {
 		cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel,
 		creates: map[string]*task{}, watchers: map[string]*task{}, probes: map[string]*task{}, idLocks: map[string]*sync.Mutex{},
 		unsaved: map[string]*records.Record{}, coldBoots: map[string]int{},
-		capacity: newCapacity(cfg.Capacity, cfg.QueueTimeout),
+		capacity: newCapacity(cfg.Capacity, cfg.QueueTimeout, cfg.Events),
 	}
 }
 

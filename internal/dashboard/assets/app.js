@@ -174,6 +174,9 @@
       loadAll();
       return;
     }
+    // The page shows VMs and images; group and capacity events (and any
+    // type a later daemon adds) change neither.
+    if (ev.type !== 'vm' && ev.type !== 'image') return;
     if (state.loading) {
       state.pending.push(ev);
       return;
