@@ -45,9 +45,11 @@ func TestConsole(t *testing.T) {
 	})
 
 	// Failed: no address on a LAN without DHCP; the console says how far
-	// the guest got. Created with the CLI, which points there.
+	// the guest got. Created with the CLI, which points there. The guest
+	// has 45 s to print its first lines: under TCG on a loaded machine a
+	// boot took up to 50 s, and with 15 s the console was once still empty.
 	create := exec.Command(goldvmBin, "create", "--addr", d.addr, "--image", img.URL, "--checksum", img.Checksum,
-		"--memory", "128mib", "--network", "bridged", "--tools-init-timeout", "15s")
+		"--memory", "128mib", "--network", "bridged", "--tools-init-timeout", "45s")
 	createOut, err := create.CombinedOutput()
 	m := regexp.MustCompile(`goldvm console (vm-\S+) shows what the guest printed`).FindSubmatch(createOut)
 	if err == nil || m == nil || !strings.Contains(string(createOut), "discovery-timeout") {
