@@ -28,6 +28,10 @@ type Config struct {
 	// MAC is the VM's NIC address, matched by network-config ("": DHCP on
 	// whatever NIC the guest has).
 	MAC string
+	// MetadataURL, when set, is the VM's metadata service where the guest
+	// cannot reach it at 169.254.169.254 (QEMU user-mode networking); it
+	// goes into the meta-data as goldvm-metadata-url.
+	MetadataURL string
 }
 
 // MetaData is NoCloud's meta-data document.
@@ -38,6 +42,9 @@ func MetaData(c Config) []byte {
 	}
 	if len(c.SSHAuthorizedKeys) > 0 {
 		md["public-keys"] = c.SSHAuthorizedKeys
+	}
+	if c.MetadataURL != "" {
+		md["goldvm-metadata-url"] = c.MetadataURL
 	}
 	return mustJSON(md)
 }

@@ -401,3 +401,49 @@ func TestReapVMRules(t *testing.T) {
 		t.Errorf("peer set team holds %v after Reap, want only %s", members, tapFor("vm-known"))
 	}
 }
+
+// TestE2EUserNetMetadata: on user-mode networking each VM's metadata
+// service is a loopback port of its own, which its guest reaches at
+// 10.0.2.2:PORT (the URL is in its seed's meta-data); a guest that dials
+// another VM's port gets nothing, since that listener serves only
+// connections its own VM's QEMU opened.
+func TestE2EUserNetMetadata(t *testing.T) {
+	gold := goldDir(t, testGuest(t))
+	md := metadata.New(func(_ context.Context, id string) (any, error) { return map[string]string{"id": id}, nil }, testLogger(t))
+	defer md.Close()
+	d, err := New(Config{UserNet: true, Sandbox: true, RunDir: t.TempDir(), Metadata: md, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var specs [2]hypervisor.Spec
+	var ports [2]string
+	for i := range specs {
+		specs[i] = newSpec(t, fmt.Sprintf("umd%d", i), gold, api.NetworkNAT)
+		specs[i].CloudInit = &hypervisor.CloudInit{InstanceID: specs[i].ID, Hostname: specs[i].ID}
+		bootAndDiscover(t, d, specs[i])
+		b, err := os.ReadFile(filepath.Join(specs[i].Dir, fileMetadataPort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = strings.TrimSpace(string(b))
+		seed, err := os.ReadFile(filepath.Join(specs[i].Dir, fileSeed))
+		if want := `"goldvm-metadata-url":"http://10.0.2.2:` + ports[i] + `/"`; err != nil || !strings.Contains(string(seed), want) {
+			t.Errorf("%s: the seed's meta-data lacks %s (%v)", specs[i].ID, want, err)
+		}
+	}
+	get := func(path, port string) string {
+		return "printf 'GET " + path + " HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' | nc -w 3 " + userNetGateway + " " + port + " | tail -n 1"
+	}
+	for i, s := range specs {
+		if out := strings.TrimSpace(guestRun(t, s, get("/latest/meta-data/instance-id", ports[i]))); out != s.ID {
+			t.Errorf("%s read instance-id %q from its own service, want %s", s.ID, out, s.ID)
+		}
+		if out := strings.TrimSpace(guestRun(t, s, get("/goldvm/v1/vm", ports[i]))); out != `{"id":"`+s.ID+`"}` {
+			t.Errorf("%s read its record as %q", s.ID, out)
+		}
+		other := ports[1-i]
+		if out := strings.TrimSpace(guestRun(t, s, get("/latest/meta-data/instance-id", other))); out != "" {
+			t.Errorf("%s read %q from the other VM's service (port %s)", s.ID, out, other)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -37,4 +38,16 @@ func (d *Driver) FromGuest(peer, local netip.AddrPort) bool {
 		}
 	}
 	return false
+}
+
+// heldBy reports whether process pid holds the client socket of the TCP
+// connection c, which a server on this host accepted.
+func heldBy(c net.Conn, pid int) bool {
+	peer, ok1 := c.RemoteAddr().(*net.TCPAddr)
+	local, ok2 := c.LocalAddr().(*net.TCPAddr)
+	if !ok1 || !ok2 {
+		return false
+	}
+	inode, err := procnet.SocketInode(peer.AddrPort(), local.AddrPort())
+	return err == nil && procnet.Holds(pid, inode)
 }

@@ -46,6 +46,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -80,7 +81,7 @@ func metadataMark(port int) string { return fmt.Sprintf("0x676c%04x", port) }
 
 // metadataEnabled reports whether VMs on plan np get a metadata service.
 func (d *Driver) metadataEnabled(np netPlan) bool {
-	return d.cfg.Metadata != nil && d.nft != "" && !np.User && np.Subnet != ""
+	return d.cfg.Metadata != nil && (np.User || (d.nft != "" && np.Subnet != ""))
 }
 
 // guardVM applies VM spec's nftables rules (its MAC on its tap; its
@@ -89,7 +90,10 @@ func (d *Driver) metadataEnabled(np netPlan) bool {
 // goldvm bridge; Watch calls it again (after a restart) when the VM's
 // metadata is not served. Without nft it does nothing.
 func (d *Driver) guardVM(ctx context.Context, spec hypervisor.Spec, np netPlan) error {
-	if d.nft == "" || np.User || np.Subnet == "" {
+	if np.User {
+		return d.serveUserNetMetadata(spec, np)
+	}
+	if d.nft == "" || np.Subnet == "" {
 		return nil
 	}
 	pfx, err := netip.ParsePrefix(np.Subnet)
@@ -99,20 +103,7 @@ func (d *Driver) guardVM(ctx context.Context, spec hypervisor.Spec, np netPlan) 
 	host := pfx.Addr().String()
 	var ln net.Listener
 	if d.metadataEnabled(np) && spec.CloudInit != nil {
-		port := 0
-		if b, err := os.ReadFile(p(spec.Dir, fileMetadataPort)); err == nil {
-			port, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-		}
-		ln, err = net.Listen("tcp4", net.JoinHostPort(host, strconv.Itoa(port)))
-		if err != nil && port != 0 {
-			ln, err = net.Listen("tcp4", net.JoinHostPort(host, "0"))
-		}
-		if err != nil {
-			return fmt.Errorf("metadata listener: %w", err)
-		}
-		port = ln.Addr().(*net.TCPAddr).Port
-		if err := writeFileAtomic(p(spec.Dir, fileMetadataPort), []byte(strconv.Itoa(port)+"\n")); err != nil {
-			ln.Close()
+		if ln, err = metadataListener(spec, host); err != nil {
 			return err
 		}
 	}
@@ -134,6 +125,89 @@ func (d *Driver) guardVM(ctx context.Context, spec hypervisor.Spec, np netPlan) 
 		d.log.Debug("metadata service", "vm", spec.ID, "listen", ln.Addr().String())
 	}
 	return nil
+}
+
+// metadataListener listens for VM spec's metadata on host, on the port it
+// had before (recorded in its directory, so that a guest that learnt it
+// keeps it across daemon restarts) when that port is free.
+func metadataListener(spec hypervisor.Spec, host string) (net.Listener, error) {
+	port := 0
+	if b, err := os.ReadFile(p(spec.Dir, fileMetadataPort)); err == nil {
+		port, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	ln, err := net.Listen("tcp4", net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil && port != 0 {
+		ln, err = net.Listen("tcp4", net.JoinHostPort(host, "0"))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("metadata listener: %w", err)
+	}
+	port = ln.Addr().(*net.TCPAddr).Port
+	if err := writeFileAtomic(p(spec.Dir, fileMetadataPort), []byte(strconv.Itoa(port)+"\n")); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+// userNetGateway is the address of the host for a guest on QEMU's
+// user-mode networking: QEMU maps it to the host's loopback.
+const userNetGateway = "10.0.2.2"
+
+// serveUserNetMetadata serves VM spec's metadata on user-mode networking,
+// where 169.254.169.254 cannot be steered (QEMU's guestfwd carries one
+// byte stream for all of a guest's connections, and refuses addresses
+// outside 10.0.2.0/24: docs/usernet-metadata.md). The service listens on a
+// loopback port of the VM's own, which the guest reaches at
+// http://10.0.2.2:PORT/ (the URL is in its seed's meta-data as
+// goldvm-metadata-url). Every user-mode guest reaches every loopback port,
+// so a connection is served only when the VM's own QEMU holds its client
+// socket: a guest cannot forge which process opened it.
+func (d *Driver) serveUserNetMetadata(spec hypervisor.Spec, np netPlan) error {
+	if !d.metadataEnabled(np) || spec.CloudInit == nil {
+		return nil
+	}
+	ln, err := metadataListener(spec, "127.0.0.1")
+	if err != nil {
+		return err
+	}
+	d.cfg.Metadata.Serve(spec.ID, *spec.CloudInit, &ownQEMUListener{Listener: ln, pidFile: p(spec.Dir, filePID), log: d.log.With("vm", spec.ID)})
+	d.log.Debug("metadata service (user-mode networking)", "vm", spec.ID, "listen", ln.Addr().String())
+	return nil
+}
+
+// userNetMetadataURL is the URL of VM spec's metadata service as its guest
+// on user-mode networking sees it ("" when it has none).
+func userNetMetadataURL(spec hypervisor.Spec) string {
+	b, err := os.ReadFile(p(spec.Dir, fileMetadataPort))
+	if err != nil {
+		return ""
+	}
+	return "http://" + net.JoinHostPort(userNetGateway, strings.TrimSpace(string(b))) + "/"
+}
+
+// ownQEMUListener accepts only the connections whose client socket the
+// QEMU process in pidFile holds; others are closed.
+type ownQEMUListener struct {
+	net.Listener
+	pidFile string
+	log     *slog.Logger
+}
+
+// Accept returns the next connection of the VM's own QEMU.
+func (l *ownQEMUListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return c, err
+		}
+		pid, ok := readPID(l.pidFile)
+		if ok && heldBy(c, pid) {
+			return c, nil
+		}
+		l.log.Warn("refused a metadata connection that is not the VM's own", "peer", c.RemoteAddr().String())
+		c.Close()
+	}
 }
 
 // vmRules replaces VM id's nftables rules (caller holds netMu): frames

@@ -9,12 +9,17 @@ import (
 
 // writeSeed writes the VM's cloud-init NoCloud seed (seed.iso in its
 // directory) and returns its path, or "" when spec has no cloud-init
-// configuration.
-func (d *Driver) writeSeed(spec hypervisor.Spec) (string, error) {
+// configuration. On user-mode networking its meta-data names the VM's
+// metadata service (see serveUserNetMetadata).
+func (d *Driver) writeSeed(spec hypervisor.Spec, np netPlan) (string, error) {
 	if spec.CloudInit == nil {
 		return "", nil
 	}
-	iso, err := cloudinit.Seed(cloudinit.Config{CloudInit: *spec.CloudInit, MAC: macOf(spec)})
+	c := cloudinit.Config{CloudInit: *spec.CloudInit, MAC: macOf(spec)}
+	if np.User && d.metadataEnabled(np) {
+		c.MetadataURL = userNetMetadataURL(spec)
+	}
+	iso, err := cloudinit.Seed(c)
 	if err != nil {
 		return "", err
 	}

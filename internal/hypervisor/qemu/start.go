@@ -118,7 +118,7 @@ func (d *Driver) start(ctx context.Context, spec hypervisor.Spec, warm warmOpts)
 		return err
 	}
 	files := []string{spec.Dir, p(spec.Dir, fileDisk), p(spec.Dir, fileConsole)}
-	seed, err := d.writeSeed(spec)
+	seed, err := d.writeSeed(spec, np)
 	if err != nil {
 		return err
 	}
