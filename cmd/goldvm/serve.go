@@ -167,6 +167,7 @@ func runServe(args []string) error {
 	var mgr *vm.Manager
 	mdService := metadata.New(func(ctx context.Context, id string) (any, error) { return mgr.Get(ctx, id) }, log)
 	defer mdService.Close()
+	crash := crashPoint(log)
 	switch *backend {
 	case "qemu":
 		if err := chooseQEMUUser(qemuUser, qemuUIDs, log); err != nil {
@@ -175,7 +176,7 @@ func runServe(args []string) error {
 		d, err := qemu.New(qemu.Config{
 			Accel: *accel, RunDir: filepath.Join(*dataDir, "run"), VMRoot: filepath.Join(*dataDir, "vms"),
 			BridgedBridge: *bridge, Sandbox: true, AgentWait: *agentWait, Metadata: mdService, RunAs: *qemuUser, RunAsRange: *qemuUIDs, Logger: log,
-			TemplateDir: filepath.Join(*dataDir, "templates"),
+			TemplateDir: filepath.Join(*dataDir, "templates"), CrashPoint: crash,
 		})
 		if err != nil {
 			return fmt.Errorf("qemu backend: %w", err)
@@ -276,7 +277,7 @@ func runServe(args []string) error {
 	mgr = vm.New(vm.Config{
 		VMDir: filepath.Join(*dataDir, "vms"), Store: db, Images: images, Media: media, Driver: driver,
 		Callbacks: callback.New(callback.Options{MaxAttempts: *cbAttempts, Backoff: noneDur(*cbBackoff), Timeout: *cbTimeout, Transport: netPolicy.Transport()}), Limits: limits, Logger: log,
-		CrashPoint: crashPoint(log), Redactor: redactor, Events: bus, Capacity: capacity, QueueTimeout: *queueTimeout,
+		CrashPoint: crash, Redactor: redactor, Events: bus, Capacity: capacity, QueueTimeout: *queueTimeout,
 		WarmTemplatesAfter: *warmTemplates,
 	})
 	collectState(mets, mgr, images)

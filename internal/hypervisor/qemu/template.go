@@ -58,6 +58,15 @@ const (
 	fileTplMeta  = "template.json"
 )
 
+// CrashRestoring is the point of a warm start at which Config.CrashPoint
+// is called: the VM's overlay exists and its QEMU runs, waiting for the
+// template's state, which is not loaded yet.
+const CrashRestoring = "restoring"
+
+// templateDiscoverTimeout bounds how long MakeTemplate waits for the
+// template guest's address and agent.
+const templateDiscoverTimeout = 5 * time.Minute
+
 // templateLayout is the version of the device layout a template's state
 // was saved with; a change to buildArgs that moves devices must bump it.
 const templateLayout = 1
@@ -320,12 +329,15 @@ func (d *Driver) MakeTemplate(ctx context.Context, root, imageKey string, gold h
 	if err := d.start(ctx, spec, warm); err != nil {
 		return Template{}, err
 	}
-	info, err := d.Discover(ctx, spec)
+	dctx, cancel := context.WithTimeout(ctx, templateDiscoverTimeout)
+	info, err := d.Discover(dctx, spec)
+	cancel()
 	if err != nil {
 		return Template{}, fmt.Errorf("template guest: %w", err)
 	}
 	if info.GuestOS == "" || info.IPAddress == "" {
-		return Template{}, fmt.Errorf("template guest: the guest agent did not answer (address %q): a template needs one", info.IPAddress)
+		return Template{}, errdefs.New(errdefs.ErrConflict, api.CodeTemplateNoAgent, fmt.Sprintf(
+			"the image's guest has an address (%q) but no guest agent answered within %s: a template needs one; its VMs boot cold", info.IPAddress, d.cfg.AgentWait), nil)
 	}
 	if err := d.saveState(ctx, spec, p(tmp, fileTplState)); err != nil {
 		return Template{}, err
@@ -637,6 +649,9 @@ func (d *Driver) StartFromTemplate(ctx context.Context, spec hypervisor.Spec, t 
 	if err := d.start(ctx, spec, warm); err != nil {
 		return err
 	}
+	if d.cfg.CrashPoint != nil {
+		d.cfg.CrashPoint(CrashRestoring)
+	}
 	t2 := time.Now()
 	state, err := os.Open(p(t.Dir, fileTplState))
 	if err != nil {
@@ -736,7 +751,7 @@ func (d *Driver) newIdentity(ctx context.Context, spec hypervisor.Spec, t Templa
 	var ent [32]byte
 	rand.Read(ent[:])
 	env := []string{
-		"EPOCH=" + fmt.Sprint(time.Now().Unix()), "NAME=" + hostnameFor(spec),
+		"EPOCH=" + fmt.Sprint(time.Now().Round(time.Second).Unix()), "NAME=" + hostnameFor(spec),
 		"ENTROPY=" + hex.EncodeToString(ent[:]), "OLDMAC=" + t.MAC, "NEWMAC=" + macFor(spec.ID),
 		"PATH=/usr/sbin:/usr/bin:/sbin:/bin",
 	}
@@ -764,6 +779,12 @@ func (d *Driver) newIdentity(ctx context.Context, spec hypervisor.Spec, t Templa
 			d.log.Debug("identity script", "vm", spec.ID, "exit", st.ExitCode, "out", string(o), "err", string(e))
 			if st.ExitCode != 0 {
 				return fmt.Errorf("identity script exited %d: %s", st.ExitCode, strings.TrimSpace(string(e)))
+			}
+			// The script set the clock to the second; the agent sets it to
+			// the microsecond where it can (qemu-ga then runs hwclock -w,
+			// whose failure leaves the time set).
+			if err := c.ExecuteArgs(actx, "guest-set-time", map[string]any{"time": time.Now().UnixNano()}, nil); err != nil {
+				d.log.Debug("guest-set-time", "vm", spec.ID, "err", err)
 			}
 			return nil
 		}

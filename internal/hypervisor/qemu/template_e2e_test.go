@@ -27,9 +27,26 @@ func guestIdentity(t *testing.T, spec hypervisor.Spec) (hostname string, macs []
 	return strings.TrimSpace(parts[0]), strings.Fields(parts[1]), strings.TrimSpace(parts[2])
 }
 
+// guestTime is the guest's clock, read by its agent (guest-get-time: the
+// guest's gettimeofday in nanoseconds; the test guest's busybox date has
+// no %N).
+func guestTime(t *testing.T, spec hypervisor.Spec) time.Time {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := syncedAgent(ctx, t, spec)
+	defer c.Close()
+	var ns int64
+	if err := c.Execute(ctx, "guest-get-time", &ns); err != nil {
+		t.Fatalf("%s: %v", spec.ID, err)
+	}
+	return time.Unix(0, ns)
+}
+
 // TestE2ETemplateWarmStart makes a template of the test guest on goldvm's
 // NAT bridge, starts two VMs from it and checks inside the guests that each
-// has its own MAC, DHCP address and host name; then a template whose state
+// has its own MAC, DHCP address, host name and random numbers, and a clock
+// within a second of the host's; then a template whose state
 // is damaged makes a VM boot cold instead.
 func TestE2ETemplateWarmStart(t *testing.T) {
 	guest := testGuest(t)
@@ -101,6 +118,9 @@ func TestE2ETemplateWarmStart(t *testing.T) {
 		}
 		return spec, from, info.IPAddress
 	}
+	// The saved guest's clock stands still from the save: let it fall
+	// behind the host's by more than the bound checked below.
+	time.Sleep(time.Until(tpl.Created.Add(3 * time.Second)))
 	a, fromA, ipA := start("01warma", root)
 	b, fromB, ipB := start("01warmb", root)
 	if fromA != "template" || fromB != "template" {
@@ -119,6 +139,15 @@ func TestE2ETemplateWarmStart(t *testing.T) {
 			t.Errorf("%s: /dev/urandom gave %q (as %s)", spec.ID, random, other)
 		}
 		randoms[random] = spec.ID
+		// The guest's clock is the host's, to a second: the guest's time
+		// lies between the host's before and after asking (± 1 s).
+		before := time.Now()
+		guest := guestTime(t, spec)
+		after := time.Now()
+		if guest.Before(before.Add(-time.Second)) || guest.After(after.Add(time.Second)) {
+			t.Errorf("%s: guest clock %s, host clock between %s and %s: more than a second apart", spec.ID,
+				guest.Format(time.RFC3339Nano), before.Format(time.RFC3339Nano), after.Format(time.RFC3339Nano))
+		}
 		found := false
 		for _, m := range macs {
 			if strings.EqualFold(m, tpl.MAC) {
