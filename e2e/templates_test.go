@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,8 +21,8 @@ import (
 // with its own address), one of another shape boots.
 func TestWarmStartTemplates(t *testing.T) {
 	requireEnv(t)
-	// QEMU 7.2 maps a RAM file only with write access, so templates need
-	// QEMU under one user rather than a user id per VM.
+	// QEMU under one user: VMs map the template's RAM file (under a user
+	// id per VM they load its full stream: TestWarmStartPerVMUIDs).
 	d, _, img := qcow2Daemon(t, "--qemu-user", "root")
 	ctx := context.Background()
 	c := d.client
@@ -316,5 +317,80 @@ func TestAgentlessGuestNoTemplate(t *testing.T) {
 	v = waitStatus(t, d, v.ID, api.StatusRunning, bootTimeout)
 	if v.StartedFrom != api.StartedFromBoot || v.IPAddress == "" {
 		t.Errorf("VM of the agentless guest: %s, want booted cold with an address", fmtVM(v))
+	}
+	if err := d.client.DeleteVM(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, d, v.ID)
+}
+
+// TestWarmStartPerVMUIDs: under a root daemon's default, QEMU under a user
+// id per VM, VMs start from the template's full state stream (RAM
+// included) loaded into their own memory: each QEMU runs under a user id
+// of its own and is given no template file it could write (all are
+// root's; the RAM file is not opened at all), and each VM has its own
+// address. --warm-templates is accepted in this mode.
+func TestWarmStartPerVMUIDs(t *testing.T) {
+	requireEnv(t)
+	if os.Geteuid() != 0 {
+		t.Skip("per-VM user ids need a root daemon")
+	}
+	d, _, img := qcow2Daemon(t, "--warm-templates", "1")
+	key := prefetchedTemplate(t, d, img)
+	dirs, err := filepath.Glob(filepath.Join(d.dataDir, "templates", key, "*"))
+	if err != nil || len(dirs) != 1 {
+		t.Fatalf("template directories: %v %v", dirs, err)
+	}
+	for name, mode := range map[string]os.FileMode{"layer.qcow2": 0o444, "ram.bin": 0o444, "state.bin": 0o444, "stream.bin": 0o644} {
+		fi, err := os.Stat(filepath.Join(dirs[0], name))
+		if err != nil {
+			t.Errorf("template file: %v", err)
+			continue
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != 0 || fi.Mode().Perm() != mode {
+			t.Errorf("%s: owner %d, mode %v; want root's, %v", name, st.Uid, fi.Mode().Perm(), mode)
+		}
+	}
+
+	uids := map[string]string{}
+	ips := map[string]string{}
+	for range 2 {
+		v := mustCreate(t, d, createReq(img, ""))
+		v = waitStatus(t, d, v.ID, api.StatusRunning, bootTimeout)
+		if v.StartedFrom != api.StartedFromTemplate || v.IPAddress == "" {
+			t.Fatalf("%s, want running from the template with an address", fmtVM(v))
+		}
+		if other, ok := ips[v.IPAddress]; ok {
+			t.Errorf("%s has %s's address %s", v.ID, other, v.IPAddress)
+		}
+		ips[v.IPAddress] = v.ID
+		pids := processesMatching("goldvm-" + v.ID)
+		if len(pids) != 1 {
+			t.Fatalf("QEMU processes of %s: %v", v.ID, pids)
+		}
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pids[0]))
+		if !strings.Contains(string(cmdline), "memory-backend-ram") || strings.Contains(string(cmdline), "ram.bin") {
+			t.Errorf("%s: QEMU runs %q, want anonymous RAM and no RAM file", v.ID, strings.ReplaceAll(string(cmdline), "\x00", " "))
+		}
+		status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pids[0]))
+		var uid string
+		for _, line := range strings.Split(string(status), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == "Uid:" {
+				uid = f[1]
+			}
+		}
+		if uid == "" || uid == "0" {
+			t.Errorf("%s: QEMU runs as uid %q, want a user id of its own", v.ID, uid)
+		}
+		if other, ok := uids[uid]; ok {
+			t.Errorf("%s: QEMU runs as uid %s, as %s's does", v.ID, uid, other)
+		}
+		uids[uid] = v.ID
+	}
+	for _, id := range uids {
+		if err := d.client.DeleteVM(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+		assertGone(t, d, id)
 	}
 }

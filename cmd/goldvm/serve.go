@@ -181,11 +181,6 @@ func runServe(args []string) error {
 		if err != nil {
 			return fmt.Errorf("qemu backend: %w", err)
 		}
-		if *warmTemplates > 0 {
-			if err := d.TemplatesAllowed(); err != nil {
-				return fmt.Errorf("--warm-templates %d: %w; give --qemu-user", *warmTemplates, err)
-			}
-		}
 		if d.RunsQEMUUnprivileged() {
 			if err := openForQEMU(*dataDir); err != nil {
 				return fmt.Errorf("QEMU as an unprivileged user: %w", err)
