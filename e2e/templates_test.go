@@ -194,12 +194,23 @@ func tapsOf(id string) []string {
 // interrupted create: the half-restored QEMU is killed and the VM made
 // again from the template, with one QEMU and one tap. VMs started from a
 // template are reattached by a restarted daemon: still running, same QEMU
-// process, same address, answering ping.
+// process, same address, answering ping. Both with QEMU under one user
+// (VMs map the template's RAM file) and, as root, under a user id per VM
+// (VMs load its full state stream).
 func TestWarmStartCrashAndRestart(t *testing.T) {
 	requireEnv(t)
-	flags := []string{"--qemu-user", "root"}
 	srv := newImageServer(t)
 	img := publish(t, srv, "qcow2")
+	t.Run("ram-file", func(t *testing.T) { warmCrashAndRestart(t, img, "--qemu-user", "root") })
+	t.Run("stream", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("per-VM user ids need a root daemon")
+		}
+		warmCrashAndRestart(t, img)
+	})
+}
+
+func warmCrashAndRestart(t *testing.T, img api.Image, flags ...string) {
 	d := startDaemonEnv(t, filepath.Join(t.TempDir(), "data"), []string{"GOLDVM_CRASH_AT=restoring"}, flags...)
 	prefetchedTemplate(t, d, img)
 
