@@ -213,3 +213,40 @@ func TestPinMachine(t *testing.T) {
 		t.Error("hardware with a UUID of its own was accepted")
 	}
 }
+
+// TestWarmArgs: a restore from the RAM file maps it privately, one from
+// the full stream gets anonymous RAM under the same backend id (the
+// stream's RAM block is mem0 either way), and a plain boot neither.
+func TestWarmArgs(t *testing.T) {
+	args := func(w warmOpts) string {
+		lp := launchParams{ID: "x", Dir: "/vms/x", MemoryMiB: 128, Machine: "q35"}
+		w.apply(&lp)
+		return strings.Join(append(buildArgs(lp), w.extraArgs()...), " ")
+	}
+	base := warmOpts{machine: "pc-q35-7.2", frozen: "/t/layer.qcow2", incoming: true}
+	file := base
+	file.memPath = "/t/ram.bin"
+	stream := base
+	stream.memRAM = true
+	for _, tt := range []struct {
+		name      string
+		w         warmOpts
+		want, not []string
+	}{
+		{"ram file", file, []string{"-machine pc-q35-7.2,memory-backend=mem0", "memory-backend-file,id=mem0,size=128M,mem-path=/t/ram.bin,share=off", "-incoming defer", "vmgenid"}, []string{"memory-backend-ram"}},
+		{"stream", stream, []string{"-machine pc-q35-7.2,memory-backend=mem0", "memory-backend-ram,id=mem0,size=128M", "-incoming defer", "vmgenid"}, []string{"mem-path", "ram.bin"}},
+		{"cold", warmOpts{}, []string{"-machine q35"}, []string{"mem0", "-incoming", "vmgenid"}},
+	} {
+		a := args(tt.w)
+		for _, w := range tt.want {
+			if !strings.Contains(a, w) {
+				t.Errorf("%s: %q missing from %s", tt.name, w, a)
+			}
+		}
+		for _, n := range tt.not {
+			if strings.Contains(a, n) {
+				t.Errorf("%s: %q in %s", tt.name, n, a)
+			}
+		}
+	}
+}
