@@ -53,6 +53,7 @@ const (
 	CodeQMPUnavailable     = "qmp-unavailable"
 	CodeScreenshotFailed   = "screenshot-failed"
 	CodeDiscoveryTimeout   = "discovery-timeout"
+	CodeTemplateNoAgent    = "template-no-agent"
 	CodeVMXEditFailed      = "vmx-edit-failed"
 	CodeVmrunFailed        = "vmrun-failed"
 	CodeBackendUnavailable = "backend-unavailable"
@@ -150,6 +151,7 @@ var Codes = []CodeInfo{
 	{CodeQMPUnavailable, http.StatusServiceUnavailable, "QEMU runs but does not answer on QMP"},
 	{CodeScreenshotFailed, http.StatusServiceUnavailable, "QEMU could not take a screenshot"},
 	{CodeDiscoveryTimeout, http.StatusServiceUnavailable, "the guest did not report its address within `tools_init_timeout` (`GET /vms/{id}/console` shows how far it got)"},
+	{CodeTemplateNoAgent, http.StatusConflict, "`POST /images/{key}/templates`: the image's guest got an address but its guest agent did not answer; a template needs one (its VMs boot cold)"},
 	{CodeVMXEditFailed, http.StatusConflict, "the clone's .vmx could not be edited (vmware)"},
 	{CodeVmrunFailed, http.StatusServiceUnavailable, "vmrun failed (vmware)"},
 	{CodeBackendUnavailable, http.StatusServiceUnavailable, "the backend's daemon cannot be reached (lxd: no answer on its socket or URL); nothing was made"},

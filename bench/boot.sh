@@ -11,11 +11,16 @@
 #   sudo bash bench/boot.sh [COUNT]     (default 6 VMs, one after another)
 #
 # Then, with WARM=1 (the default), cold against warm start: a second daemon
-# (QEMU as root: a template's RAM file cannot be shared under per-VM user
-# ids with QEMU 7.2) boots the agent guest cold, makes a template of it
-# through POST /images/{key}/templates, and times create-to-running (the
-# API call until the record is running with its address) for 1 VM and 4 at
-# once, cold and from the template, with each VM's memory (PSS of its QEMU).
+# (QEMU as root, so VMs map the template's RAM file) boots the agent guest
+# cold, makes a template of it through POST /images/{key}/templates, and
+# times create-to-running (the API call until the record is running with
+# its address) for 1 VM and 4 at once, cold and from the template, with
+# each VM's memory (PSS of its QEMU). A third daemon, on the root default
+# of a QEMU user id per VM, times the warm start from the template's full
+# state stream (no shared RAM file) the same way.
+#
+# GOLDVM_TEST_GUEST, when set, is the test guest to use (else build.sh
+# makes or finds it).
 #
 # As root it runs in a private network and mount namespace of its own
 # (unshare): the NAT bridge, dnsmasq and the image server exist only there.
@@ -29,7 +34,7 @@ if [[ "${GOLDVM_BOOT_NETNS:-}" != 1 ]]; then
 	chmod 711 "$work" # QEMU runs under a user id of its own per VM and must reach the data dir
 	trap 'rm -rf "$work"' EXIT
 	go build -o "$work/goldvm" ./cmd/goldvm
-	guest="$(bash testdata/guest/build.sh | tail -n 1)"
+	guest="${GOLDVM_TEST_GUEST:-$(bash testdata/guest/build.sh | tail -n 1)}"
 	GOLDVM_BOOT_NETNS=1 WORK="$work" GUEST="$guest" unshare --net --mount -- bash "$0" "$count"
 	exit
 fi
@@ -95,12 +100,6 @@ for disk in "$(basename "$GUEST")" guest-noagent.qcow2; do
 done
 
 [[ "${WARM:-1}" == 1 ]] || exit 0
-rmall
-kill "$daemon"
-wait "$daemon" 2>/dev/null || true
-"$bin" serve --data-dir "$WORK/data-warm" --listen "$addr" --qemu-user root --log-format text >"$WORK/daemon-warm.log" 2>&1 &
-daemon=$!
-for _ in $(seq 100); do curl -sf "http://$addr/healthz" >/dev/null && break; sleep 0.1; done
 disk="$(basename "$GUEST")"
 # timed N: N creates at once; prints the seconds until all run, and each QEMU's PSS.
 timed() {
@@ -110,21 +109,42 @@ timed() {
 	t1=$(date +%s.%N)
 	local pss=""
 	for id in $ids; do
-		pid=$(cat "$WORK/data-warm/vms/$id/qemu.pid")
+		pid=$(cat "$data/vms/$id/qemu.pid")
 		pss="$pss $(awk '/^Pss:/ {print int($2/1024)}' "/proc/$pid/smaps_rollup")MB"
 	done
 	echo "$(python3 -c "print('%.2f' % ($t1 - $t0))")s, PSS:$pss"
 }
-echo "== cold against warm start ($disk, create until running with its address)"
-create "$disk" >/dev/null # fetches the image once
-key=$(curl -sf "http://$addr/images" | python3 -c 'import json,sys; print(json.load(sys.stdin)["images"][0]["key"])')
-echo "cold, 1 VM:      $(timed 1)"
-echo "cold, 4 at once: $(timed 4)"
-rmall
-t0=$(date +%s.%N)
-curl -sf -X POST -H 'Content-Type: application/json' -d '{"memory":128}' \
-	"http://$addr/images/$key/templates" >/dev/null
-echo "template made in $(python3 -c "print('%.2f' % ($(date +%s.%N) - $t0))")s"
-for _ in 1 2 3; do echo "warm, 1 VM:      $(timed 1)"; done
-echo "warm, 4 at once: $(timed 4)"
-grep -o 'msg="started from template".*' "$WORK/daemon-warm.log" | sed 's/^/  /' | tail -4
+# warm NAME COLD FLAGS...: a daemon on data dir NAME with FLAGS; with COLD=1
+# the cold rows first; then a template and the warm rows.
+warm() {
+	local name="$1" cold="$2"
+	shift 2
+	rmall
+	kill "$daemon"
+	wait "$daemon" 2>/dev/null || true
+	data="$WORK/$name"
+	"$bin" serve --data-dir "$data" --listen "$addr" --log-format text "$@" >"$WORK/$name.log" 2>&1 &
+	daemon=$!
+	for _ in $(seq 100); do curl -sf "http://$addr/healthz" >/dev/null && break; sleep 0.1; done
+	create "$disk" >/dev/null # fetches the image once
+	local key t0
+	key=$(curl -sf "http://$addr/images" | python3 -c 'import json,sys; print(json.load(sys.stdin)["images"][0]["key"])')
+	if [[ "$cold" == 1 ]]; then
+		echo "cold, 1 VM:      $(timed 1)"
+		echo "cold, 4 at once: $(timed 4)"
+	fi
+	rmall
+	t0=$(date +%s.%N)
+	curl -sf -X POST -H 'Content-Type: application/json' -d '{"memory":128}' \
+		"http://$addr/images/$key/templates" >/dev/null
+	echo "template made in $(python3 -c "print('%.2f' % ($(date +%s.%N) - $t0))")s"
+	for _ in 1 2 3; do echo "warm, 1 VM:      $(timed 1)"; done
+	echo "warm, 4 at once: $(timed 4)"
+	grep -o 'msg="started from template".*' "$WORK/$name.log" | sed 's/^/  /' | tail -4
+}
+echo "== cold against warm start ($disk, create until running with its address; load: $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "-- QEMU as root: VMs map the template's RAM file"
+warm data-warm 1 --qemu-user root
+echo "-- a QEMU user id per VM (the root default): VMs load the template's full state stream"
+warm data-warm-uids 0
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -3,10 +3,13 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,8 +21,8 @@ import (
 // with its own address), one of another shape boots.
 func TestWarmStartTemplates(t *testing.T) {
 	requireEnv(t)
-	// QEMU 7.2 maps a RAM file only with write access, so templates need
-	// QEMU under one user rather than a user id per VM.
+	// QEMU under one user: VMs map the template's RAM file (under a user
+	// id per VM they load its full stream: TestWarmStartPerVMUIDs).
 	d, _, img := qcow2Daemon(t, "--qemu-user", "root")
 	ctx := context.Background()
 	c := d.client
@@ -150,5 +153,261 @@ func TestWarmTemplatesAutomatic(t *testing.T) {
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s was not removed at start: %v", p, err)
 		}
+	}
+}
+
+// prefetchedTemplate fetches img into the daemon's store and makes its
+// template in createReq's shape; it returns the image key.
+func prefetchedTemplate(t *testing.T, d *daemon, img api.Image) string {
+	t.Helper()
+	ctx := context.Background()
+	info, err := d.client.PrefetchImage(ctx, img)
+	if err != nil {
+		t.Fatalf("prefetch: %v", err)
+	}
+	if info, err = d.client.WaitImage(ctx, info.Key, nil); err != nil || info.State != "ready" {
+		t.Fatalf("image: %+v %v", info, err)
+	}
+	tpl, err := d.client.MakeTemplate(ctx, info.Key, api.TemplateRequest{CPUs: 1, Memory: 128, NetworkType: "nat"})
+	if err != nil {
+		t.Fatalf("make template: %v", err)
+	}
+	t.Logf("template %+v", tpl)
+	return info.Key
+}
+
+// tapsOf lists the tap devices whose alias names the VM id.
+func tapsOf(id string) []string {
+	out, _ := exec.Command("ip", "-o", "link", "show", "type", "tun").Output()
+	var taps []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if i := slices.Index(f, "alias"); len(f) > 1 && i >= 0 && i+1 < len(f) && f[i+1] == "goldvm:"+id {
+			taps = append(taps, strings.TrimSuffix(f[1], ":"))
+		}
+	}
+	return taps
+}
+
+// TestWarmStartCrashAndRestart: a daemon SIGKILLed in the middle of a warm
+// start (QEMU runs, waiting for the template's state) recovers the VM as any
+// interrupted create: the half-restored QEMU is killed and the VM made
+// again from the template, with one QEMU and one tap. VMs started from a
+// template are reattached by a restarted daemon: still running, same QEMU
+// process, same address, answering ping. Both with QEMU under one user
+// (VMs map the template's RAM file) and, as root, under a user id per VM
+// (VMs load its full state stream).
+func TestWarmStartCrashAndRestart(t *testing.T) {
+	requireEnv(t)
+	srv := newImageServer(t)
+	img := publish(t, srv, "qcow2")
+	t.Run("ram-file", func(t *testing.T) { warmCrashAndRestart(t, img, "--qemu-user", "root") })
+	t.Run("stream", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("per-VM user ids need a root daemon")
+		}
+		warmCrashAndRestart(t, img)
+	})
+}
+
+func warmCrashAndRestart(t *testing.T, img api.Image, flags ...string) {
+	d := startDaemonEnv(t, filepath.Join(t.TempDir(), "data"), []string{"GOLDVM_CRASH_AT=restoring"}, flags...)
+	prefetchedTemplate(t, d, img)
+
+	v := mustCreate(t, d, createReq(img, ""))
+	waitCrash(t, d, v.ID, "restoring")
+	d.cmd = nil
+	if b, _ := os.ReadFile(d.logPath); !strings.Contains(string(b), "crash testing: killing the daemon") {
+		t.Fatalf("daemon died, but not at the crash point:\n%s", lastLines(string(b), 30))
+	}
+	half := processesMatching("goldvm-" + v.ID)
+	if len(half) != 1 {
+		t.Fatalf("QEMU processes of the half-restored VM: %v, want 1", half)
+	}
+	if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", half[0])); !strings.Contains(string(b), "-incoming") {
+		t.Fatalf("the crash did not land in a restore: QEMU runs %q", strings.ReplaceAll(string(b), "\x00", " "))
+	}
+	if taps := tapsOf(v.ID); len(taps) != 1 {
+		t.Errorf("taps of the half-restored VM: %v, want 1", taps)
+	}
+
+	d.env = nil
+	d.start(flags...)
+	a := waitStatus(t, d, v.ID, api.StatusRunning, bootTimeout)
+	if a.StartedFrom != api.StartedFromTemplate || a.IPAddress == "" || !strings.Contains(a.GuestOS, "goldvm test guest") {
+		t.Fatalf("after recovery: %s, want running from the template with an address", fmtVM(a))
+	}
+	pidsA := processesMatching("goldvm-" + v.ID)
+	if len(pidsA) != 1 || pidsA[0] == half[0] {
+		t.Errorf("QEMU processes after recovery: %v (the half-restored one was %d), want one new one", pidsA, half[0])
+	}
+	if taps := tapsOf(v.ID); len(taps) != 1 {
+		t.Errorf("taps after recovery: %v, want 1", taps)
+	}
+	if ents, err := os.ReadDir(filepath.Join(d.dataDir, "vms")); err != nil || len(ents) != 1 {
+		t.Errorf("VM directories after recovery: %v %v, want 1", ents, err)
+	}
+
+	b := mustCreate(t, d, createReq(img, ""))
+	b = waitStatus(t, d, b.ID, api.StatusRunning, bootTimeout)
+	if b.StartedFrom != api.StartedFromTemplate || b.IPAddress == "" || b.IPAddress == a.IPAddress {
+		t.Fatalf("second VM: %s, want running from the template with an address of its own (first: %s)", fmtVM(b), a.IPAddress)
+	}
+	pidsB := processesMatching("goldvm-" + b.ID)
+
+	d.stop()
+	d.start(flags...)
+	for _, w := range []struct {
+		vm   *api.VM
+		pids []int
+	}{{a, pidsA}, {b, pidsB}} {
+		got, err := d.client.GetVM(context.Background(), w.vm.ID)
+		if err != nil || got.Status != api.StatusRunning || got.IPAddress != w.vm.IPAddress || got.StartedFrom != api.StartedFromTemplate {
+			t.Errorf("after restart: %v %s, want running from the template at %s", err, fmtVM(got), w.vm.IPAddress)
+			continue
+		}
+		if p := processesMatching("goldvm-" + w.vm.ID); !slices.Equal(p, w.pids) {
+			t.Errorf("%s: QEMU processes %v after restart, want %v (reattached)", w.vm.ID, p, w.pids)
+		}
+		if err := pingGuest(got.IPAddress); err != nil {
+			t.Errorf("%s at %s after restart: %v", w.vm.ID, got.IPAddress, err)
+		}
+	}
+	for _, id := range []string{a.ID, b.ID} {
+		if err := d.client.DeleteVM(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+		assertGone(t, d, id)
+	}
+}
+
+// TestAgentlessGuestNoTemplate: the guest without an agent gets no
+// template (409 template-no-agent, answered once its address is known and
+// the agent wait is over, not a hang), nothing of the attempt is left, and
+// its VMs boot cold.
+func TestAgentlessGuestNoTemplate(t *testing.T) {
+	requireEnv(t)
+	srv := newImageServer(t)
+	disk := filepath.Join(filepath.Dir(guestDisk), "guest-noagent.qcow2")
+	if _, err := os.Stat(disk); err != nil {
+		t.Fatalf("the agentless test guest (made by testdata/guest/build.sh): %v", err)
+	}
+	copyFile(t, disk, filepath.Join(srv.dir, "noagent.qcow2"))
+	img := api.Image{URL: srv.URL + "/noagent.qcow2", Checksum: sha256File(t, filepath.Join(srv.dir, "noagent.qcow2")), ChecksumType: "sha256"}
+	flags := []string{"--qemu-user", "root", "--agent-wait", "10s"}
+	if os.Getenv(netnsMarker) != "" {
+		// Without an agent the address comes from the DHCP lease, which
+		// only the daemon that started the bridge's dnsmasq can read: a
+		// dnsmasq left by an earlier test's daemon goes.
+		killNamespaceDnsmasq()
+	}
+	d := startDaemon(t, filepath.Join(t.TempDir(), "data"), flags...)
+	ctx := context.Background()
+	info, err := d.client.PrefetchImage(ctx, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err = d.client.WaitImage(ctx, info.Key, nil); err != nil || info.State != "ready" {
+		t.Fatalf("image: %+v %v", info, err)
+	}
+	// The daemon bounds the template guest's discovery at 5 minutes; a
+	// request still open after that (and some) is a hang.
+	tctx, cancel := context.WithTimeout(ctx, 7*time.Minute)
+	defer cancel()
+	tpl, err := d.client.MakeTemplate(tctx, info.Key, api.TemplateRequest{CPUs: 1, Memory: 128, NetworkType: "nat"})
+	if !isAPIError(err, 409, api.CodeTemplateNoAgent) {
+		t.Fatalf("template of the agentless guest: %+v, %v; want 409 %s", tpl, err, api.CodeTemplateNoAgent)
+	}
+	t.Logf("refused: %v", err)
+	if ts, err := d.client.Templates(ctx, info.Key); err != nil || len(ts) != 0 {
+		t.Errorf("templates: %+v %v, want none", ts, err)
+	}
+	ents, _ := os.ReadDir(filepath.Join(d.dataDir, "templates", info.Key))
+	if len(ents) != 0 {
+		t.Errorf("the refused template left %v behind", ents)
+	}
+	if p := processesMatching(filepath.Join(d.dataDir, "templates")); len(p) != 0 {
+		t.Errorf("processes of the refused template still run: %v", p)
+	}
+
+	v := mustCreate(t, d, createReq(img, ""))
+	v = waitStatus(t, d, v.ID, api.StatusRunning, bootTimeout)
+	if v.StartedFrom != api.StartedFromBoot || v.IPAddress == "" {
+		t.Errorf("VM of the agentless guest: %s, want booted cold with an address", fmtVM(v))
+	}
+	if err := d.client.DeleteVM(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, d, v.ID)
+}
+
+// TestWarmStartPerVMUIDs: under a root daemon's default, QEMU under a user
+// id per VM, VMs start from the template's full state stream (RAM
+// included) loaded into their own memory: each QEMU runs under a user id
+// of its own and is given no template file it could write (all are
+// root's; the RAM file is not opened at all), and each VM has its own
+// address. --warm-templates is accepted in this mode.
+func TestWarmStartPerVMUIDs(t *testing.T) {
+	requireEnv(t)
+	if os.Geteuid() != 0 {
+		t.Skip("per-VM user ids need a root daemon")
+	}
+	d, _, img := qcow2Daemon(t, "--warm-templates", "1")
+	key := prefetchedTemplate(t, d, img)
+	dirs, err := filepath.Glob(filepath.Join(d.dataDir, "templates", key, "*"))
+	if err != nil || len(dirs) != 1 {
+		t.Fatalf("template directories: %v %v", dirs, err)
+	}
+	for name, mode := range map[string]os.FileMode{"layer.qcow2": 0o444, "ram.bin": 0o444, "state.bin": 0o444, "stream.bin": 0o644} {
+		fi, err := os.Stat(filepath.Join(dirs[0], name))
+		if err != nil {
+			t.Errorf("template file: %v", err)
+			continue
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != 0 || fi.Mode().Perm() != mode {
+			t.Errorf("%s: owner %d, mode %v; want root's, %v", name, st.Uid, fi.Mode().Perm(), mode)
+		}
+	}
+
+	uids := map[string]string{}
+	ips := map[string]string{}
+	for range 2 {
+		v := mustCreate(t, d, createReq(img, ""))
+		v = waitStatus(t, d, v.ID, api.StatusRunning, bootTimeout)
+		if v.StartedFrom != api.StartedFromTemplate || v.IPAddress == "" {
+			t.Fatalf("%s, want running from the template with an address", fmtVM(v))
+		}
+		if other, ok := ips[v.IPAddress]; ok {
+			t.Errorf("%s has %s's address %s", v.ID, other, v.IPAddress)
+		}
+		ips[v.IPAddress] = v.ID
+		pids := processesMatching("goldvm-" + v.ID)
+		if len(pids) != 1 {
+			t.Fatalf("QEMU processes of %s: %v", v.ID, pids)
+		}
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pids[0]))
+		if !strings.Contains(string(cmdline), "memory-backend-ram") || strings.Contains(string(cmdline), "ram.bin") {
+			t.Errorf("%s: QEMU runs %q, want anonymous RAM and no RAM file", v.ID, strings.ReplaceAll(string(cmdline), "\x00", " "))
+		}
+		status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pids[0]))
+		var uid string
+		for _, line := range strings.Split(string(status), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == "Uid:" {
+				uid = f[1]
+			}
+		}
+		if uid == "" || uid == "0" {
+			t.Errorf("%s: QEMU runs as uid %q, want a user id of its own", v.ID, uid)
+		}
+		if other, ok := uids[uid]; ok {
+			t.Errorf("%s: QEMU runs as uid %s, as %s's does", v.ID, uid, other)
+		}
+		uids[uid] = v.ID
+	}
+	for _, id := range uids {
+		if err := d.client.DeleteVM(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+		assertGone(t, d, id)
 	}
 }

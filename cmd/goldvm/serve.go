@@ -87,7 +87,7 @@ func serve(args []string, show *configShow) (err error) {
 	cbAttempts := fs.Int("callback-attempts", envInt("GOLDVM_CALLBACK_ATTEMPTS", 8), "how many times a callback is tried before it is recorded as failed")
 	cbBackoff := fs.Duration("callback-backoff", envDuration("GOLDVM_CALLBACK_BACKOFF", time.Second), "wait after the first failed callback; doubles each time, up to a minute")
 	agentWait := fs.Duration("agent-wait", envDuration("GOLDVM_AGENT_WAIT", qemu.DefaultAgentWait), "qemu: once a guest's address is known, wait this long for its guest agent's OS name before reporting it running with its image's OS (or none)")
-	warmTemplates := fs.Int("warm-templates", envInt("GOLDVM_WARM_TEMPLATES", 0), "qemu: make the warm-start template of an image and hardware after this many of its VMs booted cold (then later ones start from it); 0 makes templates only on request (POST /images/{key}/templates); needs --qemu-user or root QEMU ($GOLDVM_WARM_TEMPLATES)")
+	warmTemplates := fs.Int("warm-templates", envInt("GOLDVM_WARM_TEMPLATES", 0), "qemu: make the warm-start template of an image and hardware after this many of its VMs booted cold (then later ones start from it); 0 makes templates only on request (POST /images/{key}/templates) ($GOLDVM_WARM_TEMPLATES)")
 	cbTimeout := fs.Duration("callback-timeout", envDuration("GOLDVM_CALLBACK_TIMEOUT", 10*time.Second), "timeout of one callback attempt")
 	urlAllow := fs.String("url-allow", os.Getenv("GOLDVM_URL_ALLOW"), "networks (CIDR, comma-separated) image downloads and callbacks may connect to; empty: any not denied ($GOLDVM_URL_ALLOW)")
 	urlDeny := fs.String("url-deny", os.Getenv("GOLDVM_URL_DENY"), "more networks (CIDR, comma-separated) image downloads and callbacks may not connect to; link-local ("+netpolicy.DefaultDeny+"), where clouds serve instance credentials, is always denied ($GOLDVM_URL_DENY)")
@@ -181,6 +181,7 @@ func serve(args []string, show *configShow) (err error) {
 	var mgr *vm.Manager
 	mdService := metadata.New(func(ctx context.Context, id string) (any, error) { return mgr.Get(ctx, id) }, log)
 	defer mdService.Close()
+	crash := crashPoint(log)
 	switch *backend {
 	case "qemu":
 		if err := chooseQEMUUser(qemuUser, qemuUIDs, log); err != nil {
@@ -189,15 +190,10 @@ func serve(args []string, show *configShow) (err error) {
 		d, err := qemu.New(qemu.Config{
 			Accel: *accel, RunDir: filepath.Join(*dataDir, "run"), VMRoot: filepath.Join(*dataDir, "vms"),
 			BridgedBridge: *bridge, Sandbox: true, AgentWait: *agentWait, Metadata: mdService, RunAs: *qemuUser, RunAsRange: *qemuUIDs, Logger: log,
-			TemplateDir: filepath.Join(*dataDir, "templates"),
+			TemplateDir: filepath.Join(*dataDir, "templates"), CrashPoint: crash,
 		})
 		if err != nil {
 			return fmt.Errorf("qemu backend: %w", err)
-		}
-		if *warmTemplates > 0 {
-			if err := d.TemplatesAllowed(); err != nil {
-				return fmt.Errorf("--warm-templates %d: %w; give --qemu-user", *warmTemplates, err)
-			}
 		}
 		if d.RunsQEMUUnprivileged() {
 			if err := openForQEMU(*dataDir); err != nil {
@@ -290,7 +286,7 @@ func serve(args []string, show *configShow) (err error) {
 	mgr = vm.New(vm.Config{
 		VMDir: filepath.Join(*dataDir, "vms"), Store: db, Images: images, Media: media, Driver: driver,
 		Callbacks: callback.New(callback.Options{MaxAttempts: *cbAttempts, Backoff: noneDur(*cbBackoff), Timeout: *cbTimeout, Transport: netPolicy.Transport()}), Limits: limits, Logger: log,
-		CrashPoint: crashPoint(log), Redactor: redactor, Events: bus, Capacity: capacity, QueueTimeout: *queueTimeout,
+		CrashPoint: crash, Redactor: redactor, Events: bus, Capacity: capacity, QueueTimeout: *queueTimeout,
 		WarmTemplatesAfter: *warmTemplates,
 	})
 	collectState(mets, mgr, images)

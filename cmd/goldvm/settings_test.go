@@ -1,7 +1,6 @@
 package main
 
 import (
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -51,18 +50,5 @@ func TestZeroIsUsed(t *testing.T) {
 	}
 	if n, err := budgetBytes("1gib"); err != nil || n != 1<<30 {
 		t.Errorf("budget 1gib: %d, %v", n, err)
-	}
-}
-
-// TestWarmTemplatesNeedSharedUser: automatic templates are refused at start
-// where no VM could start from them (a root daemon's default user id per
-// VM), naming the flag and the way out.
-func TestWarmTemplatesNeedSharedUser(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("per-VM user ids are a root daemon's default")
-	}
-	err := runServe([]string{"--data-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--warm-templates", "2"})
-	if err == nil || !strings.Contains(err.Error(), "--warm-templates 2") || !strings.Contains(err.Error(), "--qemu-user") {
-		t.Fatalf("serve --warm-templates 2 under per-VM user ids: %v, want a refusal naming --qemu-user", err)
 	}
 }

@@ -58,6 +58,10 @@ type launchParams struct {
 	// template) and a private copy-on-write mapping otherwise.
 	MemPath  string
 	MemShare bool
+	// MemRAM backs the guest's RAM with anonymous memory under the same
+	// backend id as MemPath's (mem0), for a template's full state stream
+	// (RAM included) to restore into.
+	MemRAM bool
 	// Incoming starts QEMU waiting for a migration stream (-incoming
 	// defer), to restore a template's state.
 	Incoming bool
@@ -109,10 +113,14 @@ func buildArgs(lp launchParams) []string {
 		"-name", qemuName(lp.ID),
 		"-machine", machineArg,
 	}
-	if lp.MemPath != "" {
+	switch {
+	case lp.MemPath != "":
 		a[len(a)-1] += ",memory-backend=mem0"
 		a = append(a, "-object", fmt.Sprintf("memory-backend-file,id=mem0,size=%dM,mem-path=%s,share=%s",
 			lp.MemoryMiB, optEscape(lp.MemPath), map[bool]string{true: "on", false: "off"}[lp.MemShare]))
+	case lp.MemRAM:
+		a[len(a)-1] += ",memory-backend=mem0"
+		a = append(a, "-object", fmt.Sprintf("memory-backend-ram,id=mem0,size=%dM", lp.MemoryMiB))
 	}
 	a = append(a, lp.Accel...)
 	a = append(a,

@@ -166,20 +166,28 @@ func TestE2ECloudInitSeed(t *testing.T) {
 	}
 }
 
+// syncedAgent connects to the guest's agent and syncs with it.
+func syncedAgent(ctx context.Context, t *testing.T, spec hypervisor.Spec) *qgaClient {
+	t.Helper()
+	c, err := dialQGA(ctx, filepath.Join(spec.Dir, fileQGA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Sync(ctx); err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	return c
+}
+
 // guestRun runs a shell command in the guest through its agent
 // (guest-exec) and returns its stdout.
 func guestRun(t *testing.T, spec hypervisor.Spec, script string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c, err := dialQGA(ctx, filepath.Join(spec.Dir, fileQGA))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := syncedAgent(ctx, t, spec)
 	defer c.Close()
-	if err := c.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
 	call := func(cmd string, args any, out any) {
 		t.Helper()
 		b, _ := json.Marshal(map[string]any{"execute": cmd, "arguments": args})

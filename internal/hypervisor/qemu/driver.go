@@ -107,6 +107,10 @@ type Config struct {
 	// TemplateDir holds the warm-start templates (see template.go), e.g.
 	// <data-dir>/templates; this driver owns it. Empty: no templates.
 	TemplateDir string
+	// CrashPoint, when set, is called at CrashRestoring in every warm
+	// start. Crash tests set it to kill the daemon there; nil in normal
+	// operation.
+	CrashPoint func(point string)
 	// PowerdownTimeout is how long Destroy waits for the guest to power off
 	// after an ACPI powerdown before it quits QEMU; default 3s.
 	PowerdownTimeout time.Duration

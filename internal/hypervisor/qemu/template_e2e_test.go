@@ -27,9 +27,26 @@ func guestIdentity(t *testing.T, spec hypervisor.Spec) (hostname string, macs []
 	return strings.TrimSpace(parts[0]), strings.Fields(parts[1]), strings.TrimSpace(parts[2])
 }
 
+// guestTime is the guest's clock, read by its agent (guest-get-time: the
+// guest's gettimeofday in nanoseconds; the test guest's busybox date has
+// no %N).
+func guestTime(t *testing.T, spec hypervisor.Spec) time.Time {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := syncedAgent(ctx, t, spec)
+	defer c.Close()
+	var ns int64
+	if err := c.Execute(ctx, "guest-get-time", &ns); err != nil {
+		t.Fatalf("%s: %v", spec.ID, err)
+	}
+	return time.Unix(0, ns)
+}
+
 // TestE2ETemplateWarmStart makes a template of the test guest on goldvm's
 // NAT bridge, starts two VMs from it and checks inside the guests that each
-// has its own MAC, DHCP address and host name; then a template whose state
+// has its own MAC, DHCP address, host name and random numbers, and a clock
+// within a second of the host's; then a template whose state
 // is damaged makes a VM boot cold instead.
 func TestE2ETemplateWarmStart(t *testing.T) {
 	guest := testGuest(t)
@@ -101,6 +118,9 @@ func TestE2ETemplateWarmStart(t *testing.T) {
 		}
 		return spec, from, info.IPAddress
 	}
+	// The saved guest's clock stands still from the save: let it fall
+	// behind the host's by more than the bound checked below.
+	time.Sleep(time.Until(tpl.Created.Add(3 * time.Second)))
 	a, fromA, ipA := start("01warma", root)
 	b, fromB, ipB := start("01warmb", root)
 	if fromA != "template" || fromB != "template" {
@@ -119,6 +139,15 @@ func TestE2ETemplateWarmStart(t *testing.T) {
 			t.Errorf("%s: /dev/urandom gave %q (as %s)", spec.ID, random, other)
 		}
 		randoms[random] = spec.ID
+		// The guest's clock is the host's, to a second: the guest's time
+		// lies between the host's before and after asking (± 1 s).
+		before := time.Now()
+		guest := guestTime(t, spec)
+		after := time.Now()
+		if guest.Before(before.Add(-time.Second)) || guest.After(after.Add(time.Second)) {
+			t.Errorf("%s: guest clock %s, host clock between %s and %s: more than a second apart", spec.ID,
+				guest.Format(time.RFC3339Nano), before.Format(time.RFC3339Nano), after.Format(time.RFC3339Nano))
+		}
 		found := false
 		for _, m := range macs {
 			if strings.EqualFold(m, tpl.MAC) {
@@ -182,5 +211,42 @@ func TestPinMachine(t *testing.T) {
 	}
 	if _, err := (TemplateShape{CPUs: 1, MemoryMiB: 64, Machine: pinned, Hardware: &api.Machine{UUID: "x"}}).normalized(); err == nil {
 		t.Error("hardware with a UUID of its own was accepted")
+	}
+}
+
+// TestWarmArgs: a restore from the RAM file maps it privately, one from
+// the full stream gets anonymous RAM under the same backend id (the
+// stream's RAM block is mem0 either way), and a plain boot neither.
+func TestWarmArgs(t *testing.T) {
+	args := func(w warmOpts) string {
+		lp := launchParams{ID: "x", Dir: "/vms/x", MemoryMiB: 128, Machine: "q35"}
+		w.apply(&lp)
+		return strings.Join(append(buildArgs(lp), w.extraArgs()...), " ")
+	}
+	base := warmOpts{machine: "pc-q35-7.2", frozen: "/t/layer.qcow2", incoming: true}
+	file := base
+	file.memPath = "/t/ram.bin"
+	stream := base
+	stream.memRAM = true
+	for _, tt := range []struct {
+		name      string
+		w         warmOpts
+		want, not []string
+	}{
+		{"ram file", file, []string{"-machine pc-q35-7.2,memory-backend=mem0", "memory-backend-file,id=mem0,size=128M,mem-path=/t/ram.bin,share=off", "-incoming defer", "vmgenid"}, []string{"memory-backend-ram"}},
+		{"stream", stream, []string{"-machine pc-q35-7.2,memory-backend=mem0", "memory-backend-ram,id=mem0,size=128M", "-incoming defer", "vmgenid"}, []string{"mem-path", "ram.bin"}},
+		{"cold", warmOpts{}, []string{"-machine q35"}, []string{"mem0", "-incoming", "vmgenid"}},
+	} {
+		a := args(tt.w)
+		for _, w := range tt.want {
+			if !strings.Contains(a, w) {
+				t.Errorf("%s: %q missing from %s", tt.name, w, a)
+			}
+		}
+		for _, n := range tt.not {
+			if strings.Contains(a, n) {
+				t.Errorf("%s: %q in %s", tt.name, n, a)
+			}
+		}
 	}
 }
