@@ -94,24 +94,32 @@ func waitGone(ctx context.Context, pid int, id string, d time.Duration) bool {
 	}
 }
 
-// procExiting reports whether pid is a process tearing itself down: it has
-// already released its memory (its command line reads empty) but is not yet
-// a zombie, so it may still hold its files, and a QEMU its disk's lock.
-func procExiting(pid int) bool {
+// procHolding reports whether pid may still hold a QEMU's files: it
+// exists, is not a zombie (which has closed them all), and is either
+// tearing itself down (its memory, and so its command line, already gone)
+// or still reads as a goldvm QEMU (a process killed a moment ago keeps
+// its command line until the kernel gets to it). A pid reused by an
+// unrelated process holds nothing of ours.
+func procHolding(pid int) bool {
 	if pid <= 1 {
 		return false
 	}
 	if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err != nil {
 		return false
 	}
-	return procArgs(pid) == nil && !procZombie(pid)
+	if procZombie(pid) {
+		return false
+	}
+	args := procArgs(pid)
+	return args == nil || qemuVMID(args) != ""
 }
 
-// waitExited polls until pid has finished exiting (see procExiting), for at
-// most d or until ctx ends.
+// waitExited polls until pid no longer holds a QEMU's files (see
+// procHolding), for at most d or until ctx ends. Callers have stopped or
+// killed the process, or found it dead.
 func waitExited(ctx context.Context, pid int, d time.Duration) {
 	deadline := time.Now().Add(d)
-	for procExiting(pid) && time.Now().Before(deadline) {
+	for procHolding(pid) && time.Now().Before(deadline) {
 		select {
 		case <-ctx.Done():
 			return
