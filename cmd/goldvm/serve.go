@@ -334,7 +334,11 @@ func serve(args []string, show *configShow) (err error) {
 		IdleTimeout:       2 * time.Minute,
 	}
 	srv.RegisterOnShutdown(handler.StopStreams)
-	log.Info("goldvm serving", "listen", ln.Addr().String(), "data_dir", *dataDir, "backend", driver.Name(), "version", buildVersion().String(), "config", cfg.file)
+	configFile := cfg.file
+	if !cfg.fileRead {
+		configFile = "" // the default file, absent
+	}
+	log.Info("goldvm serving", "listen", ln.Addr().String(), "data_dir", *dataDir, "backend", driver.Name(), "version", buildVersion().String(), "config", configFile)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
