@@ -27,15 +27,11 @@ const StopReasonCapture = "stopped for capture"
 // otherwise; a VM being created, deleted or failed is refused with
 // vm-invalid-state. The VM stays stopped.
 func (m *Manager) Capture(ctx context.Context, id string, stop bool) (*image.Gold, error) {
-	if !records.ValidID(id) {
-		return nil, errdefs.Newf(errdefs.ErrNotFound, api.CodeVMNotFound, "no VM with id %q", id)
-	}
-	unlock := m.lockID(id)
-	defer unlock()
-	r, err := m.get(id)
+	r, unlock, err := m.lockedRecord(id)
 	if err != nil {
 		return nil, err
 	}
+	defer unlock()
 	running := r.Status == api.StatusRunning || r.Status == api.StatusSuspended
 	switch {
 	case running && !stop:

@@ -45,15 +45,11 @@ func (m *Manager) Action(ctx context.Context, id, action string) (*api.VM, error
 	if !ok {
 		return nil, errdefs.Newf(errdefs.ErrNotFound, api.CodeNotFound, "no VM action %q", action)
 	}
-	if !records.ValidID(id) {
-		return nil, errdefs.Newf(errdefs.ErrNotFound, api.CodeVMNotFound, "no VM with id %q", id)
-	}
-	unlock := m.lockID(id)
-	defer unlock()
-	r, err := m.get(id)
+	r, unlock, err := m.lockedRecord(id)
 	if err != nil {
 		return nil, err
 	}
+	defer unlock()
 	if !slices.Contains(from, r.Status) {
 		return nil, errdefs.Newf(errdefs.ErrConflict, api.CodeVMInvalidState, "cannot %s VM %s: it is %s (%s needs a VM that is %s)",
 			action, id, r.Status, action, joinStatuses(from))

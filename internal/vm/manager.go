@@ -341,6 +341,21 @@ func (m *Manager) markStopped(id, reason string) {
 	}
 }
 
+// lockedRecord takes VM id's lock and reads its record, for a change made
+// under that lock; the caller calls unlock when done. An id that is not a
+// VM's is vm-not-found, and nothing is locked on an error.
+func (m *Manager) lockedRecord(id string) (r *records.Record, unlock func(), err error) {
+	if !records.ValidID(id) {
+		return nil, nil, errdefs.Newf(errdefs.ErrNotFound, api.CodeVMNotFound, "no VM with id %q", id)
+	}
+	unlock = m.lockID(id)
+	if r, err = m.get(id); err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return r, unlock, nil
+}
+
 // Get returns a VM record.
 func (m *Manager) Get(ctx context.Context, id string) (*api.VM, error) {
 	if !records.ValidID(id) {
