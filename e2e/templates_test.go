@@ -77,6 +77,10 @@ func TestWarmStartTemplates(t *testing.T) {
 // half-made ones, are removed at the next start.
 func TestWarmTemplatesAutomatic(t *testing.T) {
 	requireEnv(t)
+	// This daemon's own dnsmasq (not one an earlier test's daemon left on
+	// the namespace's bridge, whose reservation directory is gone) takes
+	// the address reservations of VMs started from a template.
+	killNamespaceDnsmasq()
 	flags := []string{"--qemu-user", "root", "--warm-templates", "1"}
 	d, _, img := qcow2Daemon(t, flags...)
 	ctx := context.Background()
@@ -116,6 +120,14 @@ func TestWarmTemplatesAutomatic(t *testing.T) {
 		t.Fatalf("second VM: started_from %q (%s), phases %+v; want a start from the template", warm.StartedFrom, warm.WarmStartError, warm.PhaseTimes)
 	}
 	t.Logf("warm start phases: %+v", warm.PhaseTimes)
+	// Its address is the one the daemon reserved for it with dnsmasq.
+	reservation := filepath.Join(d.dataDir, "run", "dnsmasq-goldvm0.hosts", warm.IPAddress)
+	if warm.Sources == nil || warm.Sources.IPAddress != api.SourceReserved {
+		t.Errorf("second VM: sources %+v, want ip_address %q", warm.Sources, api.SourceReserved)
+	}
+	if b, err := os.ReadFile(reservation); err != nil || !strings.HasPrefix(string(b), "# goldvm "+warm.ID+"\n") {
+		t.Errorf("reservation %s: %q, %v", reservation, b, err)
+	}
 
 	if err := c.DeleteImage(ctx, key); !isAPIError(err, 409, "image-in-use") {
 		t.Fatalf("delete the image of running VMs: %v, want 409 image-in-use", err)
@@ -125,6 +137,9 @@ func TestWarmTemplatesAutomatic(t *testing.T) {
 			t.Fatal(err)
 		}
 		assertGone(t, d, id)
+	}
+	if _, err := os.Stat(reservation); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the deleted VM's reservation %s: %v, want it gone", reservation, err)
 	}
 	if err := c.DeleteImage(ctx, key); err != nil {
 		t.Fatalf("delete the unused image: %v", err)

@@ -200,6 +200,15 @@ func serve(args []string, show *configShow) (err error) {
 				return fmt.Errorf("QEMU as an unprivileged user: %w", err)
 			}
 			log.Info("QEMU runs as an unprivileged user", "user", *qemuUser, "uid_range", *qemuUIDs)
+		} else if os.Geteuid() == 0 {
+			// The bridges' dnsmasq, which runs as nobody, reads the
+			// address reservations of VMs started from a template under
+			// run/: the data directory must be searchable (not listable).
+			if fi, err := os.Stat(*dataDir); err == nil && fi.Mode().Perm()&0o001 == 0 {
+				if err := os.Chmod(*dataDir, fi.Mode().Perm()&^0o044|0o011); err != nil {
+					return fmt.Errorf("data directory: %w", err)
+				}
+			}
 		}
 		defer d.Close()
 		driver, qemuDriver = d, d

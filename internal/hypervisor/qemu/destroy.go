@@ -39,6 +39,11 @@ func (d *Driver) Destroy(ctx context.Context, spec hypervisor.Spec) error {
 	if err := d.stopMetadata(context.WithoutCancel(ctx), spec); err != nil {
 		return errdefs.New(errdefs.ErrUnavailable, "network-cleanup-failed", "cannot remove the VM's metadata rules", err)
 	}
+	if np, err := d.plan(spec); err == nil {
+		if err := d.releaseAddress(np, spec.ID); err != nil {
+			return errdefs.New(errdefs.ErrUnavailable, "network-cleanup-failed", "cannot remove the VM's address reservation", err)
+		}
+	}
 	if d.bridging() {
 		if err := d.removeTap(context.WithoutCancel(ctx), tapFor(spec.ID)); err != nil {
 			return errdefs.New(errdefs.ErrUnavailable, "network-cleanup-failed", "cannot remove the VM's tap device", err)

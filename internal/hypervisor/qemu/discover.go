@@ -41,6 +41,9 @@ type agentAnswers struct {
 	ip, os   string
 	err      error
 	attempts int
+	// told gets a value (without blocking) when the agent told something
+	// new, so Discover need not wait out its poll interval.
+	told chan struct{}
 }
 
 func (a *agentAnswers) get() (ip, os string, err error, attempts int) {
@@ -67,6 +70,12 @@ func (a *agentAnswers) ask(ctx context.Context, sock, mac string) {
 		}
 		done := a.ip != "" && a.os != ""
 		a.mu.Unlock()
+		if ip != "" || osName != "" {
+			select {
+			case a.told <- struct{}{}:
+			default:
+			}
+		}
 		if done {
 			return
 		}
@@ -97,10 +106,15 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 	if err != nil {
 		return info, err
 	}
+	if info, ok := d.takeStarted(spec.ID); ok {
+		if _, live := d.livePID(spec); live {
+			return info, nil
+		}
+	}
 	mac := macOf(spec)
 	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var agent agentAnswers
+	agent := agentAnswers{told: make(chan struct{}, 1)}
 	go agent.ask(actx, p(spec.Dir, fileQGA), mac)
 	var forwarded chan struct{} // closed once the forwarded port reaches the guest
 	if np.User {
@@ -123,6 +137,9 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 		if info.IPAddress == "" && np.DHCP {
 			if ip := d.leasedIP(np.Bridge, mac); ip != "" {
 				info.IPAddress, info.IPSource = ip, api.SourceDHCPLease
+			} else if ip := d.reservedAddress(np.Bridge, spec.ID); ip != "" {
+				// Started from a template (and goldvm restarted since).
+				info.IPAddress, info.IPSource = ip, api.SourceReserved
 			} else if time.Since(dhcpChecked) >= 5*time.Second {
 				// The guest has no address yet: make sure the bridge still
 				// has a DHCP server (it may have died, or been another
@@ -173,9 +190,30 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 			return info, errdefs.New(errdefs.ErrUnavailable, "discovery-timeout",
 				fmt.Sprintf("the guest did not report its address in time (after %d questions to its agent: ip=%q os=%q, last guest agent error: %v)",
 					attempts, info.IPAddress, info.GuestOS, aerr), ctx.Err())
+		case <-agent.told:
 		case <-time.After(discoverPoll):
 		}
 	}
+}
+
+// rememberStarted keeps what Discover is to answer for VM id, which
+// StartFromTemplate knows: the address it set, the template's OS.
+func (d *Driver) rememberStarted(id string, info hypervisor.GuestInfo) {
+	d.warmMu.Lock()
+	defer d.warmMu.Unlock()
+	if d.warmInfo == nil {
+		d.warmInfo = map[string]hypervisor.GuestInfo{}
+	}
+	d.warmInfo[id] = info
+}
+
+// takeStarted returns and forgets what rememberStarted kept for VM id.
+func (d *Driver) takeStarted(id string) (hypervisor.GuestInfo, bool) {
+	d.warmMu.Lock()
+	defer d.warmMu.Unlock()
+	info, ok := d.warmInfo[id]
+	delete(d.warmInfo, id)
+	return info, ok
 }
 
 // ProbeGuestOS asks the guest agent until it tells the OS name or ctx ends.

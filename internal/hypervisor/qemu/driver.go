@@ -136,9 +136,13 @@ type Driver struct {
 	displayOnce sync.Once
 	displays    map[string]bool
 
-	netMu   sync.Mutex
-	locksMu sync.Mutex
-	locks   map[string]*vmLocks
+	netMu sync.Mutex
+	// warmInfo is what Discover answers for VMs just started from a
+	// template with a reserved address, until it is asked once.
+	warmMu   sync.Mutex
+	warmInfo map[string]hypervisor.GuestInfo
+	locksMu  sync.Mutex
+	locks    map[string]*vmLocks
 }
 
 type vmLocks struct {

@@ -61,30 +61,44 @@ func leaseIP(ls []lease, mac string) string {
 // such as "10.213.0.1/24": every address of the subnet after the host's own
 // up to the one before broadcast, e.g. "10.213.0.2,10.213.0.254,255.255.255.0,1h".
 func dhcpRange(hostCIDR string) (string, error) {
+	first, last, bits, err := dhcpPool(hostCIDR)
+	if err != nil {
+		return "", err
+	}
+	mask := ^uint32(0) << (32 - bits)
+	return fmt.Sprintf("%s,%s,%s,1h", u32ip(first), u32ip(last), u32ip(mask)), nil
+}
+
+// dhcpPool is the first and last address dnsmasq hands out on a bridge with
+// host address hostCIDR (see dhcpRange), and the prefix length.
+func dhcpPool(hostCIDR string) (first, last uint32, bits int, err error) {
 	pfx, err := netip.ParsePrefix(hostCIDR)
 	if err != nil {
-		return "", fmt.Errorf("subnet %q: %w", hostCIDR, err)
+		return 0, 0, 0, fmt.Errorf("subnet %q: %w", hostCIDR, err)
 	}
 	host := pfx.Addr()
 	if !host.Is4() || pfx.Bits() > 29 || pfx.Bits() < 8 {
-		return "", fmt.Errorf("subnet %q: want an IPv4 host address with a prefix of /8../29", hostCIDR)
+		return 0, 0, 0, fmt.Errorf("subnet %q: want an IPv4 host address with a prefix of /8../29", hostCIDR)
 	}
-	netw := pfx.Masked().Addr().As4()
-	n := uint32(netw[0])<<24 | uint32(netw[1])<<16 | uint32(netw[2])<<8 | uint32(netw[3])
+	n := ipU32(pfx.Masked().Addr())
 	size := uint32(1) << (32 - pfx.Bits())
-	first, last := n+1, n+size-2
-	h4 := host.As4()
-	h := uint32(h4[0])<<24 | uint32(h4[1])<<16 | uint32(h4[2])<<8 | uint32(h4[3])
+	first, last = n+1, n+size-2
+	h := ipU32(host)
 	if h == first {
 		first++
 	} else if h == last {
 		last--
 	}
 	if h <= n || h >= n+size-1 {
-		return "", fmt.Errorf("subnet %q: the host address must not be the network or broadcast address", hostCIDR)
+		return 0, 0, 0, fmt.Errorf("subnet %q: the host address must not be the network or broadcast address", hostCIDR)
 	}
-	mask := ^uint32(0) << (32 - pfx.Bits())
-	return fmt.Sprintf("%s,%s,%s,1h", u32ip(first), u32ip(last), u32ip(mask)), nil
+	return first, last, pfx.Bits(), nil
+}
+
+// ipU32 is an IPv4 address as a number.
+func ipU32(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }
 
 func u32ip(v uint32) string {

@@ -246,6 +246,9 @@ func (d *Driver) ensureDnsmasq(ctx context.Context, br, cidr string, router bool
 		"--port=0", // DHCP only, no DNS
 		"--log-facility=" + filepath.Join(d.cfg.RunDir, "dnsmasq-"+br+".log"),
 	}
+	if a := d.prepareHostsDir(br); a != "" {
+		args = append(args, a)
+	}
 	if !router {
 		// hostonly: no default route, but a route to the metadata address
 		// through the host (classless static routes, RFC 3442).

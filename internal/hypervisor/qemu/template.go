@@ -50,6 +50,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -147,6 +148,15 @@ type Template struct {
 	Accel       string `json:"accel"`
 	// MAC is the template guest's MAC, which every restore starts with.
 	MAC string `json:"mac"`
+	// Interface is the guest's network interface with MAC, and Prepared
+	// whether the guest's DHCP clients were stopped and its addresses
+	// removed before the save (their command lines kept in the guest, see
+	// identityScript), which a restore then need not do. GuestOS is the
+	// OS its agent named. All three are empty in templates of older
+	// goldvm versions.
+	Interface string `json:"interface,omitempty"`
+	Prepared  bool   `json:"prepared,omitempty"`
+	GuestOS   string `json:"guest_os,omitempty"`
 	// Stream is whether the template has a full state stream (RAM
 	// included), which VMs under per-VM user ids start from.
 	Stream bool `json:"stream,omitempty"`
@@ -384,6 +394,10 @@ func (d *Driver) MakeTemplate(ctx context.Context, root, imageKey string, gold h
 		return Template{}, errdefs.New(errdefs.ErrConflict, api.CodeTemplateNoAgent, fmt.Sprintf(
 			"the image's guest has an address (%q) but no guest agent answered within %s: a template needs one; its VMs boot cold", info.IPAddress, d.cfg.AgentWait+templateAgentWait), nil)
 	}
+	ifName, err := d.prepareTemplateGuest(ctx, spec)
+	if err != nil {
+		return Template{}, fmt.Errorf("template guest: %w", err)
+	}
 	if err := d.saveState(ctx, spec, p(tmp, fileTplState)); err != nil {
 		return Template{}, err
 	}
@@ -403,6 +417,7 @@ func (d *Driver) MakeTemplate(ctx context.Context, root, imageKey string, gold h
 	t := Template{
 		Key: key, ImageKey: imageKey, Shape: shape, GoldPath: gold.Path, GoldFormat: gold.Format,
 		QEMUVersion: ver, Accel: d.accel.Name, MAC: macFor(spec.ID), Created: time.Now().UTC(), Stream: true,
+		Interface: ifName, Prepared: true, GuestOS: info.GuestOS,
 	}
 	// Every VM's QEMU reads the frozen layer and maps the RAM file; none
 	// may change them. QEMU 7.2 opens a memory-backend-file read-write even
@@ -810,59 +825,145 @@ func (d *Driver) StartFromTemplate(ctx context.Context, spec hypervisor.Spec, t 
 		return fmt.Errorf("restoring the template's state: %w", err)
 	}
 	t3 := time.Now()
-	if err := d.newIdentity(ctx, spec, t); err != nil {
+	np, err := d.plan(spec)
+	if err != nil {
+		return err
+	}
+	addr, err := d.reserveAddress(np, spec.ID, macFor(spec.ID))
+	if err != nil && !errors.Is(err, errNoReservations) {
+		return err
+	}
+	if err := d.newIdentity(ctx, spec, t, np, addr); err != nil {
 		return fmt.Errorf("giving the restored guest its identity: %w", err)
 	}
+	if addr.IsValid() && t.GuestOS != "" {
+		// What Discover would ask the agent for is known: the address the
+		// script set, the OS of the template's guest.
+		d.rememberStarted(spec.ID, hypervisor.GuestInfo{
+			IPAddress: addr.Addr().String(), IPSource: api.SourceReserved,
+			GuestOS: t.GuestOS, GuestOSSource: api.SourceGuestAgent,
+		})
+	}
 	ms := func(a, b time.Time) int64 { return b.Sub(a).Milliseconds() }
+	how := "dhcp"
+	if addr.IsValid() {
+		how = "reserved " + addr.String()
+	}
 	d.log.Info("started from template", "vm", spec.ID, "template", t.Key, "full_stream", stream, "overlay_ms", ms(t0, t1),
-		"qemu_ms", ms(t1, t2), "restore_ms", ms(t2, t3), "identity_ms", ms(t3, time.Now()))
+		"qemu_ms", ms(t1, t2), "restore_ms", ms(t2, t3), "identity_ms", ms(t3, time.Now()), "address", how)
 	return nil
 }
 
-// identityScript is run by the guest's shell: it sets the clock, the
-// hostname and entropy, moves the interface that has the template's MAC to
-// the VM's MAC and runs its DHCP client again (restarted with the command
-// line it ran with, or dhclient/networkctl when none runs).
+// identityScript is run by the guest's shell through the agent. With
+// STEP=prepare, in a template guest before its state is saved: it stops
+// the DHCP clients of the interface with MAC OLDMAC (their command lines
+// kept in $SAVED), removes its IPv4 addresses and prints the interface's
+// name. Otherwise, in a guest restored from a template: it sets the clock
+// to the second (EPOCH), the hostname and entropy, does what prepare does
+// unless PREPARED, and moves the interface IF (found by OLDMAC when empty)
+// to the VM's MAC. Then with ADDR, the address with prefix goldvm
+// reserved for the VM on its DHCP server, it sets that address and ROUTES
+// (";"-separated, what the DHCP server gives), leaving the DHCP clients
+// stopped: a reboot gets the same address by DHCP. Without ADDR it starts
+// the DHCP clients again with their command lines (or dhclient/networkctl
+// when none ran).
+//
+// Under TCG every process a restored guest starts costs 50-100 ms (QEMU
+// translates its code afresh), so a restore with ADDR of a prepared
+// template starts four (date, ip) and uses shell builtins for the rest.
 const identityScript = `
+find_if() {
+	for i in /sys/class/net/*; do
+		read -r a <"$i/address" 2>/dev/null && [ "$a" = "$OLDMAC" ] && IF="${i##*/}"
+	done
+	[ -n "$IF" ] || { echo "no interface with MAC $OLDMAC" >&2; exit 3; }
+}
+stop_dhcp() {
+	PIDS=
+	for c in /proc/[0-9]*/comm; do
+		read -r n <"$c" 2>/dev/null || continue
+		case "$n" in udhcpc|dhclient|dhcpcd) p="${c%/comm}"; PIDS="$PIDS ${p#/proc/}" ;; esac
+	done
+	: >"$SAVED"
+	for p in $PIDS; do tr '\0' ' ' </proc/$p/cmdline >>"$SAVED"; echo >>"$SAVED"; done
+	[ -n "$PIDS" ] && kill $PIDS 2>/dev/null
+	ip -4 addr flush dev "$IF"
+}
+SAVED=/run/goldvm-dhcp-clients
+[ -d /run ] || SAVED=/tmp/goldvm-dhcp-clients
+if [ "$STEP" = prepare ]; then
+	find_if
+	stop_dhcp
+	echo "$IF"
+	exit 0
+fi
 date -u -s "@$EPOCH" >/dev/null 2>&1
 echo "$NAME" >/proc/sys/kernel/hostname 2>/dev/null || hostname "$NAME"
 echo "$NAME" >/etc/hostname 2>/dev/null
 echo "$ENTROPY" >/dev/urandom 2>/dev/null
-IF=
-for i in /sys/class/net/*; do
-	read -r a <"$i/address" 2>/dev/null && [ "$a" = "$OLDMAC" ] && IF="${i##*/}"
-done
-[ -n "$IF" ] || { echo "no interface with MAC $OLDMAC" >&2; exit 3; }
-PIDS=
-for c in /proc/[0-9]*/comm; do
-	read -r n <"$c" 2>/dev/null || continue
-	case "$n" in udhcpc|dhclient|dhcpcd) p="${c%/comm}"; PIDS="$PIDS ${p#/proc/}" ;; esac
-done
-: >/tmp/.goldvm-dhcp
-for p in $PIDS; do tr '\0' ' ' </proc/$p/cmdline >>/tmp/.goldvm-dhcp; echo >>/tmp/.goldvm-dhcp; done
-[ -n "$PIDS" ] && kill $PIDS 2>/dev/null
-ip -4 addr flush dev "$IF"
-ip link set dev "$IF" down && ip link set dev "$IF" address "$NEWMAC" && ip link set dev "$IF" up || exit 4
-if [ -s /tmp/.goldvm-dhcp ]; then
-	while read -r c; do [ -n "$c" ] && sh -c "$c" </dev/null >/dev/null 2>&1; done </tmp/.goldvm-dhcp
+[ -n "$IF" ] || find_if
+[ -n "$PREPARED" ] || stop_dhcp
+# virtio-net takes a new MAC while up; other NICs want the link down.
+ip link set dev "$IF" address "$NEWMAC" 2>/dev/null ||
+	{ ip link set dev "$IF" down && ip link set dev "$IF" address "$NEWMAC" && ip link set dev "$IF" up; } || exit 4
+if [ -n "$ADDR" ]; then
+	ip -4 addr add "$ADDR" dev "$IF" || exit 5
+	IFS=';'
+	for r in $ROUTES; do
+		IFS=' '
+		ip -4 route replace $r dev "$IF" || exit 6
+	done
+	exit 0
+fi
+ip link set dev "$IF" up
+if [ -s "$SAVED" ]; then
+	while read -r c; do [ -n "$c" ] && sh -c "$c" </dev/null >/dev/null 2>&1; done <"$SAVED"
 elif command -v networkctl >/dev/null; then
 	networkctl renew "$IF" >/dev/null 2>&1 || networkctl reconfigure "$IF"
 elif command -v dhclient >/dev/null; then
 	dhclient "$IF" </dev/null >/dev/null 2>&1
 fi
-rm -f /tmp/.goldvm-dhcp
+rm -f "$SAVED"
 exit 0
 `
 
-// newIdentity runs identityScript in the restored guest.
-func (d *Driver) newIdentity(ctx context.Context, spec hypervisor.Spec, t Template) error {
+// prepareTemplateGuest runs identityScript's prepare step in the template
+// guest spec and returns the name of its interface.
+func (d *Driver) prepareTemplateGuest(ctx context.Context, spec hypervisor.Spec) (string, error) {
+	actx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	c, err := dialQGA(actx, p(spec.Dir, fileQGA))
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	if err := c.Sync(actx); err != nil {
+		return "", fmt.Errorf("%w: %w", errQGANoReply, err)
+	}
+	out, err := d.runIdentityScript(actx, c, spec, []string{"STEP=prepare", "OLDMAC=" + macFor(spec.ID)})
+	if err != nil {
+		return "", fmt.Errorf("stopping its DHCP clients: %w", err)
+	}
+	return strings.TrimSpace(out), nil
+}
+
+// newIdentity runs identityScript in the restored guest, then sets the
+// guest's clock to the microsecond through the agent, in the background.
+// addr, when valid, is the address reserved for the VM on the DHCP server
+// of np's bridge.
+func (d *Driver) newIdentity(ctx context.Context, spec hypervisor.Spec, t Template, np netPlan, addr netip.Prefix) error {
 	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	c, err := dialQGA(actx, p(spec.Dir, fileQGA))
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	closeQGA := true
+	defer func() {
+		if closeQGA {
+			c.Close()
+		}
+	}()
 	if err := c.Sync(actx); err != nil {
 		return fmt.Errorf("%w: %w", errQGANoReply, err)
 	}
@@ -870,16 +971,44 @@ func (d *Driver) newIdentity(ctx context.Context, spec hypervisor.Spec, t Templa
 	rand.Read(ent[:])
 	env := []string{
 		"EPOCH=" + fmt.Sprint(time.Now().Round(time.Second).Unix()), "NAME=" + hostnameFor(spec),
-		"ENTROPY=" + hex.EncodeToString(ent[:]), "OLDMAC=" + t.MAC, "NEWMAC=" + macFor(spec.ID),
-		"PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+		"ENTROPY=" + hex.EncodeToString(ent[:]), "OLDMAC=" + t.MAC, "NEWMAC=" + macFor(spec.ID), "IF=" + t.Interface,
 	}
+	if t.Prepared {
+		env = append(env, "PREPARED=1")
+	}
+	if addr.IsValid() {
+		env = append(env, "ADDR="+addr.String(), "ROUTES="+strings.Join(dhcpRoutes(np), ";"))
+	}
+	if _, err := d.runIdentityScript(actx, c, spec, env); err != nil {
+		return err
+	}
+	// The script set the clock to the second; the agent sets it to the
+	// microsecond where it can (qemu-ga then runs hwclock -w, whose failure
+	// leaves the time set). That takes 0.2 s of a freshly restored guest,
+	// so it is not waited for.
+	closeQGA = false
+	go func() {
+		defer c.Close()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := c.ExecuteArgs(sctx, "guest-set-time", map[string]any{"time": time.Now().UnixNano()}, nil); err != nil {
+			d.log.Debug("guest-set-time", "vm", spec.ID, "err", err)
+		}
+	}()
+	return nil
+}
+
+// runIdentityScript runs identityScript with env through the agent
+// connection c and returns its output.
+func (d *Driver) runIdentityScript(ctx context.Context, c *qgaClient, spec hypervisor.Spec, env []string) (string, error) {
 	var started struct {
 		PID int `json:"pid"`
 	}
-	if err := c.ExecuteArgs(actx, "guest-exec", map[string]any{
+	env = append(env, "PATH=/usr/sbin:/usr/bin:/sbin:/bin")
+	if err := c.ExecuteArgs(ctx, "guest-exec", map[string]any{
 		"path": "/bin/sh", "arg": []string{"-c", identityScript}, "env": env, "capture-output": true,
 	}, &started); err != nil {
-		return err
+		return "", err
 	}
 	for {
 		var st struct {
@@ -888,28 +1017,23 @@ func (d *Driver) newIdentity(ctx context.Context, spec hypervisor.Spec, t Templa
 			OutData  string `json:"out-data"`
 			ErrData  string `json:"err-data"`
 		}
-		if err := c.ExecuteArgs(actx, "guest-exec-status", map[string]any{"pid": started.PID}, &st); err != nil {
-			return err
+		if err := c.ExecuteArgs(ctx, "guest-exec-status", map[string]any{"pid": started.PID}, &st); err != nil {
+			return "", err
 		}
 		if st.Exited {
 			o, _ := base64.StdEncoding.DecodeString(st.OutData)
 			e, _ := base64.StdEncoding.DecodeString(st.ErrData)
 			d.log.Debug("identity script", "vm", spec.ID, "exit", st.ExitCode, "out", string(o), "err", string(e))
 			if st.ExitCode != 0 {
-				return fmt.Errorf("identity script exited %d: %s", st.ExitCode, strings.TrimSpace(string(e)))
+				return "", fmt.Errorf("identity script exited %d: %s", st.ExitCode, strings.TrimSpace(string(e)))
 			}
-			// The script set the clock to the second; the agent sets it to
-			// the microsecond where it can (qemu-ga then runs hwclock -w,
-			// whose failure leaves the time set).
-			if err := c.ExecuteArgs(actx, "guest-set-time", map[string]any{"time": time.Now().UnixNano()}, nil); err != nil {
-				d.log.Debug("guest-set-time", "vm", spec.ID, "err", err)
-			}
-			return nil
+			return string(o), nil
 		}
+		// Each question is work for the guest too: ask every 25 ms.
 		select {
-		case <-actx.Done():
-			return actx.Err()
-		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(25 * time.Millisecond):
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -45,21 +46,31 @@ func guestTime(t *testing.T, spec hypervisor.Spec) time.Time {
 
 // TestE2ETemplateWarmStart makes a template of the test guest on goldvm's
 // NAT bridge, starts two VMs from it and checks inside the guests that each
-// has its own MAC, DHCP address, host name and random numbers, and a clock
-// within a second of the host's; then a template whose state
-// is damaged makes a VM boot cold instead.
+// has its own MAC, host name and random numbers, a clock within a second of
+// the host's, and the address goldvm reserved for it with dnsmasq (which a
+// reboot gets again by DHCP, and a delete releases); on a bridge whose
+// dnsmasq takes no reservations a VM from the template gets its address by
+// DHCP; then a template whose state is damaged makes a VM boot cold
+// instead.
 func TestE2ETemplateWarmStart(t *testing.T) {
 	guest := testGuest(t)
 	if !inNetns(t, guest) {
 		return
 	}
 	gold := goldDir(t, guest)
-	d, err := New(Config{RunDir: t.TempDir(), Sandbox: true, Logger: testLogger(t)})
+	// dnsmasq (user nobody) must reach the reservation directory.
+	runDir := t.TempDir()
+	for _, dir := range []string{filepath.Dir(runDir), runDir} {
+		if err := os.Chmod(dir, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := New(Config{RunDir: runDir, Sandbox: true, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.StopNetwork(context.Background()) })
-	ctx, cancel := context.WithTimeout(context.Background(), 4*bootTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*bootTimeout)
 	defer cancel()
 	root := filepath.Join(t.TempDir(), "templates")
 	const machine = "pc-q35-7.2"
@@ -99,6 +110,7 @@ func TestE2ETemplateWarmStart(t *testing.T) {
 		t.Errorf("TemplateFor(pc-q35-7.1) = %v, want not found", err)
 	}
 
+	var lastInfo hypervisor.GuestInfo
 	start := func(id string, root string) (hypervisor.Spec, string, string) {
 		spec := newSpec(t, id, gold, api.NetworkNAT)
 		spec.ImageKey = "sha256-test"
@@ -112,7 +124,8 @@ func TestE2ETemplateWarmStart(t *testing.T) {
 		if err != nil {
 			t.Fatalf("discover %s: %v", spec.ID, err)
 		}
-		t.Logf("%s: from %s (%s), running with %s after %v", spec.ID, from, reason, info.IPAddress, time.Since(t0).Round(time.Millisecond))
+		lastInfo = info
+		t.Logf("%s: from %s (%s), running with %s (%s) after %v", spec.ID, from, reason, info.IPAddress, info.IPSource, time.Since(t0).Round(time.Millisecond))
 		if !inSubnet(info.IPAddress, d.cfg.NATSubnet) {
 			t.Errorf("%s: address %q outside %s", spec.ID, info.IPAddress, d.cfg.NATSubnet)
 		}
@@ -121,8 +134,27 @@ func TestE2ETemplateWarmStart(t *testing.T) {
 	// The saved guest's clock stands still from the save: let it fall
 	// behind the host's by more than the bound checked below.
 	time.Sleep(time.Until(tpl.Created.Add(3 * time.Second)))
+	hosts := d.hostsDir(d.cfg.NATBridge)
+	// reserved checks that the address of a VM started from the template
+	// is the one goldvm reserved for its MAC with dnsmasq, and that the
+	// host reaches the guest there.
+	reserved := func(spec hypervisor.Spec, ip string) {
+		t.Helper()
+		if lastInfo.IPSource != api.SourceReserved {
+			t.Errorf("%s: address source %q, want %q", spec.ID, lastInfo.IPSource, api.SourceReserved)
+		}
+		b, err := os.ReadFile(filepath.Join(hosts, ip))
+		if want := reservationHeader(spec.ID) + macFor(spec.ID) + "," + ip + "\n"; err != nil || string(b) != want {
+			t.Errorf("%s: reservation file %s = %q, %v; want %q", spec.ID, ip, b, err, want)
+		}
+		if out, err := exec.CommandContext(ctx, "ping", "-c", "1", "-W", "5", ip).CombinedOutput(); err != nil {
+			t.Errorf("%s: the host cannot ping the guest at %s: %v\n%s", spec.ID, ip, err, out)
+		}
+	}
 	a, fromA, ipA := start("01warma", root)
+	reserved(a, ipA)
 	b, fromB, ipB := start("01warmb", root)
+	reserved(b, ipB)
 	if fromA != "template" || fromB != "template" {
 		t.Fatalf("started from %q and %q, want template", fromA, fromB)
 	}
@@ -167,12 +199,61 @@ func TestE2ETemplateWarmStart(t *testing.T) {
 			t.Errorf("%s: overlay backing %q, want %s", spec.ID, ii.BackingFilename, layer)
 		}
 	}
-	// One keeps running after the other is gone.
+	// One keeps running after the other is gone, whose reservation goes
+	// with it.
 	if err := d.Destroy(ctx, a); err != nil {
 		t.Fatal(err)
 	}
 	if hn, _, _ := guestIdentity(t, b); hn != hostnameFor(b) {
 		t.Errorf("after deleting the other VM: host name %q", hn)
+	}
+	if _, err := os.Stat(filepath.Join(hosts, ipA)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the deleted VM's reservation %s: %v, want it gone", ipA, err)
+	}
+
+	// Rebooted, the guest asks dnsmasq for an address and gets the
+	// reserved one: the reservation is in dnsmasq, not only in a file.
+	if err := d.withQMP(ctx, b, func(q *qmpConn) error {
+		_, err := q.Execute(ctx, "system_reset", nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for leased := ""; leased != ipB; time.Sleep(time.Second) {
+		if leased = d.leasedIP(d.cfg.NATBridge, macFor(b.ID)); leased != "" && leased != ipB {
+			t.Fatalf("rebooted, %s got the lease %s; its reserved address is %s", b.ID, leased, ipB)
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("rebooted, %s got no lease (reserved address %s)", b.ID, ipB)
+		}
+	}
+
+	// A bridge whose dnsmasq takes no reservations (started by an older
+	// goldvm): the VM gets a new address by DHCP.
+	pid, ok := readPID(d.dnsmasqPIDFile(d.cfg.NATBridge))
+	if !ok {
+		t.Fatal("no dnsmasq pid file")
+	}
+	var args []string
+	for _, a := range procArgs(pid)[1:] {
+		if !strings.HasPrefix(a, "--dhcp-hostsdir=") {
+			args = append(args, a)
+		}
+	}
+	syscall.Kill(pid, syscall.SIGTERM)
+	waitExited(ctx, pid, 10*time.Second)
+	if out, err := exec.Command(d.dnsmasq, args...).CombinedOutput(); err != nil {
+		t.Fatalf("dnsmasq %v: %v: %s", args, err, out)
+	}
+	if dir, _ := d.activeHostsDir(d.cfg.NATBridge); dir != "" {
+		t.Fatalf("the restarted dnsmasq has reservations in %s", dir)
+	}
+	dh, fromD, ipD := start("01warmd", root)
+	if fromD != "template" || lastInfo.IPSource == api.SourceReserved || ipD == ipB {
+		t.Errorf("%s without reservations: from %q, address %s (%s); the other VM has %s", dh.ID, fromD, ipD, lastInfo.IPSource, ipB)
+	}
+	if leased := d.leasedIP(d.cfg.NATBridge, macFor(dh.ID)); leased != ipD {
+		t.Errorf("%s without reservations: leased %q, has %s", dh.ID, leased, ipD)
 	}
 
 	// A template with a damaged state: the VM boots cold, with the reason.
