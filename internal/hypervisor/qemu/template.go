@@ -202,6 +202,9 @@ func (w warmOpts) extraArgs() []string {
 var (
 	qemuVersionMu sync.Mutex
 	qemuVersions  = map[string]string{}
+	// qemuMachines is each QEMU binary's `-machine help`, asked once: a
+	// QEMU process costs tens of milliseconds of every create otherwise.
+	qemuMachines = map[string]string{}
 )
 
 // qemuVersion is the first line of `qemu-system-x86_64 --version`.
@@ -739,11 +742,20 @@ func (d *Driver) pinMachine(m string) (string, error) {
 	if pinnedMachineRe.MatchString(m) {
 		return m, nil
 	}
-	out, err := exec.Command(d.cfg.QemuBinary, "-machine", "help").Output()
-	if err != nil {
-		return "", fmt.Errorf("%s -machine help: %w", d.cfg.QemuBinary, err)
+	qemuVersionMu.Lock()
+	help, ok := qemuMachines[d.cfg.QemuBinary]
+	qemuVersionMu.Unlock()
+	if !ok {
+		out, err := exec.Command(d.cfg.QemuBinary, "-machine", "help").Output()
+		if err != nil {
+			return "", fmt.Errorf("%s -machine help: %w", d.cfg.QemuBinary, err)
+		}
+		help = string(out)
+		qemuVersionMu.Lock()
+		qemuMachines[d.cfg.QemuBinary] = help
+		qemuVersionMu.Unlock()
 	}
-	for _, mm := range machineAliasRe.FindAllStringSubmatch(string(out), -1) {
+	for _, mm := range machineAliasRe.FindAllStringSubmatch(help, -1) {
 		if mm[1] == m && pinnedMachineRe.MatchString(mm[2]) {
 			return mm[2], nil
 		}
