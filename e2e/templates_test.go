@@ -226,6 +226,7 @@ func TestWarmStartCrashAndRestart(t *testing.T) {
 }
 
 func warmCrashAndRestart(t *testing.T, img api.Image, flags ...string) {
+	killNamespaceDnsmasq() // this daemon's dnsmasq takes its reservations
 	d := startDaemonEnv(t, filepath.Join(t.TempDir(), "data"), []string{"GOLDVM_CRASH_AT=restoring"}, flags...)
 	prefetchedTemplate(t, d, img)
 
@@ -269,6 +270,26 @@ func warmCrashAndRestart(t *testing.T, img api.Image, flags ...string) {
 		t.Fatalf("second VM: %s, want running from the template with an address of its own (first: %s)", fmtVM(b), a.IPAddress)
 	}
 	pidsB := processesMatching("goldvm-" + b.ID)
+	// One address reservation per VM, the crashed restore's included
+	// (made again by the recovery), none left over.
+	hosts := filepath.Join(d.dataDir, "run", "dnsmasq-goldvm0.hosts")
+	reservations := func() map[string]string {
+		out := map[string]string{}
+		ents, _ := os.ReadDir(hosts)
+		for _, e := range ents {
+			b, _ := os.ReadFile(filepath.Join(hosts, e.Name()))
+			out[e.Name()] = strings.TrimPrefix(strings.SplitN(string(b), "\n", 2)[0], "# goldvm ")
+		}
+		return out
+	}
+	if r := reservations(); len(r) != 2 || r[a.IPAddress] != a.ID || r[b.IPAddress] != b.ID {
+		t.Errorf("reservations %v, want %s for %s and %s for %s", r, a.IPAddress, a.ID, b.IPAddress, b.ID)
+	}
+	for _, v := range []*api.VM{a, b} {
+		if v.Sources == nil || v.Sources.IPAddress != api.SourceReserved {
+			t.Errorf("%s: sources %+v, want ip_address %q", v.ID, v.Sources, api.SourceReserved)
+		}
+	}
 
 	d.stop()
 	d.start(flags...)
@@ -293,6 +314,9 @@ func warmCrashAndRestart(t *testing.T, img api.Image, flags ...string) {
 			t.Fatal(err)
 		}
 		assertGone(t, d, id)
+	}
+	if r := reservations(); len(r) != 0 {
+		t.Errorf("reservations after deleting every VM: %v", r)
 	}
 }
 

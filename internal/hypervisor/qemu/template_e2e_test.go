@@ -256,6 +256,34 @@ func TestE2ETemplateWarmStart(t *testing.T) {
 		t.Errorf("%s without reservations: leased %q, has %s", dh.ID, leased, ipD)
 	}
 
+	// hostonly: the reserved address on the hostonly bridge, and the
+	// route to the metadata address (its DHCP server gives no default
+	// route) through the host.
+	if _, err := d.MakeTemplate(ctx, root, "sha256-test", goldDisk, TemplateShape{CPUs: 1, MemoryMiB: 128, Network: api.NetworkHostOnly, Machine: machine}); err != nil {
+		t.Fatalf("make a hostonly template: %v", err)
+	}
+	ho := newSpec(t, "01warmh", gold, api.NetworkHostOnly)
+	ho.ImageKey = "sha256-test"
+	destroyOnCleanup(t, d, ho)
+	if from, reason, err := d.StartWarmOrCold(ctx, root, ho); err != nil || from != "template" {
+		t.Fatalf("hostonly start: from %q (%s), %v", from, reason, err)
+	}
+	hoInfo, err := d.Discover(ctx, ho)
+	if err != nil || hoInfo.IPSource != api.SourceReserved || !inSubnet(hoInfo.IPAddress, d.cfg.HostOnlySubnet) {
+		t.Fatalf("hostonly VM: %+v, %v; want a reserved address in %s", hoInfo, err, d.cfg.HostOnlySubnet)
+	}
+	if _, err := os.Stat(filepath.Join(d.hostsDir(d.cfg.HostOnlyBridge), hoInfo.IPAddress)); err != nil {
+		t.Errorf("hostonly reservation: %v", err)
+	}
+	host, _, _ := strings.Cut(d.cfg.HostOnlySubnet, "/")
+	routes := guestRun(t, ho, "ip -4 route")
+	if !strings.Contains(routes, MetadataAddr+" via "+host) || strings.Contains(routes, "default") {
+		t.Errorf("hostonly guest routes:\n%s\nwant %s via %s and no default route", routes, MetadataAddr, host)
+	}
+	if out, err := exec.CommandContext(ctx, "ping", "-c", "1", "-W", "5", hoInfo.IPAddress).CombinedOutput(); err != nil {
+		t.Errorf("the host cannot ping the hostonly guest at %s: %v\n%s", hoInfo.IPAddress, err, out)
+	}
+
 	// A template with a damaged state: the VM boots cold, with the reason.
 	bad := filepath.Join(t.TempDir(), "bad")
 	if err := os.MkdirAll(filepath.Join(bad, "sha256-test"), 0o755); err != nil {
