@@ -39,6 +39,7 @@ func (d *Driver) Destroy(ctx context.Context, spec hypervisor.Spec) error {
 	if err := d.stopMetadata(context.WithoutCancel(ctx), spec); err != nil {
 		return errdefs.New(errdefs.ErrUnavailable, "network-cleanup-failed", "cannot remove the VM's metadata rules", err)
 	}
+	d.takeStarted(spec.ID)
 	if np, err := d.plan(spec); err == nil {
 		if err := d.releaseAddress(np, spec.ID); err != nil {
 			return errdefs.New(errdefs.ErrUnavailable, "network-cleanup-failed", "cannot remove the VM's address reservation", err)
