@@ -77,10 +77,9 @@ func TestWarmStartTemplates(t *testing.T) {
 // half-made ones, are removed at the next start.
 func TestWarmTemplatesAutomatic(t *testing.T) {
 	requireEnv(t)
-	// This daemon's own dnsmasq (not one an earlier test's daemon left on
-	// the namespace's bridge, whose reservation directory is gone) takes
-	// the address reservations of VMs started from a template.
-	killNamespaceDnsmasq()
+	// An earlier test's daemon may have left its dnsmasq on the
+	// namespace's bridge, its data directory gone: the daemon replaces it
+	// with its own, which takes the reservations checked below.
 	flags := []string{"--qemu-user", "root", "--warm-templates", "1"}
 	d, _, img := qcow2Daemon(t, flags...)
 	ctx := context.Background()
@@ -226,7 +225,6 @@ func TestWarmStartCrashAndRestart(t *testing.T) {
 }
 
 func warmCrashAndRestart(t *testing.T, img api.Image, flags ...string) {
-	killNamespaceDnsmasq() // this daemon's dnsmasq takes its reservations
 	d := startDaemonEnv(t, filepath.Join(t.TempDir(), "data"), []string{"GOLDVM_CRASH_AT=restoring"}, flags...)
 	prefetchedTemplate(t, d, img)
 

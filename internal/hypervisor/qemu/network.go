@@ -224,8 +224,22 @@ func (d *Driver) ensureDnsmasq(ctx context.Context, br, cidr string, router bool
 	// directory) in this network namespace may already serve it, and two
 	// authoritative servers on one segment answer each other's clients.
 	if pid := bridgeDnsmasq(br); pid != 0 {
-		d.log.Info("bridge already has a DHCP server; using it", "bridge", br, "dnsmasq_pid", pid)
-		return nil
+		lease := argValue(procArgs(pid), "--dhcp-leasefile=")
+		if _, err := os.Stat(lease); lease == "" || err == nil {
+			d.log.Info("bridge already has a DHCP server; using it", "bridge", br, "dnsmasq_pid", pid)
+			return nil
+		}
+		// A goldvm daemon's dnsmasq whose data directory is gone (the
+		// daemon and its VMs with it): nobody can read its leases or give
+		// it reservations. Replace it.
+		d.log.Warn("replacing the bridge's DHCP server: its lease file is gone with the data directory of the goldvm that started it",
+			"bridge", br, "dnsmasq_pid", pid, "leases", lease)
+		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+			return netErr(fmt.Errorf("stopping the orphaned dnsmasq %d on %s: %w", pid, br, err))
+		}
+		if waitExited(ctx, pid, 5*time.Second); procHolding(pid) {
+			return netErr(fmt.Errorf("the orphaned dnsmasq %d on %s did not stop", pid, br))
+		}
 	}
 	rng, err := dhcpRange(cidr)
 	if err != nil {
@@ -273,6 +287,17 @@ func (d *Driver) ensureDnsmasq(ctx context.Context, br, cidr string, router bool
 	}
 	d.log.Info("started dnsmasq", "bridge", br, "range", rng, "leases", d.leaseFile(br))
 	return nil
+}
+
+// argValue is the value of the first argument of args with prefix
+// ("--name="), "" when none has it.
+func argValue(args []string, prefix string) string {
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, prefix); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 func containsArg(args []string, a string) bool {
@@ -479,10 +504,8 @@ func (d *Driver) activeLeaseFile(br string) string {
 		return own
 	}
 	if pid := bridgeDnsmasq(br); pid != 0 {
-		for _, a := range procArgs(pid) {
-			if f, ok := strings.CutPrefix(a, "--dhcp-leasefile="); ok {
-				return f
-			}
+		if f := argValue(procArgs(pid), "--dhcp-leasefile="); f != "" {
+			return f
 		}
 	}
 	return own

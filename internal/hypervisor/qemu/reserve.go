@@ -96,17 +96,13 @@ func (d *Driver) activeHostsDir(br string) (dir string, pid int) {
 	if pid == 0 {
 		return "", 0
 	}
-	for _, a := range procArgs(pid) {
-		if v, ok := strings.CutPrefix(a, "--dhcp-hostsdir="); ok {
-			// Gone with the data directory of the daemon that started
-			// this dnsmasq: dnsmasq reads nothing new.
-			if fi, err := os.Stat(v); err != nil || !fi.IsDir() {
-				return "", pid
-			}
-			return v, pid
-		}
+	dir = argValue(procArgs(pid), "--dhcp-hostsdir=")
+	// Gone with the data directory of the daemon that started this
+	// dnsmasq: dnsmasq reads nothing new.
+	if fi, err := os.Stat(dir); dir == "" || err != nil || !fi.IsDir() {
+		return "", pid
 	}
-	return "", pid
+	return dir, pid
 }
 
 // reservationHeader is the first line of VM id's reservation file.

@@ -1,11 +1,13 @@
 package qemu
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/goldvm/goldvm/api"
 )
@@ -95,5 +97,75 @@ func TestUnsearchableAncestor(t *testing.T) {
 	os.Chmod(filepath.Join(base, "a"), 0o700)
 	if got := unsearchableAncestor(dir); got != filepath.Join(base, "a") {
 		t.Errorf("unsearchableAncestor = %q, want %s", got, filepath.Join(base, "a"))
+	}
+}
+
+// TestE2EOrphanedDnsmasq: a second daemon on a bridge uses the first's
+// live dnsmasq (its leases and reservations), and replaces it once the
+// first daemon's data directory is gone: nobody could read that dnsmasq's
+// leases or give it reservations any more.
+func TestE2EOrphanedDnsmasq(t *testing.T) {
+	if !inNetns(t, os.Getenv("GOLDVM_TEST_GUEST")) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	base := t.TempDir()
+	for _, dir := range []string{filepath.Dir(base), base} {
+		if err := os.Chmod(dir, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newDriver := func(run string) *Driver {
+		d, err := New(Config{RunDir: run, Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	a, b := newDriver(filepath.Join(base, "a")), newDriver(filepath.Join(base, "b"))
+	t.Cleanup(func() { b.StopNetwork(context.Background()); a.StopNetwork(context.Background()) })
+	br, subnet := a.cfg.NATBridge, a.cfg.NATSubnet
+	if err := a.ensureBridge(ctx, br, subnet); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ensureDnsmasq(ctx, br, subnet, true); err != nil {
+		t.Fatal(err)
+	}
+	pidA, ok := readPID(a.dnsmasqPIDFile(br))
+	if !ok {
+		t.Fatal("no pid file of the first daemon's dnsmasq")
+	}
+	if err := b.ensureDnsmasq(ctx, br, subnet, true); err != nil {
+		t.Fatal(err)
+	}
+	if pid := bridgeDnsmasq(br); pid != pidA {
+		t.Fatalf("the bridge's dnsmasq is %d, want the first daemon's %d", pid, pidA)
+	}
+	if got := b.activeLeaseFile(br); got != a.leaseFile(br) {
+		t.Errorf("second daemon reads leases from %s, want %s", got, a.leaseFile(br))
+	}
+	if got, _ := b.activeHostsDir(br); got != a.hostsDir(br) {
+		t.Errorf("second daemon reserves in %q, want %s", got, a.hostsDir(br))
+	}
+
+	if err := os.RemoveAll(a.cfg.RunDir); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := b.activeHostsDir(br); got != "" {
+		t.Errorf("reservations in %q, which is gone", got)
+	}
+	if err := b.ensureDnsmasq(ctx, br, subnet, true); err != nil {
+		t.Fatal(err)
+	}
+	if procHolding(pidA) {
+		t.Errorf("the orphaned dnsmasq %d still runs", pidA)
+	}
+	pidB, ok := readPID(b.dnsmasqPIDFile(br))
+	if !ok || bridgeDnsmasq(br) != pidB {
+		t.Fatalf("the bridge's dnsmasq is %d, want the second daemon's (pid file: %d, %v)", bridgeDnsmasq(br), pidB, ok)
+	}
+	if got, _ := b.activeHostsDir(br); got != b.hostsDir(br) {
+		t.Errorf("second daemon reserves in %q, want %s", got, b.hostsDir(br))
 	}
 }
