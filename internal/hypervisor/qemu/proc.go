@@ -108,7 +108,12 @@ func procHolding(pid int) bool {
 		return false
 	}
 	if procZombie(pid) {
-		return false
+		// The thread group leader turns zombie as soon as it exits, while
+		// QEMU's other threads may still be exiting with the shared file
+		// table (and the disk's lock) open; each leaves the task list
+		// only after closing its files.
+		tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+		return err == nil && len(tasks) > 1
 	}
 	args := procArgs(pid)
 	return args == nil || qemuVMID(args) != ""
