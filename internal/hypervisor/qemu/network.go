@@ -234,11 +234,8 @@ func (d *Driver) ensureDnsmasq(ctx context.Context, br, cidr string, router bool
 		// it reservations. Replace it.
 		d.log.Warn("replacing the bridge's DHCP server: its lease file is gone with the data directory of the goldvm that started it",
 			"bridge", br, "dnsmasq_pid", pid, "leases", lease)
-		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
-			return netErr(fmt.Errorf("stopping the orphaned dnsmasq %d on %s: %w", pid, br, err))
-		}
-		if waitExited(ctx, pid, 5*time.Second); procHolding(pid) {
-			return netErr(fmt.Errorf("the orphaned dnsmasq %d on %s did not stop", pid, br))
+		if err := stopDnsmasq(pid); err != nil {
+			return netErr(fmt.Errorf("stopping the orphaned dnsmasq on %s: %w", br, err))
 		}
 	}
 	rng, err := dhcpRange(cidr)
@@ -286,6 +283,21 @@ func (d *Driver) ensureDnsmasq(ctx context.Context, br, cidr string, router bool
 		time.Sleep(20 * time.Millisecond)
 	}
 	d.log.Info("started dnsmasq", "bridge", br, "range", rng, "leases", d.leaseFile(br))
+	return nil
+}
+
+// stopDnsmasq sends dnsmasq pid SIGTERM and waits, up to 2 s, until it has
+// exited (a zombie or gone: its sockets closed).
+func stopDnsmasq(pid int) error {
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		return fmt.Errorf("dnsmasq %d: %w", pid, err)
+	}
+	for i := 0; i < 100 && !procZombie(pid); i++ {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !procZombie(pid) {
+		return fmt.Errorf("dnsmasq %d did not stop within 2s of SIGTERM", pid)
+	}
 	return nil
 }
 
@@ -421,9 +433,8 @@ func (d *Driver) StopNetwork(ctx context.Context) error {
 	for _, br := range []string{d.cfg.NATBridge, d.cfg.HostOnlyBridge} {
 		if pid, ok := readPID(d.dnsmasqPIDFile(br)); ok {
 			if args := procArgs(pid); args != nil && containsArg(args, "--interface="+br) {
-				syscall.Kill(pid, syscall.SIGTERM)
-				for i := 0; i < 100 && procArgs(pid) != nil && !procZombie(pid); i++ {
-					time.Sleep(20 * time.Millisecond)
+				if err := stopDnsmasq(pid); err != nil {
+					errs = append(errs, err)
 				}
 			}
 			os.Remove(d.dnsmasqPIDFile(br))
