@@ -205,7 +205,7 @@ func serve(args []string, show *configShow) (err error) {
 			// address reservations of VMs started from a template under
 			// run/: the data directory must be searchable (not listable).
 			if fi, err := os.Stat(*dataDir); err == nil && fi.Mode().Perm()&0o001 == 0 {
-				if err := os.Chmod(*dataDir, fi.Mode().Perm()&^0o044|0o011); err != nil {
+				if err := makeSearchable(*dataDir); err != nil {
 					return fmt.Errorf("data directory: %w", err)
 				}
 			}
@@ -475,16 +475,21 @@ func openForQEMU(dataDir string) error {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return err
 		}
-		fi, err := os.Stat(d)
-		if err != nil {
-			return err
-		}
 		// Searchable, not listable: QEMU opens the paths it is given.
-		if err := os.Chmod(d, fi.Mode().Perm()&^0o044|0o011); err != nil {
+		if err := makeSearchable(d); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// makeSearchable lets others search dir (o+x, g+x) but not list it.
+func makeSearchable(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	return os.Chmod(dir, fi.Mode().Perm()&^0o044|0o011)
 }
 
 // chooseQEMUUser settles who QEMU runs as when the daemon is root: by

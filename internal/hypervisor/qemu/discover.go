@@ -121,6 +121,13 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 		forwarded = make(chan struct{})
 		go d.probeForward(actx, spec, forwarded)
 	}
+	// A VM started from a template (and goldvm restarted since) has its
+	// address reserved; reservations are made before Discover, so one look
+	// at the directory is enough.
+	reserved := ""
+	if np.DHCP {
+		reserved = d.reservedAddress(np.Bridge, spec.ID)
+	}
 	dhcpChecked := time.Now()
 	var addrAt time.Time
 	for {
@@ -137,9 +144,8 @@ func (d *Driver) Discover(ctx context.Context, spec hypervisor.Spec) (hypervisor
 		if info.IPAddress == "" && np.DHCP {
 			if ip := d.leasedIP(np.Bridge, mac); ip != "" {
 				info.IPAddress, info.IPSource = ip, api.SourceDHCPLease
-			} else if ip := d.reservedAddress(np.Bridge, spec.ID); ip != "" {
-				// Started from a template (and goldvm restarted since).
-				info.IPAddress, info.IPSource = ip, api.SourceReserved
+			} else if reserved != "" {
+				info.IPAddress, info.IPSource = reserved, api.SourceReserved
 			} else if time.Since(dhcpChecked) >= 5*time.Second {
 				// The guest has no address yet: make sure the bridge still
 				// has a DHCP server (it may have died, or been another

@@ -37,6 +37,20 @@ func dialQGA(ctx context.Context, path string) (*qgaClient, error) {
 
 func (c *qgaClient) Close() error { return c.conn.Close() }
 
+// dialSyncedQGA dials the agent on path and syncs with it; an agent that
+// does not answer gives an error wrapping errQGANoReply.
+func dialSyncedQGA(ctx context.Context, path string) (*qgaClient, error) {
+	c, err := dialQGA(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Sync(ctx); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("%w: %w", errQGANoReply, err)
+	}
+	return c, nil
+}
+
 type qgaReply struct {
 	Return json.RawMessage `json:"return"`
 	Error  *qmpError       `json:"error"`
@@ -188,14 +202,11 @@ var errQGANoReply = errors.New("guest agent did not answer")
 // queryGuest asks the agent for interfaces and OS info on one connection.
 // It returns whatever it learned, also on error.
 func queryGuest(ctx context.Context, sock, mac string) (ip, osName string, err error) {
-	c, err := dialQGA(ctx, sock)
+	c, err := dialSyncedQGA(ctx, sock)
 	if err != nil {
 		return "", "", err
 	}
 	defer c.Close()
-	if err := c.Sync(ctx); err != nil {
-		return "", "", fmt.Errorf("%w: %w", errQGANoReply, err)
-	}
 	var ifs []qgaInterface
 	if err := c.Execute(ctx, "guest-network-get-interfaces", &ifs); err != nil {
 		return "", "", err

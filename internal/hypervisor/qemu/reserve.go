@@ -53,8 +53,11 @@ func (d *Driver) prepareHostsDir(br string) string {
 	// dnsmasq lists the directory and reads its files as nobody: the run
 	// directory must be searchable (not listable) by others, the
 	// reservation directory readable.
-	if err := os.Chmod(d.cfg.RunDir, 0o711); err == nil {
-		err = os.Chmod(dir, 0o755)
+	for path, mode := range map[string]os.FileMode{d.cfg.RunDir: 0o711, dir: 0o755} {
+		if err := os.Chmod(path, mode); err != nil {
+			d.log.Warn("no address reservations for VMs started from a template", "bridge", br, "err", err)
+			return ""
+		}
 	}
 	if at := unsearchableAncestor(dir); at != "" {
 		d.log.Warn("no address reservations for VMs started from a template: dnsmasq runs as nobody and cannot reach its reservation directory; they get their address by DHCP",
@@ -208,13 +211,27 @@ func (d *Driver) reservedAddress(br, id string) string {
 
 // reservedAddressIn is reservedAddress in reservation directory dir.
 func (d *Driver) reservedAddressIn(dir, id string) string {
-	ents, _ := os.ReadDir(dir)
+	names, _ := reservationsOf(dir, id)
+	if len(names) == 0 {
+		return ""
+	}
+	return names[0]
+}
+
+// reservationsOf lists the files of VM id in reservation directory dir
+// (their names are the addresses).
+func reservationsOf(dir, id string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
 	for _, e := range ents {
 		if b, err := os.ReadFile(filepath.Join(dir, e.Name())); err == nil && strings.HasPrefix(string(b), reservationHeader(id)) {
-			return e.Name()
+			names = append(names, e.Name())
 		}
 	}
-	return ""
+	return names, nil
 }
 
 // releaseAddress removes VM id's reservation on np's bridge, if it has one,
@@ -235,26 +252,19 @@ func (d *Driver) releaseAddress(np netPlan, id string) error {
 func (d *Driver) releaseIn(dir string, pid int, id string) error {
 	d.netMu.Lock()
 	defer d.netMu.Unlock()
-	ents, err := os.ReadDir(dir)
+	names, err := reservationsOf(dir, id)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
 		return err
 	}
-	removed := false
-	for _, e := range ents {
-		path := filepath.Join(dir, e.Name())
-		b, err := os.ReadFile(path)
-		if err != nil || !strings.HasPrefix(string(b), reservationHeader(id)) {
-			continue
+	for _, name := range names {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("removing the address reservation %s: %w", name, err)
 		}
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("removing the address reservation %s: %w", e.Name(), err)
-		}
-		removed = true
 	}
-	if removed && pid != 0 {
+	if len(names) > 0 && pid != 0 {
 		// dnsmasq adds what appears in the directory by itself, and drops
 		// what is gone only when it re-reads it.
 		if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {

@@ -944,14 +944,11 @@ exit 0
 func (d *Driver) prepareTemplateGuest(ctx context.Context, spec hypervisor.Spec) (string, error) {
 	actx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	c, err := dialQGA(actx, p(spec.Dir, fileQGA))
+	c, err := dialSyncedQGA(actx, p(spec.Dir, fileQGA))
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	if err := c.Sync(actx); err != nil {
-		return "", fmt.Errorf("%w: %w", errQGANoReply, err)
-	}
 	out, err := d.runIdentityScript(actx, c, spec, []string{"STEP=prepare", "OLDMAC=" + macFor(spec.ID)})
 	if err != nil {
 		return "", fmt.Errorf("stopping its DHCP clients: %w", err)
@@ -966,7 +963,7 @@ func (d *Driver) prepareTemplateGuest(ctx context.Context, spec hypervisor.Spec)
 func (d *Driver) newIdentity(ctx context.Context, spec hypervisor.Spec, t Template, np netPlan, addr netip.Prefix) error {
 	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	c, err := dialQGA(actx, p(spec.Dir, fileQGA))
+	c, err := dialSyncedQGA(actx, p(spec.Dir, fileQGA))
 	if err != nil {
 		return err
 	}
@@ -976,9 +973,6 @@ func (d *Driver) newIdentity(ctx context.Context, spec hypervisor.Spec, t Templa
 			c.Close()
 		}
 	}()
-	if err := c.Sync(actx); err != nil {
-		return fmt.Errorf("%w: %w", errQGANoReply, err)
-	}
 	var ent [32]byte
 	rand.Read(ent[:])
 	env := []string{
