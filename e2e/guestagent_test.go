@@ -50,6 +50,9 @@ func guestShell(t *testing.T, d *daemon, id, script string) string {
 			if json.Unmarshal([]byte(strings.Trim(string(line), "\xff \r\n")), &reply) != nil {
 				continue
 			}
+			if reply.Error != nil && cmd == "guest-sync" {
+				continue // the agent's complaint about bytes an earlier client left; the sync id decides
+			}
 			if reply.Error != nil {
 				t.Fatalf("%s: %v", cmd, reply.Error)
 			}
