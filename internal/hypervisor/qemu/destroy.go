@@ -65,7 +65,7 @@ func (d *Driver) Destroy(ctx context.Context, spec hypervisor.Spec) error {
 		}
 	}
 	var errs []error
-	files := []string{fileDisk, fileDiskTmp, fileQMP, fileQMPWatch, fileQGA, filePID, fileConsole, fileStderr, fileSSHPort, fileSSHPort + ".tmp", fileSeed, fileSeed + ".tmp", fileMetadataPort, fileMetadataPort + ".tmp", fileVNC, fileEFIVars, fileEFIVars + ".tmp"}
+	files := []string{fileDisk, fileDiskTmp, fileQMP, fileQMPWatch, fileQGA, fileIdentity, filePID, fileConsole, fileStderr, fileSSHPort, fileSSHPort + ".tmp", fileSeed, fileSeed + ".tmp", fileMetadataPort, fileMetadataPort + ".tmp", fileVNC, fileEFIVars, fileEFIVars + ".tmp"}
 	shots, _ := filepath.Glob(p(spec.Dir, screendumpGlob))
 	for _, f := range files {
 		shots = append(shots, p(spec.Dir, f))

@@ -18,6 +18,7 @@ const (
 	fileVNC        = "vnc.sock"
 	fileEFIVars    = "efivars.fd"
 	fileQGA        = "qga.sock"
+	fileIdentity   = "identity.sock" // a template VM's identity port
 	filePID        = "qemu.pid"
 	fileConsole    = "console.log"
 	fileConsoleEnd = "console-last.log" // the tail of console.log, kept by Destroy

@@ -97,7 +97,7 @@ func (d *Driver) start(ctx context.Context, spec hypervisor.Spec, warm warmOpts)
 	if err := checkDisk(spec); err != nil {
 		return err
 	}
-	for _, f := range []string{fileQMP, fileQMPWatch, fileQGA, filePID, fileSSHPort, fileVNC} {
+	for _, f := range []string{fileQMP, fileQMPWatch, fileQGA, fileIdentity, filePID, fileSSHPort, fileVNC} {
 		os.Remove(p(spec.Dir, f))
 	}
 	if err := d.setupNetwork(ctx, spec.ID, np); err != nil {
@@ -163,7 +163,7 @@ func (d *Driver) start(ctx context.Context, spec hypervisor.Spec, warm warmOpts)
 		defer tap.Close()
 		extra, lp.TapFD = []*os.File{tap}, 3
 	}
-	args := append(buildArgs(lp), warm.extraArgs()...)
+	args := append(buildArgs(lp), warm.extraArgs(spec.Dir)...)
 	// Not CommandContext: the VM must outlive the request that started it.
 	cmd := exec.Command(d.cfg.QemuBinary, args...)
 	cmd.ExtraFiles = extra
@@ -182,7 +182,7 @@ func (d *Driver) start(ctx context.Context, spec hypervisor.Spec, warm warmOpts)
 		cmd.Process.Kill()
 		return err
 	}
-	for _, f := range []string{fileQMP, fileQMPWatch, fileQGA, filePID, fileVNC} {
+	for _, f := range []string{fileQMP, fileQMPWatch, fileQGA, fileIdentity, filePID, fileVNC} {
 		os.Chmod(p(spec.Dir, f), 0o600)
 	}
 	if np.User {

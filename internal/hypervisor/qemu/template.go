@@ -21,8 +21,12 @@ package qemu
 // on the frozen layer, the RAM file mapped privately (share=off: pages are
 // shared through the page cache until the guest writes them), the state
 // loaded over an fd: URI (an exec: URI dies under spawn=deny), cont, and then
-// a new identity through the guest agent: its own MAC and a new DHCP lease,
-// the host's clock, its hostname and fresh entropy (plus a VMGenID device).
+// a new identity: its own MAC and an address goldvm reserved for it on the
+// bridge's DHCP server (or a new DHCP lease), the host's clock, its hostname
+// and fresh entropy (plus a VMGenID device). identityScript applies it in
+// the guest: a copy of it that the template's preparation left waiting on
+// a virtio-serial port of its own (the identity port) when the guest has
+// one, else run through the guest agent.
 //
 // QEMU 7.2 opens a memory-backend-file read-write even for a private
 // mapping, so a QEMU that runs under a user id of its own per VM (a root
@@ -42,6 +46,7 @@ package qemu
 // of them go into its shape key.
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -50,6 +55,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -89,7 +96,9 @@ const templateAgentWait = 30 * time.Second
 
 // templateLayout is the version of the device layout a template's state
 // was saved with; a change to buildArgs that moves devices must bump it.
-const templateLayout = 1
+//
+// 2: the identity port (org.goldvm.identity.0) after the VMGenID device.
+const templateLayout = 2
 
 // TemplateShape is the machine a template is made for. A VM starts from a
 // template only when its own shape is exactly this.
@@ -157,6 +166,10 @@ type Template struct {
 	Interface string `json:"interface,omitempty"`
 	Prepared  bool   `json:"prepared,omitempty"`
 	GuestOS   string `json:"guest_os,omitempty"`
+	// Resident is whether a copy of identityScript waits in the saved
+	// guest on its identity port (see identityScript), which a restore
+	// then gives the VM's identity to instead of the agent.
+	Resident bool `json:"resident,omitempty"`
 	// Stream is whether the template has a full state stream (RAM
 	// included), which VMs under per-VM user ids start from.
 	Stream bool `json:"stream,omitempty"`
@@ -191,13 +204,22 @@ func (w warmOpts) apply(lp *launchParams) {
 
 // extraArgs are devices appended after buildArgs' (the same for the template
 // and its restores: the device state must find the same devices).
-func (w warmOpts) extraArgs() []string {
+func (w warmOpts) extraArgs(dir string) []string {
 	if !w.set() {
 		return nil
 	}
-	// A new generation id at every restore: guests reseed their RNG.
-	return []string{"-device", "vmgenid,id=vmgenid0,guid=auto"}
+	return []string{
+		// A new generation id at every restore: guests reseed their RNG.
+		"-device", "vmgenid,id=vmgenid0,guid=auto",
+		// The port a resident copy of identityScript waits on.
+		"-chardev", "socket,id=ident0,path=" + optEscape(sockArg(dir, fileIdentity)) + ",server=on,wait=off",
+		"-device", "virtserialport,bus=vser0.0,chardev=ident0,name=" + identityPortName,
+	}
 }
+
+// identityPortName is the name of the virtio-serial port of VMs with a
+// template, on which the template guest's resident identityScript waits.
+const identityPortName = "org.goldvm.identity.0"
 
 var (
 	qemuVersionMu sync.Mutex
@@ -397,7 +419,17 @@ func (d *Driver) MakeTemplate(ctx context.Context, root, imageKey string, gold h
 		return Template{}, errdefs.New(errdefs.ErrConflict, api.CodeTemplateNoAgent, fmt.Sprintf(
 			"the image's guest has an address (%q) but no guest agent answered within %s: a template needs one; its VMs boot cold", info.IPAddress, d.cfg.AgentWait+templateAgentWait), nil)
 	}
-	ifName, err := d.prepareTemplateGuest(ctx, spec)
+	// The identity port stays connected until the state is saved: a
+	// restore connects before loading it, so the resident script never
+	// sees the port closed (a read then returns end of file).
+	ident, err := dialUnix(ctx, p(tmp, fileIdentity))
+	if err != nil {
+		d.log.Warn("template guest: no identity port; its VMs get their identity through the agent", "err", err)
+		ident = nil
+	} else {
+		defer ident.Close()
+	}
+	ifName, resident, err := d.prepareTemplateGuest(ctx, spec, ident != nil)
 	if err != nil {
 		return Template{}, fmt.Errorf("template guest: %w", err)
 	}
@@ -420,7 +452,7 @@ func (d *Driver) MakeTemplate(ctx context.Context, root, imageKey string, gold h
 	t := Template{
 		Key: key, ImageKey: imageKey, Shape: shape, GoldPath: gold.Path, GoldFormat: gold.Format,
 		QEMUVersion: ver, Accel: d.accel.Name, MAC: macFor(spec.ID), Created: time.Now().UTC(), Stream: true,
-		Interface: ifName, Prepared: true, GuestOS: info.GuestOS,
+		Interface: ifName, Prepared: true, GuestOS: info.GuestOS, Resident: resident,
 	}
 	// Every VM's QEMU reads the frozen layer and maps the RAM file; none
 	// may change them. QEMU 7.2 opens a memory-backend-file read-write even
@@ -825,6 +857,15 @@ func (d *Driver) StartFromTemplate(ctx context.Context, spec hypervisor.Spec, t 
 		return err
 	}
 	defer state.Close()
+	var ident net.Conn
+	if t.Resident {
+		// Connected before the load, as when the state was saved (see
+		// MakeTemplate).
+		if ident, err = dialUnix(ctx, p(spec.Dir, fileIdentity)); err != nil {
+			return fmt.Errorf("the identity port: %w", err)
+		}
+		defer ident.Close()
+	}
 	err = d.withQMP(ctx, spec, func(q *qmpConn) error {
 		if err := migrateIn(ctx, q, state, !stream); err != nil {
 			return err
@@ -845,7 +886,7 @@ func (d *Driver) StartFromTemplate(ctx context.Context, spec hypervisor.Spec, t 
 	if err != nil && !errors.Is(err, errNoReservations) {
 		return err
 	}
-	if err := d.newIdentity(ctx, spec, t, np, addr); err != nil {
+	if err := d.newIdentity(ctx, spec, t, np, addr, ident); err != nil {
 		return fmt.Errorf("giving the restored guest its identity: %w", err)
 	}
 	if addr.IsValid() && t.GuestOS != "" {
@@ -866,29 +907,37 @@ func (d *Driver) StartFromTemplate(ctx context.Context, spec hypervisor.Spec, t 
 	return nil
 }
 
-// identityScript is run by the guest's shell through the agent. With
-// STEP=prepare, in a template guest before its state is saved: it stops
-// the DHCP clients of the interface with MAC OLDMAC (their command lines
-// kept in $SAVED), removes its IPv4 addresses and prints the interface's
-// name. Otherwise, in a guest restored from a template: it sets the clock
-// to the second (EPOCH), the hostname and entropy, does what prepare does
-// unless PREPARED, and moves the interface IF (found by OLDMAC when empty)
-// to the VM's MAC. Then with ADDR, the address with prefix goldvm
-// reserved for the VM on its DHCP server, it sets that address and ROUTES
-// (";"-separated, what the DHCP server gives), leaving the DHCP clients
-// stopped: a reboot gets the same address by DHCP. Without ADDR it starts
-// the DHCP clients again with their command lines (or dhclient/networkctl
-// when none ran).
+// identityScript is run by the guest's shell. With STEP=prepare, through
+// the agent in a template guest before its state is saved: it stops the
+// DHCP clients of the interface with MAC OLDMAC (their command lines kept
+// in $SAVED), removes its IPv4 addresses and prints the interface's name;
+// then, when the guest has the virtio-serial port PORTNAME, it starts
+// itself (SCRIPT) again with STEP=resident, in the background, and prints
+// "resident". The resident copy holds the port open and waits for one
+// identity: lines "NAME value" (the variables below), then "go"; it applies
+// it, answers "done CODE" and exits. Otherwise (through the agent, in a
+// restored guest) it applies the identity given in its environment.
+//
+// Applying an identity: set the clock to the second (EPOCH), the hostname
+// (NAME) and entropy, do what prepare does unless PREPARED, and move the
+// interface IF (found by OLDMAC when empty) to the VM's MAC. Then with
+// ADDR, the address with prefix goldvm reserved for the VM on its DHCP
+// server, set that address and ROUTES (";"-separated, what the DHCP server
+// gives), leaving the DHCP clients stopped: a reboot gets the same address
+// by DHCP. Without ADDR start the DHCP clients again with their command
+// lines (or dhclient/networkctl when none ran).
 //
 // Under TCG every process a restored guest starts costs 50-100 ms (QEMU
-// translates its code afresh), so a restore with ADDR of a prepared
-// template starts four (date, ip) and uses shell builtins for the rest.
+// translates its code afresh), so applying an identity with ADDR in a
+// prepared template's guest starts four (date, ip) and uses shell builtins
+// for the rest; the resident copy spares the agent's answer and its
+// guest-exec (a fork of qemu-ga and a shell), another 0.3-0.6 s.
 const identityScript = `
 find_if() {
 	for i in /sys/class/net/*; do
 		read -r a <"$i/address" 2>/dev/null && [ "$a" = "$OLDMAC" ] && IF="${i##*/}"
 	done
-	[ -n "$IF" ] || { echo "no interface with MAC $OLDMAC" >&2; exit 3; }
+	[ -n "$IF" ] || { echo "no interface with MAC $OLDMAC" >&2; return 3; }
 }
 stop_dhcp() {
 	PIDS=
@@ -901,78 +950,106 @@ stop_dhcp() {
 	[ -n "$PIDS" ] && kill $PIDS 2>/dev/null
 	ip -4 addr flush dev "$IF"
 }
+identity() {
+	date -u -s "@$EPOCH" >/dev/null 2>&1
+	echo "$NAME" >/proc/sys/kernel/hostname 2>/dev/null || hostname "$NAME"
+	echo "$NAME" >/etc/hostname 2>/dev/null
+	echo "$ENTROPY" >/dev/urandom 2>/dev/null
+	[ -n "$IF" ] || find_if || return 3
+	[ -n "$PREPARED" ] || stop_dhcp
+	# virtio-net takes a new MAC while up; other NICs want the link down.
+	ip link set dev "$IF" address "$NEWMAC" 2>/dev/null ||
+		{ ip link set dev "$IF" down && ip link set dev "$IF" address "$NEWMAC" && ip link set dev "$IF" up; } || return 4
+	if [ -n "$ADDR" ]; then
+		ip -4 addr add "$ADDR" dev "$IF" || return 5
+		IFS=';'
+		for r in $ROUTES; do
+			IFS=' '
+			ip -4 route replace $r dev "$IF" || return 6
+		done
+		return 0
+	fi
+	ip link set dev "$IF" up
+	if [ -s "$SAVED" ]; then
+		while read -r c; do [ -n "$c" ] && sh -c "$c" </dev/null >/dev/null 2>&1 3>&-; done <"$SAVED"
+	elif command -v networkctl >/dev/null; then
+		networkctl renew "$IF" >/dev/null 2>&1 3>&- || networkctl reconfigure "$IF" 3>&-
+	elif command -v dhclient >/dev/null; then
+		dhclient "$IF" </dev/null >/dev/null 2>&1 3>&-
+	fi
+	rm -f "$SAVED"
+}
+find_port() {
+	for n in /sys/class/virtio-ports/*/name; do
+		read -r x <"$n" 2>/dev/null && [ "$x" = "$PORTNAME" ] || continue
+		d="${n%/name}"
+		PORT="/dev/${d##*/}"
+		[ -c "$PORT" ] && return 0
+		read -r mm <"$d/dev" && mknod "$PORT" c "${mm%:*}" "${mm#*:}" && return 0
+	done
+	return 1
+}
+resident() {
+	exec 3<>"$PORT" || return 1
+	while read -r k v <&3; do
+		case "$k" in
+		EPOCH|NAME|ENTROPY|OLDMAC|NEWMAC|IF|PREPARED|ADDR|ROUTES) eval "$k=\$v" ;;
+		go) identity 2>&3; echo "done $?" >&3; return 0 ;;
+		esac
+	done
+}
 SAVED=/run/goldvm-dhcp-clients
 [ -d /run ] || SAVED=/tmp/goldvm-dhcp-clients
-if [ "$STEP" = prepare ]; then
-	find_if
+case "$STEP" in
+prepare)
+	find_if || exit 3
 	stop_dhcp
 	echo "$IF"
-	exit 0
-fi
-date -u -s "@$EPOCH" >/dev/null 2>&1
-echo "$NAME" >/proc/sys/kernel/hostname 2>/dev/null || hostname "$NAME"
-echo "$NAME" >/etc/hostname 2>/dev/null
-echo "$ENTROPY" >/dev/urandom 2>/dev/null
-[ -n "$IF" ] || find_if
-[ -n "$PREPARED" ] || stop_dhcp
-# virtio-net takes a new MAC while up; other NICs want the link down.
-ip link set dev "$IF" address "$NEWMAC" 2>/dev/null ||
-	{ ip link set dev "$IF" down && ip link set dev "$IF" address "$NEWMAC" && ip link set dev "$IF" up; } || exit 4
-if [ -n "$ADDR" ]; then
-	ip -4 addr add "$ADDR" dev "$IF" || exit 5
-	IFS=';'
-	for r in $ROUTES; do
-		IFS=' '
-		ip -4 route replace $r dev "$IF" || exit 6
-	done
-	exit 0
-fi
-ip link set dev "$IF" up
-if [ -s "$SAVED" ]; then
-	while read -r c; do [ -n "$c" ] && sh -c "$c" </dev/null >/dev/null 2>&1; done <"$SAVED"
-elif command -v networkctl >/dev/null; then
-	networkctl renew "$IF" >/dev/null 2>&1 || networkctl reconfigure "$IF"
-elif command -v dhclient >/dev/null; then
-	dhclient "$IF" </dev/null >/dev/null 2>&1
-fi
-rm -f "$SAVED"
-exit 0
+	if [ -n "$PORTNAME" ] && [ -n "$SCRIPT" ] && find_port; then
+		STEP=resident PORT="$PORT" sh -c "$SCRIPT" </dev/null >/dev/null 2>&1 &
+		echo resident
+	fi
+	;;
+resident) resident ;;
+*) identity ;;
+esac
 `
 
 // prepareTemplateGuest runs identityScript's prepare step in the template
-// guest spec and returns the name of its interface.
-func (d *Driver) prepareTemplateGuest(ctx context.Context, spec hypervisor.Spec) (string, error) {
+// guest spec and returns the name of its interface, and whether a copy of
+// the script now waits on the identity port (asked for with withPort).
+func (d *Driver) prepareTemplateGuest(ctx context.Context, spec hypervisor.Spec, withPort bool) (string, bool, error) {
 	actx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	c, err := dialSyncedQGA(actx, p(spec.Dir, fileQGA))
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	defer c.Close()
-	out, err := d.runIdentityScript(actx, c, spec, []string{"STEP=prepare", "OLDMAC=" + macFor(spec.ID)})
-	if err != nil {
-		return "", fmt.Errorf("stopping its DHCP clients: %w", err)
+	env := []string{"STEP=prepare", "OLDMAC=" + macFor(spec.ID)}
+	if withPort {
+		env = append(env, "PORTNAME="+identityPortName, "SCRIPT="+identityScript)
 	}
-	return strings.TrimSpace(out), nil
+	out, err := d.runIdentityScript(actx, c, spec, env)
+	if err != nil {
+		return "", false, fmt.Errorf("stopping its DHCP clients: %w", err)
+	}
+	lines := strings.Fields(out)
+	if len(lines) == 0 {
+		return "", false, errors.New("preparing: the guest named no interface")
+	}
+	return lines[0], len(lines) > 1 && lines[1] == "resident", nil
 }
 
-// newIdentity runs identityScript in the restored guest, then sets the
-// guest's clock to the microsecond through the agent, in the background.
-// addr, when valid, is the address reserved for the VM on the DHCP server
-// of np's bridge.
-func (d *Driver) newIdentity(ctx context.Context, spec hypervisor.Spec, t Template, np netPlan, addr netip.Prefix) error {
+// newIdentity gives the restored guest its identity: through ident, the
+// connection to a template's resident identityScript, when not nil, else
+// by running identityScript through the agent. Then it sets the guest's
+// clock to the microsecond through the agent, in the background. addr,
+// when valid, is the address reserved for the VM on the DHCP server of
+// np's bridge.
+func (d *Driver) newIdentity(ctx context.Context, spec hypervisor.Spec, t Template, np netPlan, addr netip.Prefix, ident net.Conn) error {
 	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	c, err := dialSyncedQGA(actx, p(spec.Dir, fileQGA))
-	if err != nil {
-		return err
-	}
-	closeQGA := true
-	defer func() {
-		if closeQGA {
-			c.Close()
-		}
-	}()
 	var ent [32]byte
 	rand.Read(ent[:])
 	env := []string{
@@ -985,23 +1062,82 @@ func (d *Driver) newIdentity(ctx context.Context, spec hypervisor.Spec, t Templa
 	if addr.IsValid() {
 		env = append(env, "ADDR="+addr.String(), "ROUTES="+strings.Join(dhcpRoutes(np), ";"))
 	}
-	if _, err := d.runIdentityScript(actx, c, spec, env); err != nil {
-		return err
+	var agent *qgaClient
+	if ident != nil {
+		if err := giveResidentIdentity(actx, ident, env); err != nil {
+			return err
+		}
+	} else {
+		c, err := dialSyncedQGA(actx, p(spec.Dir, fileQGA))
+		if err != nil {
+			return err
+		}
+		if _, err := d.runIdentityScript(actx, c, spec, env); err != nil {
+			c.Close()
+			return err
+		}
+		agent = c
 	}
 	// The script set the clock to the second; the agent sets it to the
 	// microsecond where it can (qemu-ga then runs hwclock -w, whose failure
 	// leaves the time set). That takes 0.2 s of a freshly restored guest,
 	// so it is not waited for.
-	closeQGA = false
 	go func() {
-		defer c.Close()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
-		if err := c.ExecuteArgs(sctx, "guest-set-time", map[string]any{"time": time.Now().UnixNano()}, nil); err != nil {
+		if agent == nil {
+			c, err := dialSyncedQGA(sctx, p(spec.Dir, fileQGA))
+			if err != nil {
+				d.log.Debug("guest-set-time", "vm", spec.ID, "err", err)
+				return
+			}
+			agent = c
+		}
+		defer agent.Close()
+		if err := agent.ExecuteArgs(sctx, "guest-set-time", map[string]any{"time": time.Now().UnixNano()}, nil); err != nil {
 			d.log.Debug("guest-set-time", "vm", spec.ID, "err", err)
 		}
 	}()
 	return nil
+}
+
+// giveResidentIdentity sends env (NAME=value pairs) to the resident
+// identityScript at the other end of conn and waits until it has applied
+// them.
+func giveResidentIdentity(ctx context.Context, conn net.Conn, env []string) error {
+	defer bindDeadline(ctx, conn)()
+	var b strings.Builder
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		if strings.ContainsAny(v, "\n\r") {
+			return fmt.Errorf("identity %s: a line break in %q", k, v)
+		}
+		if v != "" {
+			b.WriteString(k + " " + v + "\n")
+		}
+	}
+	b.WriteString("go\n")
+	if _, err := io.WriteString(conn, b.String()); err != nil {
+		return fmt.Errorf("writing to the identity port: %w", err)
+	}
+	r := bufio.NewReader(io.LimitReader(conn, 64<<10))
+	var said []string
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("the guest's resident identity script did not answer: %w", err)
+		}
+		line = strings.TrimSpace(line)
+		code, done := strings.CutPrefix(line, "done ")
+		if !done {
+			said = append(said, line)
+			continue
+		}
+		if code != "0" {
+			return fmt.Errorf("identity script exited %s: %s", code, strings.Join(said, "; "))
+		}
+		return nil
+	}
 }
 
 // runIdentityScript runs identityScript with env through the agent

@@ -330,7 +330,7 @@ func TestWarmArgs(t *testing.T) {
 	args := func(w warmOpts) string {
 		lp := launchParams{ID: "x", Dir: "/vms/x", MemoryMiB: 128, Machine: "q35"}
 		w.apply(&lp)
-		return strings.Join(append(buildArgs(lp), w.extraArgs()...), " ")
+		return strings.Join(append(buildArgs(lp), w.extraArgs(lp.Dir)...), " ")
 	}
 	base := warmOpts{machine: "pc-q35-7.2", frozen: "/t/layer.qcow2", incoming: true}
 	file := base
@@ -342,9 +342,9 @@ func TestWarmArgs(t *testing.T) {
 		w         warmOpts
 		want, not []string
 	}{
-		{"ram file", file, []string{"-machine pc-q35-7.2,memory-backend=mem0", "memory-backend-file,id=mem0,size=128M,mem-path=/t/ram.bin,share=off", "-incoming defer", "vmgenid"}, []string{"memory-backend-ram"}},
-		{"stream", stream, []string{"-machine pc-q35-7.2,memory-backend=mem0", "memory-backend-ram,id=mem0,size=128M", "-incoming defer", "vmgenid"}, []string{"mem-path", "ram.bin"}},
-		{"cold", warmOpts{}, []string{"-machine q35"}, []string{"mem0", "-incoming", "vmgenid"}},
+		{"ram file", file, []string{"-machine pc-q35-7.2,memory-backend=mem0", "memory-backend-file,id=mem0,size=128M,mem-path=/t/ram.bin,share=off", "-incoming defer", "vmgenid", "path=/vms/x/identity.sock", "name=org.goldvm.identity.0"}, []string{"memory-backend-ram"}},
+		{"stream", stream, []string{"-machine pc-q35-7.2,memory-backend=mem0", "memory-backend-ram,id=mem0,size=128M", "-incoming defer", "vmgenid", "name=org.goldvm.identity.0"}, []string{"mem-path", "ram.bin"}},
+		{"cold", warmOpts{}, []string{"-machine q35"}, []string{"mem0", "-incoming", "vmgenid", "identity"}},
 	} {
 		a := args(tt.w)
 		for _, w := range tt.want {
