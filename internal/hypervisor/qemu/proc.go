@@ -3,6 +3,8 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -45,6 +47,29 @@ func procZombie(pid int) bool {
 		return true
 	}
 	return b[i+2] == 'Z' || b[i+2] == 'X'
+}
+
+// procCPUTicks returns the CPU time pid has used (user and system, in
+// clock ticks: 1/100 s on Linux).
+func procCPUTicks(pid int) (int64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected %q", pid, b)
+	}
+	f := strings.Fields(string(b[i+2:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected %q", pid, b)
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	k, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return u + k, nil
 }
 
 // qemuVMID returns the goldvm VM id of a QEMU argument vector, "" when it is
