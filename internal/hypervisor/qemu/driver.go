@@ -137,6 +137,10 @@ type Driver struct {
 	displays    map[string]bool
 
 	netMu sync.Mutex
+	// netReady is, per bridge goldvm keeps, what setupNetwork last
+	// found in place (under netMu): a VM start then skips what is still
+	// so, sparing it a handful of ip and iptables processes.
+	netReady map[string]bridgeState
 	// warmInfo is what Discover answers for VMs just started from a
 	// template with a reserved address, until it is asked once.
 	warmMu   sync.Mutex

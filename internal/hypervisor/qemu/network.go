@@ -31,6 +31,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -162,8 +163,11 @@ func (d *Driver) setupNetwork(ctx context.Context, id string, np netPlan) error 
 	d.netMu.Lock()
 	defer d.netMu.Unlock()
 	if np.Subnet != "" {
-		if err := d.ensureBridge(ctx, np.Bridge, np.Subnet); err != nil {
-			return err
+		if !d.bridgeReady(np.Bridge, np.Subnet) {
+			delete(d.netReady, np.Bridge)
+			if err := d.ensureBridge(ctx, np.Bridge, np.Subnet); err != nil {
+				return err
+			}
 		}
 	} else if l, ok, _ := d.link(ctx, np.Bridge); !ok || !l.isBridge() {
 		return errdefs.Newf(errdefs.ErrInvalid, "bridged-not-configured",
@@ -175,9 +179,64 @@ func (d *Driver) setupNetwork(ctx context.Context, id string, np netPlan) error 
 		}
 	}
 	if np.Subnet != "" {
-		d.ensureFirewall(ctx, np.Bridge, np.Subnet, np.Masquerade)
+		st, ok := d.netReady[np.Bridge]
+		if !ok || time.Since(st.firewall) > firewallRecheck {
+			d.ensureFirewall(ctx, np.Bridge, np.Subnet, np.Masquerade)
+			st.firewall = time.Now()
+		}
+		d.noteBridgeReady(np.Bridge, np.Subnet, st.firewall)
 	}
 	return d.ensureTap(ctx, np.Tap, np.Bridge, id)
+}
+
+// firewallRecheck is how long setupNetwork trusts the iptables rules of a
+// bridge it has checked (each check runs iptables three times).
+const firewallRecheck = 30 * time.Second
+
+// bridgeState is what setupNetwork found of a bridge: its interface
+// index, its host address, and when its firewall rules were checked.
+type bridgeState struct {
+	index    int
+	cidr     string
+	firewall time.Time
+}
+
+// bridgeReady reports whether br is still the bridge setupNetwork set up
+// (same interface index), up and with the host address cidr: asked of the
+// kernel over netlink (Go's net package), no process.
+func (d *Driver) bridgeReady(br, cidr string) bool {
+	st, ok := d.netReady[br]
+	if !ok || st.cidr != cidr {
+		return false
+	}
+	ifi, err := net.InterfaceByName(br)
+	if err != nil || ifi.Index != st.index || ifi.Flags&net.FlagUp == 0 {
+		return false
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if a.String() == cidr {
+			return true
+		}
+	}
+	return false
+}
+
+// noteBridgeReady records br as set up with cidr, its firewall rules
+// checked at firewall.
+func (d *Driver) noteBridgeReady(br, cidr string, firewall time.Time) {
+	ifi, err := net.InterfaceByName(br)
+	if err != nil {
+		delete(d.netReady, br)
+		return
+	}
+	if d.netReady == nil {
+		d.netReady = map[string]bridgeState{}
+	}
+	d.netReady[br] = bridgeState{index: ifi.Index, cidr: cidr, firewall: firewall}
 }
 
 func netErr(err error) error {
@@ -368,28 +427,24 @@ func (d *Driver) ensureFirewall(ctx context.Context, br, cidr string, masquerade
 
 // ensureTap creates VM id's tap on bridge br (idempotent).
 func (d *Driver) ensureTap(ctx context.Context, tap, br, id string) error {
-	l, ok, err := d.link(ctx, tap)
-	if err != nil {
-		return netErr(err)
-	}
-	if ok && !l.isTap() {
-		return netErr(fmt.Errorf("%s exists and is not a tap device", tap))
-	}
-	if !ok {
-		if _, err := d.run(ctx, d.ip, "tuntap", "add", "dev", tap, "mode", "tap"); err != nil {
-			if _, ok, _ := d.link(ctx, tap); !ok {
-				return netErr(err)
-			}
-		}
-	}
-	for _, args := range [][]string{
-		{"link", "set", "dev", tap, "alias", tapAlias(id, d.cfg.VMRoot)},
-		{"link", "set", "dev", tap, "master", br},
-		{"link", "set", "dev", tap, "up"},
-	} {
-		if _, err := d.run(ctx, d.ip, args...); err != nil {
+	// Usually there is none yet: asked over netlink, without listing
+	// every link through ip(8).
+	_, err := net.InterfaceByName(tap)
+	if exists := err == nil; exists {
+		l, ok, err := d.link(ctx, tap)
+		if err != nil {
 			return netErr(err)
 		}
+		if ok && !l.isTap() {
+			return netErr(fmt.Errorf("%s exists and is not a tap device", tap))
+		}
+	} else if _, err := d.run(ctx, d.ip, "tuntap", "add", "dev", tap, "mode", "tap"); err != nil {
+		if _, ok, _ := d.link(ctx, tap); !ok {
+			return netErr(err)
+		}
+	}
+	if _, err := d.run(ctx, d.ip, "link", "set", "dev", tap, "alias", tapAlias(id, d.cfg.VMRoot), "master", br, "up"); err != nil {
+		return netErr(err)
 	}
 	return nil
 }
@@ -429,8 +484,11 @@ func (l ipLink) tapOwner() (id, root string) {
 // deletes those bridges. It is for tests and uninstallation; the daemon
 // leaves both in place on shutdown (running VMs depend on them).
 func (d *Driver) StopNetwork(ctx context.Context) error {
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
 	var errs []error
 	for _, br := range []string{d.cfg.NATBridge, d.cfg.HostOnlyBridge} {
+		delete(d.netReady, br)
 		if pid, ok := readPID(d.dnsmasqPIDFile(br)); ok {
 			if args := procArgs(pid); args != nil && containsArg(args, "--interface="+br) {
 				if err := stopDnsmasq(pid); err != nil {
