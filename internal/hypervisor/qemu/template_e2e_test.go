@@ -2,10 +2,12 @@ package qemu
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -199,6 +201,29 @@ func TestE2ETemplateWarmStart(t *testing.T) {
 			t.Errorf("%s: overlay backing %q, want %s", spec.ID, ii.BackingFilename, layer)
 		}
 	}
+	// The same template without the resident identity script (as from a
+	// guest without the identity port): the identity goes through the
+	// agent; the script, never handed one, ends when it finds the port
+	// closed.
+	if !tpl.Resident {
+		t.Error("the test guest's template has no resident identity script")
+	}
+	viaAgent := filepath.Join(t.TempDir(), "agent")
+	copyTemplate(t, tpl, viaAgent, func(m map[string]any) { m["resident"] = false })
+	g, fromG, ipG := start("01warmg", viaAgent)
+	reserved(g, ipG)
+	if fromG != "template" {
+		t.Errorf("from the template without a resident script: started from %q", fromG)
+	}
+	if hn, macs, _ := guestIdentity(t, g); hn != hostnameFor(g) || !slices.ContainsFunc(macs, func(m string) bool { return strings.EqualFold(m, macFor(g.ID)) }) {
+		t.Errorf("%s (identity through the agent): host name %q, MACs %v; want %q and %s", g.ID, hn, macs, hostnameFor(g), macFor(g.ID))
+	}
+	for _, spec := range []hypervisor.Spec{a, g} {
+		if pids := strings.TrimSpace(guestRun(t, spec, residentPIDs)); pids != "" {
+			t.Errorf("%s: the resident identity script still runs: %s", spec.ID, pids)
+		}
+	}
+
 	// One keeps running after the other is gone, whose reservation goes
 	// with it.
 	if err := d.Destroy(ctx, a); err != nil {
@@ -286,12 +311,7 @@ func TestE2ETemplateWarmStart(t *testing.T) {
 
 	// A template with a damaged state: the VM boots cold, with the reason.
 	bad := filepath.Join(t.TempDir(), "bad")
-	if err := os.MkdirAll(filepath.Join(bad, "sha256-test"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("cp", "-a", tpl.Dir, filepath.Join(bad, "sha256-test", tpl.Key)).CombinedOutput(); err != nil {
-		t.Fatalf("cp: %v: %s", err, out)
-	}
+	copyTemplate(t, tpl, bad, nil)
 	state := filepath.Join(bad, "sha256-test", tpl.Key, fileTplState)
 	os.Chmod(state, 0o644)
 	if err := os.WriteFile(state, []byte("not a migration stream"), 0o644); err != nil {
@@ -300,6 +320,41 @@ func TestE2ETemplateWarmStart(t *testing.T) {
 	_, fromC, _ := start("01warmc", bad)
 	if fromC != "cold" {
 		t.Errorf("with a damaged template: started from %q, want cold", fromC)
+	}
+}
+
+// residentPIDs is a guest script printing the processes of a resident
+// identityScript.
+const residentPIDs = `for p in /proc/[0-9]*; do tr '\0' '\n' <$p/environ 2>/dev/null | grep -qx STEP=resident && echo ${p#/proc/}; done; true`
+
+// copyTemplate copies tpl into the template root root, with edit (when
+// not nil) applied to its template.json.
+func copyTemplate(t *testing.T, tpl Template, root string, edit func(map[string]any)) {
+	t.Helper()
+	dir := filepath.Join(root, tpl.ImageKey, tpl.Key)
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", "-a", tpl.Dir, dir).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
+	if edit == nil {
+		return
+	}
+	meta := filepath.Join(dir, fileTplMeta)
+	b, err := os.ReadFile(meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]any{}
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	edit(m)
+	b, _ = json.Marshal(m)
+	os.Chmod(meta, 0o644)
+	if err := os.WriteFile(meta, b, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 
