@@ -1179,7 +1179,7 @@ func awaitResident(ctx context.Context, conn net.Conn) error {
 		return err
 	}
 	if strings.TrimSpace(line) != "ready" {
-		return fmt.Errorf("it said %q", line)
+		return fmt.Errorf("it said %.64q", line)
 	}
 	return nil
 }
@@ -1217,7 +1217,7 @@ func giveResidentIdentity(ctx context.Context, conn net.Conn, env []string) erro
 			continue
 		}
 		if code != "0" {
-			return fmt.Errorf("identity script exited %s: %s", code, strings.Join(said, "; "))
+			return fmt.Errorf("identity script exited %.8q: %s", code, tail(strings.Join(said, "; "), 1024))
 		}
 		return nil
 	}
