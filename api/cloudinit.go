@@ -57,7 +57,7 @@ func CheckUserData(s string) error {
 const (
 	SourceGuestAgent = "guest-agent" // the QEMU guest agent or VMware Tools
 	SourceDHCPLease  = "dhcp-lease"  // the lease goldvm's own DHCP server gave the VM's MAC
-	SourceReserved   = "reserved"    // the address goldvm reserved on its DHCP server and set through the guest agent (a VM started from a template)
+	SourceReserved   = "reserved"    // the address goldvm reserved on its DHCP server and set in the guest (a VM started from a template)
 	SourceNeighbour  = "neighbour"   // the host's neighbour (ARP) entry for the VM's MAC
 	SourceUserNet    = "user-net"    // QEMU user-mode networking's fixed guest address, once the forwarded port reaches the guest
 	SourceVMX        = "vmx"         // the VM's .vmx (guestOS)

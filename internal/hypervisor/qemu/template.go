@@ -835,7 +835,7 @@ func (d *Driver) fromStream() bool { return d.root && d.uidRange.first != 0 }
 
 // StartFromTemplate starts the VM spec from t instead of booting it: a new
 // overlay on the frozen layer, the state restored, and a new identity
-// (MAC, DHCP lease, clock, hostname, entropy) set through the guest agent.
+// (MAC, address, clock, hostname, entropy) set in the guest (newIdentity).
 // On failure the VM is left destroyed (its directory emptied), ready for a
 // cold Clone and Start.
 func (d *Driver) StartFromTemplate(ctx context.Context, spec hypervisor.Spec, t Template) (err error) {
