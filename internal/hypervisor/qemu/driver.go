@@ -29,6 +29,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -143,10 +144,13 @@ type Driver struct {
 	netReady map[string]bridgeState
 	// warmInfo is what Discover answers for VMs just started from a
 	// template with a reserved address, until it is asked once.
-	warmMu   sync.Mutex
-	warmInfo map[string]hypervisor.GuestInfo
-	locksMu  sync.Mutex
-	locks    map[string]*vmLocks
+	warmMu sync.Mutex
+	// warmStarting counts the warm starts in progress: the clock's
+	// refinement after one waits until none is (see newIdentity).
+	warmStarting atomic.Int32
+	warmInfo     map[string]hypervisor.GuestInfo
+	locksMu      sync.Mutex
+	locks        map[string]*vmLocks
 }
 
 type vmLocks struct {

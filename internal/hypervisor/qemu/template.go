@@ -850,6 +850,8 @@ func (d *Driver) StartFromTemplate(ctx context.Context, spec hypervisor.Spec, t 
 			}
 		}
 	}()
+	d.warmStarting.Add(1)
+	defer d.warmStarting.Add(-1)
 	t0 := time.Now()
 	layer := spec
 	layer.GoldDisk = hypervisor.GoldDisk{Path: p(t.Dir, fileTplLayer), Format: "qcow2", VirtualSize: spec.GoldDisk.VirtualSize}
@@ -1098,12 +1100,14 @@ func (d *Driver) newIdentity(ctx context.Context, spec hypervisor.Spec, t Templa
 	}
 	// The script set the clock to the second; the agent sets it to the
 	// microsecond where it can (qemu-ga then runs hwclock -w, whose failure
-	// leaves the time set). That takes 0.2 s of a freshly restored guest,
-	// so it is not waited for.
-	if os.Getenv("NOSETTIME") != "" {
-		return nil
-	}
+	// leaves the time set). That takes 0.1-0.2 s of a freshly restored
+	// guest's CPU, so it is not waited for, and it waits until no other
+	// warm start is under way (at most clockRefineWait), not to slow down
+	// VMs started together.
 	go func() {
+		for wait := time.Duration(0); d.warmStarting.Load() > 0 && wait < clockRefineWait; wait += 50 * time.Millisecond {
+			time.Sleep(50 * time.Millisecond)
+		}
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		if agent == nil {
@@ -1183,6 +1187,10 @@ func awaitResident(ctx context.Context, conn net.Conn) error {
 	}
 	return nil
 }
+
+// clockRefineWait bounds how long the microsecond clock of a VM started
+// from a template waits for other warm starts to finish.
+const clockRefineWait = 10 * time.Second
 
 // giveResidentIdentity sends env (NAME=value pairs) to the resident
 // identityScript at the other end of conn and waits until it has applied
