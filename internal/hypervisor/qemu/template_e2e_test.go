@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -412,5 +413,40 @@ func TestWarmArgs(t *testing.T) {
 				t.Errorf("%s: %q in %s", tt.name, n, a)
 			}
 		}
+	}
+}
+
+// TestWaitGuestQuiet: a process busy for a while, then asleep, is found
+// quiet only after its busy spell (it is asleep and has used CPU time by
+// then); one that never stops is waited for until the context ends.
+func TestWaitGuestQuiet(t *testing.T) {
+	run := func(script string) *exec.Cmd {
+		cmd := exec.Command("bash", "-c", script)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		return cmd
+	}
+	busyThenAsleep := run(`end=$((SECONDS+2)); while [ $SECONDS -lt $end ]; do :; done; exec sleep 60`)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := waitGuestQuiet(ctx, busyThenAsleep.Process.Pid, testLogger(t)); err != nil {
+		t.Fatalf("waitGuestQuiet: %v", err)
+	}
+	ticks, err := procCPUTicks(busyThenAsleep.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", busyThenAsleep.Process.Pid))
+	if ticks < 10 || !strings.Contains(string(stat), "(sleep) S") {
+		t.Errorf("quiet after %d ticks of CPU, in state %q; want the busy spell (up to 200 ticks) over and sleep(1) asleep", ticks, stat)
+	}
+
+	busy := run(`while :; do :; done`)
+	ctx, cancel = context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := waitGuestQuiet(ctx, busy.Process.Pid, testLogger(t)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("waitGuestQuiet(a busy loop) = %v, want the context's deadline", err)
 	}
 }
