@@ -29,38 +29,50 @@ func guestShell(t *testing.T, d *daemon, id, script string) string {
 	deadline, _ := ctx.Deadline()
 	conn.SetDeadline(deadline)
 	r := bufio.NewReader(conn)
-	// call sends a command and returns the "return" of the first JSON
-	// reply line (the agent may send other bytes first: 0xff, stale replies
-	// are skipped by guest-sync's id).
-	call := func(cmd string, args any) json.RawMessage {
+	send := func(cmd string, args any) {
 		t.Helper()
 		b, _ := json.Marshal(map[string]any{"execute": cmd, "arguments": args})
 		if _, err := conn.Write(append(b, '\n')); err != nil {
 			t.Fatalf("%s: %v", cmd, err)
 		}
+	}
+	// reply returns the next JSON reply line (the agent may send other
+	// bytes first: 0xff).
+	reply := func(cmd string) (ret json.RawMessage, replyErr any) {
+		t.Helper()
 		for {
 			line, err := r.ReadBytes('\n')
 			if err != nil {
 				t.Fatalf("%s: %v", cmd, err)
 			}
-			var reply struct {
+			var rep struct {
 				Return json.RawMessage `json:"return"`
 				Error  any             `json:"error"`
 			}
-			if json.Unmarshal([]byte(strings.Trim(string(line), "\xff \r\n")), &reply) != nil {
-				continue
+			if json.Unmarshal([]byte(strings.Trim(string(line), "\xff \r\n")), &rep) == nil {
+				return rep.Return, rep.Error
 			}
-			if reply.Error != nil && cmd == "guest-sync" {
-				continue // the agent's complaint about bytes an earlier client left; the sync id decides
-			}
-			if reply.Error != nil {
-				t.Fatalf("%s: %v", cmd, reply.Error)
-			}
-			return reply.Return
 		}
 	}
-	sync := strconv.FormatInt(time.Now().UnixNano()%1e9, 10)
-	for string(call("guest-sync", map[string]any{"id": json.Number(sync)})) != sync {
+	// One guest-sync, then every reply up to the one with its id is
+	// skipped: stale replies an earlier client left, the agent's
+	// complaint about the 0xFF. (Sending it again on a stale reply would
+	// leave the second answer to be taken for the next command's.)
+	sync := strconv.FormatInt(time.Now().UnixNano()%1e9+1, 10)
+	send("guest-sync", map[string]any{"id": json.Number(sync)})
+	for {
+		if ret, e := reply("guest-sync"); e == nil && string(ret) == sync {
+			break
+		}
+	}
+	call := func(cmd string, args any) json.RawMessage {
+		t.Helper()
+		send(cmd, args)
+		ret, e := reply(cmd)
+		if e != nil {
+			t.Fatalf("%s: %v", cmd, e)
+		}
+		return ret
 	}
 	var started struct{ PID int }
 	json.Unmarshal(call("guest-exec", map[string]any{"path": "/bin/sh", "arg": []string{"-c", script}, "capture-output": true}), &started)
