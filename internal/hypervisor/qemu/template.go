@@ -932,7 +932,8 @@ func (d *Driver) StartFromTemplate(ctx context.Context, spec hypervisor.Spec, t 
 // in $SAVED), removes its IPv4 addresses and prints the interface's name;
 // then, when the guest has the virtio-serial port PORTNAME, it starts
 // itself (SCRIPT) again with STEP=resident, in the background, and prints
-// "resident". The resident copy holds the port open and waits for one
+// "resident". The resident copy holds the port open, forks the children
+// that will run the identity's commands (see prefork) and waits for one
 // identity: lines "NAME value" (the variables below), then "go"; it applies
 // it, answers "done CODE" and exits. Otherwise (through the agent, in a
 // restored guest) it applies the identity given in its environment.
@@ -948,9 +949,10 @@ func (d *Driver) StartFromTemplate(ctx context.Context, spec hypervisor.Spec, t 
 //
 // Under TCG every process a restored guest starts costs 50-100 ms (QEMU
 // translates its code afresh), so applying an identity with ADDR in a
-// prepared template's guest starts four (date, ip) and uses shell builtins
-// for the rest; the resident copy spares the agent's answer and its
-// guest-exec (a fork of qemu-ga and a shell), another 0.3-0.6 s.
+// prepared template's guest runs four commands (date, ip) and uses shell
+// builtins for the rest; the resident copy spares the agent's answer and
+// its guest-exec (a fork of qemu-ga and a shell), another 0.3-0.6 s, and
+// forked the four commands' processes before the save.
 const identityScript = `
 find_if() {
 	for i in /sys/class/net/*; do
@@ -969,22 +971,56 @@ stop_dhcp() {
 	[ -n "$PIDS" ] && kill $PIDS 2>/dev/null
 	ip -4 addr flush dev "$IF"
 }
+# prefork: forks, ahead of the save, a child per step of an identity with
+# an address (date, mac, addr, route), each waiting for its argument on a
+# FIFO of its own in $PF; the applet is the child's last command, which a
+# busybox shell runs without forking again. A restored guest then forks
+# nothing (its first fork costs tens of milliseconds of translation).
+prefork() {
+	PF=/run/goldvm-identity.$$
+	[ -n "$IF" ] && mkdir -m 700 "$PF" 2>/dev/null && mkfifo "$PF/date" "$PF/mac" "$PF/addr" "$PF/route" || { PF=; return 0; }
+	( read -r a <"$PF/date" && date -u -s "@$a" ) </dev/null >/dev/null 2>&1 3>&- &
+	PF_date=$!
+	( read -r a <"$PF/mac" && ip link set dev "$IF" address "$a" ) </dev/null >/dev/null 2>&1 3>&- &
+	PF_mac=$!
+	( read -r a <"$PF/addr" && ip -4 addr add "$a" dev "$IF" ) </dev/null >/dev/null 2>&3 &
+	PF_addr=$!
+	( read -r a <"$PF/route" && ip -4 route replace $a dev "$IF" ) </dev/null >/dev/null 2>&3 &
+	PF_route=$!
+}
+# pf STEP VALUE: hands VALUE to the child forked for STEP and returns its
+# status; 127 when there is none (any more).
+pf() {
+	eval "p=\${PF_$1:-}"
+	[ -n "$p" ] || return 127
+	eval "PF_$1="
+	echo "$2" >"$PF/$1" || return 126
+	wait "$p"
+}
+# unfork: ends the forked children no identity used.
+unfork() {
+	for s in date mac addr route; do
+		eval "p=\${PF_$s:-}"
+		[ -n "$p" ] && kill "$p" 2>/dev/null
+	done
+	[ -n "$PF" ] && rm -rf "$PF"
+}
 identity() {
-	date -u -s "@$EPOCH" >/dev/null 2>&1
+	pf date "$EPOCH" || date -u -s "@$EPOCH" >/dev/null 2>&1
 	echo "$NAME" >/proc/sys/kernel/hostname 2>/dev/null || hostname "$NAME"
 	echo "$NAME" >/etc/hostname 2>/dev/null
 	echo "$ENTROPY" >/dev/urandom 2>/dev/null
 	[ -n "$IF" ] || find_if || return 3
 	[ -n "$PREPARED" ] || stop_dhcp
 	# virtio-net takes a new MAC while up; other NICs want the link down.
-	ip link set dev "$IF" address "$NEWMAC" 2>/dev/null ||
+	pf mac "$NEWMAC" || ip link set dev "$IF" address "$NEWMAC" 2>/dev/null ||
 		{ ip link set dev "$IF" down && ip link set dev "$IF" address "$NEWMAC" && ip link set dev "$IF" up; } || return 4
 	if [ -n "$ADDR" ]; then
-		ip -4 addr add "$ADDR" dev "$IF" || return 5
+		pf addr "$ADDR" || ip -4 addr add "$ADDR" dev "$IF" || return 5
 		IFS=';'
 		for r in $ROUTES; do
 			IFS=' '
-			ip -4 route replace $r dev "$IF" || return 6
+			pf route "$r" || ip -4 route replace $r dev "$IF" || return 6
 		done
 		return 0
 	fi
@@ -1010,13 +1046,15 @@ find_port() {
 }
 resident() {
 	exec 3<>"$PORT" || return 1
+	prefork
 	echo ready >&3
 	while read -r k v <&3; do
 		case "$k" in
 		EPOCH|NAME|ENTROPY|OLDMAC|NEWMAC|IF|PREPARED|ADDR|ROUTES) eval "$k=\$v" ;;
-		go) identity 2>&3; echo "done $?" >&3; return 0 ;;
+		go) identity 2>&3; echo "done $?" >&3; unfork; return 0 ;;
 		esac
 	done
+	unfork
 }
 SAVED=/run/goldvm-dhcp-clients
 [ -d /run ] || SAVED=/tmp/goldvm-dhcp-clients
@@ -1026,7 +1064,7 @@ prepare)
 	stop_dhcp
 	echo "$IF"
 	if [ -n "$PORTNAME" ] && [ -n "$SCRIPT" ] && find_port; then
-		STEP=resident PORT="$PORT" sh -c "$SCRIPT" </dev/null >/dev/null 2>&1 &
+		STEP=resident PORT="$PORT" IF="$IF" sh -c "$SCRIPT" </dev/null >/dev/null 2>&1 &
 		echo resident
 	fi
 	;;
