@@ -144,11 +144,11 @@ type Driver struct {
 	netReady map[string]bridgeState
 	// warmInfo is what Discover answers for VMs just started from a
 	// template with a reserved address, until it is asked once.
-	warmMu sync.Mutex
+	warmMu   sync.Mutex
+	warmInfo map[string]hypervisor.GuestInfo
 	// warmStarting counts the warm starts in progress: the clock's
 	// refinement after one waits until none is (see newIdentity).
 	warmStarting atomic.Int32
-	warmInfo     map[string]hypervisor.GuestInfo
 	locksMu      sync.Mutex
 	locks        map[string]*vmLocks
 }

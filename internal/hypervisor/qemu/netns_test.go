@@ -164,6 +164,16 @@ func TestE2ENetworkBridge(t *testing.T) {
 		}
 	}
 
+	// Later VM starts trust the bridges as set up (the same interface, up,
+	// with its address) and skip their ip commands.
+	d.netMu.Lock()
+	for _, b := range [][2]string{{d.cfg.NATBridge, d.cfg.NATSubnet}, {d.cfg.HostOnlyBridge, d.cfg.HostOnlySubnet}} {
+		if !d.bridgeReady(b[0], b[1]) {
+			t.Errorf("bridge %s (%s) not known as set up after VMs started on it", b[0], b[1])
+		}
+	}
+	d.netMu.Unlock()
+
 	// A stray VM (no record) is reaped with its tap; known VMs are left alone.
 	stray := newSpec(t, "01netstray", gold, api.NetworkNAT)
 	destroyOnCleanup(t, d, stray)
@@ -198,6 +208,35 @@ func TestE2ENetworkBridge(t *testing.T) {
 		if linkExists(t, d, tapFor(s.ID)) {
 			t.Errorf("%s: tap left after destroy", s.ID)
 		}
+	}
+
+	// A bridge deleted behind goldvm's back is no longer trusted; the next
+	// VM start makes it again.
+	if _, err := d.run(ctx, d.ip, "link", "del", "dev", d.cfg.HostOnlyBridge); err != nil {
+		t.Fatal(err)
+	}
+	d.netMu.Lock()
+	stale := d.bridgeReady(d.cfg.HostOnlyBridge, d.cfg.HostOnlySubnet)
+	d.netMu.Unlock()
+	if stale {
+		t.Error("a deleted bridge is still known as set up")
+	}
+	again := newSpec(t, "01netagain", gold, api.NetworkHostOnly)
+	destroyOnCleanup(t, d, again)
+	if err := d.Clone(ctx, again); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx, again); err != nil {
+		t.Fatalf("start after the bridge was deleted: %v", err)
+	}
+	if l, ok, err := d.link(ctx, tapFor(again.ID)); err != nil || !ok || l.Master != d.cfg.HostOnlyBridge {
+		t.Errorf("after the bridge was deleted: tap %+v ok=%v err=%v; want it on a new %s", l, ok, err, d.cfg.HostOnlyBridge)
+	}
+	d.netMu.Lock()
+	ready := d.bridgeReady(d.cfg.HostOnlyBridge, d.cfg.HostOnlySubnet)
+	d.netMu.Unlock()
+	if !ready {
+		t.Errorf("the bridge %s made again is not up with %s", d.cfg.HostOnlyBridge, d.cfg.HostOnlySubnet)
 	}
 }
 
