@@ -989,12 +989,13 @@ prefork() {
 	PF_route=$!
 }
 # pf STEP VALUE: hands VALUE to the child forked for STEP and returns its
-# status; 127 when there is none (any more).
+# status; 127 when there is none (any more), 126 when it is gone.
 pf() {
 	eval "p=\${PF_$1:-}"
 	[ -n "$p" ] || return 127
 	eval "PF_$1="
-	echo "$2" >"$PF/$1" || return 126
+	# A child that is gone would leave the FIFO's writer blocked.
+	kill -0 "$p" 2>/dev/null && echo "$2" >"$PF/$1" || return 126
 	wait "$p"
 }
 # unfork: ends the forked children no identity used.
