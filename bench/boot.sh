@@ -16,9 +16,10 @@
 # times create-to-running (the API call until the record is running with
 # its address) for 1 VM and 4 at once, cold and from the template, as the
 # CLI sees it and in the daemon's log (first "vm accepted" to last "vm
-# running"), with each VM's memory (PSS of its QEMU). A third daemon, on the root default
-# of a QEMU user id per VM, times the warm start from the template's full
-# state stream (no shared RAM file) the same way.
+# running"), with each VM's memory (PSS of its QEMU). A third daemon, on
+# the root default of a QEMU user id per VM, times the warm start from a
+# sealed memfd copy of the template's RAM (the daemon makes it at the first
+# warm start) the same way.
 #
 # GOLDVM_TEST_GUEST, when set, is the test guest to use (else build.sh
 # makes or finds it).
@@ -164,6 +165,6 @@ warm() {
 echo "== cold against warm start ($disk, create until running with its address; load: $(cut -d' ' -f1-3 /proc/loadavg))"
 echo "-- QEMU as root: VMs map the template's RAM file"
 warm data-warm 1 --qemu-user root
-echo "-- a QEMU user id per VM (the root default): VMs load the template's full state stream"
+echo "-- a QEMU user id per VM (the root default): VMs map a sealed memfd copy of the template's RAM"
 warm data-warm-uids 0
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

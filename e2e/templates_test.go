@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -379,11 +380,11 @@ func TestAgentlessGuestNoTemplate(t *testing.T) {
 }
 
 // TestWarmStartPerVMUIDs: under a root daemon's default, QEMU under a user
-// id per VM, VMs start from the template's full state stream (RAM
-// included) loaded into their own memory: each QEMU runs under a user id
-// of its own and is given no template file it could write (all are
-// root's; the RAM file is not opened at all), and each VM has its own
-// address. --warm-templates is accepted in this mode.
+// id per VM, VMs start from a sealed memfd copy of the template's RAM,
+// mapped privately: each QEMU runs under a user id of its own and is given
+// no template file it could write (all are root's; the RAM file is not
+// opened at all; the memfd refuses writes, even root's), and each VM has
+// its own address. --warm-templates is accepted in this mode.
 func TestWarmStartPerVMUIDs(t *testing.T) {
 	requireEnv(t)
 	if os.Geteuid() != 0 {
@@ -423,8 +424,29 @@ func TestWarmStartPerVMUIDs(t *testing.T) {
 			t.Fatalf("QEMU processes of %s: %v", v.ID, pids)
 		}
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pids[0]))
-		if !strings.Contains(string(cmdline), "memory-backend-ram") || strings.Contains(string(cmdline), "ram.bin") {
-			t.Errorf("%s: QEMU runs %q, want anonymous RAM and no RAM file", v.ID, strings.ReplaceAll(string(cmdline), "\x00", " "))
+		m := regexp.MustCompile(`memory-backend-file,id=mem0,size=\d+M,mem-path=/proc/self/fd/(\d+),share=off`).FindSubmatch(cmdline)
+		if m == nil || strings.Contains(string(cmdline), "ram.bin") {
+			t.Errorf("%s: QEMU runs %q, want the RAM from a descriptor, mapped privately, and no RAM file", v.ID, strings.ReplaceAll(string(cmdline), "\x00", " "))
+		} else {
+			memfd := fmt.Sprintf("/proc/%d/fd/%s", pids[0], m[1])
+			if target, err := os.Readlink(memfd); err != nil || !strings.HasPrefix(target, "/memfd:goldvm-template-") {
+				t.Errorf("%s: QEMU's RAM descriptor is %q (%v), want the template's memfd", v.ID, target, err)
+			}
+			// Sealed: nobody writes the memory the next VM starts with.
+			if f, err := os.OpenFile(memfd, os.O_RDWR, 0); err != nil {
+				t.Errorf("%s: open %s: %v", v.ID, memfd, err)
+			} else {
+				if _, err := f.WriteAt([]byte{1}, 0); !errors.Is(err, syscall.EPERM) {
+					t.Errorf("%s: writing the template's memfd as root: %v, want EPERM", v.ID, err)
+				}
+				f.Close()
+			}
+		}
+		fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pids[0]))
+		for _, fd := range fds {
+			if target, _ := os.Readlink(fd); strings.HasSuffix(target, "ram.bin") {
+				t.Errorf("%s: QEMU has the RAM file open (%s)", v.ID, fd)
+			}
 		}
 		status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pids[0]))
 		var uid string

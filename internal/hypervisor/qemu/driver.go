@@ -149,8 +149,12 @@ type Driver struct {
 	// warmStarting counts the warm starts in progress: the clock's
 	// refinement after one waits until none is (see newIdentity).
 	warmStarting atomic.Int32
-	locksMu      sync.Mutex
-	locks        map[string]*vmLocks
+	// sealed holds, per template directory, the sealed memfd copy of its
+	// RAM that QEMUs under a user id of their own map (see memfd.go).
+	sealedMu sync.Mutex
+	sealed   map[string]*os.File
+	locksMu  sync.Mutex
+	locks    map[string]*vmLocks
 }
 
 type vmLocks struct {

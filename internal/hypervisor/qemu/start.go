@@ -163,6 +163,12 @@ func (d *Driver) start(ctx context.Context, spec hypervisor.Spec, warm warmOpts)
 		defer tap.Close()
 		extra, lp.TapFD = []*os.File{tap}, 3
 	}
+	if warm.memFile != nil {
+		// The template's RAM as a sealed memfd: QEMU opens it by its
+		// descriptor (see memfd.go).
+		lp.MemPath = "/proc/self/fd/" + strconv.Itoa(3+len(extra))
+		extra = append(extra, warm.memFile)
+	}
 	args := append(buildArgs(lp), warm.extraArgs(spec.Dir)...)
 	// Not CommandContext: the VM must outlive the request that started it.
 	cmd := exec.Command(d.cfg.QemuBinary, args...)

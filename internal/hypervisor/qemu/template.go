@@ -31,15 +31,13 @@ package qemu
 // QEMU 7.2 opens a memory-backend-file read-write even for a private
 // mapping, so a QEMU that runs under a user id of its own per VM (a root
 // daemon's default) must not be given the RAM file: every VM's QEMU could
-// then change the memory of every later VM. Such a VM starts from
-// stream.bin instead: the same saved state migrated once more without
+// then change the memory of every later VM. Such a VM maps a sealed memfd
+// copy of the RAM file instead (memfd.go). Where none can be made it starts
+// from stream.bin: the same saved state migrated once more without
 // x-ignore-shared, so it holds the RAM too (see saveStream). It is root's,
 // mode 0644; the daemon opens it and passes QEMU the descriptor
 // (read-only), and QEMU loads it into anonymous memory (memory-backend-ram
-// with the same id). The restore is about as quick (the notes measured a
-// full-stream load at 0.15 s; the stream is read from the page cache), but
-// no page is shared: each VM has its own copy of the guest's RAM (the
-// notes: 155 MB PSS per VM instead of 43 MB, test guest with 256 MiB).
+// with the same id): each VM then has its own copy of the guest's RAM.
 //
 // A template is only valid for the QEMU binary, accelerator, pinned machine
 // type, CPUs, memory, network kind and device layout it was made with; all
@@ -183,15 +181,16 @@ type Template struct {
 // warmOpts are a template's additions to a VM's QEMU arguments (zero: a
 // plain boot).
 type warmOpts struct {
-	machine  string // pinned machine type
-	frozen   string // frozen disk layer below the overlay
-	memPath  string // RAM file
-	memShare bool   // RAM file shared (making a template) or private
-	memRAM   bool   // anonymous RAM instead of the file (full stream restore)
-	incoming bool   // wait for the state (-incoming defer)
+	machine  string   // pinned machine type
+	frozen   string   // frozen disk layer below the overlay
+	memPath  string   // RAM file
+	memShare bool     // RAM file shared (making a template) or private
+	memRAM   bool     // anonymous RAM instead of the file (full stream restore)
+	memFile  *os.File // the RAM as a sealed memfd, given to QEMU as a descriptor (see memfd.go)
+	incoming bool     // wait for the state (-incoming defer)
 }
 
-func (w warmOpts) set() bool { return w.memPath != "" || w.memRAM }
+func (w warmOpts) set() bool { return w.memPath != "" || w.memRAM || w.memFile != nil }
 
 func (w warmOpts) apply(lp *launchParams) {
 	if !w.set() {
@@ -541,6 +540,7 @@ func (d *Driver) DropTemplates(imageKey string) error {
 	if d.cfg.TemplateDir == "" || !idRe.MatchString(imageKey) {
 		return nil
 	}
+	d.dropSealedRAM(filepath.Join(d.cfg.TemplateDir, imageKey))
 	return removeDir(d.cfg.TemplateDir, imageKey)
 }
 
@@ -826,12 +826,12 @@ func (d *Driver) TemplateFor(root string, spec hypervisor.Spec) (Template, error
 	return LoadTemplate(root, spec.ImageKey, key)
 }
 
-// fromStream says whether VMs start from a template's full state stream
-// rather than its RAM file: when QEMU runs under a user id per VM, as QEMU
-// 7.2 opens a RAM file read-write even for a private mapping, and a file
-// all VMs of a per-VM-user range could write would let one VM's QEMU
-// change every later VM's memory.
-func (d *Driver) fromStream() bool { return d.root && d.uidRange.first != 0 }
+// perVMUsers says whether QEMU runs under a user id per VM: its VMs are
+// then not given a template's RAM file (QEMU 7.2 opens it read-write even
+// for a private mapping, and a file all VMs of a per-VM-user range could
+// write would let one VM's QEMU change every later VM's memory) but a
+// sealed memfd copy of it (memfd.go), or else the full state stream.
+func (d *Driver) perVMUsers() bool { return d.root && d.uidRange.first != 0 }
 
 // StartFromTemplate starts the VM spec from t instead of booting it: a new
 // overlay on the frozen layer, the state restored, and a new identity
@@ -839,7 +839,18 @@ func (d *Driver) fromStream() bool { return d.root && d.uidRange.first != 0 }
 // On failure the VM is left destroyed (its directory emptied), ready for a
 // cold Clone and Start.
 func (d *Driver) StartFromTemplate(ctx context.Context, spec hypervisor.Spec, t Template) (err error) {
-	stream := d.fromStream()
+	// A QEMU under a user id of its own maps a sealed memfd copy of the
+	// RAM file, or else (no memfd) loads the full state stream.
+	var sealed *os.File
+	stream := false
+	if d.perVMUsers() {
+		f, err := d.sealedTemplateRAM(t)
+		if err != nil {
+			d.log.Warn("no sealed copy of the template's RAM; the VM loads the full state stream", "template", t.Key, "err", err)
+			stream = true
+		}
+		sealed = f
+	}
 	if stream && !t.Stream {
 		return errors.New("QEMU runs under a user id per VM, and this template has no full state stream (made by an older goldvm)")
 	}
@@ -861,8 +872,11 @@ func (d *Driver) StartFromTemplate(ctx context.Context, spec hypervisor.Spec, t 
 	t1 := time.Now()
 	warm := warmOpts{machine: t.Shape.Machine, frozen: p(t.Dir, fileTplLayer), memPath: p(t.Dir, fileTplRAM), incoming: true}
 	stateFile := fileTplState
-	if stream {
+	switch {
+	case stream:
 		warm.memPath, warm.memRAM, stateFile = "", true, fileTplStream
+	case sealed != nil:
+		warm.memPath, warm.memFile = "", sealed
 	}
 	if err := d.start(ctx, spec, warm); err != nil {
 		return err

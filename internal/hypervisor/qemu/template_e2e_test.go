@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"github.com/goldvm/goldvm/api"
 	"github.com/goldvm/goldvm/internal/errdefs"
 	"github.com/goldvm/goldvm/internal/hypervisor"
+	"golang.org/x/sys/unix"
 )
 
 // guestIdentity asks a guest (through its agent) for its host name, its
@@ -448,5 +450,65 @@ func TestWaitGuestQuiet(t *testing.T) {
 	defer cancel()
 	if _, err := waitGuestQuiet(ctx, busy.Process.Pid, testLogger(t)); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("waitGuestQuiet(a busy loop) = %v, want the context's deadline", err)
+	}
+}
+
+// TestSealedCopy: the memfd copy of a template's RAM has its content and
+// refuses, even to root, writes, size changes, shared writable mappings
+// and new seals; a private mapping takes writes without changing it.
+func TestSealedCopy(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "ram.bin")
+	want := make([]byte, 1<<20)
+	for i := range want {
+		want[i] = byte(i*7 + i>>9)
+	}
+	if err := os.WriteFile(src, want, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	f, err := sealedCopy(src, "goldvm-template-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got := make([]byte, len(want))
+	if _, err := f.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("content differs (%v)", err)
+	}
+	if seals, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0); err != nil || seals != sealedSeals {
+		t.Errorf("seals %#x (%v), want %#x", seals, err, sealedSeals)
+	}
+	if _, err := f.WriteAt([]byte{0}, 0); !errors.Is(err, syscall.EPERM) {
+		t.Errorf("write: %v, want EPERM", err)
+	}
+	for _, size := range []int64{0, int64(len(want)) * 2} {
+		if err := f.Truncate(size); !errors.Is(err, syscall.EPERM) {
+			t.Errorf("truncate to %d: %v, want EPERM", size, err)
+		}
+	}
+	if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, 0); err == nil {
+		// F_SEAL_SEAL: adding (even no) seals is refused.
+		t.Error("adding seals was allowed")
+	}
+	// Opened again read-write, as QEMU opens /proc/self/fd/N.
+	rw, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rw.Close()
+	if _, err := rw.WriteAt([]byte{0}, 0); !errors.Is(err, syscall.EPERM) {
+		t.Errorf("write through a read-write open: %v, want EPERM", err)
+	}
+	if m, err := unix.Mmap(int(rw.Fd()), 0, len(want), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err == nil {
+		unix.Munmap(m)
+		t.Error("a shared writable mapping was allowed")
+	}
+	priv, err := unix.Mmap(int(rw.Fd()), 0, len(want), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
+	if err != nil {
+		t.Fatalf("private mapping: %v", err)
+	}
+	priv[0], priv[len(priv)-1] = ^want[0], ^want[len(want)-1]
+	unix.Munmap(priv)
+	if _, err := f.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("a private mapping's writes reached the memfd (%v)", err)
 	}
 }
