@@ -528,6 +528,12 @@ func (d *Driver) MakeTemplate(ctx context.Context, root, imageKey string, gold h
 	published = true
 	syncFile(filepath.Dir(final))
 	t.Dir = final
+	if d.perVMUsers() {
+		// Made now rather than in the first warm start.
+		if _, err := d.sealedTemplateRAM(t); err != nil {
+			d.log.Warn("no sealed copy of the template's RAM; its VMs will load the full state stream", "template", key, "err", err)
+		}
+	}
 	d.log.Info("template made", "image", imageKey, "key", key, "shape", shape, "size", t.SizeBytes)
 	return t, nil
 }
