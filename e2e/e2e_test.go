@@ -77,8 +77,18 @@ func TestCreateFromEveryPackageFormat(t *testing.T) {
 				if body.Status != api.StatusRunning || body.IPAddress != got.IPAddress {
 					t.Errorf("callback body %s, want the running record", fmtVM(&body))
 				}
-				again, _ := d.client.GetVM(context.Background(), v.ID)
-				if again.Callback == nil || again.Callback.State != api.CallbackDelivered || again.Callback.Attempts != 1 {
+				// The daemon records the delivery once the receiver's answer
+				// is in, which may be after the receiver has the body.
+				var again *api.VM
+				waitFor(t, "the callback delivery to be recorded", 30*time.Second, func() bool {
+					g, err := d.client.GetVM(context.Background(), v.ID)
+					if err != nil {
+						t.Fatalf("get: %v", err)
+					}
+					again = g
+					return g.Callback != nil && g.Callback.State != api.CallbackPending
+				})
+				if again.Callback.State != api.CallbackDelivered || again.Callback.Attempts != 1 {
 					t.Errorf("callback delivery record %+v, want delivered after 1 attempt", again.Callback)
 				}
 				if err := d.client.DeleteVM(context.Background(), v.ID); err != nil {
