@@ -79,15 +79,7 @@ func TestCreateFromEveryPackageFormat(t *testing.T) {
 				}
 				// The daemon records the delivery once the receiver's answer
 				// is in, which may be after the receiver has the body.
-				var again *api.VM
-				waitFor(t, "the callback delivery to be recorded", 30*time.Second, func() bool {
-					g, err := d.client.GetVM(context.Background(), v.ID)
-					if err != nil {
-						t.Fatalf("get: %v", err)
-					}
-					again = g
-					return g.Callback != nil && g.Callback.State != api.CallbackPending
-				})
+				again := waitCallbackEnded(t, d, v.ID, 30*time.Second)
 				if again.Callback.State != api.CallbackDelivered || again.Callback.Attempts != 1 {
 					t.Errorf("callback delivery record %+v, want delivered after 1 attempt", again.Callback)
 				}

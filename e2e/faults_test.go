@@ -386,15 +386,7 @@ func TestFaultCallbackReceiverDown(t *testing.T) {
 			if v.Callback == nil || v.Callback.State != api.CallbackPending {
 				t.Errorf("new record's callback %+v, want pending", v.Callback)
 			}
-			var got *api.VM
-			waitFor(t, "the callback delivery to end", 2*time.Minute, func() bool {
-				g, err := d.client.GetVM(context.Background(), v.ID)
-				if err != nil {
-					t.Fatalf("get: %v", err)
-				}
-				got = g
-				return g.Callback != nil && g.Callback.State != api.CallbackPending
-			})
+			got := waitCallbackEnded(t, d, v.ID, 2*time.Minute)
 			if got.Status != api.StatusError || got.Error == nil || got.Error.Code != "checksum-mismatch" {
 				t.Errorf("record %s, want error checksum-mismatch", fmtVM(got))
 			}
@@ -578,6 +570,22 @@ func assertImageStoreHolds(t *testing.T, dataDir string, keys ...string) {
 }
 
 // waitFor polls cond every 100ms until it holds or timeout passes.
+// waitCallbackEnded waits until VM id's callback delivery is no longer
+// pending (delivered or failed, as recorded) and returns the record.
+func waitCallbackEnded(t *testing.T, d *daemon, id string, timeout time.Duration) *api.VM {
+	t.Helper()
+	var got *api.VM
+	waitFor(t, "the callback delivery to end", timeout, func() bool {
+		g, err := d.client.GetVM(context.Background(), id)
+		if err != nil {
+			t.Fatalf("get: %v", err)
+		}
+		got = g
+		return g.Callback != nil && g.Callback.State != api.CallbackPending
+	})
+	return got
+}
+
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
