@@ -36,33 +36,38 @@ func procArgs(pid int) []string {
 	return strings.Split(string(b), "\x00")
 }
 
-// procZombie reports whether pid is a zombie (dead, not yet reaped).
-func procZombie(pid int) bool {
+// procStat returns the fields of /proc/<pid>/stat after the command name
+// (the first is the state, the 12th and 13th utime and stime).
+func procStat(pid int) ([]string, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return true
+		return nil, err
 	}
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 || i+2 >= len(b) {
+		return nil, fmt.Errorf("/proc/%d/stat: unexpected %q", pid, b)
+	}
+	return strings.Fields(string(b[i+2:])), nil
+}
+
+// procZombie reports whether pid is a zombie (dead, not yet reaped).
+func procZombie(pid int) bool {
+	f, err := procStat(pid)
+	if err != nil || len(f) == 0 {
 		return true
 	}
-	return b[i+2] == 'Z' || b[i+2] == 'X'
+	return f[0] == "Z" || f[0] == "X"
 }
 
 // procCPUTicks returns the CPU time pid has used (user and system, in
 // clock ticks: 1/100 s on Linux).
 func procCPUTicks(pid int) (int64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	f, err := procStat(pid)
 	if err != nil {
 		return 0, err
 	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 || i+2 >= len(b) {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected %q", pid, b)
-	}
-	f := strings.Fields(string(b[i+2:]))
 	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected %q", pid, b)
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
 	}
 	u, err1 := strconv.ParseInt(f[11], 10, 64)
 	k, err2 := strconv.ParseInt(f[12], 10, 64)
