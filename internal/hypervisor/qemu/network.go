@@ -179,12 +179,12 @@ func (d *Driver) setupNetwork(ctx context.Context, id string, np netPlan) error 
 		}
 	}
 	if np.Subnet != "" {
-		st, ok := d.netReady[np.Bridge]
-		if !ok || time.Since(st.firewall) > firewallRecheck {
+		// Recorded again only when the bridge was (re)made, which dropped
+		// its record, or its rules were due for a check.
+		if st, ok := d.netReady[np.Bridge]; !ok || time.Since(st.firewall) > firewallRecheck {
 			d.ensureFirewall(ctx, np.Bridge, np.Subnet, np.Masquerade)
-			st.firewall = time.Now()
+			d.noteBridgeReady(np.Bridge, np.Subnet, time.Now())
 		}
-		d.noteBridgeReady(np.Bridge, np.Subnet, st.firewall)
 	}
 	return d.ensureTap(ctx, np.Tap, np.Bridge, id)
 }
