@@ -1120,6 +1120,10 @@ func (d *Driver) prepareTemplateGuest(ctx context.Context, spec hypervisor.Spec,
 	return lines[0], len(lines) > 1 && lines[1] == "resident", nil
 }
 
+// clockRefineWait bounds how long the microsecond clock of a VM started
+// from a template waits for other warm starts to finish.
+const clockRefineWait = 10 * time.Second
+
 // newIdentity gives the restored guest its identity: through ident, the
 // connection to a template's resident identityScript, when not nil, else
 // by running identityScript through the agent. Then it sets the guest's
@@ -1209,7 +1213,7 @@ func waitGuestQuiet(ctx context.Context, pid int, log *slog.Logger) (time.Durati
 	}
 	for calm := 0; calm < quietWindows; {
 		if time.Since(start) >= quietMax {
-			return time.Since(start), fmt.Errorf("its QEMU still used over %d%% of a CPU after %s", quietTicks*10*int(time.Second/quietWindow), quietMax)
+			return time.Since(start), fmt.Errorf("its QEMU still used over %d%% of a CPU after %s", int(quietTicks*10*time.Millisecond*100/quietWindow), quietMax)
 		}
 		select {
 		case <-ctx.Done():
@@ -1246,10 +1250,6 @@ func awaitResident(ctx context.Context, conn net.Conn) error {
 	}
 	return nil
 }
-
-// clockRefineWait bounds how long the microsecond clock of a VM started
-// from a template waits for other warm starts to finish.
-const clockRefineWait = 10 * time.Second
 
 // giveResidentIdentity sends env (NAME=value pairs) to the resident
 // identityScript at the other end of conn and waits until it has applied
